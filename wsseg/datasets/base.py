@@ -1,0 +1,85 @@
+"""What every dataset loader hands to the rest of wsseg: class definitions and a list of tiles.
+
+A *tile* is one large labelled image (a Vaihingen mosaic, a Dubai image part, a VOC photo).
+Loaders only list tiles and decode files; cropping, splitting and tagging work on any of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+IGNORE_INDEX = 255
+
+
+class DatasetError(ValueError):
+    """Bad input data: the message names the file, the key or the value."""
+
+
+@dataclass(frozen=True)
+class ClassSpec:
+    """Class names, their display/decoding colours, and which classes enter the mean scores."""
+
+    names: tuple[str, ...]
+    palette: tuple[tuple[int, int, int], ...]
+    # Classes averaged into mIoU / mean F1 (ISPRS leaves clutter out of the mean).
+    in_mean: tuple[str, ...] = ()
+    ignore_index: int = IGNORE_INDEX
+
+    def __post_init__(self):
+        if len(self.names) != len(self.palette):
+            raise DatasetError(f"{len(self.names)} class names but {len(self.palette)} palette colours")
+        if not self.in_mean:
+            object.__setattr__(self, "in_mean", tuple(self.names))
+        unknown = set(self.in_mean) - set(self.names)
+        if unknown:
+            raise DatasetError(f"classes_in_mean names unknown classes {sorted(unknown)}")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.names)
+
+
+@dataclass(frozen=True)
+class Tile:
+    tile_id: str
+    image_path: Path
+    label_path: Path | None
+    eroded_label_path: Path | None = None
+
+
+@dataclass
+class TileSource:
+    """A dataset on disk: its classes, its tiles, and how to decode one tile's files.
+
+    `read_image` returns uint8 H×W×3 RGB; `read_label` returns uint8 H×W class indices with
+    `classes.ignore_index` for unlabelled pixels. Both raise DatasetError naming the file.
+    """
+
+    name: str
+    classes: ClassSpec
+    tiles: list[Tile]
+    read_image: callable = field(repr=False)
+    read_label: callable = field(repr=False)
+
+    def tile(self, tile_id: str) -> Tile:
+        for tile in self.tiles:
+            if tile.tile_id == tile_id:
+                return tile
+        raise DatasetError(f"dataset {self.name!r} has no tile {tile_id!r}")
+
+    @property
+    def has_eroded(self) -> bool:
+        return any(t.eroded_label_path is not None for t in self.tiles)
+
+    def image(self, tile_id: str) -> np.ndarray:
+        return self.read_image(self.tile(tile_id).image_path)
+
+    def label(self, tile_id: str, eroded: bool = False) -> np.ndarray:
+        tile = self.tile(tile_id)
+        path = tile.eroded_label_path if eroded else tile.label_path
+        if path is None:
+            raise DatasetError(f"tile {tile_id!r} of {self.name!r} has no {'eroded ' if eroded else ''}ground truth")
+        return self.read_label(path)
