@@ -1,0 +1,40 @@
+"""Segmenters by name.
+
+Every segmenter takes float N×3×H×W RGB in [0, 1] (it normalises inside) and returns logits
+N×C×H×W at the input size, for any H, W its strides allow. `build_segmenter("unet", 6,
+base_channels=32)` is the whole interface; each model's own file documents its arguments.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+
+from torch import nn
+
+from wsseg.models.efficientnet_lite import EfficientNetLite0UNet
+from wsseg.models.encdec_unpool import EncDecUnpool
+from wsseg.models.fcn import FCN8s
+from wsseg.models.unet import UNet
+
+# name → constructor taking num_classes plus keyword arguments. Other model families
+# (resnet38.py, single_stage.py, ...) register their segmenters here the same way.
+SEGMENTERS: dict[str, Callable[..., nn.Module]] = {
+    "encdec_unpool": EncDecUnpool,
+    "effnet_lite0_unet": EfficientNetLite0UNet,
+    "unet": UNet,
+    "fcn8s": FCN8s,
+}
+
+
+def build_segmenter(name: str, num_classes: int, **kwargs) -> nn.Module:
+    """Build the segmenter registered as `name`; unknown names and arguments are errors."""
+    if name not in SEGMENTERS:
+        raise ValueError(f"unknown segmenter {name!r}; known: {', '.join(sorted(SEGMENTERS))}")
+    constructor = SEGMENTERS[name]
+    accepted = [p for p in inspect.signature(constructor).parameters if p != "num_classes"]
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise TypeError(f"segmenter {name!r} has no argument(s) {', '.join(unknown)}; "
+                        f"it accepts: {', '.join(accepted)}")
+    return constructor(num_classes=num_classes, **kwargs)

@@ -1,0 +1,158 @@
+"""Training-step speed and peak memory of the wsseg segmenters on this CPU.
+
+One training step = forward, cross-entropy, backward, Adam update, on random data (speed does
+not depend on the values). Each case runs in a fresh subprocess so that its peak memory is its
+own: "peak" is the process's peak resident set size (`ru_maxrss`, what the OS had to give it),
+which includes the Python/PyTorch runtime (~0.3-0.5 GiB); `baseline_rss_mib` is the RSS after
+building the model and optimizer, just before the first step, so peak − baseline is roughly
+activations, gradients, optimizer state and allocator caching.
+
+    python benchmarks/bench_models.py                      # every case → results/models.json
+    python benchmarks/bench_models.py --cases encdec_w1_2x256_fp32 --steps 3
+
+The machine is shared; the 1-minute load average before and after each case is recorded, and a
+load well above the thread count means the times are inflated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results" / "models.json"
+
+# name → segmenter, its kwargs, batch, crop size (square), precision, channels_last.
+CASES = {
+    "encdec_w1_2x256_fp32": ("encdec_unpool", {"width": 1.0}, 2, 256, "fp32", False),
+    "encdec_w1_2x256_bf16_cl": ("encdec_unpool", {"width": 1.0}, 2, 256, "bf16", True),
+    "encdec_w0.25_8x192_fp32": ("encdec_unpool", {"width": 0.25}, 8, 192, "fp32", False),
+    "encdec_w0.25_8x192_bf16_cl": ("encdec_unpool", {"width": 0.25}, 8, 192, "bf16", True),
+    "encdec_w0.5_8x192_fp32": ("encdec_unpool", {"width": 0.5}, 8, 192, "fp32", False),
+    "encdec_w0.5_8x192_bf16_cl": ("encdec_unpool", {"width": 0.5}, 8, 192, "bf16", True),
+    "effnet_unet_8x192_fp32_cl": ("effnet_lite0_unet", {"pretrained": False}, 8, 192, "fp32", True),
+    "effnet_unet_8x192_bf16_cl": ("effnet_lite0_unet", {"pretrained": False}, 8, 192, "bf16", True),
+}
+NUM_CLASSES = 6  # the ISPRS classes
+
+
+def rss_mib() -> float:
+    with open("/proc/self/statm") as statm:
+        resident_pages = int(statm.read().split()[1])
+    return resident_pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def run_case(name: str, warmup: int, steps: int, threads: int) -> dict:
+    """Time `steps` training steps of one case after `warmup` untimed ones (this process)."""
+    import torch
+    import torch.nn.functional as F
+
+    sys.path.insert(0, str(REPO))
+    from wsseg.models import build_segmenter
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    segmenter, kwargs, batch, size, precision, channels_last = CASES[name]
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = build_segmenter(segmenter, NUM_CLASSES, **kwargs).train().to(memory_format=memory_format)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    images = torch.rand(batch, 3, size, size).to(memory_format=memory_format)
+    labels = torch.randint(0, NUM_CLASSES, (batch, size, size))
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            logits = model(images)
+        loss = F.cross_entropy(logits.float(), labels)
+        loss.backward()
+        optimizer.step()
+
+    baseline = rss_mib()
+    load_before = os.getloadavg()[0]
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    step_s = statistics.median(times)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return {
+        "case": name, "segmenter": segmenter, "kwargs": kwargs, "batch": batch,
+        "crop_px": size, "precision": precision, "channels_last": channels_last,
+        "parameters_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
+        "threads": threads, "warmup_steps": warmup, "timed_steps": steps,
+        "step_s_median": round(step_s, 3), "step_s_all": [round(t, 3) for t in times],
+        "train_images_per_s": round(batch / step_s, 2),
+        "peak_rss_mib": round(peak), "baseline_rss_mib": round(baseline),
+        "load_avg_1min_before": round(load_before, 2),
+        "load_avg_1min_after": round(os.getloadavg()[0], 2),
+    }
+
+
+def machine_info() -> dict:
+    import torch
+
+    cpu = "unknown"
+    if Path("/proc/cpuinfo").exists():
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    # bf16 convs are fast with AMX (Intel) or AVX512-BF16 (AMD Zen 4): record which is there.
+    return {"cpu": cpu, "cores": os.cpu_count(), "amx_bf16": "amx_bf16" in flags,
+            "avx512_bf16": "avx512_bf16" in flags,
+            "torch": torch.__version__, "python": platform.python_version()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--run-case", help=argparse.SUPPRESS)  # child process mode
+    args = parser.parse_args()
+
+    if args.run_case:
+        print(json.dumps(run_case(args.run_case, args.warmup, args.steps, args.threads)))
+        return
+
+    results = []
+    for name in args.cases:
+        child = subprocess.run(
+            [sys.executable, __file__, "--run-case", name, "--warmup", str(args.warmup),
+             "--steps", str(args.steps), "--threads", str(args.threads)],
+            capture_output=True, text=True, check=True)
+        result = json.loads(child.stdout.strip().splitlines()[-1])
+        print(f"{name:30s} {result['step_s_median']:7.3f} s/step "
+              f"{result['train_images_per_s']:7.2f} img/s  peak {result['peak_rss_mib']} MiB "
+              f"(load {result['load_avg_1min_before']}→{result['load_avg_1min_after']})",
+              flush=True)
+        results.append(result)
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    report = {
+        "what": "training step (forward + cross-entropy + backward + Adam) on random data",
+        "peak_memory": "peak resident set size of a fresh process running only this case "
+                       "(ru_maxrss), runtime included; baseline_rss_mib = RSS before the first step",
+        "machine": machine_info(),
+        "cases": results,
+    }
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

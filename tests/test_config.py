@@ -1,0 +1,64 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from wsseg.core.config import Config, ConfigError, load_config, save_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_are_valid(path):
+    cfg = load_config(path)
+    assert isinstance(cfg, Config)
+
+
+def test_overrides_parse_yaml_values(tmp_path):
+    cfg = load_config(CONFIGS / "vaihingen_task1.yaml",
+                      ["train.epochs=3", "train.lr=5e-4", "model.options.width=0.5", "train.class_weights=median",
+                       "weak.single_stage.pamr_dilations=[1, 2]"])
+    assert cfg.train.epochs == 3
+    assert cfg.train.lr == pytest.approx(5e-4)
+    assert cfg.model.options["width"] == 0.5
+    assert cfg.train.class_weights == "median"
+    assert cfg.weak.single_stage.pamr_dilations == [1, 2]
+
+
+def test_integers_widen_to_float_but_not_the_reverse():
+    assert load_config(None, ["train.lr=1"]).train.lr == 1.0
+    with pytest.raises(ConfigError, match="train.epochs: expected an integer, got 2.5"):
+        load_config(None, ["train.epochs=2.5"])
+
+
+def test_unknown_key_is_an_error_naming_it(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"train": {"epochs": 2, "learning_rate": 0.1}}))
+    with pytest.raises(ConfigError, match=r"bad.yaml: unknown config key train.learning_rate"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="unknown config key weak.pseudo.crf.sxy"):
+        load_config(None, ["weak.pseudo.crf.sxy=3"])
+
+
+def test_wrong_type_and_choice_are_errors():
+    with pytest.raises(ConfigError, match="train.optimizer: 'rmsprop' is not one of"):
+        load_config(None, ["train.optimizer=rmsprop"])
+    with pytest.raises(ConfigError, match="train.augment: expected true or false"):
+        load_config(None, ["train.augment=yes please"])
+    with pytest.raises(ConfigError, match="not of the form key=value"):
+        load_config(None, ["train.epochs"])
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "list.yaml"
+    bad.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping at the top level"):
+        load_config(bad)
+
+
+def test_saved_config_loads_back_identically(tmp_path):
+    cfg = load_config(CONFIGS / "vaihingen_task1.yaml", ["train.epochs=7"])
+    save_config(cfg, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == cfg

@@ -1,0 +1,111 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from wsseg.core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from wsseg.core.train import build_optimizer, build_scheduler, fit, weighted_cross_entropy
+
+
+class NoisyCrops(Dataset):
+    """Random images whose label is the brightest channel; randomness drawn from the global RNG
+    (as augmentations are), so resuming must restore RNG states to reproduce a run."""
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, index):
+        image = torch.rand(3, 8, 8)
+        return image, image.argmax(0)
+
+
+def tiny_model():
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Dropout2d(0.3), nn.Conv2d(8, 3, 1))
+
+
+def run(tmp_path, epochs, resume=False, model=None):
+    torch.manual_seed(0)
+    model = model or tiny_model()
+    optimizer = build_optimizer(model.parameters(), "adam", 1e-2)
+    loader = DataLoader(NoisyCrops(), batch_size=4, shuffle=True)
+    scheduler = build_scheduler(optimizer, "poly", 4 * len(loader), len(loader))
+    scores = iter(range(100))
+
+    def compute_loss(model, batch, epoch):
+        images, masks = batch
+        return weighted_cross_entropy(model(images), masks), {}
+
+    def validate(model, epoch):
+        return {"miou": [0.5, 0.7, 0.6, 0.8][epoch]}
+
+    history = fit(model=model, loader=loader, optimizer=optimizer, scheduler=scheduler, compute_loss=compute_loss,
+                  epochs=epochs, run_dir=tmp_path, device=torch.device("cpu"), validate=validate, resume=resume,
+                  log=lambda msg: None, show_progress=False)
+    return model, history
+
+
+def test_resumed_run_ends_with_the_same_weights(tmp_path):
+    straight, history = run(tmp_path / "straight", epochs=4)
+    # An "interrupted" run: 2 epochs, then a new process (fresh model, reseeded) resumes to 4.
+    run(tmp_path / "split", epochs=2)
+    torch.manual_seed(123)
+    resumed, resumed_history = run(tmp_path / "split", epochs=4, resume=True, model=tiny_model())
+    for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert [h["train_loss"] for h in history] == [h["train_loss"] for h in resumed_history]
+
+
+def test_checkpoints_hold_the_full_state_and_best_follows_validation(tmp_path):
+    run(tmp_path, epochs=4)
+    last, best = load_checkpoint(tmp_path / "last.pt"), load_checkpoint(tmp_path / "best.pt")
+    assert last["epoch"] == 3 and best["epoch"] == 3
+    assert best["best_score"] == pytest.approx(0.8)
+    assert set(last) >= {"model", "optimizer", "lr_scheduler", "epoch", "rng", "history", "config"}
+    run(tmp_path / "three", epochs=3)
+    assert load_checkpoint(tmp_path / "three" / "best.pt")["epoch"] == 1  # 0.7 beat the later 0.6
+
+
+def test_existing_run_is_not_overwritten_without_resume(tmp_path):
+    run(tmp_path, epochs=1)
+    before = (tmp_path / "last.pt").read_bytes()
+    with pytest.raises(CheckpointError, match="pass --resume"):
+        run(tmp_path, epochs=2)
+    assert (tmp_path / "last.pt").read_bytes() == before
+
+
+def test_truncated_checkpoint_is_a_clear_error(tmp_path):
+    save_checkpoint(tmp_path / "c.pt", {"model": {"w": torch.ones(3)}})
+    data = (tmp_path / "c.pt").read_bytes()
+    (tmp_path / "c.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="c.pt"):
+        load_checkpoint(tmp_path / "c.pt")
+
+
+def test_weighted_cross_entropy_weights_classes_pixels_and_ignores():
+    logits = torch.zeros(1, 2, 1, 3)
+    logits[0, 0, 0, 0] = 2.0  # pixel 0 predicts class 0
+    target = torch.tensor([[[0, 1, 255]]])
+    per_pixel = torch.nn.functional.cross_entropy(logits, target, reduction="none", ignore_index=255)[0, 0]
+    class_w = torch.tensor([1.0, 3.0])
+    pixel_w = torch.tensor([[[0.5, 1.0, 1.0]]])
+    expected = (0.5 * per_pixel[0] + 3.0 * per_pixel[1]) / (0.5 + 3.0)
+    got = weighted_cross_entropy(logits, target, class_w, pixel_w)
+    assert got.item() == pytest.approx(expected.item())
+    # Same as torch's own class weighting when no pixel weights are given.
+    ref = torch.nn.functional.cross_entropy(logits, target, weight=class_w, ignore_index=255)
+    assert weighted_cross_entropy(logits, target, class_w).item() == pytest.approx(ref.item())
+
+
+@pytest.mark.parametrize("schedule,expected", [("constant", [1, 1, 1, 1]), ("poly", [1, 0.75, 0.5, 0.25]),
+                                                ("step", [1, 1, 0.1, 0.1])])
+def test_schedules(schedule, expected):
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = build_scheduler(opt, schedule, total_iters=4, iters_per_epoch=2, poly_power=1.0, step_epochs=1)
+    lrs = []
+    for _ in range(4):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx(expected)

@@ -1,0 +1,296 @@
+"""Run configuration: YAML files validated into dataclasses, overridable with `--set a.b=value`.
+
+Every key must be known and of the declared type: a typo in a config is an error naming the key,
+not a silently ignored setting. The merged configuration is written into each run folder, so a
+run can always be reproduced from its own folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override is wrong; the message names the key and the value."""
+
+
+@dataclass
+class SyntheticConfig:
+    """Parameters of the procedural aerial dataset, generated into `data.root` when missing."""
+
+    num_tiles: int = 33
+    tile_px: list[int] = field(default_factory=lambda: [384, 384])
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    # vaihingen | vaihingen_mmseg | dubai | folder | synthetic_vaihingen (+ any kind build_source knows)
+    kind: str = "vaihingen"
+    root: str = "data/vaihingen"
+    # Loader-specific keyword arguments (folder names, class names, palette ...), checked by the loader.
+    options: dict[str, Any] = field(default_factory=dict)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class SplitConfig:
+    kind: Literal["seeded", "official"] = "seeded"
+    seed: int = 0
+    n_labelled: int = 3
+    n_tagged: int = 21
+    n_val: int = 2
+
+
+@dataclass
+class ModelConfig:
+    name: str = "encdec_unpool"
+    # Constructor keyword arguments of the segmenter (width, decoder_dropout, pretrained ...).
+    options: dict[str, Any] = field(default_factory=dict)
+    # Optional ImageNet VGG16/VGG16-BN state dict for the EncDecUnpool encoder (local file).
+    encoder_weights: str | None = None
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20
+    iters_per_epoch: int = 1000
+    batch_size: int = 10
+    crop_px: int = 200
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    schedule: Literal["constant", "poly", "step"] = "constant"
+    poly_power: float = 0.9
+    step_epochs: int = 10
+    step_gamma: float = 0.1
+    # A list of per-class weights, "inverse" / "median" frequency from the training labels, or none.
+    class_weights: Union[list[float], Literal["inverse", "median", "none"]] = "none"
+    # auto: float16 + GradScaler on CUDA, float32 on CPU. bf16 pays off on CPUs with AMX.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    channels_last: bool = False
+    workers: int = 2
+    seed: int = 0
+    augment: bool = True
+
+
+@dataclass
+class EvalConfig:
+    window_px: int = 512
+    stride_px: int = 384
+    batch_size: int = 4
+    every_epochs: int = 1
+    num_triptychs: int = 3
+
+
+@dataclass
+class SingleStageConfig:
+    backbone: str = "resnet38"
+    width: float = 1.0
+    # Local ImageNet weights for the backbone (ResNet-38: resnet_weights/ilsvrc-cls_rna-a1_cls1000_ep-0001.pth).
+    pretrained: str | None = None
+    # Aerial data has no background: "constant" makes `background_class` the constant-logit
+    # channel; "learned" gives every class a learned channel.
+    background: Literal["constant", "learned"] = "constant"
+    background_class: str | None = "clutter"
+    epochs: int = 20
+    iters_per_epoch: int = 500
+    batch_size: int = 16
+    crop_px: int = 321
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    self_supervised_from_epoch: int = 5
+    self_supervised_weight: float = 1.0
+    pamr_dilations: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 12, 24])
+    pamr_iter: int = 10
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    channels_last: bool = False
+
+
+@dataclass
+class CRFConfig:
+    enabled: bool = True
+    n_iter: int = 10
+    gauss_sxy: float = 3.0
+    gauss_compat: float = 3.0
+    bilateral_sxy: float = 80.0
+    bilateral_srgb: float = 13.0
+    bilateral_compat: float = 10.0
+
+
+@dataclass
+class PseudoMaskConfig:
+    scales: list[float] = field(default_factory=lambda: [1.0, 0.5, 1.5, 2.0])
+    flip: bool = True
+    bg_pow: float = 3.0
+    use_pamr: bool = True
+    crf: CRFConfig = field(default_factory=CRFConfig)
+    # Pixels whose final class probability is below this stay unlabelled (255).
+    confidence_threshold: float = 0.5
+    workers: int = 2
+
+
+@dataclass
+class WeakConfig:
+    """Task ii: crop tags on the N2 tiles → single-stage model → pseudo masks → segmenter."""
+
+    tag_crop_px: int = 256
+    tag_min_fraction: float = 0.0
+    single_stage: SingleStageConfig = field(default_factory=SingleStageConfig)
+    pseudo: PseudoMaskConfig = field(default_factory=PseudoMaskConfig)
+    # Loss weight of pseudo-labelled pixels relative to real pixel labels.
+    pseudo_weight: float = 1.0
+    # Fraction of each training batch drawn from the pseudo-labelled N2 tiles.
+    pseudo_ratio: float = 0.5
+    # Optional epochs of fine-tuning on N1 pixel labels only after the mixed training.
+    finetune_epochs: int = 0
+
+
+@dataclass
+class Config:
+    name: str = "run"
+    data: DataConfig = field(default_factory=DataConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    weak: WeakConfig = field(default_factory=WeakConfig)
+    # Folder of run folders; `--out` overrides the run folder itself.
+    out_root: str = "runs"
+    device: str = "auto"
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp, key: str) -> Any:
+    """Check `value` against the annotation `tp` and return it (ints widen to floats)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} keys, got {value!r}")
+        return _from_dict(tp, value, key + ".")
+    if origin in (Union, types.UnionType):
+        errors = []
+        for option in args:
+            if option is type(None):
+                if value is None:
+                    return None
+                continue
+            try:
+                return _coerce(value, option, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(f"{key}: {value!r} is none of {' | '.join(_type_name(a) for a in args)}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not one of {list(args)}")
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is float:
+        if isinstance(value, str):
+            # YAML 1.1 reads "5e-4" (no dot) as a string; accept what float() accepts.
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {tp}")
+
+
+def _from_dict(cls, values: dict, prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown config key {prefix}{unknown[0]} (known keys of {prefix or 'the top level'}: {', '.join(sorted(known))})")
+    kwargs = {name: _coerce(value, hints[name], prefix + name) for name, value in values.items()}
+    return cls(**kwargs)
+
+
+def config_from_dict(values: dict) -> Config:
+    return _from_dict(Config, values or {})
+
+
+def config_to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def apply_overrides(values: dict, overrides: list[str]) -> dict:
+    """Apply `a.b.c=value` strings to a nested dict; values are parsed as YAML (1e-3, true, [1, 2])."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        path = key.strip().split(".")
+        node = values
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {key}: {part} is not a section")
+            node = child
+        try:
+            node[path[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override {key}: cannot parse value {raw!r}: {err}") from None
+    return values
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    values: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    values = apply_overrides(values, list(overrides))
+    try:
+        return config_from_dict(values)
+    except ConfigError as err:
+        where = f"{path}: " if path is not None else ""
+        raise ConfigError(f"{where}{err}") from None
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    from wsseg.core.io import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

@@ -1,0 +1,195 @@
+"""Confusion matrices and the scores derived from them; class frequencies and loss weights.
+
+Every score here is computed from ONE confusion matrix accumulated over the whole evaluation set
+(SPEC §1: never average per batch or per tile). Rows are ground truth, columns are prediction.
+
+Conventions for classes that do not occur:
+- a class with no ground-truth pixel and no predicted pixel has IoU, F1, precision and recall
+  NaN; NaN classes are skipped in the means (and written as null in JSON by `core.report`);
+- a class with no ground truth but some predicted pixels has IoU = F1 = 0 (every prediction of it
+  is wrong) and counts in the means, as in the usual VOC/ISPRS evaluation code;
+- precision is NaN when the class is never predicted, recall is NaN when it has no ground truth.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+
+IGNORE_INDEX = 255
+
+
+def _bincount_pairs(pred, target, num_classes: int, ignore_index: int):
+    """Body of `confusion_matrix`; numpy and torch share it because their indexing API agrees."""
+    is_torch = isinstance(pred, torch.Tensor)
+    if is_torch:
+        pred, target = pred.reshape(-1).long(), target.reshape(-1).long()
+    else:
+        pred, target = np.asarray(pred).reshape(-1).astype(np.int64), np.asarray(target).reshape(-1).astype(np.int64)
+    keep = target != ignore_index
+    pred, target = pred[keep], target[keep]
+    # Out-of-range values mean a decoding bug upstream; dropping them silently would bias scores.
+    bad_t = (target < 0) | (target >= num_classes)
+    bad_p = (pred < 0) | (pred >= num_classes)
+    if bool(bad_t.any()):
+        raise ValueError(f"target holds values outside 0..{num_classes - 1} that are not ignore_index={ignore_index}: "
+                         f"{sorted(set(target[bad_t].tolist()))[:10]}")
+    if bool(bad_p.any()):
+        raise ValueError(f"prediction holds values outside 0..{num_classes - 1}: "
+                         f"{sorted(set(pred[bad_p].tolist()))[:10]}")
+    flat = target * num_classes + pred
+    if is_torch:
+        counts = torch.bincount(flat, minlength=num_classes * num_classes)
+        return counts.reshape(num_classes, num_classes).to(torch.int64)
+    return np.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes).astype(np.int64)
+
+
+def confusion_matrix(pred, target, num_classes: int, ignore_index: int = IGNORE_INDEX):
+    """C×C int64 counts, rows = ground truth, columns = prediction, ignored pixels left out.
+
+    `pred` and `target` are class-index arrays of the same shape (any shape), both numpy arrays
+    or both torch tensors. The result has the input's type (a torch result stays on the input's
+    device, so validation inside a training loop needs no host copy per batch). Sum matrices
+    over batches or tiles to accumulate.
+    """
+    if isinstance(pred, torch.Tensor) != isinstance(target, torch.Tensor):
+        raise TypeError("pred and target must both be torch tensors or both numpy arrays")
+    if tuple(pred.shape) != tuple(target.shape):
+        raise ValueError(f"pred shape {tuple(pred.shape)} != target shape {tuple(target.shape)}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be positive, got {num_classes}")
+    return _bincount_pairs(pred, target, num_classes, ignore_index)
+
+
+def _as_numpy_cm(cm) -> np.ndarray:
+    if isinstance(cm, torch.Tensor):
+        cm = cm.detach().cpu().numpy()
+    cm = np.asarray(cm)
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
+        raise ValueError(f"confusion matrix must be square C×C, got shape {cm.shape}")
+    return cm.astype(np.float64)
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    out = np.full(num.shape, np.nan)
+    np.divide(num, den, out=out, where=den > 0)
+    return out
+
+
+def _nanmean(values) -> float:
+    values = [v for v in values if not math.isnan(v)]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def segmentation_metrics(cm, class_names: Sequence[str], in_mean: Sequence[str] | None = None) -> dict:
+    """Scores of one accumulated confusion matrix (see the module docstring for NaN rules).
+
+    Returns `{"miou", "mean_f1", "overall_accuracy", "per_class": {name: {"iou", "f1",
+    "precision", "recall", "support"}}, "classes_in_mean": [...]}`; fractions in 0..1, support in
+    ground-truth pixels. mIoU and mean F1 average the classes in `in_mean` (all when None);
+    overall accuracy counts every non-ignored pixel, including classes left out of the mean.
+    """
+    cm = _as_numpy_cm(cm)
+    names = list(class_names)
+    if len(names) != cm.shape[0]:
+        raise ValueError(f"{len(names)} class names for a {cm.shape[0]}×{cm.shape[0]} confusion matrix")
+    in_mean = names if in_mean is None else list(in_mean)
+    unknown = set(in_mean) - set(names)
+    if unknown:
+        raise ValueError(f"in_mean names unknown classes {sorted(unknown)}")
+
+    tp = np.diag(cm)
+    gt = cm.sum(axis=1)
+    pr = cm.sum(axis=0)
+    iou = _ratio(tp, gt + pr - tp)
+    f1 = _ratio(2 * tp, gt + pr)
+    precision = _ratio(tp, pr)
+    recall = _ratio(tp, gt)
+
+    per_class = {
+        name: {
+            "iou": float(iou[i]),
+            "f1": float(f1[i]),
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "support": int(gt[i]),
+        }
+        for i, name in enumerate(names)
+    }
+    mean_names = [n for n in names if n in in_mean]  # class order, whatever order in_mean had
+    total = cm.sum()
+    return {
+        "miou": _nanmean(per_class[n]["iou"] for n in mean_names),
+        "mean_f1": _nanmean(per_class[n]["f1"] for n in mean_names),
+        "overall_accuracy": float(tp.sum() / total) if total > 0 else float("nan"),
+        "per_class": per_class,
+        "classes_in_mean": mean_names,
+    }
+
+
+def majority_baseline_miou(train_class_counts, eval_cm, class_names: Sequence[str],
+                           in_mean: Sequence[str] | None = None) -> float:
+    """mIoU of predicting the most frequent training class on every evaluated pixel.
+
+    The floor any model must beat. Predicting class k everywhere moves each ground-truth row's
+    total into column k, so only the row sums of `eval_cm` are needed; ties go to the lower index.
+    """
+    counts = train_class_counts
+    counts = np.asarray(counts.cpu() if isinstance(counts, torch.Tensor) else counts)
+    cm = _as_numpy_cm(eval_cm)
+    if counts.shape != (cm.shape[0],):
+        raise ValueError(f"train_class_counts has shape {counts.shape}, expected ({cm.shape[0]},)")
+    majority = int(np.argmax(counts))
+    constant_cm = np.zeros_like(cm)
+    constant_cm[:, majority] = cm.sum(axis=1)
+    return segmentation_metrics(constant_cm, class_names, in_mean)["miou"]
+
+
+def class_pixel_counts(label, num_classes: int, ignore_index: int = IGNORE_INDEX):
+    """Pixels per class in a label map (numpy → int64 array, torch → int64 tensor), ignore skipped."""
+    if isinstance(label, torch.Tensor):
+        flat = label.reshape(-1).long()
+        flat = flat[flat != ignore_index]
+        bad = (flat < 0) | (flat >= num_classes)
+        if bool(bad.any()):
+            raise ValueError(f"label holds values outside 0..{num_classes - 1}: {sorted(set(flat[bad].tolist()))[:10]}")
+        return torch.bincount(flat, minlength=num_classes).to(torch.int64)
+    flat = np.asarray(label).reshape(-1).astype(np.int64)
+    flat = flat[flat != ignore_index]
+    bad = (flat < 0) | (flat >= num_classes)
+    if bad.any():
+        raise ValueError(f"label holds values outside 0..{num_classes - 1}: {sorted(set(flat[bad].tolist()))[:10]}")
+    return np.bincount(flat, minlength=num_classes).astype(np.int64)
+
+
+def class_weights(counts, mode: str = "inverse", absent_weight: float = 0.0) -> np.ndarray:
+    """Per-class loss weights (float32 numpy) from pixel counts.
+
+    - "inverse": w_c ∝ 1 / n_c, scaled so the present classes average 1 (the loss keeps its
+      scale whatever the class count).
+    - "median": median-frequency balancing (Eigen & Fergus 2015), w_c = median(f) / f_c with f
+      the global pixel frequency of the present classes. The paper's f_c counts only images that
+      contain c; with global counts a rare class gets a somewhat larger weight.
+
+    Classes with no pixel get `absent_weight` (default 0: they cannot occur in the targets the
+    counts came from, and 1/0 would be infinite).
+    """
+    counts = np.asarray(counts.cpu() if isinstance(counts, torch.Tensor) else counts, dtype=np.float64)
+    if counts.ndim != 1 or (counts < 0).any():
+        raise ValueError(f"counts must be a 1-D array of non-negative pixel counts, got {counts!r}")
+    present = counts > 0
+    weights = np.full(counts.shape, float(absent_weight))
+    if not present.any():
+        return weights.astype(np.float32)
+    freq = counts[present] / counts[present].sum()
+    if mode == "inverse":
+        inv = 1.0 / freq
+        weights[present] = inv / inv.mean()
+    elif mode == "median":
+        weights[present] = np.median(freq) / freq
+    else:
+        raise ValueError(f"unknown class weight mode {mode!r}; use 'inverse' or 'median'")
+    return weights.astype(np.float32)

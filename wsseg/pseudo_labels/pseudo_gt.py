@@ -1,0 +1,102 @@
+"""Pseudo labels from refined masks and the self-supervised segmentation loss (SPEC §3).
+
+Mask and logit layout everywhere: channel 0 is the background (the constant-logit channel),
+channels 1..C the C foreground classes, in the order of the image tags.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = 255
+
+
+def _check_tags(image_tags: torch.Tensor, num_channels: int, batch_size: int) -> torch.Tensor:
+    if image_tags.shape != (batch_size, num_channels - 1):
+        raise ValueError(
+            f"image_tags must be N×C = {batch_size}×{num_channels - 1} for {num_channels} channels "
+            f"(background first), got {tuple(image_tags.shape)}"
+        )
+    return image_tags.bool()
+
+
+def pseudo_labels_from_masks(
+    masks: torch.Tensor,
+    image_tags: torch.Tensor,
+    bg_threshold_scale: float = 0.7,
+    fg_threshold_scale: float = 0.6,
+    min_threshold: float = 0.2,
+    ignore_index: int = IGNORE_INDEX,
+) -> torch.Tensor:
+    """Hard labels N×H×W (int64) from PAMR masks N×(C+1)×H×W already at crop size.
+
+    Classes not in `image_tags` (N×C multi-hot) are zeroed; the background is always kept.
+    A pixel takes class c when its mask exceeds (strictly) max(scale·max over the image's
+    pixels of channel c, min_threshold), scale 0.7 for the background and 0.6 for the others.
+    A pixel above no threshold or above several is `ignore_index`.
+    """
+    if masks.dim() != 4:
+        raise ValueError(f"masks must be N×(C+1)×H×W, got {tuple(masks.shape)}")
+    n, num_channels, _, _ = masks.shape
+    present = torch.cat([masks.new_ones(n, 1, dtype=torch.bool), _check_tags(image_tags, num_channels, n)], 1)
+    masks = masks * present[:, :, None, None]
+
+    scale = masks.new_full((1, num_channels, 1, 1), fg_threshold_scale)
+    scale[:, 0] = bg_threshold_scale
+    peak = masks.amax(dim=(2, 3), keepdim=True)
+    threshold = (scale * peak).clamp(min=min_threshold)
+    above = masks > threshold
+
+    labels = above.long().argmax(dim=1)
+    labels[above.sum(dim=1) != 1] = ignore_index
+    return labels
+
+
+def self_supervised_loss(
+    logits: torch.Tensor,
+    pseudo_labels: torch.Tensor,
+    image_tags: torch.Tensor,
+    ignore_index: int = IGNORE_INDEX,
+) -> torch.Tensor:
+    """Class-balanced cross-entropy of the C+1 logits against the pseudo labels (a scalar).
+
+    Per image, a pixel labelled c weighs (N − N_c)/(1 + N), N the image's non-ignored pseudo
+    pixels and N_c those of class c, so small classes are not drowned by large ones. The
+    weighted cross-entropy is summed and divided by ALL H·W pixels of the crop (ignored ones
+    count in the denominator). An image counts only if the background and every tagged class
+    got at least one pseudo pixel; the others contribute 0. The batch loss is the mean of the
+    N per-image losses, the non-counting zeros included (as in the reference code: the
+    per-image vector is averaged over the whole batch, not over the counting images).
+
+    `logits` N×(C+1)×h×w are upsampled (bilinear, align_corners=True) to the labels' H×W when
+    the sizes differ.
+    """
+    if logits.dim() != 4 or pseudo_labels.dim() != 3 or logits.shape[0] != pseudo_labels.shape[0]:
+        raise ValueError(
+            f"logits must be N×(C+1)×H×W and pseudo_labels N×H×W, got {tuple(logits.shape)} "
+            f"and {tuple(pseudo_labels.shape)}"
+        )
+    n, num_channels = logits.shape[:2]
+    tagged = _check_tags(image_tags, num_channels, n)
+    if logits.shape[-2:] != pseudo_labels.shape[-2:]:
+        logits = F.interpolate(logits, size=pseudo_labels.shape[-2:], mode="bilinear", align_corners=True)
+
+    labels = pseudo_labels.long().reshape(n, -1)
+    valid = labels != ignore_index
+    if (labels[valid] >= num_channels).any() or (labels[valid] < 0).any():
+        raise ValueError(f"pseudo labels must be in [0, {num_channels}) or {ignore_index}")
+    safe_labels = labels.masked_fill(~valid, 0)
+
+    pixels_per_class = torch.zeros(n, num_channels, device=logits.device, dtype=logits.dtype)
+    pixels_per_class.scatter_add_(1, safe_labels, valid.to(logits.dtype))
+    pixels_total = pixels_per_class.sum(dim=1, keepdim=True)
+    class_weight = (pixels_total - pixels_per_class) / (1 + pixels_total)
+    pixel_weight = class_weight.gather(1, safe_labels) * valid
+
+    cross_entropy = F.cross_entropy(logits, safe_labels.view_as(pseudo_labels), reduction="none").reshape(n, -1)
+    per_image = (pixel_weight * cross_entropy).mean(dim=1)
+
+    required = torch.cat([torch.ones_like(tagged[:, :1]), tagged], dim=1)
+    counts = ((pixels_per_class > 0) | ~required).all(dim=1)
+    return torch.where(counts, per_image, torch.zeros_like(per_image)).mean()
