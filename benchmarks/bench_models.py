@@ -11,7 +11,8 @@ activations, gradients, optimizer state and allocator caching.
     python benchmarks/bench_models.py --cases encdec_w1_2x256_fp32 --steps 3
 
 The machine is shared; the 1-minute load average before and after each case is recorded, and a
-load well above the thread count means the times are inflated.
+load well above the thread count means the wall times are inflated (the CPU seconds per step
+suffer less).
 """
 
 from __future__ import annotations
@@ -79,11 +80,12 @@ def run_case(name: str, warmup: int, steps: int, threads: int) -> dict:
     load_before = os.getloadavg()[0]
     for _ in range(warmup):
         step()
-    times = []
+    times, cpu_times = [], []
     for _ in range(steps):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         step()
         times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - start_cpu)
     step_s = statistics.median(times)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     return {
@@ -93,6 +95,8 @@ def run_case(name: str, warmup: int, steps: int, threads: int) -> dict:
         "threads": threads, "warmup_steps": warmup, "timed_steps": steps,
         "step_s_median": round(step_s, 3), "step_s_all": [round(t, 3) for t in times],
         "train_images_per_s": round(batch / step_s, 2),
+        # CPU seconds of all threads: less sensitive than wall time to other processes.
+        "cpu_s_per_step_median": round(statistics.median(cpu_times), 3),
         "peak_rss_mib": round(peak), "baseline_rss_mib": round(baseline),
         "load_avg_1min_before": round(load_before, 2),
         "load_avg_1min_after": round(os.getloadavg()[0], 2),

@@ -71,7 +71,8 @@ def bench_crf(num_classes: int, size: int, repeats: int) -> dict:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=RESULT)
@@ -101,7 +102,8 @@ def main(argv=None) -> dict:
     p, c = result["pamr"], result["crf"]
     print(f"PAMR {p['masks_shape']} ×{p['num_iter']}: median {p['median_ms']} ms (min {p['min_ms']}); "
           f"CRF 512² × 6 classes: median {c['median_ms']} ms/crop (min {c['min_ms']}); "
-          f"peak RSS {result['peak_rss_mib']} MiB; torch {result['torch']}, {result['threads']} threads → {args.out}")
+          f"peak RSS {result['peak_rss_mib']} MiB; torch {result['torch']}, {result['threads']} threads "
+          f"→ {args.out}")
     return result
 
 

@@ -37,7 +37,10 @@ def _pamr_by_loops(image, masks, dilations, num_iter):
     for _ in range(num_iter):
         m = [
             [
-                [sum(a * at(m[c], y + dy, x + dx) for a, (dy, dx) in zip(alpha[y, x], neighbours)) for x in range(width)]
+                [
+                    sum(a * at(m[c], y + dy, x + dx) for a, (dy, dx) in zip(alpha[y, x], neighbours))
+                    for x in range(width)
+                ]
                 for y in range(height)
             ]
             for c in range(num_masks)

@@ -71,7 +71,9 @@ def test_logits_are_upsampled_to_the_labels():
     labels[:, 0, :3] = IGN
     tags = torch.ones(2, 3)
     big = F.interpolate(small, size=(9, 11), mode="bilinear", align_corners=True)
-    torch.testing.assert_close(self_supervised_loss(small, labels, tags), self_supervised_loss(big, labels, tags))
+    torch.testing.assert_close(
+        self_supervised_loss(small, labels, tags), self_supervised_loss(big, labels, tags)
+    )
 
 
 def test_shape_errors_are_explicit():

@@ -23,8 +23,8 @@ def _loaders() -> dict[str, Callable[..., TileSource]]:
     from wsseg.datasets.isprs import isprs_mmseg_source, vaihingen_source
     from wsseg.datasets.voc import voc_source
 
-    def potsdam_mmseg(root, **options):
-        return isprs_mmseg_source(root, name="potsdam_mmseg", **options)
+    def potsdam_mmseg(root, split: str | None = None, check_sizes: bool = True) -> TileSource:
+        return isprs_mmseg_source(root, split=split, name="potsdam_mmseg", check_sizes=check_sizes)
 
     return {
         "vaihingen": vaihingen_source,

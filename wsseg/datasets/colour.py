@@ -76,7 +76,7 @@ def _read_pil(path: Path, mode: str | None, convert_unless: tuple[str, ...] = ()
                 image = image.convert(mode)
             elif convert_unless and image.mode not in convert_unless:
                 image = image.convert("RGB")
-            return np.asarray(image)
+            return np.array(image)  # writable, unlike asarray of a PIL image
     except DatasetError:
         raise
     except Exception as error:  # PIL: OSError for truncation, UnidentifiedImageError, SyntaxError, ...

@@ -13,6 +13,7 @@ torchvision v2 functionals on `tv_tensors.Image` / `tv_tensors.Mask`, driven by 
 from __future__ import annotations
 
 import math
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import Callable, Sequence
@@ -85,7 +86,11 @@ def _nbytes(value) -> int:
 # ---------------------------------------------------------------------------------- conversions
 def to_image_tensor(image: np.ndarray) -> tv_tensors.Image:
     """uint8 H×W×3 → float32 3×H×W in [0, 1]."""
-    return tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0))
+    # float() copies, so read-only arrays (cached tiles) are never written through.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        tensor = torch.from_numpy(np.ascontiguousarray(image))
+    return tv_tensors.Image(tensor.permute(2, 0, 1).float().div_(255.0))
 
 
 def to_mask_tensor(mask: np.ndarray) -> tv_tensors.Mask:
@@ -187,8 +192,8 @@ class RandomCropDataset(Dataset):
         self.source = source
         self.tile_ids = _check_tiles(source, tile_ids, "RandomCropDataset")
         if crop_px <= 0 or samples_per_epoch < 0:
-            raise DatasetError(f"RandomCropDataset: crop_px {crop_px} and samples_per_epoch {samples_per_epoch} "
-                               f"must be positive")
+            raise DatasetError(f"RandomCropDataset: crop_px must be positive and samples_per_epoch non-negative, "
+                               f"got {crop_px} and {samples_per_epoch}")
         self.crop_px = int(crop_px)
         self.samples_per_epoch = int(samples_per_epoch)
         self.augment = augment

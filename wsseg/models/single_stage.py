@@ -183,7 +183,11 @@ class SingleStageSegmenter(nn.Module):
         from wsseg.pseudo_labels.pseudo_gt import pseudo_labels_from_masks, self_supervised_loss
 
         if self.background != "constant":
-            raise NotImplementedError("pseudo labels need the background channel 0")
+            # pseudo_gt assumes channel 0 is an always-present background; the learned layout
+            # needs its background-free variant (thresholds 0.6·max for every class, an image
+            # counts when every tagged class got a pixel).
+            raise NotImplementedError("self-supervision with background='learned' needs "
+                                      "pseudo_gt support for masks without a background channel")
         masks = resize(out["masks_pamr"], crop_size)
         pseudo_labels = pseudo_labels_from_masks(masks, image_tags)
         return self_supervised_loss(out["logits"], pseudo_labels, image_tags)
@@ -251,7 +255,7 @@ class SingleStageSegmenter(nn.Module):
         keep = (best_score > score_threshold) if tags is None else tags.reshape(-1).bool()
         probs = probs_sum / (len(scales) * (2 if flip else 1))
         first_scored = 1 if self.background == "constant" else 0
-        probs[first_scored:] *= keep.to(probs.dtype)[:, None, None]
+        probs[first_scored:] *= keep.to(device=probs.device, dtype=probs.dtype)[:, None, None]
         if self.background == "constant":
             probs[0] = probs[0].pow(bg_pow)
         return probs

@@ -32,14 +32,21 @@ def dense_crf(
     bilateral_compat: float = 10,
     clip: float = 1e-5,
 ) -> np.ndarray:
-    """Posterior class probabilities K×H×W (float32) for `probs` K×H×W on image H×W×3 uint8."""
+    """Posterior class probabilities K×H×W (float32) for `probs` K×H×W on image H×W×3 uint8.
+
+    `probs` is used as given, not renormalised: the multi-scale maps with the background raised
+    to the power 3 (SPEC §3 inference) do not sum to one, and the published CRF step takes them
+    as they are.
+    """
     dcrf = _import_densecrf()
     image_uint8 = np.asarray(image_uint8)
     probs = np.asarray(probs)
     if image_uint8.dtype != np.uint8 or image_uint8.ndim != 3 or image_uint8.shape[2] != 3:
         raise ValueError(f"image must be H×W×3 uint8, got {image_uint8.shape} {image_uint8.dtype}")
     if probs.ndim != 3 or probs.shape[1:] != image_uint8.shape[:2]:
-        raise ValueError(f"probs must be K×H×W matching the image {image_uint8.shape[:2]}, got {probs.shape}")
+        raise ValueError(
+            f"probs must be K×H×W matching the image {image_uint8.shape[:2]}, got {probs.shape}"
+        )
     num_classes, height, width = probs.shape
 
     # The C++ side reads raw buffers: anything but C-contiguous float32 / uint8 is misread silently.

@@ -66,7 +66,9 @@ def pamr_affinity(image: torch.Tensor, dilations: Sequence[int] = DEFAULT_DILATI
     `image` is N×K×H×W (K colour channels), at the resolution of the masks to be refined.
     """
     if image.dim() != 4 or not image.is_floating_point():
-        raise ValueError(f"image must be a floating N×K×H×W tensor, got {tuple(image.shape)} {image.dtype}")
+        raise ValueError(
+            f"image must be a floating N×K×H×W tensor, got {tuple(image.shape)} {image.dtype}"
+        )
     dilations = _check_dilations(dilations)
     # Unbiased std over all 9·len(dilations) stencil values, the centre once per dilation.
     sigma = _stencil_values(image, _stencil_offsets(dilations, True)).std(dim=2, keepdim=True)

@@ -94,7 +94,8 @@ def self_supervised_loss(
     class_weight = (pixels_total - pixels_per_class) / (1 + pixels_total)
     pixel_weight = class_weight.gather(1, safe_labels) * valid
 
-    cross_entropy = F.cross_entropy(logits, safe_labels.view_as(pseudo_labels), reduction="none").reshape(n, -1)
+    cross_entropy = F.cross_entropy(logits, safe_labels.view_as(pseudo_labels), reduction="none")
+    cross_entropy = cross_entropy.reshape(n, -1)
     per_image = (pixel_weight * cross_entropy).mean(dim=1)
 
     required = torch.cat([torch.ones_like(tagged[:, :1]), tagged], dim=1)

@@ -1,0 +1,174 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from wsseg.datasets.base import DatasetError, TileSource
+from wsseg.datasets.colour import save_index_png
+from wsseg.datasets.crops import RandomCropDataset, TaggedCropDataset, TileCache, TileDataset
+from wsseg.datasets.folder import folder_source
+from wsseg.datasets.tags import CropTag
+
+NAMES = ("a", "b", "c", "d")
+PALETTE = ((0, 0, 0), (80, 80, 80), (160, 160, 160), (240, 240, 240))
+
+
+def _tiles(root, sizes={"t1": (40, 50), "t2": (64, 64), "small": (12, 20)}):
+    """Tiles whose image encodes the label (R = 60·class + 10, G = 255 − row, B = col), so every
+    crop's image and mask can be checked against each other after any flip or rotation."""
+    (root / "img").mkdir(parents=True)
+    (root / "gt").mkdir(parents=True)
+    labels = {}
+    for k, (name, (h, w)) in enumerate(sizes.items()):
+        rng = np.random.default_rng(k)
+        label = rng.integers(0, 4, (h, w)).astype(np.uint8)
+        label[rng.random((h, w)) < 0.05] = 255
+        image = np.zeros((h, w, 3), np.uint8)
+        image[..., 0] = np.where(label == 255, 0, label.astype(np.int32) * 60 + 10)
+        image[..., 1] = 255 - np.arange(h)[:, None]
+        image[..., 2] = np.arange(w)[None, :]
+        Image.fromarray(image).save(root / "img" / f"{name}.png")
+        save_index_png(root / "gt" / f"{name}.png", label, PALETTE)
+        labels[name] = label
+    return folder_source(root, "img", "gt", NAMES, PALETTE), labels
+
+
+def _no_labels(source):
+    def refuse(path):
+        raise AssertionError(f"label read: {path}")
+    return TileSource(source.name, source.classes, source.tiles, source.read_image, refuse)
+
+
+def _check_consistent(image, mask):
+    labelled = mask != 255
+    expected = (mask[labelled].float() * 60 + 10) / 255
+    assert torch.allclose(image[0][labelled], expected, atol=1e-6)
+
+
+def test_random_crops_contract_and_joint_augmentation(tmp_path):
+    source, _ = _tiles(tmp_path)
+    data = RandomCropDataset(source, ["t1", "t2"], crop_px=32, samples_per_epoch=40, augment=True, seed=0)
+    assert len(data) == 40
+    orientations = set()
+    for i in range(40):
+        image, mask = data[i]
+        assert image.dtype == torch.float32 and image.shape == (3, 32, 32)
+        assert mask.dtype == torch.int64 and mask.shape == (32, 32)
+        assert 0 <= image.min() and image.max() <= 1
+        _check_consistent(image, mask)
+        # Row/column ramps tell which of the 8 flips/rotations was applied.
+        g, b = image[1], image[2]
+        orientations.add(tuple(int(torch.sign(d).item()) for d in
+                               (g[-1, 0] - g[0, 0], g[0, -1] - g[0, 0], b[-1, 0] - b[0, 0], b[0, -1] - b[0, 0])))
+    assert len(orientations) >= 6  # of the 8 symmetries
+
+
+def test_crops_are_deterministic_per_seed_epoch_index(tmp_path):
+    source, _ = _tiles(tmp_path)
+    a = RandomCropDataset(source, ["t1", "t2"], 24, 10, seed=5)
+    b = RandomCropDataset(source, ["t1", "t2"], 24, 10, seed=5)
+    for i in (0, 3, 9):
+        assert torch.equal(a[i][0], b[i][0]) and torch.equal(a[i][1], b[i][1])
+    first = a[3][0].clone()
+    a.set_epoch(1)
+    assert not torch.equal(a[3][0], first)
+    a.set_epoch(0)
+    assert torch.equal(a[3][0], first)
+
+
+def test_same_samples_with_worker_processes(tmp_path):
+    source, _ = _tiles(tmp_path)
+    data = RandomCropDataset(source, ["t1", "t2"], 16, 8, seed=2)
+    serial = torch.cat([m for _, m in DataLoader(data, batch_size=4)])
+    parallel = torch.cat([m for _, m in DataLoader(data, batch_size=4, num_workers=2)])
+    assert torch.equal(serial, parallel)
+
+
+def test_unaugmented_crop_is_a_window_of_the_tile(tmp_path):
+    source, labels = _tiles(tmp_path)
+    data = RandomCropDataset(source, ["t2"], 20, 5, augment=False)
+    image, mask = data[0]
+    y, x = 255 - int(round(image[1, 0, 0].item() * 255)), int(round(image[2, 0, 0].item() * 255))
+    assert torch.equal(mask, torch.from_numpy(labels["t2"][y:y + 20, x:x + 20].astype(np.int64)))
+
+
+def test_small_tile_is_padded_with_ignore(tmp_path):
+    source, labels = _tiles(tmp_path)
+    image, mask = RandomCropDataset(source, ["small"], 32, 1, augment=False)[0]
+    assert torch.equal(mask[:12, :20], torch.from_numpy(labels["small"].astype(np.int64)))
+    assert (mask[12:] == 255).all() and (mask[:, 20:] == 255).all()
+    assert (image[:, 12:] == 0).all()
+
+
+def test_label_override_replaces_ground_truth(tmp_path):
+    source, labels = _tiles(tmp_path)
+    pseudo = np.full((64, 64), 2, np.uint8)
+    pseudo[:, :10] = 255
+    save_index_png(tmp_path / "pseudo_t2.png", pseudo, PALETTE)
+    data = RandomCropDataset(_no_labels(source), ["t2"], 30, 6, label_override={"t2": tmp_path / "pseudo_t2.png"})
+    for i in range(6):
+        assert set(torch.unique(data[i][1]).tolist()) <= {2, 255}
+    with pytest.raises(DatasetError, match=r"no mask for tiles \['t1'\]"):
+        RandomCropDataset(source, ["t1", "t2"], 30, 6, label_override={"t2": tmp_path / "pseudo_t2.png"})
+    save_index_png(tmp_path / "wrong.png", pseudo[:50], PALETTE)
+    with pytest.raises(DatasetError, match="wrong.png: mask is 50×64"):
+        RandomCropDataset(source, ["t2"], 30, 1, label_override={"t2": tmp_path / "wrong.png"})[0]
+
+
+def test_tile_cache_decodes_once_and_evicts_least_recent():
+    cache = TileCache(max_bytes=250)
+    calls = []
+
+    def load(key):
+        calls.append(key)
+        return np.zeros(100, np.uint8)
+
+    for key in ("a", "b", "a", "a"):
+        cache.get(key, lambda k=key: load(k))
+    assert calls == ["a", "b"]
+    cache.get("c", lambda: load("c"))  # 300 bytes > 250: evicts b, the least recently used
+    assert "a" in cache and "c" in cache and "b" not in cache
+
+
+def test_random_crop_dataset_reads_each_tile_once(tmp_path):
+    source, _ = _tiles(tmp_path)
+    data = RandomCropDataset(source, ["t1", "t2"], 16, 30)
+    for i in range(30):
+        data[i]
+    assert data.cache.loads == 2
+
+
+def test_tagged_crops_never_read_labels(tmp_path):
+    source, _ = _tiles(tmp_path)
+    tags = [CropTag("t1", 0, 0, 32, 32, (0, 2)), CropTag("t2", 32, 32, 32, 32, (3,)),
+            CropTag("small", 0, 0, 12, 20, (1,))]
+    data = TaggedCropDataset(_no_labels(source), tags, num_classes=4, augment=True, crop_px=28)
+    for i in range(3):
+        image, target, index = data[i]
+        assert image.shape == (3, 28, 28) and image.dtype == torch.float32
+        assert 0 <= image.min() and image.max() <= 1
+        assert index == i and target.dtype == torch.float32
+        assert target.tolist() == [float(c in tags[i].classes) for c in range(4)]
+    plain = TaggedCropDataset(source, tags[:2], 4, augment=False)
+    image, _, _ = plain[1]
+    assert image.shape == (3, 32, 32)
+    assert round(image[2, 0, 0].item() * 255) == 32 and round(255 - image[1, 0, 0].item() * 255) == 32
+    again = TaggedCropDataset(source, tags, 4, crop_px=28)
+    assert torch.equal(again[0][0], data[0][0])
+    again.set_epoch(1)
+    assert not torch.equal(again[0][0], data[0][0])
+    with pytest.raises(DatasetError, match="leaves its 40×50 image"):
+        TaggedCropDataset(source, [CropTag("t1", 20, 0, 32, 32, (0,))], 4)[0]
+    with pytest.raises(DatasetError, match="outside 0..3"):
+        TaggedCropDataset(source, [CropTag("t1", 0, 0, 8, 8, (4,))], 4)
+
+
+def test_tile_dataset_returns_whole_tiles(tmp_path):
+    source, labels = _tiles(tmp_path)
+    image, mask, tile_id = TileDataset(source, ["t1"])[0]
+    assert tile_id == "t1" and image.shape == (3, 40, 50) and mask.dtype == torch.int64
+    assert torch.equal(mask, torch.from_numpy(labels["t1"].astype(np.int64)))
+    _check_consistent(image, mask)
+    with pytest.raises(DatasetError, match="no tile 'nope'"):
+        TileDataset(source, ["nope"])

@@ -1,0 +1,78 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from wsseg.datasets import build_source, known_kinds
+from wsseg.datasets.base import DatasetError
+from wsseg.datasets.colour import encode_colour_mask, save_index_png
+from wsseg.datasets.folder import folder_source
+
+PALETTE = ((10, 20, 30), (200, 0, 0), (0, 200, 0))
+
+
+def _layout(root, names=("img10", "img2", "img1"), mask="index", suffix=""):
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir(parents=True)
+    labels = {}
+    for i, name in enumerate(names):
+        label = np.full((6, 7), i % 3, dtype=np.uint8)
+        label[0, 0] = 255
+        labels[name] = label
+        Image.fromarray(np.full((6, 7, 3), i * 20, np.uint8)).save(root / "images" / f"{name}.png")
+        if mask == "index":
+            save_index_png(root / "masks" / f"{name}{suffix}.png", label, PALETTE)
+        else:
+            Image.fromarray(encode_colour_mask(label, PALETTE)).save(root / "masks" / f"{name}{suffix}.png")
+    return labels
+
+
+def test_index_masks_pair_by_stem_in_natural_order(tmp_path):
+    labels = _layout(tmp_path)
+    source = folder_source(tmp_path, "images", "masks", ["a", "b", "c"], in_mean=["a", "b"])
+    assert [t.tile_id for t in source.tiles] == ["img1", "img2", "img10"]
+    assert source.classes.in_mean == ("a", "b") and len(source.classes.palette) == 3
+    for name, label in labels.items():
+        np.testing.assert_array_equal(source.label(name), label)
+    assert source.image("img2")[0, 0].tolist() == [20, 20, 20]
+
+
+def test_colour_masks_and_mask_suffix(tmp_path):
+    labels = _layout(tmp_path, mask="colour", suffix="_mask")
+    source = folder_source(tmp_path, "images", "masks", ["a", "b", "c"], PALETTE, mask_format="colour",
+                           ignore_colours=[(0, 0, 0)], mask_stem_suffix="_mask")
+    np.testing.assert_array_equal(source.label("img10"), labels["img10"])
+    with pytest.raises(DatasetError, match="needs the palette"):
+        folder_source(tmp_path, "images", "masks", ["a", "b", "c"], mask_format="colour")
+
+
+def test_image_without_mask_names_the_file(tmp_path):
+    _layout(tmp_path)
+    Image.fromarray(np.zeros((6, 7, 3), np.uint8)).save(tmp_path / "images" / "orphan.jpg")
+    with pytest.raises(DatasetError, match=r"orphan.jpg: no mask .*orphan"):
+        folder_source(tmp_path, "images", "masks", ["a", "b", "c"])
+    with pytest.raises(DatasetError, match="mask folder not found"):
+        folder_source(tmp_path, "images", "nope", ["a", "b", "c"])
+
+
+def test_index_out_of_range_and_stored_ignore_value(tmp_path):
+    _layout(tmp_path, names=("x",))
+    save_index_png(tmp_path / "masks" / "x.png", np.array([[0] * 7] * 5 + [[1, 2, 7, 0, 0, 0, 0]], np.uint8), PALETTE)
+    with pytest.raises(DatasetError, match=r"x.png: class index 7 at pixel \(x=2, y=5\)"):
+        folder_source(tmp_path, "images", "masks", ["a", "b", "c"]).label("x")
+    # A dataset whose masks use 7 for void: it comes out as 255.
+    label = folder_source(tmp_path, "images", "masks", ["a", "b", "c"], ignore_index=7).label("x")
+    assert label[5, :3].tolist() == [1, 2, 255]
+    with pytest.raises(DatasetError, match="collides"):
+        folder_source(tmp_path, "images", "masks", ["a", "b", "c"], ignore_index=1)
+
+
+def test_build_source_kinds_and_errors(tmp_path):
+    _layout(tmp_path)
+    source = build_source("folder", tmp_path, image_dir="images", mask_dir="masks", class_names=["a", "b", "c"])
+    assert len(source.tiles) == 3
+    for kind in ("vaihingen", "vaihingen_mmseg", "dubai", "folder", "voc", "cityscapes", "ade20k", "camvid"):
+        assert kind in known_kinds()
+    with pytest.raises(DatasetError, match=r"unknown dataset kind 'potsdam'; known kinds: .*vaihingen"):
+        build_source("potsdam", tmp_path)
+    with pytest.raises(DatasetError, match=r"has no option\(s\) \['colour'\]"):
+        build_source("dubai", tmp_path, colour="x")

@@ -1,0 +1,25 @@
+"""CamVid in the SegNet layout::
+
+    root/{train,val,test}/<name>.png
+    root/{train,val,test}annot/<name>.png     index PNG: 0..10 the classes, 11 = void (→ ignore)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from wsseg.datasets.base import DatasetError, TileSource
+from wsseg.datasets.folder import folder_source
+
+CAMVID_NAMES = ("sky", "building", "pole", "road", "pavement", "tree", "sign_symbol", "fence", "car", "pedestrian",
+                "bicyclist")
+CAMVID_PALETTE = ((128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222), (128, 128, 0),
+                  (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0), (0, 128, 192))
+CAMVID_VOID = 11
+
+
+def camvid_source(root: str | Path, split: str = "train", check_sizes: bool = True) -> TileSource:
+    if split not in ("train", "val", "test"):
+        raise DatasetError(f"camvid split must be train, val or test, got {split!r}")
+    return folder_source(root, split, f"{split}annot", CAMVID_NAMES, CAMVID_PALETTE, mask_format="index",
+                         ignore_index=CAMVID_VOID, name="camvid", check_sizes=check_sizes)

@@ -1,0 +1,69 @@
+"""Cityscapes in its official layout::
+
+    leftImg8bit/<split>/<city>/<city>_<seq>_<frame>_leftImg8bit.png
+    gtFine/<split>/<city>/<city>_<seq>_<frame>_gtFine_labelIds.png        34 label ids
+    gtFine/<split>/<city>/<city>_<seq>_<frame>_gtFine_labelTrainIds.png   19 train ids, 255 ignore
+
+Label ids are mapped to the 19 evaluation classes with the table of cityscapesScripts' labels.py.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from wsseg.datasets.base import IGNORE_INDEX, ClassSpec, DatasetError, Tile, TileSource
+from wsseg.datasets.colour import check_indices, check_same_size, read_index_png, read_rgb
+from wsseg.datasets.folder import natural_key
+
+CITYSCAPES_CLASSES = ClassSpec(
+    names=("road", "sidewalk", "building", "wall", "fence", "pole", "traffic_light", "traffic_sign", "vegetation",
+           "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle"),
+    palette=((128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153), (153, 153, 153),
+             (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152), (70, 130, 180), (220, 20, 60),
+             (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32)),
+)
+
+# label id → train id; ids not listed (0–6, 9, 10, 14–16, 18, 29, 30, and -1 licence plate) are ignored.
+LABEL_TO_TRAIN_ID = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12,
+                     26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+_LOOKUP = np.full(256, IGNORE_INDEX, dtype=np.uint8)
+for _label_id, _train_id in LABEL_TO_TRAIN_ID.items():
+    _LOOKUP[_label_id] = _train_id
+
+_SUFFIX = {"labelIds": "_gtFine_labelIds.png", "labelTrainIds": "_gtFine_labelTrainIds.png"}
+
+
+def cityscapes_source(root: str | Path, split: str = "val", label: str = "labelIds",
+                      check_sizes: bool = True) -> TileSource:
+    """Frames of one split, ids "<city>_<seq>_<frame>"; `label` picks labelIds (mapped) or labelTrainIds."""
+    if label not in _SUFFIX:
+        raise DatasetError(f"cityscapes label must be one of {sorted(_SUFFIX)}, got {label!r}")
+    root = Path(root)
+    images, labels = root / "leftImg8bit" / split, root / "gtFine" / split
+    for folder in (images, labels):
+        if not folder.is_dir():
+            raise DatasetError(f"{folder}: folder not found (root {root}, split {split!r})")
+    image_paths = sorted(images.glob("*/*_leftImg8bit.png"), key=lambda p: natural_key(p.name))
+    if not image_paths:
+        raise DatasetError(f"{images}: no <city>/*_leftImg8bit.png images")
+    tiles = []
+    for image_path in image_paths:
+        frame = image_path.name[: -len("_leftImg8bit.png")]
+        label_path = labels / image_path.parent.name / f"{frame}{_SUFFIX[label]}"
+        if not label_path.is_file():
+            raise DatasetError(f"{image_path}: no ground truth {label_path}")
+        if check_sizes:
+            check_same_size(image_path, label_path)
+        tiles.append(Tile(frame, image_path, label_path, None))
+    return TileSource("cityscapes", CITYSCAPES_CLASSES, tiles, read_image=read_rgb,
+                      read_label=partial(_read_cityscapes_label, mapped=label == "labelIds"))
+
+
+def _read_cityscapes_label(path: Path, mapped: bool) -> np.ndarray:
+    stored = read_index_png(path)
+    if mapped:
+        return _LOOKUP[stored]
+    return check_indices(stored, CITYSCAPES_CLASSES.num_classes, path)

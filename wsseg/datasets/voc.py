@@ -1,0 +1,73 @@
+"""PASCAL VOC 2012 in the VOCdevkit layout::
+
+    VOCdevkit/VOC2012/JPEGImages/<id>.jpg
+    VOCdevkit/VOC2012/SegmentationClass/<id>.png        palette PNG: value = class, 255 = ignore
+    VOCdevkit/VOC2012/SegmentationClassAug/<id>.png     SBD-augmented masks (train_aug), same coding
+    VOCdevkit/VOC2012/ImageSets/Segmentation/<split>.txt
+
+`root` may be VOC2012 itself, VOCdevkit, or the folder holding VOCdevkit.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from wsseg.datasets.base import ClassSpec, DatasetError, Tile, TileSource
+from wsseg.datasets.colour import check_indices, check_same_size, default_palette, read_index_png, read_rgb
+from wsseg.datasets.folder import natural_key
+
+VOC_CLASSES = ClassSpec(
+    names=("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+           "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+           "tvmonitor"),
+    palette=default_palette(21),
+)
+
+
+def find_voc2012(root: Path) -> Path:
+    for candidate in (root, root / "VOC2012", root / "VOCdevkit" / "VOC2012"):
+        if (candidate / "JPEGImages").is_dir():
+            return candidate
+    raise DatasetError(f"{root}: no VOC2012 folder with JPEGImages/ (looked in {root}, {root / 'VOC2012'}, "
+                       f"{root / 'VOCdevkit' / 'VOC2012'})")
+
+
+def voc_source(root: str | Path, split: str | None = None, label_dir: str = "SegmentationClass",
+               check_sizes: bool = True) -> TileSource:
+    """Images listed in ImageSets/Segmentation/<split>.txt, or with `split=None` every image that has a mask."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: VOC root folder not found")
+    voc = find_voc2012(root)
+    images, labels = voc / "JPEGImages", voc / label_dir
+    if not labels.is_dir():
+        raise DatasetError(f"{labels}: mask folder not found")
+    if split is not None:
+        list_file = voc / "ImageSets" / "Segmentation" / f"{split}.txt"
+        if not list_file.is_file():
+            raise DatasetError(f"{list_file}: split list not found")
+        ids = [line.split()[0] for line in list_file.read_text().splitlines() if line.strip()]
+    else:
+        ids = sorted((p.stem for p in labels.glob("*.png")), key=natural_key)
+        if not ids:
+            raise DatasetError(f"{labels}: no .png masks")
+    tiles = []
+    for image_id in ids:
+        image_path, label_path = images / f"{image_id}.jpg", labels / f"{image_id}.png"
+        if not image_path.is_file():
+            raise DatasetError(f"{image_path}: image of {image_id!r} not found")
+        if not label_path.is_file():
+            raise DatasetError(f"{image_path}: no mask {label_path}")
+        if check_sizes:
+            check_same_size(image_path, label_path)
+        tiles.append(Tile(image_id, image_path, label_path, None))
+    return TileSource("voc", VOC_CLASSES, tiles, read_image=read_rgb,
+                      read_label=partial(_read_voc_label, num_classes=VOC_CLASSES.num_classes))
+
+
+def _read_voc_label(path: Path, num_classes: int) -> np.ndarray:
+    # The stored palette index is the class; the palette itself is only for display.
+    return check_indices(read_index_png(path), num_classes, path)
