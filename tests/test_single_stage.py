@@ -52,7 +52,6 @@ def test_forward_outputs_and_scores(model):
 
 
 def test_training_step_freezing_and_pamr(model):
-    pytest.importorskip("wsseg.pseudo_labels.pamr")
     model.train()
     assert not any(m.training for m in model.backbone.modules() if isinstance(m, nn.BatchNorm2d))
     assert not any(m.training for m in model.aspp.modules() if isinstance(m, nn.BatchNorm2d))
@@ -128,7 +127,6 @@ def test_class_layout_maps_clutter_to_the_constant_channel():
 
 
 def test_self_supervised_loss_wiring(model):
-    pytest.importorskip("wsseg.pseudo_labels.pseudo_gt")
     model.train()
     image = torch.rand(2, 3, 49, 49)
     out = model(image)
@@ -152,7 +150,6 @@ def test_torchvision_backbones_are_output_stride_8(name, shallow, deep):
 
 
 def test_effnet_backbone_matches_the_stride_8_grid():
-    pytest.importorskip("wsseg.models.efficientnet_lite")
     model = SingleStageSegmenter(num_classes=2, backbone="effnet_lite0", width=WIDTH).eval()
     out = model(torch.rand(1, 3, 65, 65))
     assert out["logits"].shape == (1, 3, 17, 17)

@@ -47,6 +47,8 @@ class SplitConfig:
     n_labelled: int = 3
     n_tagged: int = 21
     n_val: int = 2
+    # At most this many test tiles (default: every tile not in another part).
+    n_test: int | None = None
 
 
 @dataclass

@@ -9,6 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call `write(tmp_path)` on a temporary file beside `path`, then rename it over `path`."""
@@ -24,22 +26,34 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(text))
+def atomic_write_text(path: Path, text: str) -> Path:
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    return Path(path)
 
 
-def _json_safe(value: Any) -> Any:
-    # NaN is not JSON: an undefined score (class absent from ground truth and prediction) is null.
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
-        return _json_safe(value.item())
-    return value
+def to_jsonable(obj: Any) -> Any:
+    """Plain JSON types: NaN/inf → None, numpy/torch scalars and arrays → Python, tuples → lists.
+
+    NaN is not JSON: an undefined score (a class absent from ground truth and prediction) is null.
+    """
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        value = float(obj)
+        return value if math.isfinite(value) else None
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "tolist"):  # numpy arrays, torch tensors
+        return to_jsonable(obj.tolist())
+    return obj
 
 
-def atomic_write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(_json_safe(data), indent=2) + "\n")
+def atomic_write_json(path: Path, data: Any) -> Path:
+    # allow_nan=False: anything non-finite that escaped to_jsonable is a bug, not "NaN" in a file.
+    return atomic_write_text(path, json.dumps(to_jsonable(data), indent=2, allow_nan=False) + "\n")

@@ -23,6 +23,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from wsseg.core.io import atomic_write_json as write_json_atomic
+from wsseg.core.io import atomic_write_text as write_text_atomic
+from wsseg.core.io import to_jsonable  # noqa: F401 (re-exported)
+
 IGNORE_INDEX = 255
 IGNORE_COLOUR = (0, 0, 0)
 # Where write_report looks for `metrics.majority_baseline_miou(...)`; both spellings are in use.
@@ -30,54 +34,6 @@ BASELINE_KEYS = ("majority_baseline_miou", "baseline_majority_miou")
 
 
 # ---------------------------------------------------------------- files
-
-def to_jsonable(obj):
-    """Plain JSON types: NaN/inf → None, numpy scalars/arrays → Python, tuples → lists."""
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return to_jsonable(obj.tolist())
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        value = float(obj)
-        return value if math.isfinite(value) else None
-    if isinstance(obj, Path):
-        return str(obj)
-    if hasattr(obj, "tolist"):  # torch tensors without importing torch here
-        return to_jsonable(obj.tolist())
-    return obj
-
-
-def _write_atomic(path: Path, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
-def write_json_atomic(path: str | Path, obj) -> Path:
-    """Write `obj` as JSON (NaN → null) so that `path` is either the old or the new file."""
-    # allow_nan=False: anything non-finite that escaped to_jsonable is a bug, not "NaN" in a file
-    return _write_atomic(Path(path), json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n")
-
-
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    return _write_atomic(Path(path), text)
-
 
 def _safe_name(tile_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", str(tile_id))

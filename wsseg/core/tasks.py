@@ -68,7 +68,8 @@ def get_split(cfg: Config, source: TileSource, run_dir: Path) -> Split:
         if s.kind == "official":
             split = official_vaihingen_split(tile_ids, n_labelled=s.n_labelled, n_val=s.n_val, seed=s.seed)
         else:
-            split = make_split(tile_ids, n_labelled=s.n_labelled, n_tagged=s.n_tagged, n_val=s.n_val, seed=s.seed)
+            split = make_split(tile_ids, n_labelled=s.n_labelled, n_tagged=s.n_tagged, n_val=s.n_val, seed=s.seed,
+                               n_test=s.n_test)
         save_split(path, split)
     log.info("split (%s):\n%s", path, format_split(split))
     return split

@@ -71,8 +71,10 @@ def _check_count(name: str, value: int) -> int:
 
 
 def make_split(tile_ids: Sequence[str], n_labelled: int = 3, n_tagged: int = 21, n_val: int = 2,
-               seed: int = 0) -> Split:
+               seed: int = 0, n_test: int | None = None) -> Split:
     """Sorted ids permuted by `seed`: the first n_labelled labelled, then tagged, then val; rest test.
+
+    `n_test` caps the test tiles (None: all the rest), for datasets with many more images than needed.
 
     With the 33 Vaihingen tiles the defaults give the seed task: 3 labelled + 21 tagged + 2 val
     (the 23 N2 tiles minus the 2 that choose checkpoints) and 7 test tiles.
@@ -87,8 +89,11 @@ def make_split(tile_ids: Sequence[str], n_labelled: int = 3, n_tagged: int = 21,
     order = np.random.default_rng(seed).permutation(len(ids))
     permuted = [ids[i] for i in order]
     a, b, c = counts["n_labelled"], counts["n_labelled"] + counts["n_tagged"], needed
+    end = len(ids) if n_test is None else c + _check_count("n_test", n_test)
+    if end > len(ids) or end == c:
+        raise DatasetError(f"split leaves {len(ids) - c} test tiles, but n_test is {n_test}")
     return Split(labelled=sort_tile_ids(permuted[:a]), tagged=sort_tile_ids(permuted[a:b]),
-                 val=sort_tile_ids(permuted[b:c]), test=sort_tile_ids(permuted[c:]), seed=int(seed),
+                 val=sort_tile_ids(permuted[b:c]), test=sort_tile_ids(permuted[c:end]), seed=int(seed),
                  kind="random", info=counts).check()
 
 

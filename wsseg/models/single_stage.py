@@ -24,6 +24,8 @@ from torch import nn
 from wsseg.models.backbones import build_backbone
 from wsseg.models.heads import ASPP, GlobalCueInjection, StochasticGate
 from wsseg.models.resnet38 import scaled
+from wsseg.pseudo_labels import pseudo_gt
+from wsseg.pseudo_labels.pamr import refine_with_pamr
 
 PAMR_DILATIONS = (1, 2, 4, 8, 12, 24)
 
@@ -167,8 +169,6 @@ class SingleStageSegmenter(nn.Module):
 
     def refine_masks(self, image, masks):
         """PAMR on the detached masks with the image resized to mask size (fp32 always)."""
-        from wsseg.pseudo_labels.pamr import refine_with_pamr
-
         with torch.no_grad(), torch.autocast(image.device.type, enabled=False):
             return refine_with_pamr(image.float(), masks.detach().float(),
                                     dilations=self.pamr_dilations, num_iter=self.pamr_iter)
@@ -180,8 +180,6 @@ class SingleStageSegmenter(nn.Module):
 
     def self_supervised_loss(self, out, image_tags, crop_size):
         """Pseudo labels from the PAMR masks upsampled to the crop, then the balanced CE."""
-        from wsseg.pseudo_labels.pseudo_gt import pseudo_labels_from_masks, self_supervised_loss
-
         if self.background != "constant":
             # pseudo_gt assumes channel 0 is an always-present background; the learned layout
             # needs its background-free variant (thresholds 0.6·max for every class, an image
@@ -189,8 +187,8 @@ class SingleStageSegmenter(nn.Module):
             raise NotImplementedError("self-supervision with background='learned' needs "
                                       "pseudo_gt support for masks without a background channel")
         masks = resize(out["masks_pamr"], crop_size)
-        pseudo_labels = pseudo_labels_from_masks(masks, image_tags)
-        return self_supervised_loss(out["logits"], pseudo_labels, image_tags)
+        pseudo_labels = pseudo_gt.pseudo_labels_from_masks(masks, image_tags)
+        return pseudo_gt.self_supervised_loss(out["logits"], pseudo_labels, image_tags)
 
     def param_groups(self, lr: float = 1e-3, weight_decay: float = 5e-4):
         """SGD groups (SPEC): backbone ×1 (wd), new weights ×10 (wd), new biases ×20 (no wd).

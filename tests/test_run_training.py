@@ -1,0 +1,136 @@
+"""End to end through the command line: tiny task i and task ii runs on the synthetic aerial data."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from wsseg.cli import main
+from wsseg.core.checkpoint import load_checkpoint
+
+REPORT_FILES = ["metrics.json", "report.md", "iou_bars.png", "confusion.png", "curves.png", "best.pt", "last.pt"]
+
+
+def tiny_config(tmp_path: Path, data_root: Path, **sections) -> Path:
+    """A config small enough for a few seconds per stage on 2 CPU cores."""
+    cfg = {
+        "name": "tiny",
+        "data": {"kind": "synthetic_vaihingen", "root": str(data_root),
+                 "synthetic": {"num_tiles": 14, "tile_px": [160, 160], "seed": 1}},
+        "split": {"n_labelled": 3, "n_tagged": 6, "n_val": 2},
+        "model": {"name": "effnet_lite0_unet", "options": {"pretrained": True}},
+        "train": {"epochs": 3, "iters_per_epoch": 15, "batch_size": 8, "crop_px": 96, "optimizer": "adamw",
+                  "lr": 2e-3, "schedule": "poly", "workers": 0, "channels_last": True},
+        "eval": {"window_px": 160, "stride_px": 96, "batch_size": 4, "num_triptychs": 1},
+        "weak": {"tag_crop_px": 80,
+                 "single_stage": {"backbone": "effnet_lite0", "pretrained": "imagenet", "epochs": 2,
+                                  "iters_per_epoch": 6, "batch_size": 4, "crop_px": 80,
+                                  "self_supervised_from_epoch": 2},
+                 "pseudo": {"scales": [1.0], "flip": False, "workers": 1}},
+    }
+    for section, values in sections.items():
+        cfg[section].update(values)
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("synthetic")
+
+
+@pytest.fixture(scope="module")
+def task_i_run(tmp_path_factory, data_root):
+    tmp = tmp_path_factory.mktemp("task_i")
+    config = tiny_config(tmp, data_root)
+    assert main(["train", "--task", "i", "--config", str(config), "--out", str(tmp / "run")]) == 0
+    return tmp / "run"
+
+
+def test_task_i_learns_and_writes_every_report_file(task_i_run):
+    stage = task_i_run / "task_i"
+    for name in REPORT_FILES:
+        assert (stage / name).is_file(), name
+    assert list(stage.glob("triptych_*.png"))
+    assert list((stage / "tb").iterdir()), "no tensorboard events"
+    for name in ("config.yaml", "split.json", "log.txt"):
+        assert (task_i_run / name).is_file(), name
+    metrics = json.loads((stage / "metrics.json").read_text())
+    assert set(metrics) >= {"miou", "mean_f1", "overall_accuracy", "per_class", "classes_in_mean", "eroded",
+                            "baseline_majority_miou"}
+    assert "clutter" not in metrics["classes_in_mean"] and len(metrics["classes_in_mean"]) == 5
+    assert set(metrics["per_class"]["building"]) >= {"iou", "f1"}
+    assert 0.0 <= metrics["baseline_majority_miou"] < 0.15
+    # Three labelled 160 px tiles and 45 steps: far from converged, clearly better than a constant.
+    assert metrics["miou"] > metrics["baseline_majority_miou"] + 0.1, metrics["miou"]
+    split = json.loads((task_i_run / "split.json").read_text())
+    assert len(split["labelled"]) == 3 and len(split["test"]) == 3
+    assert not set(split["val"]) & set(split["test"])
+
+
+def test_eval_command_reproduces_the_test_metrics(task_i_run, tmp_path, capsys):
+    out = tmp_path / "eval"
+    assert main(["eval", "--checkpoint", str(task_i_run / "task_i" / "best.pt"), "--out", str(out)]) == 0
+    again = json.loads((out / "metrics.json").read_text())
+    first = json.loads((task_i_run / "task_i" / "metrics.json").read_text())
+    assert again["miou"] == pytest.approx(first["miou"], abs=1e-6)
+    assert "mIoU" in capsys.readouterr().out
+
+
+def test_resumed_run_gives_the_same_weights(tmp_path, data_root):
+    overrides = ["--set", "train.schedule=constant", "--set", "train.iters_per_epoch=4",
+                 "--set", "model.options.pretrained=false", "--set", "split.n_val=0"]
+    config = tiny_config(tmp_path, data_root)
+    straight, split_run = tmp_path / "straight", tmp_path / "interrupted"
+    assert main(["train", "--config", str(config), "--out", str(straight), "--set", "train.epochs=2", *overrides]) == 0
+    # Interrupted after one epoch, then continued to two.
+    assert main(["train", "--config", str(config), "--out", str(split_run), "--set", "train.epochs=1", *overrides]) == 0
+    (split_run / "task_i" / "done.json").unlink()
+    assert main(["train", "--config", str(config), "--out", str(split_run), "--resume", "--set", "train.epochs=2",
+                 *overrides]) == 0
+    a = load_checkpoint(straight / "task_i" / "last.pt")["model"]
+    b = load_checkpoint(split_run / "task_i" / "last.pt")["model"]
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_rerun_without_resume_keeps_the_existing_run(task_i_run, capsys, tmp_path):
+    config = task_i_run / "config.yaml"
+    before = (task_i_run / "task_i" / "best.pt").read_bytes()
+    (task_i_run / "task_i" / "done.json").rename(task_i_run / "task_i" / "done.json.bak")
+    try:
+        assert main(["train", "--config", str(config), "--out", str(task_i_run)]) == 1
+    finally:
+        (task_i_run / "task_i" / "done.json.bak").rename(task_i_run / "task_i" / "done.json")
+    assert "pass --resume" in capsys.readouterr().err
+    assert (task_i_run / "task_i" / "best.pt").read_bytes() == before
+
+
+def test_task_all_runs_the_weak_chain_and_compares(tmp_path, data_root):
+    config = tiny_config(tmp_path, data_root)
+    run = tmp_path / "run"
+    assert main(["train", "--task", "all", "--config", str(config), "--out", str(run)]) == 0
+    for name in ("crop_tags.json", "comparison.json", "comparison.md", "comparison_iou.png",
+                 "single_stage/last.pt", "pseudo_masks/pseudo_quality.json", "task_ii/metrics.json"):
+        assert (run / name).is_file(), name
+    comparison = json.loads((run / "comparison.json").read_text())
+    assert set(comparison) == {"task_i", "task_ii", "pseudo_masks"}
+    quality = comparison["pseudo_masks"]
+    assert set(quality) >= {"coverage", "miou_raw", "miou_crf", "miou_final", "per_class"}
+    assert 0.0 < quality["coverage"] <= 1.0
+    split = json.loads((run / "split.json").read_text())
+    from wsseg.datasets.colour import read_index_png
+
+    for tile in split["tagged"]:
+        mask = read_index_png(run / "pseudo_masks" / f"{tile}.png")
+        assert mask.shape == (160, 160)
+        assert set(np.unique(mask)) <= set(range(6)) | {255}
+    # A finished chain is not redone: a rerun with --resume only rewrites the comparison.
+    mtime = (run / "task_ii" / "best.pt").stat().st_mtime_ns
+    assert main(["train", "--task", "all", "--config", str(config), "--out", str(run), "--resume"]) == 0
+    assert (run / "task_ii" / "best.pt").stat().st_mtime_ns == mtime
