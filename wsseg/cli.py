@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from wsseg.core.checkpoint import CheckpointError
 from wsseg.core.config import ConfigError, load_config
 
 
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     handler = {"train": _train, "eval": _eval, "synth": _synth}[args.command]
     try:
         return handler(args)
-    except (ValueError, RuntimeError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, ImportError, CheckpointError) as err:
         # Bad input gets one clear line, not a traceback; the message names the file or key.
         print(f"error: {err}", file=sys.stderr)
         return 1

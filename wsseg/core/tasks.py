@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
-from wsseg.core.checkpoint import load_checkpoint, unwrap
+from wsseg.core.checkpoint import CheckpointError, load_checkpoint, unwrap
 from wsseg.core.config import Config, config_to_dict, save_config
 from wsseg.core.distributed import DistInfo, autocast_dtype, choose_device
 from wsseg.core.evaluate import evaluate_tiles
@@ -31,7 +31,7 @@ from wsseg.core.metrics import class_pixel_counts, class_weights, majority_basel
 from wsseg.core.report import write_comparison_report, write_report
 from wsseg.core.train import build_optimizer, build_scheduler, fit, weighted_cross_entropy
 from wsseg.datasets import build_source
-from wsseg.datasets.base import TileSource
+from wsseg.datasets.base import DatasetError, TileSource
 from wsseg.datasets.crops import RandomCropDataset
 from wsseg.datasets.splits import Split, format_split, load_split, make_split, official_vaihingen_split, save_split
 from wsseg.datasets.tags import compute_crop_tags, load_crop_tags, save_crop_tags
@@ -58,21 +58,13 @@ def get_source(cfg: Config) -> TileSource:
     return build_source(cfg.data.kind, root, **cfg.data.options)
 
 
-def get_split(cfg: Config, source: TileSource, run_dir: Path) -> Split:
-    path = run_dir / "split.json"
-    if path.exists():
-        split = load_split(path)
-    else:
-        tile_ids = [t.tile_id for t in source.tiles]
-        s = cfg.split
-        if s.kind == "official":
-            split = official_vaihingen_split(tile_ids, n_labelled=s.n_labelled, n_val=s.n_val, seed=s.seed)
-        else:
-            split = make_split(tile_ids, n_labelled=s.n_labelled, n_tagged=s.n_tagged, n_val=s.n_val, seed=s.seed,
-                               n_test=s.n_test)
-        save_split(path, split)
-    log.info("split (%s):\n%s", path, format_split(split))
-    return split
+def make_split_for(cfg: Config, source: TileSource) -> Split:
+    tile_ids = [t.tile_id for t in source.tiles]
+    s = cfg.split
+    if s.kind == "official":
+        return official_vaihingen_split(tile_ids, n_labelled=s.n_labelled, n_val=s.n_val, seed=s.seed)
+    return make_split(tile_ids, n_labelled=s.n_labelled, n_tagged=s.n_tagged, n_val=s.n_val, seed=s.seed,
+                      n_test=s.n_test)
 
 
 def get_crop_tags(cfg: Config, source: TileSource, split: Split, run_dir: Path):
@@ -320,14 +312,33 @@ def run_task_ii(cfg: Config, source: TileSource, split: Split, run_dir: Path, re
     return (_finish_stage(stage_dir, metrics) if dist_info.is_main else metrics), quality
 
 
+def verify_tiles(source: TileSource, tile_ids) -> None:
+    """Decode every image and label once before training, so a truncated or mismatched file is
+    reported up front, naming the file, and not hours later from inside a DataLoader worker."""
+    from tqdm import tqdm
+
+    for tile_id in tqdm(list(tile_ids), desc="checking tiles", leave=False, dynamic_ncols=True):
+        image = source.image(tile_id)
+        tile = source.tile(tile_id)
+        for eroded, path in ((False, tile.label_path), (True, tile.eroded_label_path)):
+            if path is not None and source.label(tile_id, eroded=eroded).shape != image.shape[:2]:
+                raise DatasetError(f"{path}: mask size differs from its image {tile.image_path}")
+
+
 def run_task(cfg: Config, task: str, run_dir: Path, resume: bool = False,
              dist_info: DistInfo = DistInfo()) -> dict:
     """Run task `i`, `ii` or `all` into `run_dir`; returns the metrics (or the comparison)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if (run_dir / "config.yaml").exists() and not resume:
+        raise CheckpointError(f"{run_dir} already holds a run: pass --resume to continue it, or choose another --out")
+    source = get_source(cfg)
+    split_path = run_dir / "split.json"
+    # A resumed run keeps the split it started with, whatever the config says now.
+    split = load_split(split_path) if split_path.exists() else make_split_for(cfg, source)
+    verify_tiles(source, [*split.labelled, *split.tagged, *split.val, *split.test])
     if dist_info.is_main:
         save_config(cfg, run_dir / "config.yaml")
-    source = get_source(cfg)
-    split = get_split(cfg, source, run_dir)
+        save_split(split_path, split)
+    log.info("split (%s):\n%s", split_path, format_split(split))
     if task == "i":
         return run_task_i(cfg, source, split, run_dir, resume, dist_info)
     if task == "ii":
