@@ -81,3 +81,20 @@ def test_shape_errors_are_explicit():
         pseudo_labels_from_masks(torch.rand(1, 3, 4, 4), torch.ones(1, 3))
     with pytest.raises(ValueError, match="pseudo labels must be"):
         self_supervised_loss(torch.rand(1, 3, 2, 2), torch.full((1, 2, 2), 7), torch.ones(1, 2))
+
+
+def test_learned_background_layout_has_no_background_threshold():
+    # Two learned channels, both tagged: each pixel goes to the channel above 0.6·its peak alone.
+    masks = torch.tensor([[[[0.9, 0.5, 0.1]], [[0.1, 0.5, 0.9]]]])
+    tags = torch.tensor([[1.0, 1.0]])
+    labels = pseudo_labels_from_masks(masks, tags, background=False)
+    assert labels.tolist() == [[[0, 255, 1]]]
+    # An untagged channel is zeroed; the image then still counts (only tagged classes required).
+    labels = pseudo_labels_from_masks(masks, torch.tensor([[1.0, 0.0]]), background=False)
+    assert labels.tolist() == [[[0, 255, 255]]]  # 0.5 is not above 0.6·0.9
+    logits = torch.zeros(1, 2, 1, 3, requires_grad=True)
+    loss = self_supervised_loss(logits, labels, torch.tensor([[1.0, 0.0]]), background=False)
+    loss.backward()
+    assert logits.grad.abs().sum() == 0  # N_c = N for the only class: weight (N - N_c)/(1 + N) = 0
+    with pytest.raises(ValueError, match="no background channel"):
+        pseudo_labels_from_masks(masks, torch.ones(1, 1), background=False)

@@ -37,6 +37,8 @@ class DataConfig:
     root: str = "data/vaihingen"
     # Loader-specific keyword arguments (folder names, class names, palette ...), checked by the loader.
     options: dict[str, Any] = field(default_factory=dict)
+    # Decode every tile at this scale (e.g. 0.25 for large imagery on a CPU); 1 keeps full size.
+    scale: float = 1.0
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 

@@ -31,7 +31,7 @@ from wsseg.core.metrics import class_pixel_counts, class_weights, majority_basel
 from wsseg.core.report import write_comparison_report, write_report
 from wsseg.core.train import build_optimizer, build_scheduler, fit, weighted_cross_entropy
 from wsseg.datasets import build_source
-from wsseg.datasets.base import DatasetError, TileSource
+from wsseg.datasets.base import DatasetError, TileSource, rescaled
 from wsseg.datasets.crops import RandomCropDataset
 from wsseg.datasets.splits import Split, format_split, load_split, make_split, official_vaihingen_split, save_split
 from wsseg.datasets.tags import compute_crop_tags, load_crop_tags, save_crop_tags
@@ -42,6 +42,10 @@ log = logging.getLogger("wsseg")
 
 # ----------------------------------------------------------------------------------------- data
 def get_source(cfg: Config) -> TileSource:
+    return rescaled(_get_full_source(cfg), cfg.data.scale)
+
+
+def _get_full_source(cfg: Config) -> TileSource:
     root = Path(cfg.data.root)
     if cfg.data.kind == "synthetic_vaihingen":
         from wsseg.datasets.synthetic_aerial import generate_synthetic_vaihingen

@@ -83,3 +83,26 @@ class TileSource:
         if path is None:
             raise DatasetError(f"tile {tile_id!r} of {self.name!r} has no {'eroded ' if eroded else ''}ground truth")
         return self.read_label(path)
+
+
+def rescaled(source: TileSource, scale: float) -> TileSource:
+    """The same tiles decoded at `scale` × their size (area-averaged images, nearest-neighbour
+    labels): large imagery at the resolution a CPU experiment can afford."""
+    if scale == 1.0:
+        return source
+    if not 0.0 < scale <= 4.0:
+        raise DatasetError(f"data.scale must be in (0, 4], got {scale}")
+    import cv2
+
+    def size_of(shape):
+        return max(1, round(shape[1] * scale)), max(1, round(shape[0] * scale))
+
+    def read_image(path):
+        image = source.read_image(path)
+        return cv2.resize(image, size_of(image.shape), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+
+    def read_label(path):
+        label = source.read_label(path)
+        return cv2.resize(label, size_of(label.shape), interpolation=cv2.INTER_NEAREST)
+
+    return TileSource(f"{source.name}@{scale:g}", source.classes, source.tiles, read_image, read_label)

@@ -179,16 +179,15 @@ class SingleStageSegmenter(nn.Module):
         return F.multilabel_soft_margin_loss(cls, tags.to(cls.dtype))
 
     def self_supervised_loss(self, out, image_tags, crop_size):
-        """Pseudo labels from the PAMR masks upsampled to the crop, then the balanced CE."""
-        if self.background != "constant":
-            # pseudo_gt assumes channel 0 is an always-present background; the learned layout
-            # needs its background-free variant (thresholds 0.6·max for every class, an image
-            # counts when every tagged class got a pixel).
-            raise NotImplementedError("self-supervision with background='learned' needs "
-                                      "pseudo_gt support for masks without a background channel")
+        """Pseudo labels from the PAMR masks upsampled to the crop, then the balanced CE.
+
+        With background="learned" every channel is a tagged class: no background threshold."""
+        from wsseg.pseudo_labels.pseudo_gt import pseudo_labels_from_masks, self_supervised_loss
+
+        has_background = self.background == "constant"
         masks = resize(out["masks_pamr"], crop_size)
-        pseudo_labels = pseudo_gt.pseudo_labels_from_masks(masks, image_tags)
-        return pseudo_gt.self_supervised_loss(out["logits"], pseudo_labels, image_tags)
+        pseudo_labels = pseudo_labels_from_masks(masks, image_tags, background=has_background)
+        return self_supervised_loss(out["logits"], pseudo_labels, image_tags, background=has_background)
 
     def param_groups(self, lr: float = 1e-3, weight_decay: float = 5e-4):
         """SGD groups (SPEC): backbone ×1 (wd), new weights ×10 (wd), new biases ×20 (no wd).

@@ -1,7 +1,9 @@
 """Pseudo labels from refined masks and the self-supervised segmentation loss (SPEC §3).
 
-Mask and logit layout everywhere: channel 0 is the background (the constant-logit channel),
-channels 1..C the C foreground classes, in the order of the image tags.
+Mask and logit layout: with `background=True` (the paper) channel 0 is the background (the
+constant-logit channel) and channels 1..C the C tagged classes in tag order; with
+`background=False` (aerial data where every class has a learned channel) the C channels are the
+C tagged classes and there is no background threshold or requirement.
 """
 
 from __future__ import annotations
@@ -12,13 +14,20 @@ import torch.nn.functional as F
 IGNORE_INDEX = 255
 
 
-def _check_tags(image_tags: torch.Tensor, num_channels: int, batch_size: int) -> torch.Tensor:
-    if image_tags.shape != (batch_size, num_channels - 1):
+def _check_tags(image_tags: torch.Tensor, num_channels: int, batch_size: int, background: bool) -> torch.Tensor:
+    num_tagged = num_channels - 1 if background else num_channels
+    if image_tags.shape != (batch_size, num_tagged):
+        where = "background first" if background else "no background channel"
         raise ValueError(
-            f"image_tags must be N×C = {batch_size}×{num_channels - 1} for {num_channels} channels "
-            f"(background first), got {tuple(image_tags.shape)}"
+            f"image_tags must be N×C = {batch_size}×{num_tagged} for {num_channels} channels "
+            f"({where}), got {tuple(image_tags.shape)}"
         )
     return image_tags.bool()
+
+
+def _required(tagged: torch.Tensor, background: bool) -> torch.Tensor:
+    """Channels that must be present: the background (if any) always, plus the tagged classes."""
+    return torch.cat([torch.ones_like(tagged[:, :1]), tagged], dim=1) if background else tagged
 
 
 def pseudo_labels_from_masks(
@@ -28,6 +37,7 @@ def pseudo_labels_from_masks(
     fg_threshold_scale: float = 0.6,
     min_threshold: float = 0.2,
     ignore_index: int = IGNORE_INDEX,
+    background: bool = True,
 ) -> torch.Tensor:
     """Hard labels N×H×W (int64) from PAMR masks N×(C+1)×H×W already at crop size.
 
@@ -39,11 +49,12 @@ def pseudo_labels_from_masks(
     if masks.dim() != 4:
         raise ValueError(f"masks must be N×(C+1)×H×W, got {tuple(masks.shape)}")
     n, num_channels, _, _ = masks.shape
-    present = torch.cat([masks.new_ones(n, 1, dtype=torch.bool), _check_tags(image_tags, num_channels, n)], 1)
+    present = _required(_check_tags(image_tags, num_channels, n, background), background)
     masks = masks * present[:, :, None, None]
 
     scale = masks.new_full((1, num_channels, 1, 1), fg_threshold_scale)
-    scale[:, 0] = bg_threshold_scale
+    if background:
+        scale[:, 0] = bg_threshold_scale
     peak = masks.amax(dim=(2, 3), keepdim=True)
     threshold = (scale * peak).clamp(min=min_threshold)
     above = masks > threshold
@@ -58,6 +69,7 @@ def self_supervised_loss(
     pseudo_labels: torch.Tensor,
     image_tags: torch.Tensor,
     ignore_index: int = IGNORE_INDEX,
+    background: bool = True,
 ) -> torch.Tensor:
     """Class-balanced cross-entropy of the C+1 logits against the pseudo labels (a scalar).
 
@@ -78,7 +90,7 @@ def self_supervised_loss(
             f"and {tuple(pseudo_labels.shape)}"
         )
     n, num_channels = logits.shape[:2]
-    tagged = _check_tags(image_tags, num_channels, n)
+    tagged = _check_tags(image_tags, num_channels, n, background)
     if logits.shape[-2:] != pseudo_labels.shape[-2:]:
         logits = F.interpolate(logits, size=pseudo_labels.shape[-2:], mode="bilinear", align_corners=True)
 
@@ -98,6 +110,6 @@ def self_supervised_loss(
     cross_entropy = cross_entropy.reshape(n, -1)
     per_image = (pixel_weight * cross_entropy).mean(dim=1)
 
-    required = torch.cat([torch.ones_like(tagged[:, :1]), tagged], dim=1)
+    required = _required(tagged, background)
     counts = ((pixels_per_class > 0) | ~required).all(dim=1)
     return torch.where(counts, per_image, torch.zeros_like(per_image)).mean()
