@@ -12,8 +12,10 @@ activations, gradients, optimizer state and allocator caching.
 
 The machine may be shared with other jobs, which only ever slow a step down. So the headline
 time is the fastest step seen (`step_s_best`), over `--rounds` interleaved passes through all
-cases (each pass a fresh process per case); medians and the 1-minute load average are kept
-beside it. A load well above the thread count means the medians are inflated.
+cases (each pass a fresh process per case); medians, CPU seconds and the 1-minute load average
+are kept beside it. Each case is measured with 2 threads and with 1: two OpenMP threads wait
+for each other at every op, so when another job takes a core their times explode (10× seen
+here), while a 1-thread run whose CPU seconds equal its wall time provably had its core.
 """
 
 from __future__ import annotations
@@ -103,6 +105,30 @@ def run_case(name: str, warmup: int, steps: int, threads: int) -> dict:
     }
 
 
+def run_child(name: str, warmup: int, steps: int, threads: int) -> dict:
+    """run_case in a fresh process, so that its peak memory is its own."""
+    child = subprocess.run(
+        [sys.executable, __file__, "--run-case", name, "--warmup", str(warmup),
+         "--steps", str(steps), "--threads", str(threads)],
+        capture_output=True, text=True, check=True)
+    return json.loads(child.stdout.strip().splitlines()[-1])
+
+
+def summarise(runs: list[dict]) -> dict:
+    """One case at one thread count over its rounds: the fastest step is the headline."""
+    per_round = ("step_s_all", "step_s_median", "cpu_s_per_step_median", "peak_rss_mib",
+                 "baseline_rss_mib", "load_avg_1min_before", "load_avg_1min_after")
+    summary = {k: v for k, v in runs[0].items() if k not in per_round}
+    best = min(t for run in runs for t in run["step_s_all"])
+    return summary | {
+        "step_s_best": best,
+        "train_images_per_s": round(summary["batch"] / best, 2),
+        "peak_rss_mib": max(run["peak_rss_mib"] for run in runs),
+        "baseline_rss_mib": min(run["baseline_rss_mib"] for run in runs),
+        "rounds": [{k: run[k] for k in per_round} for run in runs],
+    }
+
+
 def machine_info() -> dict:
     import torch
 
@@ -125,49 +151,35 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--threads", type=int, nargs="+", default=[min(2, os.cpu_count() or 1), 1],
+                        help="thread counts to measure, each in its own set of processes")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--run-case", help=argparse.SUPPRESS)  # child process mode
     args = parser.parse_args()
 
     if args.run_case:
-        print(json.dumps(run_case(args.run_case, args.warmup, args.steps, args.threads)))
+        print(json.dumps(run_case(args.run_case, args.warmup, args.steps, args.threads[0])))
         return
 
-    rounds: dict[str, list[dict]] = {name: [] for name in args.cases}
-    for round_index in range(args.rounds):
-        for name in args.cases:
-            child = subprocess.run(
-                [sys.executable, __file__, "--run-case", name, "--warmup", str(args.warmup),
-                 "--steps", str(args.steps), "--threads", str(args.threads)],
-                capture_output=True, text=True, check=True)
-            result = json.loads(child.stdout.strip().splitlines()[-1])
-            rounds[name].append(result)
-            print(f"round {round_index} {name:28s} best {min(result['step_s_all']):7.3f} s, "
-                  f"median {result['step_s_median']:7.3f} s/step, peak {result['peak_rss_mib']} "
-                  f"MiB (load {result['load_avg_1min_before']}→{result['load_avg_1min_after']})",
-                  flush=True)
-
     results = []
-    for name, runs in rounds.items():
-        best = min(t for run in runs for t in run["step_s_all"])
-        summary = {k: v for k, v in runs[0].items()
-                   if k not in ("step_s_all", "step_s_median", "cpu_s_per_step_median",
-                                "peak_rss_mib", "baseline_rss_mib", "load_avg_1min_before",
-                                "load_avg_1min_after")}
-        summary |= {
-            "step_s_best": best,
-            "train_images_per_s": round(summary["batch"] / best, 2),
-            "peak_rss_mib": max(run["peak_rss_mib"] for run in runs),
-            "baseline_rss_mib": min(run["baseline_rss_mib"] for run in runs),
-            "rounds": [{k: run[k] for k in ("step_s_all", "step_s_median", "cpu_s_per_step_median",
-                                            "peak_rss_mib", "load_avg_1min_before",
-                                            "load_avg_1min_after")} for run in runs],
-        }
-        results.append(summary)
-        print(f"{name:30s} {best:7.3f} s/step {summary['train_images_per_s']:7.2f} img/s "
-              f"peak {summary['peak_rss_mib']} MiB")
+    for threads in args.threads:
+        rounds: dict[str, list[dict]] = {name: [] for name in args.cases}
+        for round_index in range(args.rounds):
+            for name in args.cases:
+                result = run_child(name, args.warmup, args.steps, threads)
+                rounds[name].append(result)
+                print(f"{threads} thread(s), round {round_index}: {name:28s} best "
+                      f"{min(result['step_s_all']):7.3f} s, median {result['step_s_median']:7.3f} "
+                      f"s, CPU {result['cpu_s_per_step_median']:7.3f} s/step, peak "
+                      f"{result['peak_rss_mib']} MiB (load {result['load_avg_1min_before']}→"
+                      f"{result['load_avg_1min_after']})", flush=True)
+        for name, runs in rounds.items():
+            results.append(summarise(runs))
 
+    print(f"{'case':30s} threads   s/step   img/s  peak MiB")
+    for r in results:
+        print(f"{r['case']:30s} {r['threads']:7d} {r['step_s_best']:8.3f} "
+              f"{r['train_images_per_s']:7.2f} {r['peak_rss_mib']:9d}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report = {
         "what": "training step (forward + cross-entropy + backward + Adam) on random data; "

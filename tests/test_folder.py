@@ -1,3 +1,4 @@
+from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
@@ -76,3 +77,22 @@ def test_build_source_kinds_and_errors(tmp_path):
         build_source("potsdam", tmp_path)
     with pytest.raises(DatasetError, match=r"has no option\(s\) \['colour'\]"):
         build_source("dubai", tmp_path, colour="x")
+
+
+def test_rescaled_source_resizes_images_and_labels_consistently(tmp_path):
+    from wsseg.datasets.base import ClassSpec, DatasetError, Tile, TileSource, rescaled
+
+    image = np.zeros((40, 60, 3), np.uint8)
+    image[:, 30:] = 200
+    label = np.zeros((40, 60), np.uint8)
+    label[:, 30:] = 1
+    source = TileSource("toy", ClassSpec(("a", "b"), ((0, 0, 0), (255, 255, 255))),
+                        [Tile("t", Path("t.png"), Path("t_mask.png"))],
+                        read_image=lambda path: image, read_label=lambda path: label)
+    half = rescaled(source, 0.5)
+    assert half.image("t").shape == (20, 30, 3) and half.label("t").shape == (20, 30)
+    assert set(np.unique(half.label("t"))) == {0, 1}  # nearest neighbour: no blended class ids
+    assert (half.label("t")[:, 15:] == 1).all() and (half.image("t")[:, 16:] == 200).all()
+    assert rescaled(source, 1.0) is source
+    with pytest.raises(DatasetError, match="data.scale"):
+        rescaled(source, 0.0)

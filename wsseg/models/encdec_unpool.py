@@ -22,11 +22,8 @@ from wsseg.models.vgg_weights import (
     load_module_tensors_,
     read_vgg16_tensors,
     resolve_vgg16_state_dict,
+    scale_channels,
 )
-
-
-def scale_channels(channels: int, width: float) -> int:
-    return max(1, round(channels * width))
 
 
 class ConvBNReLU(nn.Module):

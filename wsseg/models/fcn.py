@@ -26,13 +26,10 @@ from wsseg.models.vgg_weights import (
     load_module_tensors_,
     read_vgg16_tensors,
     resolve_vgg16_state_dict,
+    scale_channels,
 )
 
 FC_CHANNELS = 4096
-
-
-def scale_channels(channels: int, width: float) -> int:
-    return max(1, round(channels * width))
 
 
 def bilinear_kernel(channels: int, kernel_size: int) -> Tensor:

@@ -22,6 +22,11 @@ from torch import Tensor, nn
 VGG16_BLOCK_CHANNELS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
 NUM_VGG16_CONVS = sum(len(block) for block in VGG16_BLOCK_CHANNELS)
 
+
+def scale_channels(channels: int, width: float) -> int:
+    """A channel count times the width multiplier of the VGG-based models, at least 1."""
+    return max(1, round(channels * width))
+
 # The input normalisation torchvision's ImageNet VGG weights were trained with (RGB in [0, 1]).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -84,13 +84,15 @@ def train_single_stage(cfg: Config, source: TileSource, crop_tags: list[CropTag]
         images, tags = images.to(device, non_blocking=True), tags.to(device, non_blocking=True)
         if ss.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        out = model(images)
+        self_supervised = epoch + 1 >= ss.self_supervised_from_epoch
+        # PAMR only feeds the self-supervised loss: skip it in the classification-only epochs.
+        out = model(images, refine=self_supervised)
         net = unwrap(model)
         scored_tags = layout.scored_tags(tags)
         loss_cls = net.classification_loss(out["cls"], scored_tags)
         scalars = {"cls": loss_cls.item()}
         loss = loss_cls
-        if epoch + 1 >= ss.self_supervised_from_epoch:
+        if self_supervised:
             loss_self = net.self_supervised_loss(out, scored_tags, images.shape[-2:])
             loss = loss + ss.self_supervised_weight * loss_self
             scalars["self"] = loss_self.item()
