@@ -128,3 +128,18 @@ def test_batch_norms_stay_in_eval_and_dropout_stays_active():
     assert not torch.equal(a, b)  # dropout in b6/b7
     model.eval()
     assert torch.equal(model(x)["conv6"], model(x)["conv6"])
+
+
+def test_command_line_check_reports_match_and_mismatch(tmp_path, capsys):
+    from wsseg.models.resnet38 import ResNet38, main
+
+    good = tmp_path / "good.pth"
+    torch.save(ResNet38().state_dict(), good)
+    assert main([str(good)]) == 0
+    assert "sha256" in capsys.readouterr().out
+    state = ResNet38().state_dict()
+    del state["b3.conv_branch1.weight"]
+    bad = tmp_path / "bad.pth"
+    torch.save(state, bad)
+    assert main([str(bad)]) == 1
+    assert "b3.conv_branch1.weight" in capsys.readouterr().err

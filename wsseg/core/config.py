@@ -138,7 +138,8 @@ class PseudoMaskConfig:
     bg_pow: float = 3.0
     use_pamr: bool = True
     crf: CRFConfig = field(default_factory=CRFConfig)
-    # Pixels whose final class probability is below this stay unlabelled (255).
+    # Pixels whose pre-CRF class probability is at most this, or whose class the CRF changed,
+    # stay unlabelled (255).
     confidence_threshold: float = 0.5
     workers: int = 2
 

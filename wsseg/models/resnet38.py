@@ -192,3 +192,29 @@ def load_resnet38_imagenet(model: ResNet38, path_or_state_dict) -> None:
         if k not in state:  # only num_batches_tracked can get here
             state[k] = own[k]
     model.load_state_dict(state, strict=True)
+
+
+def main(argv=None) -> int:
+    """`python -m wsseg.models.resnet38 FILE`: check a ResNet-38 weights file and print its sha256."""
+    import argparse
+    import hashlib
+    import sys
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("file")
+    args = parser.parse_args(argv)
+    digest = hashlib.sha256()
+    with open(args.file, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    try:
+        load_resnet38_imagenet(ResNet38(), args.file)
+    except (CheckpointMismatchError, RuntimeError, OSError) as err:
+        print(f"error: {args.file}: {err}", file=sys.stderr)
+        return 1
+    print(f"{args.file}: every ResNet-38 key and shape matches; sha256 {digest.hexdigest()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

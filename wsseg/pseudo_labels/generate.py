@@ -214,8 +214,10 @@ def make_pseudo_masks(cfg: Config, source: TileSource, split: Split, crop_tags: 
         nonlocal labelled_px, total_px
         count = np.maximum(acc.count, 1)[None]
         raw, crf = acc.raw / count, acc.crf / count
+        # Confident regions: the CRF posterior is peaked almost everywhere, so confidence is read
+        # from the pre-CRF probabilities, and pixels where the CRF changed the class stay unlabelled.
         final = crf.argmax(0).astype(np.uint8)
-        final[crf.max(0) <= pm.confidence_threshold] = classes.ignore_index
+        final[(raw.max(0) <= pm.confidence_threshold) | (raw.argmax(0) != final)] = classes.ignore_index
         save_index_png(out_dir / f"{tile_id}.png", final, classes.palette)
         labelled_px += int((final != classes.ignore_index).sum())
         total_px += final.size
