@@ -141,6 +141,9 @@ class PseudoMaskConfig:
     # Pixels whose pre-CRF class probability is at most this, or whose class the CRF changed,
     # stay unlabelled (255).
     confidence_threshold: float = 0.5
+    # The weak model also labels the N1 tiles, whose pixel labels measure each class's precision:
+    # a class below this precision is left unlabelled in every N2 pseudo mask (0 keeps all).
+    min_class_precision: float = 0.5
     workers: int = 2
 
 

@@ -188,9 +188,14 @@ def make_pseudo_masks(cfg: Config, source: TileSource, split: Split, crop_tags: 
     model.load_state_dict(load_checkpoint(checkpoint)["model"])
     model.eval()
 
-    tagged = set(split.tagged)
-    n2_tags = [t for t in crop_tags if t.tile_id in tagged]
-    n2_tags.sort(key=lambda t: (split.tagged.index(t.tile_id), t.y, t.x))
+    # The N1 tiles go first: their pseudo masks are never used, but measured against their pixel
+    # labels they tell which classes the weak model gets wrong, before any N2 mask is written.
+    order = list(split.labelled) + list(split.tagged)
+    n2_tags = [t for t in crop_tags if t.tile_id in set(order)]
+    n2_tags.sort(key=lambda t: (order.index(t.tile_id), t.y, t.x))
+    calibration_tiles = set(split.labelled)
+    calibration_cm = np.zeros((classes.num_classes,) * 2, np.int64)
+    dropped: list[int] = []
     crf_params = None
     if pm.crf.enabled:
         crf_params = {"n_iter": pm.crf.n_iter, "gauss_sxy": pm.crf.gauss_sxy, "gauss_compat": pm.crf.gauss_compat,
@@ -211,13 +216,25 @@ def make_pseudo_masks(cfg: Config, source: TileSource, split: Split, crop_tags: 
     current, acc = None, None
 
     def finish_tile(tile_id: str, acc: _TileAccumulator):
-        nonlocal labelled_px, total_px
+        nonlocal labelled_px, total_px, dropped
         count = np.maximum(acc.count, 1)[None]
         raw, crf = acc.raw / count, acc.crf / count
         # Confident regions: the CRF posterior is peaked almost everywhere, so confidence is read
         # from the pre-CRF probabilities, and pixels where the CRF changed the class stay unlabelled.
         final = crf.argmax(0).astype(np.uint8)
         final[(raw.max(0) <= pm.confidence_threshold) | (raw.argmax(0) != final)] = classes.ignore_index
+        if tile_id in calibration_tiles:
+            calibration_cm[:] += confusion_matrix(final, np.where(final == classes.ignore_index, classes.ignore_index,
+                                                                  source.label(tile_id)),
+                                                  classes.num_classes, classes.ignore_index)
+            return
+        if not dropped and pm.min_class_precision > 0 and calibration_cm.sum():
+            dropped = unreliable_classes(calibration_cm, pm.min_class_precision)
+            if dropped:
+                log.info("pseudo masks: dropping %s (precision on the N1 tiles below %.2f)",
+                         ", ".join(classes.names[c] for c in dropped), pm.min_class_precision)
+            dropped = dropped or [-1]  # computed once; -1 marks "nothing to drop"
+        final[np.isin(final, dropped)] = classes.ignore_index
         save_index_png(out_dir / f"{tile_id}.png", final, classes.palette)
         labelled_px += int((final != classes.ignore_index).sum())
         total_px += final.size
@@ -247,7 +264,9 @@ def make_pseudo_masks(cfg: Config, source: TileSource, split: Split, crop_tags: 
             pool.close()
             pool.join()
 
-    quality = {"coverage": labelled_px / max(1, total_px), "tiles": len(split.tagged), "crf": pm.crf.enabled}
+    quality = {"coverage": labelled_px / max(1, total_px), "tiles": len(split.tagged), "crf": pm.crf.enabled,
+               "n1_precision": {name: value for name, value in zip(classes.names, class_precision(calibration_cm))},
+               "dropped_classes": [classes.names[c] for c in dropped if c >= 0]}
     if cms["raw"].sum():
         stages = {name: segmentation_metrics(cm, classes.names, classes.in_mean) for name, cm in cms.items()}
         quality.update({f"miou_{name}": stages[name]["miou"] for name in stages})
@@ -261,6 +280,17 @@ def make_pseudo_masks(cfg: Config, source: TileSource, split: Split, crop_tags: 
     log.info("pseudo masks: coverage %.3f%s", quality["coverage"],
              "".join(f", mIoU {k[5:]} {quality[k]:.4f}" for k in ("miou_raw", "miou_crf", "miou_final") if k in quality))
     return quality
+
+
+def class_precision(cm: np.ndarray) -> list[float | None]:
+    """Precision per class (column-wise) of a confusion matrix; None for a class never predicted."""
+    predicted = cm.sum(0)
+    return [float(cm[c, c] / predicted[c]) if predicted[c] else None for c in range(len(cm))]
+
+
+def unreliable_classes(calibration_cm: np.ndarray, min_precision: float) -> list[int]:
+    """Classes whose confident pseudo labels on the N1 tiles are right less often than `min_precision`."""
+    return [c for c, p in enumerate(class_precision(calibration_cm)) if p is not None and p < min_precision]
 
 
 def pseudo_mask_samples(source: TileSource, split: Split, pm_dir: Path, count: int):
