@@ -134,3 +134,20 @@ def test_task_all_runs_the_weak_chain_and_compares(tmp_path, data_root):
     mtime = (run / "task_ii" / "best.pt").stat().st_mtime_ns
     assert main(["train", "--task", "all", "--config", str(config), "--out", str(run), "--resume"]) == 0
     assert (run / "task_ii" / "best.pt").stat().st_mtime_ns == mtime
+
+
+def test_split_seeds_report_mean_and_std(tmp_path, data_root):
+    config = tiny_config(tmp_path, data_root, train={"epochs": 1, "iters_per_epoch": 6},
+                         weak={"single_stage": {"backbone": "effnet_lite0", "pretrained": "imagenet", "epochs": 1,
+                                                "iters_per_epoch": 3, "batch_size": 4, "crop_px": 80,
+                                                "self_supervised_from_epoch": 1}})
+    run = tmp_path / "seeds"
+    assert main(["train", "--task", "all", "--config", str(config), "--out", str(run), "--split-seeds", "0,1"]) == 0
+    splits = [json.loads((run / f"split_seed_{s}" / "split.json").read_text()) for s in (0, 1)]
+    assert splits[0]["labelled"] != splits[1]["labelled"]
+    summary = json.loads((run / "seed_summary.json").read_text())
+    per_seed = [json.loads((run / f"split_seed_{s}" / "comparison.json").read_text())["task_i"]["miou"] for s in (0, 1)]
+    assert summary["num_seeds"] == 2
+    assert summary["miou"]["task_i"]["mean"] == pytest.approx(np.mean(per_seed))
+    assert summary["miou"]["task_i"]["std"] == pytest.approx(np.std(per_seed, ddof=1))
+    assert (run / "seed_summary.md").is_file()

@@ -184,7 +184,8 @@ def plot_curves(path: Path, history: Sequence[dict]) -> Path:
                    if isinstance(row.get(key), numbers.Real) and not math.isnan(_num(row[key]))]
             if pts:
                 ax.plot(*zip(*pts), marker="o", markersize=3, label=key)
-        if log and ax.lines:
+        # A loss of exactly 0 (e.g. a self-supervised term not yet active) cannot be log-scaled.
+        if log and ax.lines and all(min(line.get_ydata()) > 0 for line in ax.lines):
             ax.set_yscale("log")
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
