@@ -114,7 +114,9 @@ def test_rerun_without_resume_keeps_the_existing_run(task_i_run, capsys, tmp_pat
 def test_task_all_runs_the_weak_chain_and_compares(tmp_path, data_root):
     config = tiny_config(tmp_path, data_root)
     run = tmp_path / "run"
-    assert main(["train", "--task", "all", "--config", str(config), "--out", str(run)]) == 0
+    assert main(["train", "--task", "all", "--config", str(config), "--out", str(run),
+                 "--set", "weak.init_from_task_i=true"]) == 0
+    assert "task_ii: initialised from" in (run / "log.txt").read_text()
     for name in ("crop_tags.json", "comparison.json", "comparison.md", "comparison_iou.png",
                  "single_stage/last.pt", "pseudo_masks/pseudo_quality.json", "task_ii/metrics.json"):
         assert (run / name).is_file(), name
@@ -132,7 +134,8 @@ def test_task_all_runs_the_weak_chain_and_compares(tmp_path, data_root):
         assert set(np.unique(mask)) <= set(range(6)) | {255}
     # A finished chain is not redone: a rerun with --resume only rewrites the comparison.
     mtime = (run / "task_ii" / "best.pt").stat().st_mtime_ns
-    assert main(["train", "--task", "all", "--config", str(config), "--out", str(run), "--resume"]) == 0
+    assert main(["train", "--task", "all", "--config", str(config), "--out", str(run), "--resume",
+                 "--set", "weak.init_from_task_i=true"]) == 0
     assert (run / "task_ii" / "best.pt").stat().st_mtime_ns == mtime
 
 

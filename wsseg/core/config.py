@@ -161,6 +161,8 @@ class WeakConfig:
     pseudo_ratio: float = 0.5
     # Optional epochs of fine-tuning on N1 pixel labels only after the mixed training.
     finetune_epochs: int = 0
+    # Start the task ii segmenter from task i's best checkpoint instead of from ImageNet.
+    init_from_task_i: bool = False
 
 
 @dataclass

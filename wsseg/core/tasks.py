@@ -129,8 +129,8 @@ def build_model(cfg: Config, num_classes: int) -> torch.nn.Module:
 
 
 def train_segmenter(cfg: Config, source: TileSource, split: Split, stage_dir: Path, *, resume: bool,
-                    pseudo_masks: dict[str, Path] | None = None, dist_info: DistInfo = DistInfo(),
-                    title: str = "Task i") -> dict:
+                    pseudo_masks: dict[str, Path] | None = None, init_checkpoint: Path | None = None,
+                    dist_info: DistInfo = DistInfo(), title: str = "Task i") -> dict:
     """Train a segmenter on N1 (plus N2 pseudo masks when given); evaluate the best one on test."""
     stage_dir.mkdir(parents=True, exist_ok=True)
     device = choose_device(cfg.device, dist_info)
@@ -139,7 +139,12 @@ def train_segmenter(cfg: Config, source: TileSource, split: Split, stage_dir: Pa
     torch.manual_seed(cfg.train.seed)
     np.random.seed(cfg.train.seed)
 
-    model = build_model(cfg, classes.num_classes).to(device)
+    model = build_model(cfg, classes.num_classes)
+    if init_checkpoint is not None:
+        # Task ii can start from task i's best model: the pseudo masks then add to what N1 taught.
+        model.load_state_dict(load_checkpoint(init_checkpoint)["model"])
+        log.info(f"{stage_dir.name}: initialised from {init_checkpoint}")
+    model = model.to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if dist_info.enabled:
@@ -310,8 +315,12 @@ def run_task_ii(cfg: Config, source: TileSource, split: Split, run_dir: Path, re
     if (done := _stage_done(stage_dir)) is not None:
         log.info(f"task ii already finished in {stage_dir}: mIoU {done['miou']:.4f}")
         return done, quality
+    init = run_dir / "task_i" / "best.pt" if cfg.weak.init_from_task_i else None
+    if init is not None and not init.exists():
+        raise CheckpointError(f"weak.init_from_task_i is set but {init} does not exist: run task i first (--task all)")
     metrics = train_segmenter(cfg, source, split, stage_dir, resume=resume, pseudo_masks=pseudo_masks,
-                              dist_info=dist_info, title="Task ii: N1 pixel labels + N2 crop tags")
+                              init_checkpoint=init, dist_info=dist_info,
+                              title="Task ii: N1 pixel labels + N2 crop tags")
     log.info(f"task ii: test mIoU {metrics.get('miou', float('nan')):.4f}")
     return (_finish_stage(stage_dir, metrics) if dist_info.is_main else metrics), quality
 
