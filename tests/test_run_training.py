@@ -1,6 +1,7 @@
 """End to end through the command line: tiny task i and task ii runs on the synthetic aerial data."""
 
 import json
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,19 @@ def tiny_config(tmp_path: Path, data_root: Path, **sections) -> Path:
     return path
 
 
+def image_tags(event_file: Path) -> set[str]:
+    """Tags of the images in a TensorBoard event file (TFRecord framing: length, crc, data, crc)."""
+    from tensorboardX.proto import event_pb2
+
+    data, offset, tags = event_file.read_bytes(), 0, set()
+    while offset < len(data):
+        (length,) = struct.unpack("<Q", data[offset:offset + 8])
+        event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
+        tags |= {value.tag for value in event.summary.value if value.HasField("image")}
+        offset += 12 + length + 4
+    return tags
+
+
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     return tmp_path_factory.mktemp("synthetic")
@@ -56,7 +70,9 @@ def test_task_i_learns_and_writes_every_report_file(task_i_run):
     for name in REPORT_FILES:
         assert (stage / name).is_file(), name
     assert list(stage.glob("triptych_*.png"))
-    assert list((stage / "tb").iterdir()), "no tensorboard events"
+    events = list((stage / "tb").iterdir())
+    assert events, "no tensorboard events"
+    assert any(tag.startswith("task_i/val_") for tag in image_tags(events[0]))
     for name in ("config.yaml", "split.json", "log.txt"):
         assert (task_i_run / name).is_file(), name
     metrics = json.loads((stage / "metrics.json").read_text())

@@ -28,7 +28,7 @@ from wsseg.core.distributed import DistInfo, autocast_dtype, choose_device
 from wsseg.core.evaluate import evaluate_tiles
 from wsseg.core.io import atomic_write_json
 from wsseg.core.metrics import class_pixel_counts, class_weights, majority_baseline_miou
-from wsseg.core.report import write_comparison_report, write_report
+from wsseg.core.report import colorize, write_comparison_report, write_report
 from wsseg.core.train import build_optimizer, build_scheduler, fit, weighted_cross_entropy
 from wsseg.datasets import build_source
 from wsseg.datasets.base import DatasetError, TileSource, rescaled
@@ -181,9 +181,16 @@ def train_segmenter(cfg: Config, source: TileSource, split: Split, stage_dir: Pa
     def validate(model, epoch):
         if not split.val or (epoch + 1) % cfg.eval.every_epochs and epoch + 1 != cfg.train.epochs:
             return {}
+        shown = split.val[0]
         result = evaluate_tiles(unwrap(model), source, split.val, cfg.eval.window_px, cfg.eval.stride_px,
-                                cfg.eval.batch_size, device, amp_dtype, progress=False)
+                                cfg.eval.batch_size, device, amp_dtype, keep_predictions=[shown], progress=False)
         metrics = result.metrics(classes)
+        if writer is not None:
+            # One validation tile as image | ground truth | prediction, to watch the masks form.
+            panels = [source.image(shown), colorize(source.label(shown), classes.palette),
+                      colorize(result.predictions[shown], classes.palette)]
+            writer.add_image(f"{stage_dir.name}/val_{shown}", np.concatenate(panels, axis=1), epoch + 1,
+                             dataformats="HWC")
         return {"miou": metrics["miou"], "mean_f1": metrics["mean_f1"], "overall_accuracy": metrics["overall_accuracy"]}
 
     optimizer = build_optimizer(unwrap(model).parameters(), cfg.train.optimizer, cfg.train.lr,
