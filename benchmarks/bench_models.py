@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -32,6 +31,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+# Run as a script (run_all.py, and each case's child process), only benchmarks/ is on the path.
+sys.path.insert(0, str(REPO))
+
+from benchmarks.common import write_report  # noqa: E402
+
 RESULTS = REPO / "benchmarks" / "results" / "models.json"
 
 # name → segmenter, its kwargs, batch, crop size (square), precision, channels_last.
@@ -59,7 +63,6 @@ def run_case(name: str, warmup: int, steps: int, threads: int) -> dict:
     import torch
     import torch.nn.functional as F
 
-    sys.path.insert(0, str(REPO))
     from wsseg.models import build_segmenter
 
     torch.set_num_threads(threads)
@@ -129,22 +132,6 @@ def summarise(runs: list[dict]) -> dict:
     }
 
 
-def machine_info() -> dict:
-    import torch
-
-    cpu = "unknown"
-    if Path("/proc/cpuinfo").exists():
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    # bf16 convs are fast with AMX (Intel) or AVX512-BF16 (AMD Zen 4): record which is there.
-    return {"cpu": cpu, "cores": os.cpu_count(), "amx_bf16": "amx_bf16" in flags,
-            "avx512_bf16": "avx512_bf16" in flags,
-            "torch": torch.__version__, "python": platform.python_version()}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
@@ -180,17 +167,14 @@ def main() -> None:
     for r in results:
         print(f"{r['case']:30s} {r['threads']:7d} {r['step_s_best']:8.3f} "
               f"{r['train_images_per_s']:7.2f} {r['peak_rss_mib']:9d}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    report = {
-        "what": "training step (forward + cross-entropy + backward + Adam) on random data; "
-                "step_s_best = fastest timed step over all rounds (other jobs only slow steps down)",
-        "peak_memory": "peak resident set size of a fresh process running only this case "
-                       "(ru_maxrss), runtime included; baseline_rss_mib = RSS before the first step",
-        "machine": machine_info(),
-        "cases": results,
-    }
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_report(
+        args.out,
+        what="training step (forward + cross-entropy + backward + Adam) on random data; "
+             "step_s_best = fastest timed step over all rounds (other jobs only slow steps down)",
+        peak_memory="peak resident set size of a fresh process running only this case "
+                    "(ru_maxrss), runtime included; baseline_rss_mib = RSS before the first step",
+        cases=results,
+    )
 
 
 if __name__ == "__main__":

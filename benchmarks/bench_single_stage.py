@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -28,6 +27,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+# Run as a script (run_all.py, and each case's child process), only benchmarks/ is on the path.
+sys.path.insert(0, str(REPO))
+
+from benchmarks.common import write_report  # noqa: E402
+
 RESULTS = REPO / "benchmarks" / "results" / "single_stage.json"
 
 # name → (precision, channels_last)
@@ -38,7 +42,6 @@ NUM_CLASSES, BATCH, CROP_PX = 20, 2, 321  # VOC foreground classes, as in the pa
 def run_case(name: str, warmup: int, steps: int, threads: int) -> dict:
     import torch
 
-    sys.path.insert(0, str(REPO))
     from wsseg.models.single_stage import SingleStageSegmenter
 
     torch.set_num_threads(threads)
@@ -96,18 +99,6 @@ def run_case(name: str, warmup: int, steps: int, threads: int) -> dict:
     }
 
 
-def machine_info() -> dict:
-    import torch
-
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines()
-                if line.startswith("model name")), "unknown")
-    # bf16 only pays off with AMX or AVX512-BF16 in the CPU: record which is there.
-    return {"cpu": cpu, "cores": os.cpu_count(), "amx_bf16": "amx_bf16" in cpuinfo,
-            "avx512_bf16": "avx512_bf16" in cpuinfo, "torch": torch.__version__,
-            "python": platform.python_version()}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
@@ -136,17 +127,14 @@ def main() -> None:
               f"{result['load_avg_1min_after']})", flush=True)
         results.append(result)
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    report = {
-        "what": "single-stage training step: forward + PAMR + pseudo labels + classification "
-                "and self-supervised loss + backward + SGD, ResNet-38 width 1, 2×3×321×321",
-        "peak_memory": "peak resident set size of a fresh process running only this case "
-                       "(ru_maxrss), runtime and model included",
-        "machine": machine_info(),
-        "cases": results,
-    }
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_report(
+        args.out,
+        what="single-stage training step: forward + PAMR + pseudo labels + classification "
+             "and self-supervised loss + backward + SGD, ResNet-38 width 1, 2×3×321×321",
+        peak_memory="peak resident set size of a fresh process running only this case "
+                    "(ru_maxrss), runtime and model included",
+        cases=results,
+    )
 
 
 if __name__ == "__main__":

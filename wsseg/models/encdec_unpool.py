@@ -19,6 +19,7 @@ from wsseg.models.vgg_weights import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     VGG16_BLOCK_CHANNELS,
+    init_vgg_weights_,
     load_module_tensors_,
     read_vgg16_tensors,
     resolve_vgg16_state_dict,
@@ -94,16 +95,7 @@ class EncDecUnpool(nn.Module):
             self.decoder.append(nn.Sequential(*layers))
         self.classifier = nn.Conv2d(block_channels[0][0], num_classes, 3, padding=1)
 
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        init_vgg_weights_(self)
 
     def encoder_convs(self) -> list[ConvBNReLU]:
         """The 13 encoder conv-BN-ReLU layers in VGG16 order."""

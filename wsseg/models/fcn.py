@@ -23,6 +23,7 @@ from wsseg.models.vgg_weights import (
     IMAGENET_STD,
     VGG16_BLOCK_CHANNELS,
     copy_checked_,
+    init_vgg_weights_,
     load_module_tensors_,
     read_vgg16_tensors,
     resolve_vgg16_state_dict,
@@ -97,10 +98,7 @@ class FCN8s(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(module.bias)
+        init_vgg_weights_(self)
         # As in the reference: score layers start at zero, so training begins from a flat
         # prediction instead of noise amplified by the upsampling.
         for score in (self.score_fr, self.score_pool4, self.score_pool3):

@@ -6,6 +6,10 @@ name layers by role, so weights are matched by order instead: the k-th conv foun
 goes to our k-th conv, the k-th BN to our k-th BN. Every tensor is shape-checked, and anything
 that does not fit is an error naming the offending key: a silently half-loaded backbone is the
 failure this module exists to prevent.
+
+The VGG-based models (encdec_unpool.py, fcn.py) also share through this module the channel plan
+and width scaling those weights must fit, the normalisation they were trained with, and the fresh
+init used when they are not loaded.
 """
 
 from __future__ import annotations
@@ -26,6 +30,19 @@ NUM_VGG16_CONVS = sum(len(block) for block in VGG16_BLOCK_CHANNELS)
 def scale_channels(channels: int, width: float) -> int:
     """A channel count times the width multiplier of the VGG-based models, at least 1."""
     return max(1, round(channels * width))
+
+
+def init_vgg_weights_(model: nn.Module) -> None:
+    """Fresh weights for the VGG-based models when no ImageNet weights are loaded: He-normal
+    convs (fan-out, ReLU) with zero bias, identity BNs."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
 
 # The input normalisation torchvision's ImageNet VGG weights were trained with (RGB in [0, 1]).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
