@@ -130,9 +130,17 @@ def test_rerun_without_resume_keeps_the_existing_run(task_i_run, capsys, tmp_pat
 def test_task_all_runs_the_weak_chain_and_compares(tmp_path, data_root):
     config = tiny_config(tmp_path, data_root)
     run = tmp_path / "run"
-    assert main(["train", "--task", "all", "--config", str(config), "--out", str(run),
-                 "--set", "weak.init_from_task_i=true"]) == 0
-    assert "task_ii: initialised from" in (run / "log.txt").read_text()
+    chain = ["--set", "weak.init_from_task_i=true", "--set", "weak.pseudo.segmenter_weight=0.5"]
+    # Task ii alone: it needs task i's segmenter, so task i runs first.
+    assert main(["train", "--task", "ii", "--config", str(config), "--out", str(run), *chain]) == 0
+    log_text = (run / "log.txt").read_text()
+    assert "running task i first" in log_text and "task_ii: initialised from" in log_text
+    assert (run / "task_i" / "done.json").is_file()
+    # A finished chain is not redone: `--task all --resume` only writes the comparison.
+    mtimes = {name: (run / name).stat().st_mtime_ns for name in ("task_i/best.pt", "task_ii/best.pt",
+                                                                  "pseudo_masks/pseudo_quality.json")}
+    assert main(["train", "--task", "all", "--config", str(config), "--out", str(run), "--resume", *chain]) == 0
+    assert {name: (run / name).stat().st_mtime_ns for name in mtimes} == mtimes
     for name in ("crop_tags.json", "comparison.json", "comparison.md", "comparison_iou.png",
                  "single_stage/last.pt", "pseudo_masks/pseudo_quality.json", "task_ii/metrics.json"):
         assert (run / name).is_file(), name
@@ -142,17 +150,22 @@ def test_task_all_runs_the_weak_chain_and_compares(tmp_path, data_root):
     assert set(quality) >= {"coverage", "miou_raw", "miou_crf", "miou_final", "per_class"}
     assert 0.0 < quality["coverage"] <= 1.0
     split = json.loads((run / "split.json").read_text())
+    # Task i's segmenter learned the N1 tiles, so the pseudo masks are calibrated on the val tiles.
+    assert quality["segmenter_weight"] == 0.5 and quality["calibration_tiles"] == split["val"]
     from wsseg.datasets.colour import read_index_png
 
     for tile in split["tagged"]:
         mask = read_index_png(run / "pseudo_masks" / f"{tile}.png")
         assert mask.shape == (160, 160)
         assert set(np.unique(mask)) <= set(range(6)) | {255}
-    # A finished chain is not redone: a rerun with --resume only rewrites the comparison.
-    mtime = (run / "task_ii" / "best.pt").stat().st_mtime_ns
-    assert main(["train", "--task", "all", "--config", str(config), "--out", str(run), "--resume",
-                 "--set", "weak.init_from_task_i=true"]) == 0
-    assert (run / "task_ii" / "best.pt").stat().st_mtime_ns == mtime
+    assert not (run / "pseudo_masks" / f"{split['val'][0]}.png").exists()
+
+
+def test_segmenter_weight_out_of_range_is_a_config_error(tmp_path, data_root, capsys):
+    config = tiny_config(tmp_path, data_root)
+    assert main(["train", "--task", "ii", "--config", str(config), "--out", str(tmp_path / "run"),
+                 "--set", "weak.pseudo.segmenter_weight=1.5"]) != 0
+    assert "weak.pseudo.segmenter_weight" in capsys.readouterr().err
 
 
 def test_split_seeds_report_mean_and_std(tmp_path, data_root):

@@ -141,9 +141,13 @@ class PseudoMaskConfig:
     # Pixels whose pre-CRF class probability is at most this, or whose class the CRF changed,
     # stay unlabelled (255).
     confidence_threshold: float = 0.5
-    # The weak model also labels the N1 tiles, whose pixel labels measure each class's precision:
-    # a class below this precision is left unlabelled in every N2 pseudo mask (0 keeps all).
+    # The weak model also labels calibration tiles (N1, or the validation tiles once task i's
+    # segmenter takes part), whose pixel labels measure each class's precision: a class below
+    # this precision is left unlabelled in every N2 pseudo mask (0 keeps all).
     min_class_precision: float = 0.5
+    # w in p ∝ p_single_stage^(1−w) · p_task_i_segmenter^w, restricted to the crop's tags. 0 uses
+    # the single-stage model alone, as in the paper; > 0 needs task i's segmenter (run first).
+    segmenter_weight: float = 0.0
     workers: int = 2
 
 

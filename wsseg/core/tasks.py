@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from wsseg.core.checkpoint import CheckpointError, load_checkpoint, unwrap
-from wsseg.core.config import Config, config_to_dict, save_config
+from wsseg.core.config import Config, ConfigError, config_to_dict, save_config
 from wsseg.core.distributed import DistInfo, autocast_dtype, choose_device
 from wsseg.core.evaluate import evaluate_tiles
 from wsseg.core.io import atomic_write_json
@@ -257,9 +257,7 @@ def evaluate_checkpoint(cfg: Config, source: TileSource, split: Split, out_dir: 
     amp_dtype = autocast_dtype(cfg.train.precision, device)
     classes = source.classes
     state = load_checkpoint(checkpoint, map_location=device)
-    model = build_segmenter(cfg.model.name, classes.num_classes, **_without_pretrained(cfg.model.options))
-    model.load_state_dict(state["model"])
-    model.to(device)
+    model = load_segmenter(cfg, classes.num_classes, state, device)
     shown = list(split.test)[: cfg.eval.num_triptychs]
     log.info(f"evaluating {checkpoint} (epoch {state['epoch'] + 1}) on {len(split.test)} test tiles")
     result = evaluate_tiles(model, source, split.test, cfg.eval.window_px, cfg.eval.stride_px, cfg.eval.batch_size,
@@ -274,6 +272,14 @@ def evaluate_checkpoint(cfg: Config, source: TileSource, split: Split, out_dir: 
     write_report(out_dir, metrics, classes.names, classes.palette, history or state.get("history", []), samples,
                  title=title)
     return metrics
+
+
+def load_segmenter(cfg: Config, num_classes: int, checkpoint: Path | dict, device: torch.device) -> torch.nn.Module:
+    """The configured segmenter with a checkpoint's weights (a path or a loaded checkpoint), in eval mode."""
+    state = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint, map_location=device)
+    model = build_segmenter(cfg.model.name, num_classes, **_without_pretrained(cfg.model.options))
+    model.load_state_dict(state["model"])
+    return model.to(device).eval()
 
 
 def _without_pretrained(options: dict) -> dict:
@@ -313,18 +319,22 @@ def run_task_ii(cfg: Config, source: TileSource, split: Split, run_dir: Path, re
     if _stage_done(ss_dir) is None:
         train_single_stage(cfg, source, crop_tags, ss_dir, resume=resume, dist_info=dist_info)
         _finish_stage(ss_dir, {"checkpoint": "last.pt"})
+    task_i_best = run_dir / "task_i" / "best.pt"
+    if (cfg.weak.pseudo.segmenter_weight > 0 or cfg.weak.init_from_task_i) and _stage_done(run_dir / "task_i") is None:
+        log.info("task ii uses task i's segmenter (weak.pseudo.segmenter_weight or weak.init_from_task_i): "
+                 "running task i first")
+        run_task_i(cfg, source, split, run_dir, resume, dist_info)
     pm_dir = run_dir / "pseudo_masks"
     if (quality := _stage_done(pm_dir)) is None:
-        quality = make_pseudo_masks(cfg, source, split, crop_tags, ss_dir / "last.pt", pm_dir)
+        quality = make_pseudo_masks(cfg, source, split, crop_tags, ss_dir / "last.pt", pm_dir,
+                                    segmenter_checkpoint=task_i_best if cfg.weak.pseudo.segmenter_weight > 0 else None)
         _finish_stage(pm_dir, quality)
     pseudo_masks = {t: pm_dir / f"{t}.png" for t in split.tagged}
     stage_dir = run_dir / "task_ii"
     if (done := _stage_done(stage_dir)) is not None:
         log.info(f"task ii already finished in {stage_dir}: mIoU {done['miou']:.4f}")
         return done, quality
-    init = run_dir / "task_i" / "best.pt" if cfg.weak.init_from_task_i else None
-    if init is not None and not init.exists():
-        raise CheckpointError(f"weak.init_from_task_i is set but {init} does not exist: run task i first (--task all)")
+    init = task_i_best if cfg.weak.init_from_task_i else None
     metrics = train_segmenter(cfg, source, split, stage_dir, resume=resume, pseudo_masks=pseudo_masks,
                               init_checkpoint=init, dist_info=dist_info,
                               title="Task ii: N1 pixel labels + N2 crop tags")
@@ -348,6 +358,8 @@ def verify_tiles(source: TileSource, tile_ids) -> None:
 def run_task(cfg: Config, task: str, run_dir: Path, resume: bool = False,
              dist_info: DistInfo = DistInfo()) -> dict:
     """Run task `i`, `ii` or `all` into `run_dir`; returns the metrics (or the comparison)."""
+    if not 0.0 <= cfg.weak.pseudo.segmenter_weight <= 1.0:
+        raise ConfigError(f"weak.pseudo.segmenter_weight must be in [0, 1], got {cfg.weak.pseudo.segmenter_weight}")
     if (run_dir / "config.yaml").exists() and not resume:
         raise CheckpointError(f"{run_dir} already holds a run: pass --resume to continue it, or choose another --out")
     source = get_source(cfg)

@@ -1,7 +1,8 @@
 """Task ii's weak stages: train the single-stage model on crop tags, then turn it into pseudo masks.
 
 For every fixed-grid crop of an N2 tile: multi-scale + flip inference restricted to the crop's
-tags, background power, PAMR, dense CRF, then a confidence threshold that leaves uncertain pixels
+tags, background power, PAMR, optionally a product with task i's segmenter (see
+`fuse_with_segmenter`), dense CRF, then a confidence threshold that leaves uncertain pixels
 unlabelled (255). Overlapping crops are averaged into one mask per tile, written as an indexed
 PNG with the dataset palette. The N2 ground truth, where it exists, is read only to measure the
 pseudo masks (`pseudo_quality.json`); nothing of it reaches training.
@@ -19,16 +20,17 @@ import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 from tqdm import tqdm
 
-from wsseg.core.checkpoint import load_checkpoint, unwrap
+from wsseg.core.checkpoint import CheckpointError, load_checkpoint, unwrap
 from wsseg.core.config import Config, config_to_dict
 from wsseg.core.distributed import DistInfo, autocast_dtype, choose_device
+from wsseg.core.evaluate import sliding_window_logits
 from wsseg.core.metrics import confusion_matrix, segmentation_metrics
 from wsseg.core.train import build_scheduler, fit
 from wsseg.datasets.base import TileSource
 from wsseg.datasets.colour import read_index_png, save_index_png
 from wsseg.datasets.crops import TaggedCropDataset
 from wsseg.datasets.splits import Split
-from wsseg.datasets.tags import CropTag
+from wsseg.datasets.tags import CropTag, compute_crop_tags
 from wsseg.models.single_stage import ClassLayout, SingleStageSegmenter
 from wsseg.pseudo_labels.crf import dense_crf
 from wsseg.pseudo_labels.pamr import refine_with_pamr
@@ -158,6 +160,14 @@ class _TileAccumulator:
         self.count[window] += 1
 
 
+def allowed_classes(tags: torch.Tensor, layout: ClassLayout) -> torch.Tensor:
+    """The crop's tags in dataset order, plus the constant-logit class, which is never tagged away."""
+    allowed = tags.clone()
+    if layout.background_index is not None:
+        allowed[layout.background_index] = 1.0
+    return allowed
+
+
 def _crop_probabilities(model: SingleStageSegmenter, layout: ClassLayout, crop: torch.Tensor, tags: torch.Tensor,
                         cfg: Config) -> np.ndarray:
     """Multi-scale + flip softmax restricted to the tags, background power, PAMR; dataset class order."""
@@ -170,16 +180,43 @@ def _crop_probabilities(model: SingleStageSegmenter, layout: ClassLayout, crop: 
                                  num_iter=cfg.weak.single_stage.pamr_iter)[0]
     probs = layout.to_dataset_order(probs, dim=0)
     # Classes the crop is not tagged with stay impossible, whatever PAMR smeared into them.
-    allowed = tags.clone()
-    if layout.background_index is not None:
-        allowed[layout.background_index] = 1.0
-    probs = probs * allowed[:, None, None]
+    probs = probs * allowed_classes(tags, layout)[:, None, None]
     return (probs / probs.sum(0, keepdim=True).clamp(min=1e-8)).numpy()
 
 
+def fuse_with_segmenter(weak_probs: np.ndarray, segmenter_probs: np.ndarray, allowed: np.ndarray,
+                        weight: float, floor: float = 1e-6) -> np.ndarray:
+    """Product of experts p ∝ p_weak^(1−w) · p_segmenter^w over the allowed classes (C×H×W each).
+
+    The two models fail differently: the weak one saw every tagged crop but never a pixel label,
+    the segmenter saw pixel labels of a few tiles only. A class survives where both find it
+    plausible, and the tags veto the segmenter's guesses of absent classes. `floor` keeps a zero
+    in one model from silencing the other completely.
+    """
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"weak.pseudo.segmenter_weight must be in [0, 1], got {weight}")
+    if weak_probs.shape != segmenter_probs.shape:
+        raise ValueError(f"weak probabilities {weak_probs.shape} and segmenter probabilities "
+                         f"{segmenter_probs.shape} differ in shape")
+    fused = (np.maximum(weak_probs, floor) ** (1.0 - weight)) * (np.maximum(segmenter_probs, floor) ** weight)
+    fused = fused * np.asarray(allowed, dtype=fused.dtype).reshape(-1, 1, 1)
+    return (fused / np.maximum(fused.sum(0, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def segmenter_probabilities(model: torch.nn.Module, image: np.ndarray, num_classes: int, cfg: Config) -> np.ndarray:
+    """Softmax C×H×W of a trained segmenter on a whole tile (H×W×3 uint8), by sliding window."""
+    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0
+    logits = sliding_window_logits(model, tensor, num_classes, cfg.eval.window_px, cfg.eval.stride_px,
+                                   cfg.eval.batch_size)
+    return logits.softmax(0).numpy()
+
+
 def make_pseudo_masks(cfg: Config, source: TileSource, split: Split, crop_tags: list[CropTag], checkpoint: Path,
-                      out_dir: Path) -> dict:
-    """Write one pseudo mask PNG per N2 tile and return (and save) their quality report."""
+                      out_dir: Path, segmenter_checkpoint: Path | None = None) -> dict:
+    """Write one pseudo mask PNG per N2 tile and return (and save) their quality report.
+
+    `segmenter_checkpoint`: task i's segmenter, needed when `weak.pseudo.segmenter_weight` > 0.
+    """
     pm = cfg.weak.pseudo
     classes = source.classes
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -187,13 +224,27 @@ def make_pseudo_masks(cfg: Config, source: TileSource, split: Split, crop_tags: 
     model = build_single_stage(cfg, layout, pretrained=False)
     model.load_state_dict(load_checkpoint(checkpoint)["model"])
     model.eval()
+    segmenter = None
+    if pm.segmenter_weight > 0:
+        if segmenter_checkpoint is None or not Path(segmenter_checkpoint).exists():
+            raise CheckpointError(f"weak.pseudo.segmenter_weight is {pm.segmenter_weight} but task i's segmenter "
+                                  f"checkpoint {segmenter_checkpoint} does not exist: run task i first")
+        from wsseg.core.tasks import load_segmenter
 
-    # The N1 tiles go first: their pseudo masks are never used, but measured against their pixel
-    # labels they tell which classes the weak model gets wrong, before any N2 mask is written.
-    order = list(split.labelled) + list(split.tagged)
-    n2_tags = [t for t in crop_tags if t.tile_id in set(order)]
+        segmenter = load_segmenter(cfg, classes.num_classes, segmenter_checkpoint, torch.device("cpu"))
+
+    # Calibration tiles go first: their pseudo masks are never used, but measured against their
+    # pixel labels they tell which classes come out wrong, before any N2 mask is written. The
+    # weak model never sees a pixel label, so the N1 tiles serve; task i's segmenter learned the
+    # N1 tiles by heart, so once it takes part the validation tiles do.
+    calibration = list(split.val) if segmenter is not None else list(split.labelled)
+    order = calibration + list(split.tagged)
+    tagged_tiles = {t.tile_id for t in crop_tags}
+    calibration_tags = compute_crop_tags(source, [t for t in calibration if t not in tagged_tiles],
+                                         cfg.weak.tag_crop_px, cfg.weak.tag_min_fraction)
+    n2_tags = [t for t in [*crop_tags, *calibration_tags] if t.tile_id in set(order)]
     n2_tags.sort(key=lambda t: (order.index(t.tile_id), t.y, t.x))
-    calibration_tiles = set(split.labelled)
+    calibration_tiles = set(calibration)
     calibration_cm = np.zeros((classes.num_classes,) * 2, np.int64)
     dropped: list[int] = []
     crf_params = None
@@ -205,10 +256,19 @@ def make_pseudo_masks(cfg: Config, source: TileSource, split: Split, crop_tags: 
     loader = DataLoader(_TagCrops(source, n2_tags, classes.num_classes), batch_size=None, num_workers=1)
 
     def predictions():
+        tile_id, tile_probs = None, None
         with torch.inference_mode():
             for index, crop, tags in loader:
                 image = torch.from_numpy(np.asarray(crop)).permute(2, 0, 1).float() / 255.0
-                probs = _crop_probabilities(model, layout, image, torch.as_tensor(tags), cfg)
+                tags = torch.as_tensor(tags)
+                probs = _crop_probabilities(model, layout, image, tags, cfg)
+                if segmenter is not None:
+                    tag = n2_tags[int(index)]
+                    if tag.tile_id != tile_id:
+                        tile_id = tag.tile_id
+                        tile_probs = segmenter_probabilities(segmenter, source.image(tile_id), classes.num_classes, cfg)
+                    probs = fuse_with_segmenter(probs, tile_probs[:, tag.y:tag.y + tag.h, tag.x:tag.x + tag.w],
+                                                allowed_classes(tags, layout).numpy(), pm.segmenter_weight)
                 yield int(index), np.asarray(crop), probs, crf_params
 
     cms = {name: np.zeros((classes.num_classes,) * 2, np.int64) for name in ("raw", "crf", "final")}
@@ -231,7 +291,7 @@ def make_pseudo_masks(cfg: Config, source: TileSource, split: Split, crop_tags: 
         if not dropped and pm.min_class_precision > 0 and calibration_cm.sum():
             dropped = unreliable_classes(calibration_cm, pm.min_class_precision)
             if dropped:
-                log.info("pseudo masks: dropping %s (precision on the N1 tiles below %.2f)",
+                log.info("pseudo masks: dropping %s (precision on the calibration tiles below %.2f)",
                          ", ".join(classes.names[c] for c in dropped), pm.min_class_precision)
             dropped = dropped or [-1]  # computed once; -1 marks "nothing to drop"
         final[np.isin(final, dropped)] = classes.ignore_index
@@ -265,7 +325,9 @@ def make_pseudo_masks(cfg: Config, source: TileSource, split: Split, crop_tags: 
             pool.join()
 
     quality = {"coverage": labelled_px / max(1, total_px), "tiles": len(split.tagged), "crf": pm.crf.enabled,
-               "n1_precision": {name: value for name, value in zip(classes.names, class_precision(calibration_cm))},
+               "segmenter_weight": pm.segmenter_weight,
+               "calibration_tiles": calibration,
+               "calibration_precision": dict(zip(classes.names, class_precision(calibration_cm))),
                "dropped_classes": [classes.names[c] for c in dropped if c >= 0]}
     if cms["raw"].sum():
         stages = {name: segmentation_metrics(cm, classes.names, classes.in_mean) for name, cm in cms.items()}
@@ -289,7 +351,7 @@ def class_precision(cm: np.ndarray) -> list[float | None]:
 
 
 def unreliable_classes(calibration_cm: np.ndarray, min_precision: float) -> list[int]:
-    """Classes whose confident pseudo labels on the N1 tiles are right less often than `min_precision`."""
+    """Classes whose confident pseudo labels on the calibration tiles are right less often than `min_precision`."""
     return [c for c, p in enumerate(class_precision(calibration_cm)) if p is not None and p < min_precision]
 
 
