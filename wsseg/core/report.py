@@ -296,8 +296,10 @@ def write_report(
 
 def _pseudo_tables(pseudo_quality: dict, class_names) -> list[str]:
     """Top-level scalars, then a per-class table whose columns are whatever keys the entries have."""
-    scalars = [(k, v) for k, v in pseudo_quality.items() if k != "per_class" and not isinstance(v, (dict, list))]
+    scalars = [(k, v) for k, v in pseudo_quality.items() if k != "per_class" and not isinstance(v, dict)]
     def cell(v):
+        if isinstance(v, list):  # e.g. the calibration tiles and the dropped classes
+            return ", ".join(map(str, v)) or "none"
         if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
             return str(v)  # counts (tiles, pixels) are not fractions
         return _fmt(v) if v is None or isinstance(v, (float, np.floating)) else str(v)
