@@ -242,8 +242,9 @@ def make_pseudo_masks(cfg: Config, source: TileSource, split: Split, crop_tags: 
     tagged_tiles = {t.tile_id for t in crop_tags}
     calibration_tags = compute_crop_tags(source, [t for t in calibration if t not in tagged_tiles],
                                          cfg.weak.tag_crop_px, cfg.weak.tag_min_fraction)
-    n2_tags = [t for t in [*crop_tags, *calibration_tags] if t.tile_id in set(order)]
-    n2_tags.sort(key=lambda t: (order.index(t.tile_id), t.y, t.x))
+    rank = {tile_id: i for i, tile_id in enumerate(order)}
+    n2_tags = sorted((t for t in [*crop_tags, *calibration_tags] if t.tile_id in rank),
+                     key=lambda t: (rank[t.tile_id], t.y, t.x))
     calibration_tiles = set(calibration)
     calibration_cm = np.zeros((classes.num_classes,) * 2, np.int64)
     dropped: list[int] = []
