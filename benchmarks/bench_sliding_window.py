@@ -1,4 +1,4 @@
-"""Throughput of whole-tile sliding-window inference (the evaluation path of SPEC §1).
+"""Throughput of whole-tile sliding-window inference (the evaluation path: whole tiles, overlapping windows).
 
 Times `wsseg.core.evaluate.sliding_window_logits` on one synthetic Vaihingen-sized tile
 (2000×2500, window 256, stride 192 by default) and writes benchmarks/results/sliding_window.json.
@@ -24,7 +24,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from wsseg.core.evaluate import sliding_window_logits, window_starts  # noqa: E402
-from wsseg.core.report import write_json_atomic  # noqa: E402
+from wsseg.core.io import atomic_write_json  # noqa: E402
 
 RESULT = Path(__file__).resolve().parent / "results" / "sliding_window.json"
 
@@ -112,7 +112,7 @@ def main(argv=None) -> dict:
         "machine": platform.machine(),
         "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    write_json_atomic(args.out, result)
+    atomic_write_json(args.out, result)
     print(f"{result['model_source']}: {mpix:.2f} Mpix in {seconds:.1f} s = {result['mpix_per_s']:.4f} Mpix/s "
           f"({num_windows} windows, {result['threads']} threads, {result['dtype']}) → {args.out}")
     return result

@@ -8,12 +8,12 @@ from torch import nn
 from wsseg.core.evaluate import (
     EvalResult,
     evaluate_tiles,
-    image_to_tensor,
     predict_tile,
     sliding_window_logits,
     window_starts,
 )
 from wsseg.core.metrics import confusion_matrix
+from wsseg.datasets.crops import image_to_tensor
 from wsseg.datasets.base import ClassSpec, Tile, TileSource
 
 

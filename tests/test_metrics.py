@@ -6,10 +6,12 @@ import torch
 
 from wsseg.core.metrics import (
     class_pixel_counts,
+    class_precision,
     class_weights,
     confusion_matrix,
     majority_baseline_miou,
     segmentation_metrics,
+    unreliable_classes,
 )
 
 NAMES = ["a", "b", "c"]
@@ -144,3 +146,13 @@ def test_class_weights_by_hand():
     assert class_weights(counts, "inverse", absent_weight=1.0)[2] == 1.0
     with pytest.raises(ValueError):
         class_weights(counts, "sqrt")
+
+
+def test_class_precision_and_unreliable_classes():
+    # rows: ground truth, columns: pseudo label
+    cm = np.array([[8, 6, 0],
+                   [2, 4, 0],
+                   [0, 0, 0]])
+    assert class_precision(cm) == [pytest.approx(0.8), pytest.approx(0.4), None]
+    assert unreliable_classes(cm, 0.5) == [1]
+    assert unreliable_classes(cm, 0.3) == []

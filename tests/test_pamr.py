@@ -8,7 +8,8 @@ from wsseg.pseudo_labels.pamr import pamr, pamr_affinity, refine_with_pamr
 
 
 def _pamr_by_loops(image, masks, dilations, num_iter):
-    """SPEC §3 PAMR evaluated pixel by pixel, neighbour by neighbour, in plain Python floats."""
+    """PAMR as Araslanov & Roth (CVPR 2020) define it, evaluated pixel by pixel, neighbour by
+    neighbour, in plain Python floats."""
     _, channels, height, width = image.shape
     num_masks = masks.shape[1]
     img = image[0].tolist()

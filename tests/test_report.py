@@ -5,16 +5,11 @@ import numpy as np
 import pytest
 
 from wsseg.core.metrics import segmentation_metrics
-from wsseg.core.report import (
-    aggregate_markdown,
-    aggregate_seeds,
-    colorize,
-    to_jsonable,
-    write_seed_summary,
-    write_comparison_report,
-    write_json_atomic,
-    write_report,
-)
+from wsseg.core.io import atomic_write_json as write_json_atomic
+from wsseg.core.io import to_jsonable
+from wsseg.core.report import aggregate_markdown, write_comparison_report, write_report, write_seed_summary
+from wsseg.datasets.colour import encode_colour_mask as colorize
+from wsseg.pipeline.seeds import aggregate_seeds
 
 NAMES = ["a", "b", "c", "d"]
 PALETTE = [(255, 255, 255), (0, 0, 255), (0, 255, 0), (255, 0, 0)]

@@ -20,7 +20,7 @@ def tiny_config(tmp_path: Path, data_root: Path, **sections) -> Path:
     cfg = {
         "name": "tiny",
         "data": {"kind": "synthetic_vaihingen", "root": str(data_root),
-                 "synthetic": {"num_tiles": 14, "tile_px": [160, 160], "seed": 1}},
+                 "options": {"num_tiles": 14, "tile_px": [160, 160], "seed": 1}},
         "split": {"n_labelled": 3, "n_tagged": 6, "n_val": 2},
         "model": {"name": "effnet_lite0_unet", "options": {"pretrained": True}},
         "train": {"epochs": 3, "iters_per_epoch": 15, "batch_size": 8, "crop_px": 96, "optimizer": "adamw",

@@ -3,7 +3,8 @@ import pytest
 
 from wsseg.datasets.base import DatasetError
 from wsseg.datasets.isprs import ALL_AREAS, vaihingen_source
-from wsseg.datasets.synthetic_aerial import CAR, boundary_mask, generate_synthetic_vaihingen, main
+from wsseg.cli import main
+from wsseg.datasets.synthetic_aerial import CAR, boundary_mask, generate_synthetic_vaihingen
 
 TILE_PX = (256, 256)
 
@@ -84,7 +85,7 @@ def test_deterministic_and_seed_dependent(tmp_path):
 
 
 def test_regeneration_removes_stale_tiles_and_cli(tmp_path):
-    assert main([str(tmp_path), "--tiles", "4", "--size", "80", "72", "--seed", "3"]) == 0
+    assert main(["synth", str(tmp_path), "--tiles", "4", "--size", "80", "72", "--seed", "3"]) == 0
     assert [t.tile_id for t in vaihingen_source(tmp_path).tiles] == ["area1", "area2", "area3", "area4"]
     generate_synthetic_vaihingen(tmp_path, num_tiles=2, tile_px=(80, 72))
     assert len(vaihingen_source(tmp_path).tiles) == 2

@@ -11,6 +11,8 @@ from pathlib import Path
 from wsseg.core.checkpoint import CheckpointError
 from wsseg.core.config import ConfigError, load_config
 
+log = logging.getLogger(__name__)
+
 
 def _setup_logging(run_dir: Path | None = None) -> None:
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
@@ -41,7 +43,8 @@ def train_main(argv: list[str] | None = None) -> int:
 
 def _train(args) -> int:
     from wsseg.core.distributed import init_distributed
-    from wsseg.core.tasks import run_split_seeds, run_task
+    from wsseg.pipeline.chain import run_task
+    from wsseg.pipeline.seeds import run_split_seeds
 
     try:
         cfg = load_config(args.config, args.overrides)
@@ -54,24 +57,25 @@ def _train(args) -> int:
     run_dir = Path(args.out) if args.out else Path(cfg.out_root) / f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     dist_info = init_distributed()
     _setup_logging(run_dir if dist_info.is_main else None)
-    logging.getLogger("wsseg").info(f"run folder: {run_dir}")
+    log.info(f"run folder: {run_dir}")
     if args.split_seeds:
         if args.task != "all":
             print("error: --split-seeds repeats the comparison: use it with --task all", file=sys.stderr)
             return 2
         seeds = [int(s) for s in args.split_seeds.split(",") if s.strip()]
-        run_split_seeds(cfg, seeds, run_dir, args.resume)
+        run_split_seeds(cfg, seeds, run_dir, args.resume, dist_info)
     else:
         run_task(cfg, args.task, run_dir, args.resume, dist_info)
-    logging.getLogger("wsseg").info(f"done: reports in {run_dir}")
+    log.info(f"done: reports in {run_dir}")
     return 0
 
 
 def _eval(args) -> int:
     from wsseg.core.checkpoint import load_checkpoint
-    from wsseg.core.config import config_from_dict, apply_overrides
-    from wsseg.core.tasks import evaluate_checkpoint, get_source
+    from wsseg.core.config import apply_overrides, config_from_dict
     from wsseg.datasets.splits import load_split
+    from wsseg.pipeline.data import Run, load_source
+    from wsseg.pipeline.segmenter import evaluate_checkpoint
 
     checkpoint = Path(args.checkpoint)
     state = load_checkpoint(checkpoint)
@@ -82,8 +86,8 @@ def _eval(args) -> int:
         return 2
     out = Path(args.out) if args.out else checkpoint.parent / f"eval-{checkpoint.stem}"
     _setup_logging(out)
-    source = get_source(cfg)
-    metrics = evaluate_checkpoint(cfg, source, load_split(split_path), out, checkpoint, title=f"Evaluation of {checkpoint}")
+    run = Run(cfg, load_source(cfg), load_split(split_path), run_dir=split_path.parent)
+    metrics = evaluate_checkpoint(run, out, checkpoint, title=f"Evaluation of {checkpoint}")
     print(f"mIoU {metrics['miou']:.4f}  mean F1 {metrics['mean_f1']:.4f}  OA {metrics['overall_accuracy']:.4f}  → {out}")
     return 0
 
@@ -92,7 +96,7 @@ def _synth(args) -> int:
     from wsseg.datasets.synthetic_aerial import generate_synthetic_vaihingen
 
     generate_synthetic_vaihingen(Path(args.out), num_tiles=args.tiles, tile_px=tuple(args.size), seed=args.seed)
-    print(f"wrote {args.tiles} synthetic Vaihingen-layout tiles to {args.out}")
+    print(f"wrote {args.tiles} synthetic tiles of {args.size[0]}×{args.size[1]} px in the Vaihingen layout to {args.out}")
     return 0
 
 
@@ -107,9 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override the checkpoint's config, e.g. --set data.root=/data/vaihingen")
     sy = sub.add_parser("synth", help="write the synthetic aerial dataset in the Vaihingen layout")
-    sy.add_argument("out")
-    sy.add_argument("--tiles", type=int, default=33)
-    sy.add_argument("--size", type=int, nargs=2, default=[384, 384], metavar=("H", "W"))
+    sy.add_argument("out", help="output root (gets top/, gts_for_participants/, gts_eroded_for_participants/)")
+    sy.add_argument("--tiles", type=int, default=33, help="number of tiles (default 33, the real area numbers)")
+    sy.add_argument("--size", type=int, nargs=2, default=[384, 384], metavar=("H", "W"), help="tile size in px")
     sy.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     handler = {"train": _train, "eval": _eval, "synth": _synth}[args.command]

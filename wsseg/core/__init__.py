@@ -1,0 +1,2 @@
+"""Foundations that know no task: config, io, checkpoints, the training loop and stage skeleton,
+evaluation, metrics, figures and reports. Builds on `datasets` only."""

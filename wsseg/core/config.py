@@ -22,24 +22,15 @@ class ConfigError(ValueError):
 
 
 @dataclass
-class SyntheticConfig:
-    """Parameters of the procedural aerial dataset, generated into `data.root` when missing."""
-
-    num_tiles: int = 33
-    tile_px: list[int] = field(default_factory=lambda: [384, 384])
-    seed: int = 0
-
-
-@dataclass
 class DataConfig:
-    # vaihingen | vaihingen_mmseg | dubai | folder | synthetic_vaihingen (+ any kind build_source knows)
+    # Any kind `wsseg.datasets.build_source` knows: vaihingen, dubai, folder, synthetic_vaihingen, ...
     kind: str = "vaihingen"
     root: str = "data/vaihingen"
-    # Loader-specific keyword arguments (folder names, class names, palette ...), checked by the loader.
+    # Keyword arguments of that kind's loader (folder names, class names, palette, the synthetic
+    # dataset's num_tiles / tile_px / seed ...), checked by build_source.
     options: dict[str, Any] = field(default_factory=dict)
     # Decode every tile at this scale (e.g. 0.25 for large imagery on a CPU); 1 keeps full size.
     scale: float = 1.0
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
 @dataclass

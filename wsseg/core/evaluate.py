@@ -1,6 +1,7 @@
 """Whole-tile evaluation: sliding-window inference and one confusion matrix over the test set.
 
-SPEC §1: tiles are evaluated whole, edges included, by overlapping windows; the scores come from
+As in the ISPRS 2D semantic labelling benchmark (Rottensteiner et al., ISPRS Annals 2012), tiles are
+evaluated whole, edges included, by overlapping windows; the scores come from
 a single confusion matrix summed over every evaluated tile (full ground truth, and the eroded
 one where the dataset has it).
 """
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from wsseg.core.metrics import confusion_matrix, segmentation_metrics
+from wsseg.datasets.crops import image_to_tensor
 
 
 def window_starts(length_px: int, window_px: int, stride_px: int) -> list[int]:
@@ -28,13 +30,6 @@ def window_starts(length_px: int, window_px: int, stride_px: int) -> list[int]:
     starts = list(range(0, length_px - window_px, stride_px))
     starts.append(length_px - window_px)
     return starts
-
-
-def image_to_tensor(image: np.ndarray) -> torch.Tensor:
-    """uint8 H×W×3 RGB → float32 3×H×W in [0, 1] (the model input contract)."""
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"expected an H×W×3 image, got shape {image.shape}")
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
 
 
 def _pad_to_window(image: torch.Tensor, window_px: int) -> torch.Tensor:

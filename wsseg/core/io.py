@@ -54,6 +54,11 @@ def to_jsonable(obj: Any) -> Any:
     return obj
 
 
+def score_or_nan(value) -> float:
+    """A score as float, with None (how `to_jsonable` writes NaN) read back as NaN."""
+    return float("nan") if value is None else float(value)
+
+
 def atomic_write_json(path: Path, data: Any) -> Path:
     # allow_nan=False: anything non-finite that escaped to_jsonable is a bug, not "NaN" in a file.
     return atomic_write_text(path, json.dumps(to_jsonable(data), indent=2, allow_nan=False) + "\n")

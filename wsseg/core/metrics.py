@@ -1,7 +1,7 @@
 """Confusion matrices and the scores derived from them; class frequencies and loss weights.
 
 Every score here is computed from ONE confusion matrix accumulated over the whole evaluation set
-(SPEC §1: never average per batch or per tile). Rows are ground truth, columns are prediction.
+(never averaged per batch or per tile, as in the PASCAL VOC and ISPRS benchmark evaluations). Rows are ground truth, columns are prediction.
 
 Conventions for classes that do not occur:
 - a class with no ground-truth pixel and no predicted pixel has IoU, F1, precision and recall
@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-IGNORE_INDEX = 255
+from wsseg.datasets.base import IGNORE_INDEX
 
 
 def _bincount_pairs(pred, target, num_classes: int, ignore_index: int):
@@ -193,3 +193,15 @@ def class_weights(counts, mode: str = "inverse", absent_weight: float = 0.0) -> 
     else:
         raise ValueError(f"unknown class weight mode {mode!r}; use 'inverse' or 'median'")
     return weights.astype(np.float32)
+
+
+def class_precision(cm) -> list[float | None]:
+    """Precision per class (column-wise) of a confusion matrix; None for a class never predicted."""
+    cm = _as_numpy_cm(cm)
+    predicted = cm.sum(0)
+    return [float(cm[c, c] / predicted[c]) if predicted[c] else None for c in range(len(cm))]
+
+
+def unreliable_classes(cm, min_precision: float) -> list[int]:
+    """Classes predicted at least once whose precision in `cm` is below `min_precision`."""
+    return [c for c, p in enumerate(class_precision(cm)) if p is not None and p < min_precision]

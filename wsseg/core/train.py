@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from wsseg.core.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state, unwrap
 from wsseg.core.distributed import DistInfo
+from wsseg.datasets.base import IGNORE_INDEX
 
 LossFn = Callable[[torch.nn.Module, object, int], "tuple[torch.Tensor, dict[str, float]]"]
 
@@ -49,7 +50,7 @@ def build_scheduler(optimizer, schedule: str, total_iters: int, iters_per_epoch:
 
 
 def weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor, class_weights: torch.Tensor | None = None,
-                           pixel_weights: torch.Tensor | None = None, ignore_index: int = 255) -> torch.Tensor:
+                           pixel_weights: torch.Tensor | None = None, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """Cross entropy averaged over labelled pixels, each weighted by its class and its own weight.
 
     `pixel_weights` (N×H×W) lets pseudo-labelled pixels count less than real labels. The mean is

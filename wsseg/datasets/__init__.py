@@ -21,6 +21,7 @@ def _loaders() -> dict[str, Callable[..., TileSource]]:
     from wsseg.datasets.dubai import dubai_source
     from wsseg.datasets.folder import folder_source
     from wsseg.datasets.isprs import isprs_mmseg_source, vaihingen_source
+    from wsseg.datasets.synthetic_aerial import synthetic_vaihingen_source
     from wsseg.datasets.voc import voc_source
 
     def potsdam_mmseg(root, split: str | None = None, check_sizes: bool = True) -> TileSource:
@@ -28,6 +29,7 @@ def _loaders() -> dict[str, Callable[..., TileSource]]:
 
     return {
         "vaihingen": vaihingen_source,
+        "synthetic_vaihingen": synthetic_vaihingen_source,
         "vaihingen_mmseg": isprs_mmseg_source,
         "potsdam_mmseg": potsdam_mmseg,
         "dubai": dubai_source,

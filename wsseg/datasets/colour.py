@@ -227,7 +227,8 @@ def encode_colour_mask(indices: np.ndarray, palette: Sequence[Colour],
     bad = (indices >= len(palette)) & (indices != ignore_index)
     if bad.any() or (indices < 0).any():
         value = indices[bad | (indices < 0)].flat[0]
-        raise DatasetError(f"class index {value} outside 0..{len(palette) - 1} (and ignore {ignore_index})")
+        raise DatasetError(f"class index {value} outside 0..{len(palette) - 1} (and ignore {ignore_index}): "
+                           f"the palette has {len(palette)} colours")
     return table[indices.astype(np.uint8)]
 
 

@@ -12,7 +12,6 @@ torchvision v2 functionals on `tv_tensors.Image` / `tv_tensors.Mask`, driven by 
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections import OrderedDict
 from pathlib import Path
@@ -25,6 +24,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import InterpolationMode
 
+from wsseg.datasets.augment import random_colour_jitter, random_dihedral, random_resized_box
 from wsseg.datasets.base import IGNORE_INDEX, DatasetError, TileSource
 from wsseg.datasets.colour import check_indices, image_size, read_index_png
 from wsseg.datasets.tags import CropTag, tag_vector
@@ -84,13 +84,19 @@ def _nbytes(value) -> int:
 
 
 # ---------------------------------------------------------------------------------- conversions
-def to_image_tensor(image: np.ndarray) -> tv_tensors.Image:
-    """uint8 H×W×3 → float32 3×H×W in [0, 1]."""
+def image_to_tensor(image: np.ndarray) -> torch.Tensor:
+    """uint8 H×W×3 RGB → float32 3×H×W in [0, 1]: the input every wsseg model takes."""
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an H×W×3 image, got shape {image.shape}")
     # float() copies, so read-only arrays (cached tiles) are never written through.
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         tensor = torch.from_numpy(np.ascontiguousarray(image))
-    return tv_tensors.Image(tensor.permute(2, 0, 1).float().div_(255.0))
+    return tensor.permute(2, 0, 1).float().div_(255.0)
+
+
+def to_image_tensor(image: np.ndarray) -> tv_tensors.Image:
+    return tv_tensors.Image(image_to_tensor(image))
 
 
 def to_mask_tensor(mask: np.ndarray) -> tv_tensors.Mask:
@@ -105,57 +111,6 @@ def _cut(array: np.ndarray, y: int, x: int, h: int, w: int, fill: int) -> np.nda
     out = np.full((h, w) + array.shape[2:], fill, dtype=array.dtype)
     out[:part.shape[0], :part.shape[1]] = part
     return out
-
-
-# -------------------------------------------------------------------------------- augmentations
-def random_dihedral(image: torch.Tensor, mask: torch.Tensor | None, rng: np.random.Generator):
-    """Flips and a multiple of 90°: the 8 symmetries that nadir aerial views are invariant to."""
-    if rng.random() < 0.5:
-        image = F.horizontal_flip(image)
-        mask = F.horizontal_flip(mask) if mask is not None else None
-    if rng.random() < 0.5:
-        image = F.vertical_flip(image)
-        mask = F.vertical_flip(mask) if mask is not None else None
-    quarter_turns = int(rng.integers(4))
-    if quarter_turns and image.shape[-1] == image.shape[-2]:
-        image = tv_tensors.wrap(torch.rot90(image, quarter_turns, dims=(-2, -1)), like=image)
-        if mask is not None:
-            mask = tv_tensors.wrap(torch.rot90(mask, quarter_turns, dims=(-2, -1)), like=mask)
-    return image, mask
-
-
-def random_colour_jitter(image: torch.Tensor, rng: np.random.Generator,
-                         jitter: Sequence[float] = (0.3, 0.3, 0.3, 0.1)) -> torch.Tensor:
-    """ColorJitter(brightness, contrast, saturation, hue) with factors drawn from `rng`, random order."""
-    brightness, contrast, saturation, hue = jitter
-    steps = []
-    if brightness:
-        steps.append((F.adjust_brightness, rng.uniform(max(0.0, 1 - brightness), 1 + brightness)))
-    if contrast:
-        steps.append((F.adjust_contrast, rng.uniform(max(0.0, 1 - contrast), 1 + contrast)))
-    if saturation:
-        steps.append((F.adjust_saturation, rng.uniform(max(0.0, 1 - saturation), 1 + saturation)))
-    if hue:
-        steps.append((F.adjust_hue, rng.uniform(-hue, hue)))
-    for i in rng.permutation(len(steps)):
-        function, factor = steps[i]
-        image = function(image, float(factor))
-    return image
-
-
-def random_resized_box(height: int, width: int, rng: np.random.Generator, scale=(0.9, 1.0),
-                       ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
-    """(top, left, h, w) as torchvision's RandomResizedCrop chooses them, from `rng`."""
-    area = height * width
-    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-    for _ in range(10):
-        target = area * rng.uniform(*scale)
-        aspect = math.exp(rng.uniform(*log_ratio))
-        w = int(round(math.sqrt(target * aspect)))
-        h = int(round(math.sqrt(target / aspect)))
-        if 0 < w <= width and 0 < h <= height:
-            return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
-    return 0, 0, height, width
 
 
 def _as_float_image(image: torch.Tensor) -> torch.Tensor:
@@ -306,6 +261,27 @@ class TaggedCropDataset(Dataset):
         elif out_hw != (tag.h, tag.w):
             image_t = F.resize(image_t, list(out_hw), interpolation=InterpolationMode.BICUBIC, antialias=True)
         return _as_float_image(image_t), self.tag_vectors[index].clone(), int(index)
+
+
+class GridCropDataset(Dataset):
+    """The fixed-grid crops of `crop_tags` as stored (uint8 H×W×3, not augmented) → (index, crop, tags).
+
+    Pseudo-mask generation reads the crops tile by tile: each worker decodes a tile once.
+    """
+
+    def __init__(self, source: TileSource, crop_tags: Sequence[CropTag], num_classes: int):
+        self.source, self.crop_tags, self.num_classes = source, list(crop_tags), num_classes
+        self._tile_id, self._image = None, None
+
+    def __len__(self) -> int:
+        return len(self.crop_tags)
+
+    def __getitem__(self, index: int):
+        tag = self.crop_tags[index]
+        if tag.tile_id != self._tile_id:
+            self._tile_id, self._image = tag.tile_id, self.source.image(tag.tile_id)
+        crop = np.ascontiguousarray(self._image[tag.y:tag.y + tag.h, tag.x:tag.x + tag.w])
+        return index, crop, tag_vector(tag, self.num_classes)
 
 
 class TileDataset(Dataset):

@@ -20,22 +20,28 @@ so a 384×384 tile holds a street or two and a handful of houses. Everything is 
 numpy Generator seeded per tile with (seed, area number): the same seed gives byte-identical
 files, and tile N is the same whatever `num_tiles` is.
 
-    python -m wsseg.datasets.synthetic_aerial OUT [--tiles N] [--size H W] [--seed S]
+    wsseg synth OUT [--tiles N] [--size H W] [--seed S]
+
+or as `data.kind: synthetic_vaihingen` in a config, generated on first use.
 """
 
 from __future__ import annotations
 
-import argparse
+import json
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import cv2
 import numpy as np
 
-from wsseg.datasets.base import DatasetError
+from wsseg.datasets.base import IGNORE_INDEX, DatasetError, TileSource
 from wsseg.datasets.colour import encode_colour_mask
-from wsseg.datasets.isprs import ALL_AREAS, VAIHINGEN_CLASSES, eroded_name, image_name
+from wsseg.datasets.isprs import ALL_AREAS, VAIHINGEN_CLASSES, eroded_name, image_name, vaihingen_source
+
+log = logging.getLogger(__name__)
 
 IMPERVIOUS, BUILDING, LOW_VEGETATION, TREE, CAR, CLUTTER = range(6)
 
@@ -618,25 +624,26 @@ def generate_synthetic_vaihingen(root: str | Path, num_tiles: int = 33, tile_px:
         rng = np.random.default_rng([seed, area])
         image, label = synthetic_tile(height, width, rng, sun)
         eroded = label.copy()
-        eroded[boundary_mask(label, boundary_radius_px)] = 255
+        eroded[boundary_mask(label, boundary_radius_px)] = IGNORE_INDEX
         _write_tiff(root / IMAGE_DIR / image_name(area), image)
         _write_tiff(root / LABEL_DIR / image_name(area), encode_colour_mask(label, palette))
         _write_tiff(root / ERODED_DIR / eroded_name(area), encode_colour_mask(eroded, palette))
     return root
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m wsseg.datasets.synthetic_aerial",
-                                     description="write a procedural aerial dataset in the ISPRS Vaihingen layout")
-    parser.add_argument("out", help="output root (gets top/, gts_for_participants/, gts_eroded_for_participants/)")
-    parser.add_argument("--tiles", type=int, default=33, help="number of tiles (default 33, the real area numbers)")
-    parser.add_argument("--size", type=int, nargs=2, default=(384, 384), metavar=("H", "W"), help="tile size in px")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    root = generate_synthetic_vaihingen(args.out, num_tiles=args.tiles, tile_px=tuple(args.size), seed=args.seed)
-    print(f"wrote {args.tiles} synthetic tiles of {args.size[0]}×{args.size[1]} px to {root}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+def synthetic_vaihingen_source(root: str | Path, num_tiles: int = 33, tile_px: Sequence[int] = (384, 384),
+                               seed: int = 0) -> TileSource:
+    """The procedural dataset at `root` as a Vaihingen `TileSource`, generated first when `root`
+    does not hold exactly these parameters (recorded in `synthetic.json`), as torchvision's
+    datasets download on first use."""
+    root = Path(root)
+    marker = root / "synthetic.json"
+    wanted = {"num_tiles": num_tiles, "tile_px": [int(v) for v in tile_px], "seed": seed}
+    if not marker.exists() or json.loads(marker.read_text()) != wanted:
+        log.info(f"generating the synthetic aerial dataset into {root} ({wanted})")
+        generate_synthetic_vaihingen(root, num_tiles=num_tiles, tile_px=tuple(wanted["tile_px"]), seed=seed)
+        # Written last and by rename: an interrupted generation is redone, never taken as complete.
+        temporary = marker.with_name(marker.name + ".tmp")
+        temporary.write_text(json.dumps(wanted) + "\n")
+        temporary.replace(marker)
+    return vaihingen_source(root)

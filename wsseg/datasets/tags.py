@@ -13,7 +13,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from wsseg.datasets.base import DatasetError, TileSource
+from wsseg.datasets.base import IGNORE_INDEX, DatasetError, TileSource
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ def grid_crops(height: int, width: int, crop_px: int) -> list[tuple[int, int, in
 
 
 def tags_of_crop(label: np.ndarray, num_classes: int, min_fraction: float = 0.0,
-                 ignore_index: int = 255) -> tuple[int, ...]:
+                 ignore_index: int = IGNORE_INDEX) -> tuple[int, ...]:
     """Classes whose share of the crop's labelled pixels exceeds `min_fraction` (ignore not counted)."""
     counts = np.bincount(label.ravel(), minlength=256)[:num_classes]
     total = counts.sum()

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from torch import nn
 
 from wsseg.models.efficientnet_lite import EfficientNetLite0UNet
-from wsseg.models.encdec_unpool import EncDecUnpool
-from wsseg.models.fcn import FCN8s
+from wsseg.models.encdec_unpool import EncDecUnpool, load_vgg16_imagenet
+from wsseg.models.fcn import FCN8s, load_fcn8s_vgg16_imagenet
 from wsseg.models.unet import UNet
 
 # name → constructor taking num_classes plus keyword arguments. Other model families
@@ -24,6 +24,12 @@ SEGMENTERS: dict[str, Callable[..., nn.Module]] = {
     "effnet_lite0_unet": EfficientNetLite0UNet,
     "unet": UNet,
     "fcn8s": FCN8s,
+}
+
+# Segmenters with an ImageNet VGG16 encoder, and how its weights go in (`model.encoder_weights`).
+VGG16_ENCODER_LOADERS: dict[str, Callable[[nn.Module, object], nn.Module]] = {
+    "encdec_unpool": load_vgg16_imagenet,
+    "fcn8s": load_fcn8s_vgg16_imagenet,
 }
 
 
@@ -38,3 +44,11 @@ def build_segmenter(name: str, num_classes: int, **kwargs) -> nn.Module:
         raise TypeError(f"segmenter {name!r} has no argument(s) {', '.join(unknown)}; "
                         f"it accepts: {', '.join(accepted)}")
     return constructor(num_classes=num_classes, **kwargs)
+
+
+def load_encoder_weights(name: str, model: nn.Module, weights) -> nn.Module:
+    """Load ImageNet VGG16 weights (a local state dict file) into the encoder of segmenter `name`."""
+    if name not in VGG16_ENCODER_LOADERS:
+        raise ValueError(f"model.encoder_weights: segmenter {name!r} has no VGG16 encoder to load them into "
+                         f"(those that have: {', '.join(sorted(VGG16_ENCODER_LOADERS))})")
+    return VGG16_ENCODER_LOADERS[name](model, weights)

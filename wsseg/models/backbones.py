@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wsseg.models.resnet38 import IMAGENET_MEAN, IMAGENET_STD, ResNet38, load_resnet38_imagenet
+from wsseg.models.normalization import register_normalisation
+from wsseg.models.resnet38 import ResNet38, load_resnet38_imagenet
 
 BACKBONES = ("resnet38", "vgg16", "resnet50", "resnet101", "effnet_lite0")
 
@@ -41,8 +42,7 @@ class _FrozenBatchNorms(nn.Module):
         return self
 
     def _init_imagenet_normalisation(self):
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        register_normalisation(self)
 
     def normalise(self, image):
         return (image - self.mean) / self.std

@@ -1,6 +1,6 @@
 """EncDecUnpool: a VGG16-BN encoder and a mirrored decoder that upsamples by max-unpooling.
 
-DeconvNet-style (Noh et al. 2015), the segmenter of the seed project (SPEC §2). The decoder puts
+DeconvNet-style (Noh, Hong & Han, ICCV 2015), the segmenter wsseg grew from. The decoder puts
 each activation back where the encoder's max-pooling found it, so boundaries come from the
 encoder's own switch positions rather than from interpolation.
 
@@ -12,12 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import torch
 from torch import Tensor, nn
 
+from wsseg.models.normalization import register_normalisation
 from wsseg.models.vgg_weights import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     VGG16_BLOCK_CHANNELS,
     init_vgg_weights_,
     load_module_tensors_,
@@ -63,8 +61,7 @@ class EncDecUnpool(nn.Module):
             raise ValueError(f"decoder_dropout must be in [0, 1), got {decoder_dropout}")
         self.num_classes = num_classes
         self.width = width
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        register_normalisation(self)
 
         block_channels = [[scale_channels(c, width) for c in block] for block in VGG16_BLOCK_CHANNELS]
 

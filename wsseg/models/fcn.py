@@ -18,9 +18,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from wsseg.models.normalization import register_normalisation
 from wsseg.models.vgg_weights import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     VGG16_BLOCK_CHANNELS,
     copy_checked_,
     init_vgg_weights_,
@@ -62,8 +61,7 @@ class FCN8s(nn.Module):
         if width <= 0:
             raise ValueError(f"width must be > 0, got {width}")
         self.width = width
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        register_normalisation(self)
 
         # blocks[k] ends with its max-pool; pool3 = output of blocks[2], pool4 of blocks[3].
         self.blocks = nn.ModuleList()

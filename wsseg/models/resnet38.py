@@ -1,4 +1,4 @@
-"""Wide ResNet-38 ("model A1", Wu et al. 2019) as used by the single-stage segmenter (SPEC §3).
+"""Wide ResNet-38 ("model A1", Wu et al. 2019) as used by the single-stage segmenter (Araslanov & Roth, CVPR 2020).
 
 Pre-activation residual blocks, bias-free convolutions, output stride 8 through dilation in
 b5-b7. Parameter names follow the authors' ImageNet checkpoint
@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from wsseg.models.normalization import register_normalisation
+
 
 # Top-level names a converted ImageNet checkpoint may carry for its 1000-way classifier
 # (the released file has none, but converted re-exports do); they are not part of the backbone.
@@ -85,7 +85,7 @@ class ResNet38(nn.Module):
     """Returns {"conv3": stride-4 features (b3_2 output), "conv6": stride-8 relu(bn7(b7))}.
 
     Input: float N×3×H×W RGB in [0, 1]; ImageNet normalisation happens here.
-    Frozen (SPEC): conv1a and all of b2 (weights), and every BN: affine without grad and
+    Frozen, as in Araslanov & Roth's published training code: conv1a and all of b2 (weights), and every BN: affine without grad and
     running statistics fixed, because batches of a few crops would wreck ImageNet statistics.
     """
 
@@ -118,8 +118,7 @@ class ResNet38(nn.Module):
         self.bn7 = nn.BatchNorm2d(c[4096])
 
         # Not persistent: the state dict must hold exactly the checkpoint's tensors.
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        register_normalisation(self)
 
         for module in (self.conv1a, self.b2, self.b2_1, self.b2_2):
             module.requires_grad_(False)

@@ -1,4 +1,4 @@
-"""Single-stage weakly supervised segmenter (Araslanov & Roth, CVPR 2020; SPEC §3).
+"""Single-stage weakly supervised segmenter (Araslanov & Roth, CVPR 2020).
 
 One network trained from image-level tags only: a segmentation head whose softmax masks give
 the class scores (normalised global weighted pooling + focal mask penalty), and whose own
@@ -31,7 +31,7 @@ PAMR_DILATIONS = (1, 2, 4, 8, 12, 24)
 
 
 def resize(x, size):
-    # SPEC: every interpolation inside the model and its losses is bilinear, align_corners=True.
+    # As in the published code: every interpolation in the model and its losses is bilinear, align_corners=True.
     return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
 
 
@@ -182,15 +182,13 @@ class SingleStageSegmenter(nn.Module):
         """Pseudo labels from the PAMR masks upsampled to the crop, then the balanced CE.
 
         With background="learned" every channel is a tagged class: no background threshold."""
-        from wsseg.pseudo_labels.pseudo_gt import pseudo_labels_from_masks, self_supervised_loss
-
         has_background = self.background == "constant"
         masks = resize(out["masks_pamr"], crop_size)
-        pseudo_labels = pseudo_labels_from_masks(masks, image_tags, background=has_background)
-        return self_supervised_loss(out["logits"], pseudo_labels, image_tags, background=has_background)
+        pseudo_labels = pseudo_gt.pseudo_labels_from_masks(masks, image_tags, background=has_background)
+        return pseudo_gt.self_supervised_loss(out["logits"], pseudo_labels, image_tags, background=has_background)
 
     def param_groups(self, lr: float = 1e-3, weight_decay: float = 5e-4):
-        """SGD groups (SPEC): backbone ×1 (wd), new weights ×10 (wd), new biases ×20 (no wd).
+        """SGD groups of the published recipe: backbone ×1 (wd), new weights ×10 (wd), new biases ×20 (no wd).
 
         Frozen parameters are left out; BN weights of the head count as new weights and BN
         biases as new biases, as in the published recipe.

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from wsseg.models.normalization import register_normalisation
+
 
 
 class DoubleConv(nn.Sequential):
@@ -63,8 +63,7 @@ class UNet(nn.Module):
         super().__init__()
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        register_normalisation(self)
 
         channels = [base_channels * 2**k for k in range(depth + 1)]
         self.stem = DoubleConv(3, channels[0])

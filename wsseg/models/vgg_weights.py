@@ -44,10 +44,6 @@ def init_vgg_weights_(model: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-# The input normalisation torchvision's ImageNet VGG weights were trained with (RGB in [0, 1]).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 _CONV_PARAMS = {"weight", "bias"}
 _BN_PARAMS = {"weight", "bias", "running_mean", "running_var"}
 # Checkpoints saved before PyTorch 0.4 (torchvision's own vgg16_bn file among them) lack it.

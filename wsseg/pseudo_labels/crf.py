@@ -1,6 +1,6 @@
 """Fully connected CRF post-processing (Krähenbühl & Koltun 2011) through pydensecrf.
 
-Parameters default to SPEC §3: unary −log p with p clipped to [1e-5, 1]; a Gaussian kernel
+Parameters default to those of Araslanov & Roth (CVPR 2020): unary −log p with p clipped to [1e-5, 1]; a Gaussian kernel
 (sxy 3, compat 3) and a bilateral kernel (sxy 80, srgb 13, compat 10); 10 mean-field steps.
 pydensecrf is optional (the `crf` extra), so it is imported only when a CRF is run.
 """
@@ -35,7 +35,7 @@ def dense_crf(
     """Posterior class probabilities K×H×W (float32) for `probs` K×H×W on image H×W×3 uint8.
 
     `probs` is used as given, not renormalised: the multi-scale maps with the background raised
-    to the power 3 (SPEC §3 inference) do not sum to one, and the published CRF step takes them
+    to the power 3 (Araslanov & Roth's inference) do not sum to one, and the published CRF step takes them
     as they are.
     """
     dcrf = _import_densecrf()

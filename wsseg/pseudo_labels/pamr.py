@@ -1,4 +1,4 @@
-"""Pixel-adaptive mask refinement (PAMR; Araslanov & Roth, CVPR 2020, SPEC §3).
+"""Pixel-adaptive mask refinement (PAMR; Araslanov & Roth, CVPR 2020).
 
 Each pixel's mask is replaced, `num_iter` times, by a weighted average of its neighbours' masks,
 the weights being an image-dependent affinity that is computed once:

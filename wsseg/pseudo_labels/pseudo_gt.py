@@ -1,4 +1,4 @@
-"""Pseudo labels from refined masks and the self-supervised segmentation loss (SPEC §3).
+"""Pseudo labels from refined masks and the self-supervised segmentation loss (Araslanov & Roth, CVPR 2020).
 
 Mask and logit layout: with `background=True` (the paper) channel 0 is the background (the
 constant-logit channel) and channels 1..C the C tagged classes in tag order; with

@@ -3,7 +3,7 @@
 Four parallel branches (a 1×1 conv and 3×3 convs at rates 12, 24, 36: the rates for output
 stride 8) plus an image-pooling branch, each conv-BN-ReLU, concatenated and fused by a 1×1.
 
-**literal** (SPEC §3): the published model keeps every ASPP BN in eval mode from the start, so
+**literal**: the published model of Araslanov & Roth (CVPR 2020) keeps every ASPP BN in eval mode from the start, so
 its running statistics never move from their initial mean 0 / variance 1 and each BN is just a
 trainable per-channel affine `γ·x/√(1+ε) + β`. That is the default; `literal_bn=False` gives
 ordinary batch statistics.

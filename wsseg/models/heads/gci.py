@@ -5,8 +5,8 @@ features gives one scale γ and one shift β per channel, applied like adaptive 
 normalisation: `relu(skip·(γ+1) + β)`. The skip is normalised without its own affine so that
 γ, β alone set its scale and offset.
 
-SPEC §3 lists the convolutions; the BN-ReLU after the deep projection and after the final 1×1
-are from the published module (the SPEC is silent on them).
+The convolutions are those of Araslanov & Roth (CVPR 2020); the BN-ReLU after the deep projection
+and after the final 1×1 are from their published module (the paper does not describe them).
 """
 
 from __future__ import annotations

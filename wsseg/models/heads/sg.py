@@ -5,7 +5,7 @@ rescaled deep value, `m·(x_deep − ψ·x_shallow)/(1−ψ) + (1−m)·x_shallo
 The expectation over m is exactly x_deep, whatever x_shallow is: the gate acts like dropout
 that substitutes shallow features, so the deep path cannot rely on any single unit.
 
-Test: **literal** (SPEC §3) the published model returns `(1−ψ)·x_deep + ψ·x_shallow`, which is
+Test: **literal** the published model of Araslanov & Roth (CVPR 2020) returns `(1−ψ)·x_deep + ψ·x_shallow`, which is
 *not* the training expectation. `test_mix="expectation"` returns x_deep instead.
 """
 

@@ -1,21 +1,9 @@
 import numpy as np
 import pytest
 
-from wsseg.pseudo_labels.generate import class_precision, unreliable_classes
-
-
-def test_class_precision_and_unreliable_classes():
-    # rows: ground truth, columns: pseudo label
-    cm = np.array([[8, 6, 0],
-                   [2, 4, 0],
-                   [0, 0, 0]])
-    assert class_precision(cm) == [pytest.approx(0.8), pytest.approx(0.4), None]
-    assert unreliable_classes(cm, 0.5) == [1]
-    assert unreliable_classes(cm, 0.3) == []
-
 
 def test_fuse_with_segmenter_is_a_normalised_product_of_experts():
-    from wsseg.pseudo_labels.generate import fuse_with_segmenter
+    from wsseg.pseudo_labels.fusion import fuse_with_segmenter
 
     weak = np.array([0.6, 0.3, 0.1], np.float32).reshape(3, 1, 1)
     segmenter = np.array([0.2, 0.7, 0.1], np.float32).reshape(3, 1, 1)
@@ -35,7 +23,7 @@ def test_fuse_with_segmenter_is_a_normalised_product_of_experts():
 
 
 def test_fuse_with_segmenter_rejects_bad_weight_and_shapes():
-    from wsseg.pseudo_labels.generate import fuse_with_segmenter
+    from wsseg.pseudo_labels.fusion import fuse_with_segmenter
 
     probs = np.full((2, 4, 4), 0.5, np.float32)
     with pytest.raises(ValueError, match="segmenter_weight"):
@@ -48,7 +36,7 @@ def test_allowed_classes_keeps_the_constant_logit_class():
     import torch
 
     from wsseg.models.single_stage import ClassLayout
-    from wsseg.pseudo_labels.generate import allowed_classes
+    from wsseg.pseudo_labels.fusion import allowed_classes
 
     tags = torch.tensor([1.0, 0.0, 0.0, 1.0])
     assert allowed_classes(tags, ClassLayout(4, 2)).tolist() == [1.0, 0.0, 1.0, 1.0]

@@ -1,0 +1,117 @@
+"""The skeleton every training stage shares, in the order of torchvision's segmentation reference
+(`references/segmentation/train.py`): data → model → optimizer → fit → evaluate.
+
+A stage (the segmenter, the single-stage model, a fine-tune) states only what is its own: its
+dataset, model, loss, optimizer and validation. `Stage` does the rest the same way for all:
+device and autocast precision, seeds, channels-last, the DistributedDataParallel wrap under
+torchrun, the DataLoader (with a DistributedSampler), TensorBoard and the `fit` loop with its
+checkpoints and resume.
+
+    with Stage(stage_dir, device="auto", precision="fp32", seed=0, dist=dist) as stage:
+        loader = stage.loader(dataset, batch_size)                          # data
+        model = stage.prepare(build_model())                                # model
+        optimizer = torch.optim.AdamW(unwrap(model).parameters())           # optimizer
+        history = stage.fit(model, loader, optimizer, scheduler, loss, 10)  # fit
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data.distributed import DistributedSampler
+
+from wsseg.core.distributed import DistInfo, autocast_dtype, choose_device
+from wsseg.core.train import LossFn, fit
+
+log = logging.getLogger(__name__)
+
+
+class Stage:
+    """Where and how one training stage runs, and its run folder `stage_dir`.
+
+    Seeds torch and numpy with `seed` when created: build the model inside the stage, so that
+    its initialisation, and every random draw after it, follow from the seed alone.
+    """
+
+    def __init__(self, stage_dir: Path, *, device: str = "auto", precision: str = "auto",
+                 channels_last: bool = False, seed: int = 0, workers: int = 2, dist: DistInfo = DistInfo(),
+                 config: dict | None = None, resume: bool = False):
+        self.stage_dir = Path(stage_dir)
+        self.stage_dir.mkdir(parents=True, exist_ok=True)
+        self.name = self.stage_dir.name
+        self.dist = dist
+        self.device = choose_device(device, dist)
+        self.amp_dtype = autocast_dtype(precision, self.device)
+        self.channels_last = channels_last
+        self.seed = seed
+        self.workers = workers
+        self.config = config or {}
+        self.resume = resume
+        self._writer = None
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+
+    # ------------------------------------------------------------------------------- data
+    def loader(self, dataset: Dataset, batch_size: int, sampler: Sampler | None = None) -> DataLoader:
+        """Batches of `dataset`, reshuffled every epoch; each process its own share under torchrun.
+
+        A stage that draws its own samples passes `sampler` (seeded per process)."""
+        if sampler is None and self.dist.enabled:
+            sampler = DistributedSampler(dataset, seed=self.seed)
+        return DataLoader(dataset, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
+                          num_workers=self.workers, drop_last=True, pin_memory=self.device.type == "cuda")
+
+    def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.to(self.device, non_blocking=True)
+
+    def images_to_device(self, images: torch.Tensor) -> torch.Tensor:
+        """A batch of input images on the device, in the memory format the model runs in."""
+        images = self.to_device(images)
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+
+    # ------------------------------------------------------------------------------ model
+    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        """`model` on the device, channels-last if asked, wrapped in DDP under torchrun."""
+        model = model.to(self.device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        if self.dist.enabled:
+            model = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        return model
+
+    # -------------------------------------------------------------------------------- fit
+    @property
+    def writer(self):
+        """The stage's TensorBoard writer (`stage_dir/tb`); None outside the main process."""
+        if self._writer is None and self.dist.is_main:
+            from tensorboardX import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.stage_dir / "tb"))
+        return self._writer
+
+    def fit(self, model: torch.nn.Module, loader: DataLoader, optimizer, scheduler, compute_loss: LossFn,
+            epochs: int, validate: Callable[[torch.nn.Module, int], dict] | None = None,
+            run_dir: Path | None = None, desc: str | None = None) -> list[dict]:
+        """`core.train.fit` with this stage's device, precision, processes, config and resume;
+        checkpoints go to `run_dir` (default: the stage folder)."""
+        return fit(model=model, loader=loader, optimizer=optimizer, scheduler=scheduler, compute_loss=compute_loss,
+                   epochs=epochs, run_dir=run_dir or self.stage_dir, device=self.device, amp_dtype=self.amp_dtype,
+                   validate=validate, config=self.config, resume=self.resume, dist_info=self.dist,
+                   writer=self.writer, desc=desc or self.name, log=log.info)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def __enter__(self) -> Stage:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

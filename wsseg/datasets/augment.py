@@ -1,0 +1,65 @@
+"""Random augmentations driven by a numpy Generator, so that a sample is a function of its seed.
+
+torchvision v2 functionals on `tv_tensors.Image` / `tv_tensors.Mask`: the geometric ones move
+an image and its mask together.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as F
+from torchvision import tv_tensors
+
+
+def random_dihedral(image: torch.Tensor, mask: torch.Tensor | None, rng: np.random.Generator):
+    """Flips and a multiple of 90°: the 8 symmetries that nadir aerial views are invariant to."""
+    if rng.random() < 0.5:
+        image = F.horizontal_flip(image)
+        mask = F.horizontal_flip(mask) if mask is not None else None
+    if rng.random() < 0.5:
+        image = F.vertical_flip(image)
+        mask = F.vertical_flip(mask) if mask is not None else None
+    quarter_turns = int(rng.integers(4))
+    if quarter_turns and image.shape[-1] == image.shape[-2]:
+        image = tv_tensors.wrap(torch.rot90(image, quarter_turns, dims=(-2, -1)), like=image)
+        if mask is not None:
+            mask = tv_tensors.wrap(torch.rot90(mask, quarter_turns, dims=(-2, -1)), like=mask)
+    return image, mask
+
+
+def random_colour_jitter(image: torch.Tensor, rng: np.random.Generator,
+                         jitter: Sequence[float] = (0.3, 0.3, 0.3, 0.1)) -> torch.Tensor:
+    """ColorJitter(brightness, contrast, saturation, hue) with factors drawn from `rng`, random order."""
+    brightness, contrast, saturation, hue = jitter
+    steps = []
+    if brightness:
+        steps.append((F.adjust_brightness, rng.uniform(max(0.0, 1 - brightness), 1 + brightness)))
+    if contrast:
+        steps.append((F.adjust_contrast, rng.uniform(max(0.0, 1 - contrast), 1 + contrast)))
+    if saturation:
+        steps.append((F.adjust_saturation, rng.uniform(max(0.0, 1 - saturation), 1 + saturation)))
+    if hue:
+        steps.append((F.adjust_hue, rng.uniform(-hue, hue)))
+    for i in rng.permutation(len(steps)):
+        function, factor = steps[i]
+        image = function(image, float(factor))
+    return image
+
+
+def random_resized_box(height: int, width: int, rng: np.random.Generator, scale=(0.9, 1.0),
+                       ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+    """(top, left, h, w) as torchvision's RandomResizedCrop chooses them, from `rng`."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
+    return 0, 0, height, width

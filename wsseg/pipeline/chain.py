@@ -1,0 +1,98 @@
+"""Tasks i and ii as a chain of stages, each a plain function of a `Run` and its folder.
+
+    prepare_run         dataset on disk → TileSource, split.json          (pipeline.data)
+    train_segmenter     N1 pixel labels (+ N2 pseudo masks in task ii) → segmenter → test metrics
+    train_single_stage  N1 + N2 crop tags → single-stage weakly supervised model      (task ii)
+    make_pseudo_masks   single-stage model → PAMR → CRF → thresholds → N2 pseudo masks (task ii)
+    run_task            wires the stages; `all` runs both tasks on one split and compares them
+
+A stage writes `done.json` when it finishes; a rerun of the chain with `resume` skips finished
+stages and continues unfinished ones from their last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from wsseg.core.config import Config
+from wsseg.core.distributed import DistInfo
+from wsseg.core.io import atomic_write_json
+from wsseg.core.report import write_comparison_report
+from wsseg.pipeline.data import Run, crop_tags_of, prepare_run
+from wsseg.pipeline.pseudo_masks import make_pseudo_masks, pseudo_mask_samples
+from wsseg.pipeline.segmenter import train_segmenter
+from wsseg.pipeline.weak import train_single_stage
+
+log = logging.getLogger(__name__)
+
+TASKS = ("i", "ii", "all")
+
+
+def _stage_done(stage_dir: Path) -> dict | None:
+    done = stage_dir / "done.json"
+    return json.loads(done.read_text()) if done.exists() else None
+
+
+def _finish_stage(run: Run, stage_dir: Path, result: dict) -> dict:
+    if run.dist.is_main:
+        atomic_write_json(stage_dir / "done.json", result)
+    return result
+
+
+def run_task_i(run: Run) -> dict:
+    stage_dir = run.run_dir / "task_i"
+    if (done := _stage_done(stage_dir)) is not None:
+        log.info(f"task i already finished in {stage_dir}: mIoU {done['miou']:.4f}")
+        return done
+    metrics = train_segmenter(run, stage_dir, title="Task i: pixel labels only (N1)")
+    log.info(f"task i: test mIoU {metrics.get('miou', float('nan')):.4f}")
+    return _finish_stage(run, stage_dir, metrics)
+
+
+def run_task_ii(run: Run) -> tuple[dict, dict]:
+    """Task ii's metrics and the quality report of its pseudo masks."""
+    cfg, run_dir = run.cfg, run.run_dir
+    crop_tags = crop_tags_of(run)
+    ss_dir = run_dir / "single_stage"
+    if _stage_done(ss_dir) is None:
+        train_single_stage(run, crop_tags, ss_dir)
+        _finish_stage(run, ss_dir, {"checkpoint": "last.pt"})
+    task_i_best = run_dir / "task_i" / "best.pt"
+    if (cfg.weak.pseudo.segmenter_weight > 0 or cfg.weak.init_from_task_i) and _stage_done(run_dir / "task_i") is None:
+        log.info("task ii uses task i's segmenter (weak.pseudo.segmenter_weight or weak.init_from_task_i): "
+                 "running task i first")
+        run_task_i(run)
+    pm_dir = run_dir / "pseudo_masks"
+    if (quality := _stage_done(pm_dir)) is None:
+        quality = make_pseudo_masks(run, crop_tags, ss_dir / "last.pt", pm_dir,
+                                    segmenter_checkpoint=task_i_best if cfg.weak.pseudo.segmenter_weight > 0 else None)
+        _finish_stage(run, pm_dir, quality)
+    stage_dir = run_dir / "task_ii"
+    if (done := _stage_done(stage_dir)) is not None:
+        log.info(f"task ii already finished in {stage_dir}: mIoU {done['miou']:.4f}")
+        return done, quality
+    metrics = train_segmenter(run, stage_dir, pseudo_masks={t: pm_dir / f"{t}.png" for t in run.split.tagged},
+                              init_checkpoint=task_i_best if cfg.weak.init_from_task_i else None,
+                              title="Task ii: N1 pixel labels + N2 crop tags")
+    log.info(f"task ii: test mIoU {metrics.get('miou', float('nan')):.4f}")
+    return _finish_stage(run, stage_dir, metrics), quality
+
+
+def run_task(cfg: Config, task: str, run_dir: Path, resume: bool = False, dist: DistInfo = DistInfo()) -> dict:
+    """Run task `i`, `ii` or `all` into `run_dir`; returns the metrics (or the comparison)."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r} ({', '.join(TASKS)})")
+    run = prepare_run(cfg, run_dir, resume, dist)
+    if task == "i":
+        return run_task_i(run)
+    if task == "ii":
+        return run_task_ii(run)[0]
+    task_i = run_task_i(run)
+    task_ii, quality = run_task_ii(run)
+    if not dist.is_main:
+        return {}
+    classes = run.source.classes
+    samples = pseudo_mask_samples(run.source, run.split, run_dir / "pseudo_masks", cfg.eval.num_triptychs)
+    return write_comparison_report(run_dir, task_i, task_ii, quality, classes.names, classes.palette, samples)

@@ -1,0 +1,102 @@
+"""Data preparation, the first stage of every run: the dataset, its split, the crop tags.
+
+`prepare_run` turns a config and a run folder into a `Run`: the one object every later stage
+takes, so that the config, the data, the split and the process group travel together and none
+of them can be left behind on the way down the chain.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from wsseg.core.checkpoint import CheckpointError
+from wsseg.core.config import Config, ConfigError, config_to_dict, save_config
+from wsseg.core.distributed import DistInfo
+from wsseg.core.stage import Stage
+from wsseg.datasets import build_source
+from wsseg.datasets.base import DatasetError, TileSource, rescaled
+from wsseg.datasets.splits import Split, format_split, load_split, make_split, official_vaihingen_split, save_split
+from wsseg.datasets.tags import CropTag, compute_crop_tags, load_crop_tags, save_crop_tags
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run: its config, dataset, split and folder, whether it resumes, and its process group."""
+
+    cfg: Config
+    source: TileSource
+    split: Split
+    run_dir: Path
+    resume: bool = False
+    dist: DistInfo = DistInfo()
+
+    def stage(self, stage_dir: Path, precision: str, channels_last: bool) -> Stage:
+        """The training skeleton for a stage of this run, in `stage_dir`."""
+        return Stage(stage_dir, device=self.cfg.device, precision=precision, channels_last=channels_last,
+                     seed=self.cfg.train.seed, workers=self.cfg.train.workers, dist=self.dist,
+                     config=config_to_dict(self.cfg), resume=self.resume)
+
+
+def load_source(cfg: Config) -> TileSource:
+    """The configured dataset (`data.kind` at `data.root` with `data.options`), at `data.scale`."""
+    return rescaled(build_source(cfg.data.kind, Path(cfg.data.root), **cfg.data.options), cfg.data.scale)
+
+
+def make_split_for(cfg: Config, source: TileSource) -> Split:
+    tile_ids = [t.tile_id for t in source.tiles]
+    s = cfg.split
+    if s.kind == "official":
+        return official_vaihingen_split(tile_ids, n_labelled=s.n_labelled, n_val=s.n_val, seed=s.seed)
+    return make_split(tile_ids, n_labelled=s.n_labelled, n_tagged=s.n_tagged, n_val=s.n_val, seed=s.seed,
+                      n_test=s.n_test)
+
+
+def verify_tiles(source: TileSource, tile_ids) -> None:
+    """Decode every image and label once before training, so a truncated or mismatched file is
+    reported up front, naming the file, and not hours later from inside a DataLoader worker."""
+    for tile_id in tqdm(list(tile_ids), desc="checking tiles", leave=False, dynamic_ncols=True):
+        image = source.image(tile_id)
+        tile = source.tile(tile_id)
+        for eroded, path in ((False, tile.label_path), (True, tile.eroded_label_path)):
+            if path is not None and source.label(tile_id, eroded=eroded).shape != image.shape[:2]:
+                raise DatasetError(f"{path}: mask size differs from its image {tile.image_path}")
+
+
+def check_config(cfg: Config) -> None:
+    """Settings that are valid one by one but not together, caught before anything runs."""
+    if not 0.0 <= cfg.weak.pseudo.segmenter_weight <= 1.0:
+        raise ConfigError(f"weak.pseudo.segmenter_weight must be in [0, 1], got {cfg.weak.pseudo.segmenter_weight}")
+
+
+def prepare_run(cfg: Config, run_dir: Path, resume: bool = False, dist: DistInfo = DistInfo()) -> Run:
+    """Check the config, load and verify the data, fix the split; record config and split in `run_dir`."""
+    check_config(cfg)
+    if (run_dir / "config.yaml").exists() and not resume:
+        raise CheckpointError(f"{run_dir} already holds a run: pass --resume to continue it, or choose another --out")
+    source = load_source(cfg)
+    split_path = run_dir / "split.json"
+    # A resumed run keeps the split it started with, whatever the config says now.
+    split = load_split(split_path) if split_path.exists() else make_split_for(cfg, source)
+    verify_tiles(source, [*split.labelled, *split.tagged, *split.val, *split.test])
+    if dist.is_main:
+        save_config(cfg, run_dir / "config.yaml")
+        save_split(split_path, split)
+    log.info("split (%s):\n%s", split_path, format_split(split))
+    return Run(cfg, source, split, run_dir, resume, dist)
+
+
+def crop_tags_of(run: Run) -> list[CropTag]:
+    """Fixed-grid tags of the N1 and N2 tiles, computed once: all that training may see of N2."""
+    cfg, source, split = run.cfg, run.source, run.split
+    path = run.run_dir / "crop_tags.json"
+    tile_ids = list(split.labelled) + list(split.tagged)
+    if not path.exists():
+        tags = compute_crop_tags(source, tile_ids, cfg.weak.tag_crop_px, cfg.weak.tag_min_fraction)
+        save_crop_tags(path, tags, cfg.weak.tag_crop_px, source.classes.names)
+    return load_crop_tags(path, expected_tile_ids=tile_ids, num_classes=source.classes.num_classes)

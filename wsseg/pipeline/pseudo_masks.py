@@ -1,0 +1,244 @@
+"""Pseudo masks for the N2 tiles from the trained single-stage model (task ii).
+
+For every fixed-grid crop of an N2 tile: multi-scale + flip inference restricted to the crop's
+tags, background power, PAMR (Araslanov & Roth, CVPR 2020, Sec. 3.3), optionally a product with
+task i's segmenter (`pseudo_labels.fusion`), dense CRF (Krähenbühl & Koltun, NeurIPS 2011), then
+a confidence rule that leaves uncertain pixels unlabelled. Overlapping crops are averaged into
+one mask per tile, written as an indexed PNG with the dataset palette. The N2 ground truth, where
+it exists, is read only to measure the pseudo masks (`pseudo_quality.json`); nothing of it
+reaches training.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from wsseg.core.checkpoint import CheckpointError, load_checkpoint
+from wsseg.core.config import Config
+from wsseg.core.evaluate import sliding_window_logits
+from wsseg.core.io import atomic_write_json
+from wsseg.core.metrics import class_precision, confusion_matrix, segmentation_metrics, unreliable_classes
+from wsseg.datasets.base import ClassSpec, TileSource
+from wsseg.datasets.colour import read_index_png, save_index_png
+from wsseg.datasets.crops import GridCropDataset, image_to_tensor
+from wsseg.datasets.splits import Split
+from wsseg.datasets.tags import CropTag, compute_crop_tags
+from wsseg.models.single_stage import ClassLayout, SingleStageSegmenter
+from wsseg.pipeline.data import Run
+from wsseg.pipeline.segmenter import load_segmenter
+from wsseg.pipeline.weak import build_single_stage, class_layout
+from wsseg.pseudo_labels.crf import dense_crf
+from wsseg.pseudo_labels.fusion import allowed_classes, fuse_with_segmenter
+from wsseg.pseudo_labels.pamr import refine_with_pamr
+from wsseg.pseudo_labels.tiles import TileAccumulator, confident_labels
+
+log = logging.getLogger(__name__)
+
+
+def make_pseudo_masks(run: Run, crop_tags: list[CropTag], checkpoint: Path, out_dir: Path,
+                      segmenter_checkpoint: Path | None = None) -> dict:
+    """Write one pseudo mask PNG per N2 tile and return (and save) their quality report.
+
+    `segmenter_checkpoint`: task i's segmenter, needed when `weak.pseudo.segmenter_weight` > 0.
+    """
+    cfg, source, split = run.cfg, run.source, run.split
+    pm, classes = cfg.weak.pseudo, source.classes
+    out_dir.mkdir(parents=True, exist_ok=True)
+    layout = class_layout(cfg, source)
+    model = build_single_stage(cfg, layout, pretrained=False)
+    model.load_state_dict(load_checkpoint(checkpoint)["model"])
+    model.eval()
+    segmenter = _task_i_segmenter(cfg, classes, segmenter_checkpoint) if pm.segmenter_weight > 0 else None
+
+    # Calibration tiles go first: their pseudo masks are never used, but measured against their
+    # pixel labels they tell which classes come out wrong, before any N2 mask is written. The
+    # weak model never sees a pixel label, so the N1 tiles serve; task i's segmenter learned the
+    # N1 tiles by heart, so once it takes part the validation tiles do.
+    calibration = list(split.val) if segmenter is not None else list(split.labelled)
+    crops = _crops_in_order(cfg, source, crop_tags, calibration + list(split.tagged))
+    quality = PseudoMaskQuality(classes, pm.min_class_precision)
+
+    crf_params = None
+    if pm.crf.enabled:
+        crf_params = {"n_iter": pm.crf.n_iter, "gauss_sxy": pm.crf.gauss_sxy, "gauss_compat": pm.crf.gauss_compat,
+                      "bilateral_sxy": pm.crf.bilateral_sxy, "bilateral_srgb": pm.crf.bilateral_srgb,
+                      "bilateral_compat": pm.crf.bilateral_compat}
+    processes = min(max(1, pm.workers), multiprocessing.cpu_count()) if crf_params else 0
+    # Crops are predicted in this process, their CRFs run in a pool, in order.
+    pool = multiprocessing.get_context("spawn").Pool(processes) if processes > 1 else None
+    try:
+        jobs = _crop_predictions(cfg, source, model, layout, segmenter, crops, crf_params)
+        results = pool.imap(_crf_job, jobs, chunksize=2) if pool else map(_crf_job, jobs)
+        results = tqdm(results, total=len(crops), desc="pseudo masks", dynamic_ncols=True)
+        for tile_id, accumulator in _tiles(results, crops, source):
+            raw, crf = accumulator.means()
+            labels = confident_labels(raw, crf, pm.confidence_threshold, classes.ignore_index)
+            if tile_id in calibration:
+                quality.calibrate(labels, source.label(tile_id))
+                continue
+            labels = quality.drop_unreliable(labels)
+            save_index_png(out_dir / f"{tile_id}.png", labels, classes.palette)
+            ground_truth = source.label(tile_id) if source.tile(tile_id).label_path is not None else None
+            quality.measure(labels, raw, crf, ground_truth)
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
+
+    report = quality.report(tiles=len(split.tagged), crf=pm.crf.enabled, segmenter_weight=pm.segmenter_weight,
+                            calibration_tiles=calibration)
+    atomic_write_json(out_dir / "pseudo_quality.json", report)
+    log.info("pseudo masks: coverage %.3f%s", report["coverage"],
+             "".join(f", mIoU {k[5:]} {report[k]:.4f}" for k in ("miou_raw", "miou_crf", "miou_final") if k in report))
+    return report
+
+
+def _task_i_segmenter(cfg: Config, classes: ClassSpec, checkpoint: Path | None) -> torch.nn.Module:
+    if checkpoint is None or not Path(checkpoint).exists():
+        raise CheckpointError(f"weak.pseudo.segmenter_weight is {cfg.weak.pseudo.segmenter_weight} but task i's "
+                              f"segmenter checkpoint {checkpoint} does not exist: run task i first")
+    return load_segmenter(cfg, classes.num_classes, checkpoint, torch.device("cpu"))
+
+
+def _crops_in_order(cfg: Config, source: TileSource, crop_tags: list[CropTag], tile_order: list[str]) -> list[CropTag]:
+    """The grid crops of the tiles in `tile_order`, tile by tile; tags of tiles without any are computed."""
+    tagged_tiles = {t.tile_id for t in crop_tags}
+    extra = compute_crop_tags(source, [t for t in tile_order if t not in tagged_tiles],
+                              cfg.weak.tag_crop_px, cfg.weak.tag_min_fraction)
+    rank = {tile_id: i for i, tile_id in enumerate(tile_order)}
+    return sorted((t for t in [*crop_tags, *extra] if t.tile_id in rank), key=lambda t: (rank[t.tile_id], t.y, t.x))
+
+
+def crop_probabilities(model: SingleStageSegmenter, layout: ClassLayout, crop: torch.Tensor, tags: torch.Tensor,
+                       cfg: Config) -> np.ndarray:
+    """Multi-scale + flip softmax restricted to the tags, background power, PAMR; dataset class order."""
+    pm = cfg.weak.pseudo
+    probs = model.predict_masks(crop, tags=layout.scored_tags(tags), scales=tuple(pm.scales), flip=pm.flip,
+                                bg_pow=pm.bg_pow)
+    probs = probs / probs.sum(0, keepdim=True).clamp(min=1e-8)
+    if pm.use_pamr:
+        probs = refine_with_pamr(crop[None], probs[None], dilations=cfg.weak.single_stage.pamr_dilations,
+                                 num_iter=cfg.weak.single_stage.pamr_iter)[0]
+    probs = layout.to_dataset_order(probs, dim=0)
+    # Classes the crop is not tagged with stay impossible, whatever PAMR smeared into them.
+    probs = probs * allowed_classes(tags, layout)[:, None, None]
+    return (probs / probs.sum(0, keepdim=True).clamp(min=1e-8)).numpy()
+
+
+def segmenter_probabilities(model: torch.nn.Module, image: np.ndarray, num_classes: int, cfg: Config) -> np.ndarray:
+    """Softmax C×H×W of a trained segmenter on a whole tile (H×W×3 uint8), by sliding window."""
+    logits = sliding_window_logits(model, image_to_tensor(image), num_classes, cfg.eval.window_px,
+                                   cfg.eval.stride_px, cfg.eval.batch_size)
+    return logits.softmax(0).numpy()
+
+
+def _crop_predictions(cfg, source, model, layout, segmenter, crops, crf_params):
+    """(index, crop, probabilities, CRF parameters) per crop, in order; one worker decodes the crops."""
+    loader = DataLoader(GridCropDataset(source, crops, source.classes.num_classes), batch_size=None, num_workers=1)
+    tile_id, tile_probs = None, None
+    with torch.inference_mode():
+        for index, crop, tags in loader:
+            crop, tags = np.asarray(crop), torch.as_tensor(tags)
+            probs = crop_probabilities(model, layout, image_to_tensor(crop), tags, cfg)
+            if segmenter is not None:
+                tag = crops[int(index)]
+                if tag.tile_id != tile_id:
+                    tile_id = tag.tile_id
+                    tile_probs = segmenter_probabilities(segmenter, source.image(tile_id),
+                                                         source.classes.num_classes, cfg)
+                probs = fuse_with_segmenter(probs, tile_probs[:, tag.y:tag.y + tag.h, tag.x:tag.x + tag.w],
+                                            allowed_classes(tags, layout).numpy(), cfg.weak.pseudo.segmenter_weight)
+            yield int(index), crop, probs, crf_params
+
+
+def _crf_job(args):
+    index, crop, probs, crf_params = args
+    refined = dense_crf(crop, probs, **crf_params) if crf_params is not None else probs
+    return index, probs, refined
+
+
+def _tiles(results, crops: list[CropTag], source: TileSource):
+    """(tile_id, TileAccumulator) per tile, from per-crop results that arrive tile by tile."""
+    current, accumulator = None, None
+    for index, raw, crf in results:
+        tag = crops[index]
+        if tag.tile_id != current:
+            if accumulator is not None:
+                yield current, accumulator
+            height, width = source.image(tag.tile_id).shape[:2]
+            current, accumulator = tag.tile_id, TileAccumulator.empty(source.classes.num_classes, height, width)
+        accumulator.add(tag, raw, crf)
+    if accumulator is not None:
+        yield current, accumulator
+
+
+class PseudoMaskQuality:
+    """Class precision on the calibration tiles, the classes it drops, and the quality of the N2
+    masks against ground truth where there is any: before CRF, after CRF, and confident pixels."""
+
+    def __init__(self, classes: ClassSpec, min_class_precision: float):
+        self.classes, self.min_class_precision = classes, min_class_precision
+        shape = (classes.num_classes,) * 2
+        self.calibration_cm = np.zeros(shape, np.int64)
+        self.cms = {name: np.zeros(shape, np.int64) for name in ("raw", "crf", "final")}
+        self.dropped: list[int] | None = None
+        self.labelled_px = self.total_px = 0
+
+    def _cm(self, prediction: np.ndarray, ground_truth: np.ndarray) -> np.ndarray:
+        return confusion_matrix(prediction, ground_truth, self.classes.num_classes, self.classes.ignore_index)
+
+    def _only_labelled(self, labels: np.ndarray, ground_truth: np.ndarray) -> np.ndarray:
+        return np.where(labels == self.classes.ignore_index, self.classes.ignore_index, ground_truth)
+
+    def calibrate(self, labels: np.ndarray, ground_truth: np.ndarray) -> None:
+        self.calibration_cm += self._cm(labels, self._only_labelled(labels, ground_truth))
+
+    def drop_unreliable(self, labels: np.ndarray) -> np.ndarray:
+        """`labels` with the classes of low calibration precision unlabelled (decided at the first call)."""
+        if self.dropped is None and self.calibration_cm.sum():
+            self.dropped = (unreliable_classes(self.calibration_cm, self.min_class_precision)
+                            if self.min_class_precision > 0 else [])
+            if self.dropped:
+                log.info("pseudo masks: dropping %s (precision on the calibration tiles below %.2f)",
+                         ", ".join(self.classes.names[c] for c in self.dropped), self.min_class_precision)
+        if self.dropped:
+            labels[np.isin(labels, self.dropped)] = self.classes.ignore_index
+        return labels
+
+    def measure(self, labels: np.ndarray, raw: np.ndarray, crf: np.ndarray, ground_truth: np.ndarray | None) -> None:
+        self.labelled_px += int((labels != self.classes.ignore_index).sum())
+        self.total_px += labels.size
+        if ground_truth is not None:
+            self.cms["raw"] += self._cm(raw.argmax(0), ground_truth)
+            self.cms["crf"] += self._cm(crf.argmax(0), ground_truth)
+            self.cms["final"] += self._cm(labels, self._only_labelled(labels, ground_truth))
+
+    def report(self, **settings) -> dict:
+        names = self.classes.names
+        report = {"coverage": self.labelled_px / max(1, self.total_px), **settings,
+                  "calibration_precision": dict(zip(names, class_precision(self.calibration_cm))),
+                  "dropped_classes": [names[c] for c in self.dropped or []]}
+        if self.cms["raw"].sum():
+            stages = {name: segmentation_metrics(cm, names, self.classes.in_mean) for name, cm in self.cms.items()}
+            report.update({f"miou_{name}": stages[name]["miou"] for name in stages})
+            report["per_class"] = {
+                name: {f"{key}_{stage}": stages[stage]["per_class"][name][key] for stage in stages
+                       for key in ("iou", "precision")}
+                for name in names}
+        return report
+
+
+def pseudo_mask_samples(source: TileSource, split: Split, pm_dir: Path, count: int):
+    """(tile, image, pseudo mask, ground truth) for the first `count` N2 tiles, for triptychs."""
+    samples = []
+    for tile_id in list(split.tagged)[:count]:
+        gt = source.label(tile_id) if source.tile(tile_id).label_path is not None else None
+        samples.append((tile_id, source.image(tile_id), read_index_png(pm_dir / f"{tile_id}.png"), gt))
+    return samples

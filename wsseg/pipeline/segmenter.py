@@ -1,0 +1,207 @@
+"""The segmenter stage: train on N1 pixel labels (plus N2 pseudo masks in task ii), optionally
+fine-tune on N1 alone, and evaluate the best checkpoint on the test tiles with the full report."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import ConcatDataset, Dataset
+
+from wsseg.core.checkpoint import load_checkpoint, unwrap
+from wsseg.core.config import Config
+from wsseg.core.distributed import autocast_dtype, choose_device
+from wsseg.core.evaluate import evaluate_tiles
+from wsseg.core.metrics import class_pixel_counts, class_weights, majority_baseline_miou
+from wsseg.core.report import write_report
+from wsseg.core.stage import Stage
+from wsseg.core.train import build_optimizer, build_scheduler, weighted_cross_entropy
+from wsseg.datasets.base import TileSource
+from wsseg.datasets.colour import encode_colour_mask
+from wsseg.datasets.crops import RandomCropDataset
+from wsseg.models import build_segmenter, load_encoder_weights
+from wsseg.pipeline.data import Run
+
+log = logging.getLogger(__name__)
+
+
+class WeightedCrops(Dataset):
+    """Crops with a loss weight per sample: 1 for real labels, `pseudo_weight` for pseudo masks."""
+
+    def __init__(self, crops: Dataset, weight: float):
+        self.crops, self.weight = crops, weight
+
+    def __len__(self):
+        return len(self.crops)
+
+    def __getitem__(self, index):
+        image, mask = self.crops[index]
+        return image, mask, torch.tensor(self.weight, dtype=torch.float32)
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.crops, "set_epoch"):
+            self.crops.set_epoch(epoch)
+
+
+class EpochConcat(ConcatDataset):
+    def set_epoch(self, epoch: int) -> None:
+        for d in self.datasets:
+            d.set_epoch(epoch)
+
+
+def training_crops(cfg: Config, run: Run, pseudo_masks: dict[str, Path] | None) -> Dataset:
+    """An epoch of N1 crops, with a `weak.pseudo_ratio` share of N2 pseudo-mask crops when given."""
+    source, split = run.source, run.split
+    samples = cfg.train.iters_per_epoch * cfg.train.batch_size
+    n_pseudo = int(round(samples * cfg.weak.pseudo_ratio)) if pseudo_masks else 0
+    parts = [WeightedCrops(RandomCropDataset(source, split.labelled, cfg.train.crop_px, samples - n_pseudo,
+                                             augment=cfg.train.augment, seed=cfg.train.seed), 1.0)]
+    if pseudo_masks:
+        parts.append(WeightedCrops(RandomCropDataset(source, split.tagged, cfg.train.crop_px, n_pseudo,
+                                                     augment=cfg.train.augment, label_override=pseudo_masks,
+                                                     seed=cfg.train.seed + 1), cfg.weak.pseudo_weight))
+    return EpochConcat(parts)
+
+
+def segmenter_class_weights(cfg: Config, source: TileSource, tile_ids) -> torch.Tensor | None:
+    setting = cfg.train.class_weights
+    if isinstance(setting, list):
+        if len(setting) != source.classes.num_classes:
+            raise ValueError(f"train.class_weights has {len(setting)} values for {source.classes.num_classes} classes")
+        return torch.tensor(setting, dtype=torch.float32)
+    if setting == "none":
+        return None
+    counts = sum(class_pixel_counts(source.label(t), source.classes.num_classes, source.classes.ignore_index)
+                 for t in tile_ids)
+    return torch.as_tensor(class_weights(counts, mode=setting), dtype=torch.float32)
+
+
+def build_model(cfg: Config, num_classes: int) -> torch.nn.Module:
+    """The configured segmenter, with ImageNet encoder weights from a local file when configured."""
+    model = build_segmenter(cfg.model.name, num_classes, **cfg.model.options)
+    if cfg.model.encoder_weights:
+        load_encoder_weights(cfg.model.name, model, cfg.model.encoder_weights)
+    return model
+
+
+def load_segmenter(cfg: Config, num_classes: int, checkpoint: Path | dict, device: torch.device) -> torch.nn.Module:
+    """The configured segmenter with a checkpoint's weights (a path or a loaded checkpoint), in eval mode."""
+    state = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint, map_location=device)
+    # The checkpoint holds every weight: ImageNet weights are not loaded again to be overwritten.
+    options = {k: (False if k == "pretrained" else v) for k, v in cfg.model.options.items()}
+    model = build_segmenter(cfg.model.name, num_classes, **options)
+    model.load_state_dict(state["model"])
+    return model.to(device).eval()
+
+
+def train_segmenter(run: Run, stage_dir: Path, *, pseudo_masks: dict[str, Path] | None = None,
+                    init_checkpoint: Path | None = None, title: str = "Task i") -> dict:
+    """Train a segmenter on N1 (plus N2 pseudo masks when given); evaluate the best one on test."""
+    cfg, source, split = run.cfg, run.source, run.split
+    classes = source.classes
+    with run.stage(stage_dir, cfg.train.precision, cfg.train.channels_last) as stage:
+        loader = stage.loader(training_crops(cfg, run, pseudo_masks), cfg.train.batch_size)
+
+        model = build_model(cfg, classes.num_classes)
+        if init_checkpoint is not None:
+            # Task ii can start from task i's best model: the pseudo masks then add to what N1 taught.
+            model.load_state_dict(load_checkpoint(init_checkpoint)["model"])
+            log.info(f"{stage_dir.name}: initialised from {init_checkpoint}")
+        model = stage.prepare(model)
+
+        weights = segmenter_class_weights(cfg, source, split.labelled)
+        if weights is not None:
+            log.info("class weights: %s", ", ".join(f"{n} {w:.2f}" for n, w in zip(classes.names, weights.tolist())))
+
+        def compute_loss(model, batch, epoch):
+            images, masks, sample_weights = batch
+            logits = model(stage.images_to_device(images))
+            masks = stage.to_device(masks)
+            pixel_weights = stage.to_device(sample_weights)[:, None, None].expand_as(masks)
+            return weighted_cross_entropy(logits, masks, weights, pixel_weights, classes.ignore_index), {}
+
+        optimizer = build_optimizer(unwrap(model).parameters(), cfg.train.optimizer, cfg.train.lr,
+                                    cfg.train.weight_decay, cfg.train.momentum)
+        scheduler = build_scheduler(optimizer, cfg.train.schedule, cfg.train.epochs * len(loader), len(loader),
+                                    cfg.train.poly_power, cfg.train.step_epochs, cfg.train.step_gamma)
+
+        validate = _validation(run, stage) if split.val else None
+        history = stage.fit(model, loader, optimizer, scheduler, compute_loss, cfg.train.epochs, validate)
+        if cfg.weak.finetune_epochs and pseudo_masks:
+            history += _finetune_on_labels(run, stage, model, compute_loss, validate)
+    if not run.dist.is_main:
+        return {}
+    return evaluate_checkpoint(run, stage_dir, stage_dir / "best.pt", history, title=title,
+                               train_tile_ids=split.labelled)
+
+
+def _validation(run: Run, stage: Stage):
+    """Whole-tile validation every `eval.every_epochs` and after the last epoch."""
+    cfg, source, split = run.cfg, run.source, run.split
+    classes = source.classes
+    shown = split.val[0]
+
+    def validate(model, epoch):
+        if (epoch + 1) % cfg.eval.every_epochs and epoch + 1 != cfg.train.epochs:
+            return {}
+        result = evaluate_tiles(unwrap(model), source, split.val, cfg.eval.window_px, cfg.eval.stride_px,
+                                cfg.eval.batch_size, stage.device, stage.amp_dtype, keep_predictions=[shown],
+                                progress=False)
+        metrics = result.metrics(classes)
+        if stage.writer is not None:
+            # One validation tile as image | ground truth | prediction, to watch the masks form.
+            panels = [source.image(shown), encode_colour_mask(source.label(shown), classes.palette),
+                      encode_colour_mask(result.predictions[shown], classes.palette)]
+            stage.writer.add_image(f"{stage.name}/val_{shown}", np.concatenate(panels, axis=1), epoch + 1,
+                                   dataformats="HWC")
+        return {"miou": metrics["miou"], "mean_f1": metrics["mean_f1"], "overall_accuracy": metrics["overall_accuracy"]}
+
+    return validate
+
+
+def _finetune_on_labels(run: Run, stage: Stage, model, compute_loss, validate) -> list[dict]:
+    """Optional last epochs on N1 pixel labels only, starting from the best mixed-training weights."""
+    cfg, source, split = run.cfg, run.source, run.split
+    ft_dir = stage.stage_dir / "finetune"
+    state = load_checkpoint(stage.stage_dir / "best.pt", map_location=stage.device)
+    unwrap(model).load_state_dict(state["model"])
+    samples = cfg.train.iters_per_epoch * cfg.train.batch_size
+    loader = stage.loader(WeightedCrops(RandomCropDataset(source, split.labelled, cfg.train.crop_px, samples,
+                                                          augment=cfg.train.augment, seed=cfg.train.seed + 2), 1.0),
+                          cfg.train.batch_size)
+    optimizer = build_optimizer(unwrap(model).parameters(), cfg.train.optimizer, cfg.train.lr * 0.1,
+                                cfg.train.weight_decay, cfg.train.momentum)
+    scheduler = build_scheduler(optimizer, "constant", 1, len(loader))
+    history = stage.fit(model, loader, optimizer, scheduler, compute_loss, cfg.weak.finetune_epochs, validate,
+                        run_dir=ft_dir, desc="finetune")
+    # The fine-tuned model competes with the mixed one on validation: keep whichever is better.
+    if load_checkpoint(ft_dir / "best.pt")["best_score"] > state["best_score"]:
+        (ft_dir / "best.pt").replace(stage.stage_dir / "best.pt")
+    return history
+
+
+def evaluate_checkpoint(run: Run, out_dir: Path, checkpoint: Path, history: list[dict] | None = None,
+                        title: str = "Evaluation", train_tile_ids=None) -> dict:
+    """Whole-tile sliding-window evaluation of a checkpoint on the test tiles, with the full report."""
+    cfg, source, split = run.cfg, run.source, run.split
+    device = choose_device(cfg.device, run.dist)
+    amp_dtype = autocast_dtype(cfg.train.precision, device)
+    classes = source.classes
+    state = load_checkpoint(checkpoint, map_location=device)
+    model = load_segmenter(cfg, classes.num_classes, state, device)
+    shown = list(split.test)[: cfg.eval.num_triptychs]
+    log.info(f"evaluating {checkpoint} (epoch {state['epoch'] + 1}) on {len(split.test)} test tiles")
+    result = evaluate_tiles(model, source, split.test, cfg.eval.window_px, cfg.eval.stride_px, cfg.eval.batch_size,
+                            device, amp_dtype, keep_predictions=shown)
+    metrics = result.metrics(classes)
+    train_ids = train_tile_ids if train_tile_ids is not None else split.labelled
+    train_counts = sum(class_pixel_counts(source.label(t), classes.num_classes, classes.ignore_index)
+                       for t in train_ids)
+    metrics["baseline_majority_miou"] = majority_baseline_miou(train_counts, result.cm, classes.names, classes.in_mean)
+    metrics["checkpoint"] = {"path": checkpoint.name, "epoch": state["epoch"] + 1}
+    samples = [(t, source.image(t), source.label(t), result.predictions[t]) for t in shown]
+    write_report(out_dir, metrics, classes.names, classes.palette, history or state.get("history", []), samples,
+                 title=title)
+    return metrics

@@ -1,0 +1,78 @@
+"""The weak stage of task ii: the single-stage segmenter (Araslanov & Roth, CVPR 2020) trained on
+the fixed-grid crop tags of the N1 and N2 tiles, by classification and self-supervision."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch.utils.data import RandomSampler
+
+from wsseg.core.checkpoint import unwrap
+from wsseg.core.config import Config
+from wsseg.core.train import build_scheduler
+from wsseg.datasets.base import TileSource
+from wsseg.datasets.crops import TaggedCropDataset
+from wsseg.datasets.tags import CropTag
+from wsseg.models.single_stage import ClassLayout, SingleStageSegmenter
+from wsseg.pipeline.data import Run
+
+log = logging.getLogger(__name__)
+
+
+def class_layout(cfg: Config, source: TileSource) -> ClassLayout:
+    ss = cfg.weak.single_stage
+    if ss.background == "learned":
+        return ClassLayout(source.classes.num_classes, None)
+    if ss.background_class not in source.classes.names:
+        raise ValueError(f"weak.single_stage.background_class {ss.background_class!r} is not a class of "
+                         f"{source.name!r} ({', '.join(source.classes.names)})")
+    return ClassLayout(source.classes.num_classes, source.classes.names.index(ss.background_class))
+
+
+def build_single_stage(cfg: Config, layout: ClassLayout, pretrained: bool = True) -> SingleStageSegmenter:
+    ss = cfg.weak.single_stage
+    return SingleStageSegmenter(layout.num_scored, backbone=ss.backbone, width=ss.width,
+                                pretrained=ss.pretrained if pretrained else None, background=ss.background,
+                                pamr_dilations=ss.pamr_dilations, pamr_iter=ss.pamr_iter)
+
+
+def train_single_stage(run: Run, crop_tags: list[CropTag], stage_dir: Path) -> list[dict]:
+    """Train the single-stage model on the fixed-grid crop tags (classification + self-supervision)."""
+    cfg, source = run.cfg, run.source
+    ss = cfg.weak.single_stage
+    with run.stage(stage_dir, ss.precision, ss.channels_last) as stage:
+        dataset = TaggedCropDataset(source, crop_tags, source.classes.num_classes, augment=True, crop_px=ss.crop_px)
+        # Crops drawn with replacement, a different stream in each process under torchrun.
+        generator = torch.Generator().manual_seed(cfg.train.seed + run.dist.rank)
+        sampler = RandomSampler(dataset, replacement=True, num_samples=ss.iters_per_epoch * ss.batch_size,
+                                generator=generator)
+        loader = stage.loader(dataset, ss.batch_size, sampler=sampler)
+        log.info(f"single-stage: {len(dataset)} tagged crops, backbone {ss.backbone} (width {ss.width}), "
+                 f"background {ss.background}" + (f" = {ss.background_class}" if ss.background == "constant" else ""))
+
+        layout = class_layout(cfg, source)
+        model = stage.prepare(build_single_stage(cfg, layout))
+
+        def compute_loss(model, batch, epoch):
+            images, tags, _ = batch
+            images, tags = stage.images_to_device(images), stage.to_device(tags)
+            self_supervised = epoch + 1 >= ss.self_supervised_from_epoch
+            # PAMR only feeds the self-supervised loss: skip it in the classification-only epochs.
+            out = model(images, refine=self_supervised)
+            net = unwrap(model)
+            scored_tags = layout.scored_tags(tags)
+            loss_cls = net.classification_loss(out["cls"], scored_tags)
+            scalars = {"cls": loss_cls.item()}
+            loss = loss_cls
+            if self_supervised:
+                loss_self = net.self_supervised_loss(out, scored_tags, images.shape[-2:])
+                loss = loss + ss.self_supervised_weight * loss_self
+                scalars["self"] = loss_self.item()
+            return loss, scalars
+
+        optimizer = torch.optim.SGD(unwrap(model).param_groups(ss.lr, ss.weight_decay), lr=ss.lr,
+                                    momentum=ss.momentum)
+        scheduler = build_scheduler(optimizer, "constant", ss.epochs * len(loader), len(loader))
+        return stage.fit(model, loader, optimizer, scheduler, compute_loss, ss.epochs, desc="single_stage")
