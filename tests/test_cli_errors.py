@@ -106,3 +106,18 @@ def test_existing_run_is_never_overwritten(dataset, tmp_path, capsys):
     code, err = run_cli(config_for(tmp_path, dataset), run, capsys)
     assert_one_line_error(code, err, "--resume")
     assert (run / "config.yaml").read_text() == "name: an earlier run\n"
+
+
+def test_weak_settings_are_checked_against_the_dataset_before_any_training(dataset, tmp_path, capsys):
+    config = config_for(tmp_path, dataset, weak={"single_stage": {"background_class": "sky"}})
+    code, err = run_cli(config, tmp_path / "run", capsys, "--task", "all")
+    assert_one_line_error(code, err, "weak.single_stage.background_class", "'sky'", "clutter")
+    assert not (tmp_path / "run" / "task_i").exists()
+    # Task i alone has no weak stage: the same config trains.
+    assert run_cli(config, tmp_path / "run_i", capsys, "--task", "i")[0] == 0
+
+
+def test_class_weights_of_the_wrong_length_are_a_config_error(dataset, tmp_path, capsys):
+    config = config_for(tmp_path, dataset)
+    code, err = run_cli(config, tmp_path / "run", capsys, "--set", "train.class_weights=[1.0, 2.0]")
+    assert_one_line_error(code, err, "train.class_weights", "2 values", "6 classes")

@@ -172,3 +172,40 @@ def test_tile_dataset_returns_whole_tiles(tmp_path):
     _check_consistent(image, mask)
     with pytest.raises(DatasetError, match="no tile 'nope'"):
         TileDataset(source, ["nope"])
+
+
+def test_augmentation_list_picks_the_symmetries(tmp_path):
+    source, _ = _tiles(tmp_path)
+    kwargs = dict(crop_px=32, samples_per_epoch=40, seed=0)
+    every = RandomCropDataset(source, ["t2"], augment=True, **kwargs)
+    listed = RandomCropDataset(source, ["t2"], augment=["hflip", "vflip", "rot90"], **kwargs)
+    street = RandomCropDataset(source, ["t2"], augment=["hflip"], **kwargs)
+    none = RandomCropDataset(source, ["t2"], augment=False, **kwargs)
+    for i in range(40):
+        assert torch.equal(every[i][0], listed[i][0]) and torch.equal(every[i][1], listed[i][1])
+        image, mask = street[i]
+        _check_consistent(image, mask)
+        plain = none[i][0]
+        # Horizontal flips only: rows keep their order (G = 255 − row falls downwards), and each
+        # crop is the unaugmented one or its mirror image; the crop positions are the same.
+        assert image[1, 0, 0] > image[1, -1, 0]
+        assert torch.equal(image, plain) or torch.equal(image, plain.flip(-1))
+    assert any(not torch.equal(street[i][0], none[i][0]) for i in range(40))
+    with pytest.raises(ValueError, match="scale"):
+        RandomCropDataset(source, ["t2"], augment=["scale"], **kwargs)
+
+
+def test_tagged_crop_augmentation_list(tmp_path):
+    source, _ = _tiles(tmp_path)
+    tags = [CropTag("t2", 0, 0, 64, 64, (0, 1))]
+    full = TaggedCropDataset(source, tags, 4, augment=True, crop_px=32, seed=1)
+    listed = TaggedCropDataset(source, tags, 4, augment=["scale", "hflip", "vflip", "rot90", "colour"], crop_px=32,
+                               seed=1)
+    for epoch in range(6):
+        full.set_epoch(epoch), listed.set_epoch(epoch)
+        assert torch.equal(full[0][0], listed[0][0])
+    upright = TaggedCropDataset(source, tags, 4, augment=["hflip"], crop_px=32, seed=1)
+    for epoch in range(6):
+        upright.set_epoch(epoch)
+        image = upright[0][0]
+        assert image.shape == (3, 32, 32) and image[1, 0, 0] > image[1, -1, 0]

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from wsseg.pseudo_labels.pseudo_gt import pseudo_labels_from_masks, self_supervised_loss
+from wsseg.pseudo_labels.pseudo_gt import counting_images, pseudo_labels_from_masks, self_supervised_loss
 
 IGN = 255
 
@@ -98,3 +98,36 @@ def test_learned_background_layout_has_no_background_threshold():
     assert logits.grad.abs().sum() == 0  # N_c = N for the only class: weight (N - N_c)/(1 + N) = 0
     with pytest.raises(ValueError, match="no background channel"):
         pseudo_labels_from_masks(masks, torch.ones(1, 1), background=False)
+
+
+def test_class_gating_learns_from_crops_with_many_tags():
+    # Five tagged classes, pseudo pixels for two of them only: the published per-image gating
+    # drops the crop, per-class gating learns from the pixels it has.
+    labels = torch.tensor([[[0, 1], [2, IGN]]])
+    tags = torch.tensor([[1, 1, 1, 1, 1]])
+    logits = torch.zeros(1, 6, 2, 2, requires_grad=True)
+    assert self_supervised_loss(logits, labels, tags, gating="image").item() == 0.0
+    per_class = self_supervised_loss(logits, labels, tags, gating="class")
+    # N = 3 pseudo pixels, each class 1 of them: weight (3 − 1)/4, cross-entropy log 6, 4 pixels.
+    assert per_class.item() == pytest.approx(3 * 0.5 * math.log(6) / 4, rel=1e-6)
+    per_class.backward()
+    assert logits.grad.abs().sum() > 0
+    assert counting_images(labels, tags, 6, gating="image").tolist() == [False]
+    assert counting_images(labels, tags, 6, gating="class").tolist() == [True]
+    # A crop without any pseudo pixel counts under neither.
+    empty = torch.full((1, 2, 2), IGN)
+    assert counting_images(empty, tags, 6, gating="class").tolist() == [False]
+    with pytest.raises(ValueError, match="gating"):
+        self_supervised_loss(logits, labels, tags, gating="pixel")
+
+
+def test_idle_self_supervision_is_a_warning(caplog):
+    from wsseg.pipeline.weak import warn_if_self_supervision_idle
+
+    history = [{"epoch": 1}, {"epoch": 2, "train_self_crops_used": 0.0}, {"epoch": 3, "train_self_crops_used": 0.25}]
+    with caplog.at_level("WARNING"):
+        warn_if_self_supervision_idle(history, "image")
+    assert "used no crop in epoch(s) 2" in caplog.text and "self_supervised_gating: class" in caplog.text
+    caplog.clear()
+    warn_if_self_supervision_idle(history[2:], "image")
+    assert caplog.text == ""

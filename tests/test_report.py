@@ -122,6 +122,28 @@ def test_comparison_report(tmp_path):
     assert "| a | 0.300 | 0.400 |" in md
 
 
+def test_comparison_report_with_the_oracle(tmp_path):
+    task_i = segmentation_metrics(CM, NAMES, ["a", "b", "c"])
+    better = CM.copy()
+    better[0, 1], better[1, 1] = 0, 3
+    task_ii = segmentation_metrics(better, NAMES, ["a", "b", "c"])
+    perfect = np.diag([3, 4, 2, 0])
+    oracle = segmentation_metrics(perfect, NAMES, ["a", "b", "c"])
+    returned = write_comparison_report(tmp_path, task_i, task_ii, None, NAMES, PALETTE, [], oracle=oracle)
+    # a: i 0.5, ii 2/3, oracle 1 → (1/6) / (1/2) = 1/3; b: 0.25, 0.6, 1 → 0.35 / 0.75
+    gap = returned["gap_closed"]
+    assert gap["per_class"]["a"] == pytest.approx(1 / 3) and gap["per_class"]["b"] == pytest.approx(0.35 / 0.75)
+    assert math.isnan(gap["per_class"]["d"])
+    assert gap["miou"] == pytest.approx((0.589 - 0.417) / (1 - 0.417), abs=2e-3)
+    md = (tmp_path / "comparison.md").read_text()
+    assert "| a | 0.500 | 0.667 | 1.000 | 0.333 |" in md and "| d | – | – | – | – |" in md
+    comp = json.loads((tmp_path / "comparison.json").read_text())
+    assert comp["gap_closed"]["per_class"]["d"] is None
+    agg = aggregate_seeds([comp, returned])
+    assert agg["oracle"]["gap_closed"]["mean"] == pytest.approx(gap["miou"])
+    assert "gap closed by task ii" in aggregate_markdown(agg)
+
+
 def comparison(i_a, ii_a, i_miou, ii_miou):
     def metrics(a, miou):
         return {"miou": miou, "mean_f1": miou, "overall_accuracy": 0.9, "classes_in_mean": ["a"],

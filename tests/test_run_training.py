@@ -149,6 +149,7 @@ def test_task_all_runs_the_weak_chain_and_compares(tmp_path, data_root):
     quality = comparison["pseudo_masks"]
     assert set(quality) >= {"coverage", "miou_raw", "miou_crf", "miou_final", "per_class"}
     assert 0.0 < quality["coverage"] <= 1.0
+    assert isinstance(quality["weak_abstains"], list) and isinstance(quality["classes_never_labelled"], list)
     split = json.loads((run / "split.json").read_text())
     # Task i's segmenter learned the N1 tiles, so the pseudo masks are calibrated on the val tiles.
     assert quality["segmenter_weight"] == 0.5 and quality["calibration_tiles"] == split["val"]
@@ -159,6 +160,22 @@ def test_task_all_runs_the_weak_chain_and_compares(tmp_path, data_root):
         assert mask.shape == (160, 160)
         assert set(np.unique(mask)) <= set(range(6)) | {255}
     assert not (run / "pseudo_masks" / f"{split['val'][0]}.png").exists()
+    # The self-supervised loss reports the share of crops it learned from.
+    history = load_checkpoint(run / "single_stage" / "last.pt")["history"]
+    assert 0.0 <= history[-1]["train_self_crops_used"] <= 1.0
+
+    # The oracle arm, added to the finished chain: only the oracle trains, and the comparison
+    # gains the oracle and the gap closed.
+    assert main(["train", "--task", "all", "--config", str(config), "--out", str(run), "--resume", "--oracle",
+                 *chain]) == 0
+    assert {name: (run / name).stat().st_mtime_ns for name in mtimes} == mtimes
+    comparison = json.loads((run / "comparison.json").read_text())
+    assert set(comparison) == {"task_i", "task_ii", "pseudo_masks", "oracle", "gap_closed"}
+    assert comparison["oracle"] == json.loads((run / "oracle" / "metrics.json").read_text())
+    i, ii, oracle = (comparison[k]["miou"] for k in ("task_i", "task_ii", "oracle"))
+    gap = comparison["gap_closed"]["miou"]
+    assert gap is None if oracle <= i else gap == pytest.approx((ii - i) / (oracle - i))
+    assert "## Against the oracle" in (run / "comparison.md").read_text()
 
 
 def test_segmenter_weight_out_of_range_is_a_config_error(tmp_path, data_root, capsys):

@@ -109,3 +109,20 @@ def test_schedules(schedule, expected):
         opt.step()
         sched.step()
     assert lrs == pytest.approx(expected)
+
+
+def test_encoder_learning_rate_multiplier_scales_the_encoder_group():
+    from wsseg.models import build_segmenter, parameter_groups
+
+    model = build_segmenter("unet", 3, base_channels=4, depth=2)
+    assert len(parameter_groups("unet", model)) == 1
+    groups = parameter_groups("unet", model, encoder_lr_mult=0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(names[id(p)].startswith(("stem.", "down.")) for p in groups[0]["params"])
+    assert not any(names[id(p)].startswith(("stem.", "down.")) for p in groups[1]["params"])
+    assert len(groups[0]["params"]) + len(groups[1]["params"]) == len(list(model.parameters()))
+    optimizer = build_optimizer(groups, "adamw", 1e-3)
+    scheduler = build_scheduler(optimizer, "poly", 10, 5)
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([1e-4, 1e-3])
+    optimizer.step(), scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * optimizer.param_groups[1]["lr"])

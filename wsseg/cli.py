@@ -33,6 +33,9 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out: finished stages are kept, others resume from last.pt")
     parser.add_argument("--split-seeds", help="comma-separated split seeds: repeat --task all and report mean ± std")
+    parser.add_argument("--oracle", action="store_true",
+                        help="with --task all: also train on N1 + N2 with N2's true pixel labels (experiments "
+                             "only) and report the gap task ii closes")
 
 
 def train_main(argv: list[str] | None = None) -> int:
@@ -51,6 +54,9 @@ def _train(args) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if args.oracle and args.task != "all":
+        print("error: --oracle is a third arm of the comparison: use it with --task all", file=sys.stderr)
+        return 2
     if args.resume and not args.out:
         print("error: --resume needs --out naming the run folder to continue", file=sys.stderr)
         return 2
@@ -63,9 +69,9 @@ def _train(args) -> int:
             print("error: --split-seeds repeats the comparison: use it with --task all", file=sys.stderr)
             return 2
         seeds = [int(s) for s in args.split_seeds.split(",") if s.strip()]
-        run_split_seeds(cfg, seeds, run_dir, args.resume, dist_info)
+        run_split_seeds(cfg, seeds, run_dir, args.resume, dist_info, oracle=args.oracle)
     else:
-        run_task(cfg, args.task, run_dir, args.resume, dist_info)
+        run_task(cfg, args.task, run_dir, args.resume, dist_info, oracle=args.oracle)
     log.info(f"done: reports in {run_dir}")
     return 0
 

@@ -69,12 +69,18 @@ class TrainConfig:
     step_gamma: float = 0.1
     # A list of per-class weights, "inverse" / "median" frequency from the training labels, or none.
     class_weights: Union[list[float], Literal["inverse", "median", "none"]] = "none"
+    # Upper bound of measured ("inverse" / "median") class weights (none: uncapped).
+    class_weight_cap: float | None = None
+    # Learning rate of the pretrained encoder relative to `lr` (mmsegmentation's lr_mult).
+    encoder_lr_mult: float = 1.0
     # auto: float16 + GradScaler on CUDA, float32 on CPU. bf16 pays off on CPUs with AMX.
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: bool = False
     workers: int = 2
     seed: int = 0
-    augment: bool = True
+    # true: flips and 90° turns (overhead imagery); false: none; or a list of hflip, vflip, rot90,
+    # colour (ColorJitter 0.3, 0.3, 0.3, 0.1), e.g. [hflip, colour] for street scenes.
+    augment: Union[bool, list[Literal["hflip", "vflip", "rot90", "colour"]]] = True
 
 
 @dataclass
@@ -105,10 +111,17 @@ class SingleStageConfig:
     weight_decay: float = 5e-4
     self_supervised_from_epoch: int = 5
     self_supervised_weight: float = 1.0
+    # Which crops the self-supervised loss learns from: "image" (the published code) only those
+    # where every tagged class got a pseudo pixel, which with many tags per crop is almost none;
+    # "class" every crop with a pseudo pixel. The log reports the share of crops used.
+    self_supervised_gating: Literal["image", "class"] = "image"
     pamr_dilations: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 12, 24])
     pamr_iter: int = 10
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: bool = False
+    # true: the published recipe (random resized crop, flips, 90° turns, colour jitter); or a list
+    # of scale, hflip, vflip, rot90, colour: drop vflip and rot90 for ground-level imagery.
+    augment: Union[bool, list[Literal["hflip", "vflip", "rot90", "colour", "scale"]]] = True
 
 
 @dataclass
@@ -139,6 +152,9 @@ class PseudoMaskConfig:
     # w in p ∝ p_single_stage^(1−w) · p_task_i_segmenter^w, restricted to the crop's tags. 0 uses
     # the single-stage model alone, as in the paper; > 0 needs task i's segmenter (run first).
     segmenter_weight: float = 0.0
+    # With the segmenter: a class the single-stage model finds with a recall below this on the
+    # calibration tiles is left to the segmenter alone (`pseudo_labels.fusion`).
+    abstain_below_recall: float = 0.05
     workers: int = 2
 
 
@@ -154,6 +170,10 @@ class WeakConfig:
     pseudo_weight: float = 1.0
     # Fraction of each training batch drawn from the pseudo-labelled N2 tiles.
     pseudo_ratio: float = 0.5
+    # "share": the N2 crops take that share of each batch (at equal steps task ii then sees fewer
+    # N1 crops than task i); "extra": every batch keeps its `train.batch_size` N1 crops and the
+    # N2 crops come on top (batch_size · ratio / (1 − ratio) of them), so N1 is never diluted.
+    pseudo_mode: Literal["share", "extra"] = "share"
     # Optional epochs of fine-tuning on N1 pixel labels only after the mixed training.
     finetune_epochs: int = 0
     # Start the task ii segmenter from task i's best checkpoint instead of from ImageNet.
@@ -199,7 +219,8 @@ def _coerce(value: Any, tp, key: str) -> Any:
                 return _coerce(value, option, key)
             except ConfigError as err:
                 errors.append(str(err))
-        raise ConfigError(f"{key}: {value!r} is none of {' | '.join(_type_name(a) for a in args)}")
+        raise ConfigError(f"{key}: {value!r} is none of {' | '.join(_type_name(a) for a in args)} "
+                          f"({'; '.join(errors)})")
     if origin is Literal:
         if value not in args:
             raise ConfigError(f"{key}: {value!r} is not one of {list(args)}")

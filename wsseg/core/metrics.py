@@ -205,3 +205,12 @@ def class_precision(cm) -> list[float | None]:
 def unreliable_classes(cm, min_precision: float) -> list[int]:
     """Classes predicted at least once whose precision in `cm` is below `min_precision`."""
     return [c for c, p in enumerate(class_precision(cm)) if p is not None and p < min_precision]
+
+
+def gap_closed(baseline: float, method: float, oracle: float) -> float:
+    """(method − baseline) / (oracle − baseline): the share of the oracle's gain the method reaches.
+
+    NaN where the oracle does not beat the baseline (or a score is undefined): there is no gap."""
+    baseline, method, oracle = (float("nan") if v is None else float(v) for v in (baseline, method, oracle))
+    gap = oracle - baseline
+    return (method - baseline) / gap if gap > 0 else float("nan")

@@ -16,6 +16,7 @@ import numpy as np
 
 from wsseg.core.figures import plot_class_bars, plot_confusion, plot_curves, plot_triptych
 from wsseg.core.io import atomic_write_json, atomic_write_text, score_or_nan
+from wsseg.core.metrics import gap_closed
 
 # Where write_report looks for `metrics.majority_baseline_miou(...)`; both spellings are in use.
 BASELINE_KEYS = ("majority_baseline_miou", "baseline_majority_miou")
@@ -174,6 +175,19 @@ def _iou_diff_table(task_i: dict, task_ii: dict, class_names) -> str:
     return _md_table(["class", "task i", "task ii", "difference (ii − i)"], rows)
 
 
+def _gap_closed(task_i: dict, task_ii: dict, oracle: dict, class_names) -> dict:
+    return {"miou": gap_closed(task_i["miou"], task_ii["miou"], oracle["miou"]),
+            "per_class": {n: gap_closed(task_i["per_class"][n]["iou"], task_ii["per_class"][n]["iou"],
+                                        oracle["per_class"][n]["iou"]) for n in class_names}}
+
+
+def _oracle_table(task_i: dict, task_ii: dict, oracle: dict, gap: dict, class_names) -> str:
+    rows = [[n, _fmt(task_i["per_class"][n]["iou"]), _fmt(task_ii["per_class"][n]["iou"]),
+             _fmt(oracle["per_class"][n]["iou"]), _fmt(gap["per_class"][n])] for n in class_names]
+    rows.append(["**mIoU**", _fmt(task_i["miou"]), _fmt(task_ii["miou"]), _fmt(oracle["miou"]), _fmt(gap["miou"])])
+    return _md_table(["class (IoU)", "task i", "task ii", "oracle", "gap closed (ii − i) / (oracle − i)"], rows)
+
+
 def write_comparison_report(
     run_dir: str | Path,
     task_i: dict,
@@ -182,8 +196,12 @@ def write_comparison_report(
     class_names: Sequence[str],
     palette: Sequence[Sequence[int]],
     samples: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray]],
+    oracle: dict | None = None,
 ) -> dict:
     """Compare task i (pixel labels only) with task ii (plus tags): comparison.json/.md and figures.
+
+    `oracle` (optional, same schema): the segmenter trained on N2's true labels; the report then
+    adds it and the gap task ii closes, (ii − i) / (oracle − i), per class and for mIoU.
 
     `task_i`, `task_ii` follow the `segmentation_metrics` schema ("eroded" optional).
     `pseudo_quality` (or None) has scalars such as coverage, miou_raw, miou_crf, miou_final and a
@@ -195,20 +213,27 @@ def write_comparison_report(
     run_dir.mkdir(parents=True, exist_ok=True)
     class_names = list(class_names)
     comparison = {"task_i": task_i, "task_ii": task_ii, "pseudo_masks": pseudo_quality}
+    arms = [("task i", task_i), ("task ii", task_ii)]
+    if oracle is not None:
+        comparison["oracle"] = oracle
+        comparison["gap_closed"] = _gap_closed(task_i, task_ii, oracle, class_names)
+        arms.append(("oracle", oracle))
     atomic_write_json(run_dir / "comparison.json", comparison)
 
     plot_class_bars(
-        run_dir / "comparison_iou.png",
-        [("task i", [task_i["per_class"][n]["iou"] for n in class_names]),
-         ("task ii", [task_ii["per_class"][n]["iou"] for n in class_names])],
-        class_names, palette, "IoU", "per-class IoU: task i vs task ii",
-        [("mIoU task i", task_i["miou"]), ("mIoU task ii", task_ii["miou"])])
+        run_dir / "comparison_iou.png", [(name, [m["per_class"][n]["iou"] for n in class_names]) for name, m in arms],
+        class_names, palette, "IoU", f"per-class IoU: {' vs '.join(name for name, _ in arms)}",
+        [(f"mIoU {name}", m["miou"]) for name, m in arms])
 
     md = ["# Task i vs task ii", "", f"- task i: {_summary_line(task_i)}", f"- task ii: {_summary_line(task_ii)}",
           "", "## Per-class IoU (full ground truth)", "", _iou_diff_table(task_i, task_ii, class_names)]
     if task_i.get("eroded") and task_ii.get("eroded"):
         md += ["", "## Per-class IoU (eroded ground truth)", "",
                _iou_diff_table(task_i["eroded"], task_ii["eroded"], class_names)]
+    if oracle is not None:
+        md += ["", "## Against the oracle (N2 with its true pixel labels, experiments only)", "",
+               f"- oracle: {_summary_line(oracle)}", "", _oracle_table(task_i, task_ii, oracle, comparison["gap_closed"],
+                                                                      class_names)]
     md += ["", "![IoU task i vs task ii](comparison_iou.png)"]
     if pseudo_quality is not None:
         md += ["", "## Pseudo-mask quality", ""]
@@ -246,6 +271,10 @@ def aggregate_markdown(aggregate: dict, title: str = "Task i vs task ii over spl
           f"mean over {', '.join(aggregate['classes_in_mean'])}.", "", "## Full ground truth", "", table(aggregate)]
     if "eroded" in aggregate:
         md += ["", "## Eroded ground truth", "", table(aggregate["eroded"])]
+    if "oracle" in aggregate:
+        md += ["", "## Against the oracle (N2 with its true pixel labels)", "",
+               f"Oracle mIoU {_pm(aggregate['oracle']['miou'])}; gap closed by task ii, (ii − i) / (oracle − i): "
+               f"{_pm(aggregate['oracle']['gap_closed'])}."]
     return "\n".join(md) + "\n"
 
 

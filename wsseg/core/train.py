@@ -26,6 +26,10 @@ LossFn = Callable[[torch.nn.Module, object, int], "tuple[torch.Tensor, dict[str,
 
 
 def build_optimizer(params: Iterable, name: str, lr: float, weight_decay: float = 0.0, momentum: float = 0.9):
+    """`params`: parameters, or groups (dicts) whose optional `lr_mult` scales `lr` for that group."""
+    params = list(params)
+    if params and isinstance(params[0], dict):
+        params = [{**group, "lr": lr * group["lr_mult"]} if "lr_mult" in group else group for group in params]
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     if name == "adamw":

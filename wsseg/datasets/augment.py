@@ -15,16 +15,39 @@ import torchvision.transforms.v2.functional as F
 from torchvision import tv_tensors
 
 
-def random_dihedral(image: torch.Tensor, mask: torch.Tensor | None, rng: np.random.Generator):
-    """Flips and a multiple of 90°: the 8 symmetries that nadir aerial views are invariant to."""
-    if rng.random() < 0.5:
+# The augmentations a training config can name. Flips and quarter turns are symmetries of
+# overhead views only: a street scene upside down is no street scene.
+AUGMENTATIONS = ("hflip", "vflip", "rot90", "colour", "scale")
+OVERHEAD = ("hflip", "vflip", "rot90")
+
+
+def augmentation_set(augment: bool | Sequence[str], default: Sequence[str],
+                     known: Sequence[str] = AUGMENTATIONS) -> frozenset[str]:
+    """`augment` as a set of names: True gives `default`, False none; names outside `known` are errors."""
+    if augment is True:
+        return frozenset(default)
+    if augment is False:
+        return frozenset()
+    unknown = sorted(set(augment) - set(known))
+    if unknown:
+        raise ValueError(f"unknown augmentation(s) {unknown}; known here: {', '.join(known)}")
+    return frozenset(augment)
+
+
+def random_dihedral(image: torch.Tensor, mask: torch.Tensor | None, rng: np.random.Generator,
+                    hflip: bool = True, vflip: bool = True, rot90: bool = True):
+    """Flips and a multiple of 90°: the 8 symmetries that nadir aerial views are invariant to.
+
+    All three draws are made whichever are enabled, so a sample's other augmentations do not
+    depend on which of these a config turned off."""
+    flip_h, flip_v, quarter_turns = rng.random() < 0.5, rng.random() < 0.5, int(rng.integers(4))
+    if hflip and flip_h:
         image = F.horizontal_flip(image)
         mask = F.horizontal_flip(mask) if mask is not None else None
-    if rng.random() < 0.5:
+    if vflip and flip_v:
         image = F.vertical_flip(image)
         mask = F.vertical_flip(mask) if mask is not None else None
-    quarter_turns = int(rng.integers(4))
-    if quarter_turns and image.shape[-1] == image.shape[-2]:
+    if rot90 and quarter_turns and image.shape[-1] == image.shape[-2]:
         image = tv_tensors.wrap(torch.rot90(image, quarter_turns, dims=(-2, -1)), like=image)
         if mask is not None:
             mask = tv_tensors.wrap(torch.rot90(mask, quarter_turns, dims=(-2, -1)), like=mask)

@@ -24,7 +24,8 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import InterpolationMode
 
-from wsseg.datasets.augment import random_colour_jitter, random_dihedral, random_resized_box
+from wsseg.datasets.augment import (OVERHEAD, augmentation_set, random_colour_jitter, random_dihedral,
+                                    random_resized_box)
 from wsseg.datasets.base import IGNORE_INDEX, DatasetError, TileSource
 from wsseg.datasets.colour import check_indices, image_size, read_index_png
 from wsseg.datasets.tags import CropTag, tag_vector
@@ -142,8 +143,9 @@ class RandomCropDataset(Dataset):
     """
 
     def __init__(self, source: TileSource, tile_ids: Sequence[str], crop_px: int, samples_per_epoch: int,
-                 augment: bool = True, label_override: dict[str, Path] | None = None, seed: int = 0, *,
-                 colour_jitter: Sequence[float] | None = None, cache_bytes: int = DEFAULT_CACHE_BYTES):
+                 augment: bool | Sequence[str] = True, label_override: dict[str, Path] | None = None,
+                 seed: int = 0, *, colour_jitter: Sequence[float] | None = None,
+                 cache_bytes: int = DEFAULT_CACHE_BYTES):
         self.source = source
         self.tile_ids = _check_tiles(source, tile_ids, "RandomCropDataset")
         if crop_px <= 0 or samples_per_epoch < 0:
@@ -151,8 +153,10 @@ class RandomCropDataset(Dataset):
                                f"got {crop_px} and {samples_per_epoch}")
         self.crop_px = int(crop_px)
         self.samples_per_epoch = int(samples_per_epoch)
-        self.augment = augment
-        self.colour_jitter = tuple(colour_jitter) if colour_jitter else None
+        # True: the overhead symmetries, plus colour jitter when `colour_jitter` is given.
+        self.augment = augmentation_set(augment, OVERHEAD + (("colour",) if colour_jitter else ()),
+                                        known=OVERHEAD + ("colour",))
+        self.colour_jitter = tuple(colour_jitter) if colour_jitter else (0.3, 0.3, 0.3, 0.1)
         self.seed = int(seed)
         self.epoch = 0
         self.label_override = None
@@ -199,10 +203,10 @@ class RandomCropDataset(Dataset):
         x = int(rng.integers(0, max(width - self.crop_px, 0) + 1))
         image_t = to_image_tensor(_cut(image, y, x, self.crop_px, self.crop_px, 0))
         mask_t = to_mask_tensor(_cut(label, y, x, self.crop_px, self.crop_px, IGNORE_INDEX))
-        if self.augment:
-            image_t, mask_t = random_dihedral(image_t, mask_t, rng)
-            if self.colour_jitter:
-                image_t = random_colour_jitter(image_t, rng, self.colour_jitter)
+        if self.augment & set(OVERHEAD):
+            image_t, mask_t = random_dihedral(image_t, mask_t, rng, *(name in self.augment for name in OVERHEAD))
+        if "colour" in self.augment:
+            image_t = random_colour_jitter(image_t, rng, self.colour_jitter)
         return _as_float_image(image_t), _as_long_mask(mask_t)
 
 
@@ -215,7 +219,8 @@ class TaggedCropDataset(Dataset):
     0.9–1, bicubic back to size), flips, 90° rotations, ColorJitter(0.3, 0.3, 0.3, 0.1).
     """
 
-    def __init__(self, source: TileSource, crop_tags: Sequence[CropTag], num_classes: int, augment: bool = True,
+    def __init__(self, source: TileSource, crop_tags: Sequence[CropTag], num_classes: int,
+                 augment: bool | Sequence[str] = True,
                  crop_px: int | None = None, *, seed: int = 0, colour_jitter: Sequence[float] = (0.3, 0.3, 0.3, 0.1),
                  scale: tuple[float, float] = (0.9, 1.0), cache_bytes: int = DEFAULT_CACHE_BYTES):
         self.source = source
@@ -228,9 +233,9 @@ class TaggedCropDataset(Dataset):
             if any(not 0 <= c < self.num_classes for c in tag.classes):
                 raise DatasetError(f"TaggedCropDataset: crop {tag} has a class outside 0..{self.num_classes - 1}")
         self.tag_vectors = torch.from_numpy(np.stack([tag_vector(t, self.num_classes) for t in self.crop_tags]))
-        self.augment = augment
+        self.augment = augmentation_set(augment, ("scale",) + OVERHEAD + (("colour",) if colour_jitter else ()))
         self.crop_px = int(crop_px) if crop_px else None
-        self.colour_jitter = tuple(colour_jitter) if colour_jitter else None
+        self.colour_jitter = tuple(colour_jitter) if colour_jitter else (0.3, 0.3, 0.3, 0.1)
         self.scale = tuple(scale)
         self.seed = int(seed)
         self.epoch = 0
@@ -250,16 +255,17 @@ class TaggedCropDataset(Dataset):
                                f"its {image.shape[0]}×{image.shape[1]} image: tags made for another dataset?")
         image_t = to_image_tensor(image[tag.y:tag.y + tag.h, tag.x:tag.x + tag.w])
         out_hw = (self.crop_px, self.crop_px) if self.crop_px else (tag.h, tag.w)
-        if self.augment:
-            rng = np.random.default_rng((self.seed, self.epoch, int(index)))
-            top, left, h, w = random_resized_box(tag.h, tag.w, rng, self.scale)
-            image_t = F.resized_crop(image_t, top, left, h, w, list(out_hw),
-                                     interpolation=InterpolationMode.BICUBIC, antialias=True)
-            image_t, _ = random_dihedral(image_t, None, rng)
-            if self.colour_jitter:
-                image_t = random_colour_jitter(_as_float_image(image_t), rng, self.colour_jitter)
+        rng = np.random.default_rng((self.seed, self.epoch, int(index)))
+        box = random_resized_box(tag.h, tag.w, rng, self.scale) if "scale" in self.augment else None
+        if box is not None:
+            image_t = F.resized_crop(image_t, *box, list(out_hw), interpolation=InterpolationMode.BICUBIC,
+                                     antialias=True)
         elif out_hw != (tag.h, tag.w):
             image_t = F.resize(image_t, list(out_hw), interpolation=InterpolationMode.BICUBIC, antialias=True)
+        if self.augment & set(OVERHEAD):
+            image_t, _ = random_dihedral(image_t, None, rng, *(name in self.augment for name in OVERHEAD))
+        if "colour" in self.augment:
+            image_t = random_colour_jitter(_as_float_image(image_t), rng, self.colour_jitter)
         return _as_float_image(image_t), self.tag_vectors[index].clone(), int(index)
 
 

@@ -52,3 +52,28 @@ def load_encoder_weights(name: str, model: nn.Module, weights) -> nn.Module:
         raise ValueError(f"model.encoder_weights: segmenter {name!r} has no VGG16 encoder to load them into "
                          f"(those that have: {', '.join(sorted(VGG16_ENCODER_LOADERS))})")
     return VGG16_ENCODER_LOADERS[name](model, weights)
+
+
+# The ImageNet-initialised part of each segmenter (state-dict key prefixes), whose learning rate
+# `train.encoder_lr_mult` scales, as mmsegmentation's `lr_mult` on a backbone: fine-tuning a
+# pretrained encoder at the rate of a fresh decoder forgets what ImageNet taught it.
+ENCODER_PREFIXES: dict[str, tuple[str, ...]] = {
+    "encdec_unpool": ("encoder.",),
+    "effnet_lite0_unet": ("encoder.",),
+    "fcn8s": ("blocks.", "fc6.", "fc7."),
+    "unet": ("stem.", "down."),
+}
+
+
+def parameter_groups(name: str, model: nn.Module, encoder_lr_mult: float = 1.0) -> list[dict]:
+    """Optimizer groups of segmenter `name`: the encoder's with `lr_mult` = `encoder_lr_mult` and
+    the rest (`core.train.build_optimizer` multiplies the base learning rate by a group's lr_mult)."""
+    if encoder_lr_mult == 1.0:
+        return [{"params": list(model.parameters())}]
+    if name not in ENCODER_PREFIXES:
+        raise ValueError(f"train.encoder_lr_mult: segmenter {name!r} has no encoder registered in "
+                         f"models.ENCODER_PREFIXES")
+    encoder, rest = [], []
+    for key, parameter in model.named_parameters():
+        (encoder if key.startswith(ENCODER_PREFIXES[name]) else rest).append(parameter)
+    return [{"params": encoder, "lr_mult": encoder_lr_mult}, {"params": rest}]

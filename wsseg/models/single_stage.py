@@ -178,14 +178,19 @@ class SingleStageSegmenter(nn.Module):
         """Multi-label soft margin on the C scores (tags N×C in {0, 1})."""
         return F.multilabel_soft_margin_loss(cls, tags.to(cls.dtype))
 
-    def self_supervised_loss(self, out, image_tags, crop_size):
-        """Pseudo labels from the PAMR masks upsampled to the crop, then the balanced CE.
+    def self_supervised_targets(self, out, image_tags, crop_size):
+        """Pseudo labels N×H×W from the PAMR masks upsampled to the crop.
 
         With background="learned" every channel is a tagged class: no background threshold."""
-        has_background = self.background == "constant"
         masks = resize(out["masks_pamr"], crop_size)
-        pseudo_labels = pseudo_gt.pseudo_labels_from_masks(masks, image_tags, background=has_background)
-        return pseudo_gt.self_supervised_loss(out["logits"], pseudo_labels, image_tags, background=has_background)
+        return pseudo_gt.pseudo_labels_from_masks(masks, image_tags, background=self.background == "constant")
+
+    def self_supervised_loss(self, out, image_tags, crop_size, gating: str = "image", targets=None):
+        """The balanced cross-entropy of the logits against `targets` (default: computed here)."""
+        if targets is None:
+            targets = self.self_supervised_targets(out, image_tags, crop_size)
+        return pseudo_gt.self_supervised_loss(out["logits"], targets, image_tags,
+                                              background=self.background == "constant", gating=gating)
 
     def param_groups(self, lr: float = 1e-3, weight_decay: float = 5e-4):
         """SGD groups of the published recipe: backbone ×1 (wd), new weights ×10 (wd), new biases ×20 (no wd).

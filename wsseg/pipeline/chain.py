@@ -80,19 +80,37 @@ def run_task_ii(run: Run) -> tuple[dict, dict]:
     return _finish_stage(run, stage_dir, metrics), quality
 
 
-def run_task(cfg: Config, task: str, run_dir: Path, resume: bool = False, dist: DistInfo = DistInfo()) -> dict:
-    """Run task `i`, `ii` or `all` into `run_dir`; returns the metrics (or the comparison)."""
+def run_oracle(run: Run) -> dict:
+    """The segmenter trained like task ii's but on the true N2 labels: how far task ii could go."""
+    stage_dir = run.run_dir / "oracle"
+    if (done := _stage_done(stage_dir)) is not None:
+        return done
+    metrics = train_segmenter(run, stage_dir, oracle=True, title="Oracle: N1 + N2 pixel labels (experiments only)")
+    log.info(f"oracle: test mIoU {metrics.get('miou', float('nan')):.4f}")
+    return _finish_stage(run, stage_dir, metrics)
+
+
+def run_task(cfg: Config, task: str, run_dir: Path, resume: bool = False, dist: DistInfo = DistInfo(),
+             oracle: bool = False) -> dict:
+    """Run task `i`, `ii` or `all` into `run_dir`; returns the metrics (or the comparison).
+
+    `oracle` (with `all`): also train on N1 + N2 with N2's true pixel labels, at the same steps,
+    and report the share of the oracle's gain that task ii closes."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r} ({', '.join(TASKS)})")
-    run = prepare_run(cfg, run_dir, resume, dist)
+    if oracle and task != "all":
+        raise ValueError("the oracle is a third arm of the comparison: use it with --task all")
+    run = prepare_run(cfg, run_dir, resume, dist, weak=task != "i")
     if task == "i":
         return run_task_i(run)
     if task == "ii":
         return run_task_ii(run)[0]
     task_i = run_task_i(run)
     task_ii, quality = run_task_ii(run)
+    oracle_metrics = run_oracle(run) if oracle else None
     if not dist.is_main:
         return {}
     classes = run.source.classes
     samples = pseudo_mask_samples(run.source, run.split, run_dir / "pseudo_masks", cfg.eval.num_triptychs)
-    return write_comparison_report(run_dir, task_i, task_ii, quality, classes.names, classes.palette, samples)
+    return write_comparison_report(run_dir, task_i, task_ii, quality, classes.names, classes.palette, samples,
+                                   oracle=oracle_metrics)

@@ -68,18 +68,34 @@ def verify_tiles(source: TileSource, tile_ids) -> None:
                 raise DatasetError(f"{path}: mask size differs from its image {tile.image_path}")
 
 
-def check_config(cfg: Config) -> None:
-    """Settings that are valid one by one but not together, caught before anything runs."""
+def check_config(cfg: Config, source: TileSource | None = None, weak: bool = True) -> None:
+    """Settings that are valid one by one but not with each other or with the dataset, caught
+    before anything trains: a wrong class name must not surface after task i has trained."""
     if not 0.0 <= cfg.weak.pseudo.segmenter_weight <= 1.0:
         raise ConfigError(f"weak.pseudo.segmenter_weight must be in [0, 1], got {cfg.weak.pseudo.segmenter_weight}")
+    if source is None:
+        return
+    names = source.classes.names
+    if isinstance(cfg.train.class_weights, list) and len(cfg.train.class_weights) != len(names):
+        raise ConfigError(f"train.class_weights has {len(cfg.train.class_weights)} values for the "
+                          f"{len(names)} classes of {source.name!r} ({', '.join(names)})")
+    ss = cfg.weak.single_stage
+    if weak and ss.background == "constant" and ss.background_class not in names:
+        raise ConfigError(f"weak.single_stage.background_class {ss.background_class!r} is not a class of "
+                          f"{source.name!r} ({', '.join(names)}); name one, or set "
+                          f"weak.single_stage.background: learned")
 
 
-def prepare_run(cfg: Config, run_dir: Path, resume: bool = False, dist: DistInfo = DistInfo()) -> Run:
-    """Check the config, load and verify the data, fix the split; record config and split in `run_dir`."""
+def prepare_run(cfg: Config, run_dir: Path, resume: bool = False, dist: DistInfo = DistInfo(),
+                weak: bool = True) -> Run:
+    """Check the config, load and verify the data, fix the split; record config and split in `run_dir`.
+
+    `weak`: the run has a weak stage (task ii), whose settings are then checked against the data."""
     check_config(cfg)
     if (run_dir / "config.yaml").exists() and not resume:
         raise CheckpointError(f"{run_dir} already holds a run: pass --resume to continue it, or choose another --out")
     source = load_source(cfg)
+    check_config(cfg, source, weak)
     split_path = run_dir / "split.json"
     # A resumed run keeps the split it started with, whatever the config says now.
     split = load_split(split_path) if split_path.exists() else make_split_for(cfg, source)

@@ -62,8 +62,10 @@ def make_pseudo_masks(run: Run, crop_tags: list[CropTag], checkpoint: Path, out_
     # weak model never sees a pixel label, so the N1 tiles serve; task i's segmenter learned the
     # N1 tiles by heart, so once it takes part the validation tiles do.
     calibration = list(split.val) if segmenter is not None else list(split.labelled)
-    crops = _crops_in_order(cfg, source, crop_tags, calibration + list(split.tagged))
+    calibration_crops = _crops_in_order(cfg, source, crop_tags, calibration)
+    n2_crops = _crops_in_order(cfg, source, crop_tags, list(split.tagged))
     quality = PseudoMaskQuality(classes, pm.min_class_precision)
+    predictor = CropPredictor(cfg, source, model, layout, segmenter)
 
     crf_params = None
     if pm.crf.enabled:
@@ -73,31 +75,66 @@ def make_pseudo_masks(run: Run, crop_tags: list[CropTag], checkpoint: Path, out_
     processes = min(max(1, pm.workers), multiprocessing.cpu_count()) if crf_params else 0
     # Crops are predicted in this process, their CRFs run in a pool, in order.
     pool = multiprocessing.get_context("spawn").Pool(processes) if processes > 1 else None
-    try:
-        jobs = _crop_predictions(cfg, source, model, layout, segmenter, crops, crf_params)
+    progress = tqdm(total=len(calibration_crops) + len(n2_crops), desc="pseudo masks", dynamic_ncols=True)
+
+    def tile_masks(crops, weak_cm=None):
+        jobs = predictor.predictions(crops, crf_params, weak_cm)
         results = pool.imap(_crf_job, jobs, chunksize=2) if pool else map(_crf_job, jobs)
-        results = tqdm(results, total=len(crops), desc="pseudo masks", dynamic_ncols=True)
-        for tile_id, accumulator in _tiles(results, crops, source):
+        for tile_id, accumulator in _tiles(_counted(results, progress), crops, source):
             raw, crf = accumulator.means()
-            labels = confident_labels(raw, crf, pm.confidence_threshold, classes.ignore_index)
-            if tile_id in calibration:
-                quality.calibrate(labels, source.label(tile_id))
-                continue
+            yield tile_id, raw, crf, confident_labels(raw, crf, pm.confidence_threshold, classes.ignore_index)
+
+    try:
+        weak_cm = np.zeros((classes.num_classes,) * 2, np.int64) if segmenter is not None else None
+        for tile_id, _, _, labels in tile_masks(calibration_crops, weak_cm):
+            quality.calibrate(labels, source.label(tile_id))
+        if weak_cm is not None:
+            predictor.abstain = unlearned_classes(weak_cm, pm.abstain_below_recall)
+            if predictor.abstain.any():
+                log.warning("pseudo masks: the single-stage model finds %s on the calibration tiles with recall "
+                            "below %.2f: task i's segmenter alone decides %s", _names(classes, predictor.abstain),
+                            pm.abstain_below_recall, "it" if predictor.abstain.sum() == 1 else "them")
+        for tile_id, raw, crf, labels in tile_masks(n2_crops):
             labels = quality.drop_unreliable(labels)
             save_index_png(out_dir / f"{tile_id}.png", labels, classes.palette)
             ground_truth = source.label(tile_id) if source.tile(tile_id).label_path is not None else None
             quality.measure(labels, raw, crf, ground_truth)
     finally:
+        progress.close()
         if pool is not None:
             pool.close()
             pool.join()
 
+    tagged_classes = sorted({c for tag in n2_crops for c in tag.classes})
     report = quality.report(tiles=len(split.tagged), crf=pm.crf.enabled, segmenter_weight=pm.segmenter_weight,
-                            calibration_tiles=calibration)
+                            calibration_tiles=calibration,
+                            weak_abstains=[classes.names[c] for c in np.flatnonzero(predictor.abstain)],
+                            tagged_classes=tagged_classes)
+    if report["classes_never_labelled"]:
+        log.warning("pseudo masks: %s tagged in N2 but in no pseudo mask: task ii learns nothing of %s from N2",
+                    ", ".join(report["classes_never_labelled"]),
+                    "it" if len(report["classes_never_labelled"]) == 1 else "them")
     atomic_write_json(out_dir / "pseudo_quality.json", report)
     log.info("pseudo masks: coverage %.3f%s", report["coverage"],
              "".join(f", mIoU {k[5:]} {report[k]:.4f}" for k in ("miou_raw", "miou_crf", "miou_final") if k in report))
     return report
+
+
+def _names(classes: ClassSpec, mask: np.ndarray) -> str:
+    return ", ".join(classes.names[c] for c in np.flatnonzero(mask))
+
+
+def _counted(results, progress):
+    for result in results:
+        progress.update()
+        yield result
+
+
+def unlearned_classes(cm: np.ndarray, min_recall: float) -> np.ndarray:
+    """C booleans: classes present in `cm`'s ground truth (rows) whose recall is below `min_recall`."""
+    support = cm.sum(1)
+    recall = np.divide(np.diag(cm), support, out=np.zeros(len(cm)), where=support > 0)
+    return (support > 0) & (recall < min_recall)
 
 
 def _task_i_segmenter(cfg: Config, classes: ClassSpec, checkpoint: Path | None) -> torch.nn.Module:
@@ -116,46 +153,56 @@ def _crops_in_order(cfg: Config, source: TileSource, crop_tags: list[CropTag], t
     return sorted((t for t in [*crop_tags, *extra] if t.tile_id in rank), key=lambda t: (rank[t.tile_id], t.y, t.x))
 
 
-def crop_probabilities(model: SingleStageSegmenter, layout: ClassLayout, crop: torch.Tensor, tags: torch.Tensor,
-                       cfg: Config) -> np.ndarray:
-    """Multi-scale + flip softmax restricted to the tags, background power, PAMR; dataset class order."""
-    pm = cfg.weak.pseudo
-    probs = model.predict_masks(crop, tags=layout.scored_tags(tags), scales=tuple(pm.scales), flip=pm.flip,
-                                bg_pow=pm.bg_pow)
-    probs = probs / probs.sum(0, keepdim=True).clamp(min=1e-8)
-    if pm.use_pamr:
-        probs = refine_with_pamr(crop[None], probs[None], dilations=cfg.weak.single_stage.pamr_dilations,
-                                 num_iter=cfg.weak.single_stage.pamr_iter)[0]
-    probs = layout.to_dataset_order(probs, dim=0)
-    # Classes the crop is not tagged with stay impossible, whatever PAMR smeared into them.
-    probs = probs * allowed_classes(tags, layout)[:, None, None]
-    return (probs / probs.sum(0, keepdim=True).clamp(min=1e-8)).numpy()
+class CropPredictor:
+    """Class probabilities of the N2 grid crops: the single-stage model, fused with task i's
+    segmenter when it takes part (with the classes in `abstain` left to the segmenter)."""
 
+    def __init__(self, cfg: Config, source: TileSource, model: SingleStageSegmenter, layout: ClassLayout,
+                 segmenter: torch.nn.Module | None):
+        self.cfg, self.source, self.model, self.layout, self.segmenter = cfg, source, model, layout, segmenter
+        self.abstain = np.zeros(source.classes.num_classes, bool)
 
-def segmenter_probabilities(model: torch.nn.Module, image: np.ndarray, num_classes: int, cfg: Config) -> np.ndarray:
-    """Softmax C×H×W of a trained segmenter on a whole tile (H×W×3 uint8), by sliding window."""
-    logits = sliding_window_logits(model, image_to_tensor(image), num_classes, cfg.eval.window_px,
-                                   cfg.eval.stride_px, cfg.eval.batch_size)
-    return logits.softmax(0).numpy()
+    def weak_probabilities(self, crop: torch.Tensor, tags: torch.Tensor) -> np.ndarray:
+        """Multi-scale + flip softmax restricted to the tags, background power, PAMR; dataset class order."""
+        pm, ss = self.cfg.weak.pseudo, self.cfg.weak.single_stage
+        probs = self.model.predict_masks(crop, tags=self.layout.scored_tags(tags), scales=tuple(pm.scales),
+                                         flip=pm.flip, bg_pow=pm.bg_pow)
+        probs = probs / probs.sum(0, keepdim=True).clamp(min=1e-8)
+        if pm.use_pamr:
+            probs = refine_with_pamr(crop[None], probs[None], dilations=ss.pamr_dilations, num_iter=ss.pamr_iter)[0]
+        probs = self.layout.to_dataset_order(probs, dim=0)
+        # Classes the crop is not tagged with stay impossible, whatever PAMR smeared into them.
+        probs = probs * allowed_classes(tags, self.layout)[:, None, None]
+        return (probs / probs.sum(0, keepdim=True).clamp(min=1e-8)).numpy()
 
+    def segmenter_probabilities(self, image: np.ndarray) -> np.ndarray:
+        """Softmax C×H×W of task i's segmenter on a whole tile (H×W×3 uint8), by sliding window."""
+        ev = self.cfg.eval
+        logits = sliding_window_logits(self.segmenter, image_to_tensor(image), self.source.classes.num_classes,
+                                       ev.window_px, ev.stride_px, ev.batch_size)
+        return logits.softmax(0).numpy()
 
-def _crop_predictions(cfg, source, model, layout, segmenter, crops, crf_params):
-    """(index, crop, probabilities, CRF parameters) per crop, in order; one worker decodes the crops."""
-    loader = DataLoader(GridCropDataset(source, crops, source.classes.num_classes), batch_size=None, num_workers=1)
-    tile_id, tile_probs = None, None
-    with torch.inference_mode():
-        for index, crop, tags in loader:
-            crop, tags = np.asarray(crop), torch.as_tensor(tags)
-            probs = crop_probabilities(model, layout, image_to_tensor(crop), tags, cfg)
-            if segmenter is not None:
-                tag = crops[int(index)]
-                if tag.tile_id != tile_id:
-                    tile_id = tag.tile_id
-                    tile_probs = segmenter_probabilities(segmenter, source.image(tile_id),
-                                                         source.classes.num_classes, cfg)
-                probs = fuse_with_segmenter(probs, tile_probs[:, tag.y:tag.y + tag.h, tag.x:tag.x + tag.w],
-                                            allowed_classes(tags, layout).numpy(), cfg.weak.pseudo.segmenter_weight)
-            yield int(index), crop, probs, crf_params
+    def predictions(self, crops: list[CropTag], crf_params: dict | None, weak_cm: np.ndarray | None = None):
+        """(index, crop, probabilities, CRF parameters) per crop, in order; one worker decodes the
+        crops. `weak_cm` accumulates the weak model's own confusion against the ground truth."""
+        classes = self.source.classes
+        loader = DataLoader(GridCropDataset(self.source, crops, classes.num_classes), batch_size=None, num_workers=1)
+        tile_id, tile_probs = None, None
+        with torch.inference_mode():
+            for index, crop, tags in loader:
+                crop, tags, tag = np.asarray(crop), torch.as_tensor(tags), crops[int(index)]
+                probs = self.weak_probabilities(image_to_tensor(crop), tags)
+                window = (slice(tag.y, tag.y + tag.h), slice(tag.x, tag.x + tag.w))
+                if weak_cm is not None:
+                    weak_cm += confusion_matrix(probs.argmax(0), self.source.label(tag.tile_id)[window],
+                                                classes.num_classes, classes.ignore_index)
+                if self.segmenter is not None:
+                    if tag.tile_id != tile_id:
+                        tile_id, tile_probs = tag.tile_id, self.segmenter_probabilities(self.source.image(tag.tile_id))
+                    probs = fuse_with_segmenter(probs, tile_probs[(slice(None), *window)],
+                                                allowed_classes(tags, self.layout).numpy(),
+                                                self.cfg.weak.pseudo.segmenter_weight, abstain=self.abstain)
+                yield int(index), crop, probs, crf_params
 
 
 def _crf_job(args):
@@ -190,6 +237,7 @@ class PseudoMaskQuality:
         self.cms = {name: np.zeros(shape, np.int64) for name in ("raw", "crf", "final")}
         self.dropped: list[int] | None = None
         self.labelled_px = self.total_px = 0
+        self.pixels_per_class = np.zeros(classes.num_classes, np.int64)
 
     def _cm(self, prediction: np.ndarray, ground_truth: np.ndarray) -> np.ndarray:
         return confusion_matrix(prediction, ground_truth, self.classes.num_classes, self.classes.ignore_index)
@@ -215,16 +263,19 @@ class PseudoMaskQuality:
     def measure(self, labels: np.ndarray, raw: np.ndarray, crf: np.ndarray, ground_truth: np.ndarray | None) -> None:
         self.labelled_px += int((labels != self.classes.ignore_index).sum())
         self.total_px += labels.size
+        self.pixels_per_class += np.bincount(labels.ravel(), minlength=256)[:self.classes.num_classes]
         if ground_truth is not None:
             self.cms["raw"] += self._cm(raw.argmax(0), ground_truth)
             self.cms["crf"] += self._cm(crf.argmax(0), ground_truth)
             self.cms["final"] += self._cm(labels, self._only_labelled(labels, ground_truth))
 
-    def report(self, **settings) -> dict:
+    def report(self, tagged_classes: list[int], **settings) -> dict:
+        """The quality report; `tagged_classes`: the classes the N2 crop tags name."""
         names = self.classes.names
         report = {"coverage": self.labelled_px / max(1, self.total_px), **settings,
                   "calibration_precision": dict(zip(names, class_precision(self.calibration_cm))),
-                  "dropped_classes": [names[c] for c in self.dropped or []]}
+                  "dropped_classes": [names[c] for c in self.dropped or []],
+                  "classes_never_labelled": [names[c] for c in tagged_classes if self.pixels_per_class[c] == 0]}
         if self.cms["raw"].sum():
             stages = {name: segmentation_metrics(cm, names, self.classes.in_mean) for name, cm in self.cms.items()}
             report.update({f"miou_{name}": stages[name]["miou"] for name in stages})

@@ -21,12 +21,12 @@ from wsseg.pipeline.chain import run_task
 
 
 def run_split_seeds(cfg: Config, seeds: list[int], run_dir: Path, resume: bool = False,
-                    dist: DistInfo = DistInfo()) -> dict:
+                    dist: DistInfo = DistInfo(), oracle: bool = False) -> dict:
     """Repeat `--task all` over several split seeds and report mean ± std per class."""
     comparisons = []
     for seed in seeds:
         seed_cfg = replace(cfg, split=replace(cfg.split, seed=seed))
-        comparisons.append(run_task(seed_cfg, "all", run_dir / f"split_seed_{seed}", resume, dist))
+        comparisons.append(run_task(seed_cfg, "all", run_dir / f"split_seed_{seed}", resume, dist, oracle))
     if not dist.is_main:
         return {}
     summary = aggregate_seeds(comparisons)
@@ -79,4 +79,7 @@ def aggregate_seeds(comparisons: Sequence[dict]) -> dict:
     result.update(_aggregate_pairs(pairs, class_names))
     if all(i.get("eroded") and ii.get("eroded") for i, ii in pairs):
         result["eroded"] = _aggregate_pairs([(i["eroded"], ii["eroded"]) for i, ii in pairs], class_names)
+    if all(c.get("oracle") for c in comparisons):
+        result["oracle"] = {"miou": _mean_std([c["oracle"]["miou"] for c in comparisons]),
+                            "gap_closed": _mean_std([c["gap_closed"]["miou"] for c in comparisons])}
     return result

@@ -21,7 +21,7 @@ from wsseg.core.train import build_optimizer, build_scheduler, weighted_cross_en
 from wsseg.datasets.base import TileSource
 from wsseg.datasets.colour import encode_colour_mask
 from wsseg.datasets.crops import RandomCropDataset
-from wsseg.models import build_segmenter, load_encoder_weights
+from wsseg.models import build_segmenter, load_encoder_weights, parameter_groups
 from wsseg.pipeline.data import Run
 
 log = logging.getLogger(__name__)
@@ -51,18 +51,41 @@ class EpochConcat(ConcatDataset):
             d.set_epoch(epoch)
 
 
-def training_crops(cfg: Config, run: Run, pseudo_masks: dict[str, Path] | None) -> Dataset:
-    """An epoch of N1 crops, with a `weak.pseudo_ratio` share of N2 pseudo-mask crops when given."""
+def training_crops(cfg: Config, run: Run, pseudo_masks: dict[str, Path] | None, oracle: bool = False) -> Dataset:
+    """An epoch of N1 crops, with a `weak.pseudo_ratio` share of N2 crops: labelled by the pseudo
+    masks when given, or by the true N2 labels for the `oracle` (experiments only)."""
     source, split = run.source, run.split
-    samples = cfg.train.iters_per_epoch * cfg.train.batch_size
-    n_pseudo = int(round(samples * cfg.weak.pseudo_ratio)) if pseudo_masks else 0
-    parts = [WeightedCrops(RandomCropDataset(source, split.labelled, cfg.train.crop_px, samples - n_pseudo,
+    n1 = cfg.train.iters_per_epoch * cfg.train.batch_size
+    n_pseudo = 0
+    if pseudo_masks or oracle:
+        n2_per_batch(cfg)  # checks the ratio
+        if cfg.weak.pseudo_mode == "share":
+            n_pseudo = int(round(n1 * cfg.weak.pseudo_ratio))
+            n1 -= n_pseudo
+        else:
+            n_pseudo = cfg.train.iters_per_epoch * n2_per_batch(cfg)
+    parts = [WeightedCrops(RandomCropDataset(source, split.labelled, cfg.train.crop_px, n1,
                                              augment=cfg.train.augment, seed=cfg.train.seed), 1.0)]
     if pseudo_masks:
         parts.append(WeightedCrops(RandomCropDataset(source, split.tagged, cfg.train.crop_px, n_pseudo,
                                                      augment=cfg.train.augment, label_override=pseudo_masks,
                                                      seed=cfg.train.seed + 1), cfg.weak.pseudo_weight))
+    elif oracle:
+        unlabelled = [t for t in split.tagged if source.tile(t).label_path is None]
+        if unlabelled:
+            raise ValueError(f"the oracle needs the N2 pixel labels, and {len(unlabelled)} N2 tile(s) have none "
+                             f"(first: {unlabelled[0]!r})")
+        parts.append(WeightedCrops(RandomCropDataset(source, split.tagged, cfg.train.crop_px, n_pseudo,
+                                                     augment=cfg.train.augment, seed=cfg.train.seed + 1), 1.0))
     return EpochConcat(parts)
+
+
+def n2_per_batch(cfg: Config) -> int:
+    """N2 crops per batch: a `weak.pseudo_ratio` share of the batch, or on top of it ("extra")."""
+    ratio, batch = cfg.weak.pseudo_ratio, cfg.train.batch_size
+    if not 0.0 <= ratio < 1.0:
+        raise ValueError(f"weak.pseudo_ratio must be in [0, 1), got {ratio}")
+    return int(round(batch * ratio)) if cfg.weak.pseudo_mode == "share" else int(round(batch * ratio / (1 - ratio)))
 
 
 def segmenter_class_weights(cfg: Config, source: TileSource, tile_ids) -> torch.Tensor | None:
@@ -75,7 +98,12 @@ def segmenter_class_weights(cfg: Config, source: TileSource, tile_ids) -> torch.
         return None
     counts = sum(class_pixel_counts(source.label(t), source.classes.num_classes, source.classes.ignore_index)
                  for t in tile_ids)
-    return torch.as_tensor(class_weights(counts, mode=setting), dtype=torch.float32)
+    weights = class_weights(counts, mode=setting)
+    if cfg.train.class_weight_cap is not None:
+        # A class of a few labelled pixels gets a weight of 50 or more and is then predicted
+        # everywhere: measured frequencies are trusted only up to the cap.
+        weights = np.minimum(weights, cfg.train.class_weight_cap)
+    return torch.as_tensor(weights, dtype=torch.float32)
 
 
 def build_model(cfg: Config, num_classes: int) -> torch.nn.Module:
@@ -97,12 +125,15 @@ def load_segmenter(cfg: Config, num_classes: int, checkpoint: Path | dict, devic
 
 
 def train_segmenter(run: Run, stage_dir: Path, *, pseudo_masks: dict[str, Path] | None = None,
-                    init_checkpoint: Path | None = None, title: str = "Task i") -> dict:
-    """Train a segmenter on N1 (plus N2 pseudo masks when given); evaluate the best one on test."""
+                    oracle: bool = False, init_checkpoint: Path | None = None, title: str = "Task i") -> dict:
+    """Train a segmenter on N1 (plus N2 pseudo masks when given, or N2's true labels for the
+    `oracle`); evaluate the best one on test."""
     cfg, source, split = run.cfg, run.source, run.split
     classes = source.classes
     with run.stage(stage_dir, cfg.train.precision, cfg.train.channels_last) as stage:
-        loader = stage.loader(training_crops(cfg, run, pseudo_masks), cfg.train.batch_size)
+        mixed = bool(pseudo_masks) or oracle
+        extra = n2_per_batch(cfg) if mixed and cfg.weak.pseudo_mode == "extra" else 0
+        loader = stage.loader(training_crops(cfg, run, pseudo_masks, oracle), cfg.train.batch_size + extra)
 
         model = build_model(cfg, classes.num_classes)
         if init_checkpoint is not None:
@@ -122,8 +153,8 @@ def train_segmenter(run: Run, stage_dir: Path, *, pseudo_masks: dict[str, Path] 
             pixel_weights = stage.to_device(sample_weights)[:, None, None].expand_as(masks)
             return weighted_cross_entropy(logits, masks, weights, pixel_weights, classes.ignore_index), {}
 
-        optimizer = build_optimizer(unwrap(model).parameters(), cfg.train.optimizer, cfg.train.lr,
-                                    cfg.train.weight_decay, cfg.train.momentum)
+        optimizer = build_optimizer(parameter_groups(cfg.model.name, unwrap(model), cfg.train.encoder_lr_mult),
+                                    cfg.train.optimizer, cfg.train.lr, cfg.train.weight_decay, cfg.train.momentum)
         scheduler = build_scheduler(optimizer, cfg.train.schedule, cfg.train.epochs * len(loader), len(loader),
                                     cfg.train.poly_power, cfg.train.step_epochs, cfg.train.step_gamma)
 
@@ -171,8 +202,8 @@ def _finetune_on_labels(run: Run, stage: Stage, model, compute_loss, validate) -
     loader = stage.loader(WeightedCrops(RandomCropDataset(source, split.labelled, cfg.train.crop_px, samples,
                                                           augment=cfg.train.augment, seed=cfg.train.seed + 2), 1.0),
                           cfg.train.batch_size)
-    optimizer = build_optimizer(unwrap(model).parameters(), cfg.train.optimizer, cfg.train.lr * 0.1,
-                                cfg.train.weight_decay, cfg.train.momentum)
+    optimizer = build_optimizer(parameter_groups(cfg.model.name, unwrap(model), cfg.train.encoder_lr_mult),
+                                cfg.train.optimizer, cfg.train.lr * 0.1, cfg.train.weight_decay, cfg.train.momentum)
     scheduler = build_scheduler(optimizer, "constant", 1, len(loader))
     history = stage.fit(model, loader, optimizer, scheduler, compute_loss, cfg.weak.finetune_epochs, validate,
                         run_dir=ft_dir, desc="finetune")

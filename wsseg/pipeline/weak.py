@@ -12,11 +12,12 @@ from torch.utils.data import RandomSampler
 from wsseg.core.checkpoint import unwrap
 from wsseg.core.config import Config
 from wsseg.core.train import build_scheduler
-from wsseg.datasets.base import TileSource
+from wsseg.datasets.base import IGNORE_INDEX, TileSource
 from wsseg.datasets.crops import TaggedCropDataset
 from wsseg.datasets.tags import CropTag
 from wsseg.models.single_stage import ClassLayout, SingleStageSegmenter
 from wsseg.pipeline.data import Run
+from wsseg.pseudo_labels import pseudo_gt
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,8 @@ def train_single_stage(run: Run, crop_tags: list[CropTag], stage_dir: Path) -> l
     cfg, source = run.cfg, run.source
     ss = cfg.weak.single_stage
     with run.stage(stage_dir, ss.precision, ss.channels_last) as stage:
-        dataset = TaggedCropDataset(source, crop_tags, source.classes.num_classes, augment=True, crop_px=ss.crop_px)
+        dataset = TaggedCropDataset(source, crop_tags, source.classes.num_classes, augment=ss.augment,
+                                    crop_px=ss.crop_px)
         # Crops drawn with replacement, a different stream in each process under torchrun.
         generator = torch.Generator().manual_seed(cfg.train.seed + run.dist.rank)
         sampler = RandomSampler(dataset, replacement=True, num_samples=ss.iters_per_epoch * ss.batch_size,
@@ -67,12 +69,30 @@ def train_single_stage(run: Run, crop_tags: list[CropTag], stage_dir: Path) -> l
             scalars = {"cls": loss_cls.item()}
             loss = loss_cls
             if self_supervised:
-                loss_self = net.self_supervised_loss(out, scored_tags, images.shape[-2:])
+                targets = net.self_supervised_targets(out, scored_tags, images.shape[-2:])
+                loss_self = net.self_supervised_loss(out, scored_tags, images.shape[-2:],
+                                                     gating=ss.self_supervised_gating, targets=targets)
                 loss = loss + ss.self_supervised_weight * loss_self
-                scalars["self"] = loss_self.item()
+                used = pseudo_gt.counting_images(targets, scored_tags, out["logits"].shape[1],
+                                                 background=ss.background == "constant",
+                                                 gating=ss.self_supervised_gating)
+                scalars.update({"self": loss_self.item(), "self_crops_used": used.float().mean().item(),
+                                "self_pixels_labelled": (targets != IGNORE_INDEX).float().mean().item()})
             return loss, scalars
 
         optimizer = torch.optim.SGD(unwrap(model).param_groups(ss.lr, ss.weight_decay), lr=ss.lr,
                                     momentum=ss.momentum)
         scheduler = build_scheduler(optimizer, "constant", ss.epochs * len(loader), len(loader))
-        return stage.fit(model, loader, optimizer, scheduler, compute_loss, ss.epochs, desc="single_stage")
+        history = stage.fit(model, loader, optimizer, scheduler, compute_loss, ss.epochs, desc="single_stage")
+    warn_if_self_supervision_idle(history, ss.self_supervised_gating)
+    return history
+
+
+def warn_if_self_supervision_idle(history: list[dict], gating: str) -> None:
+    """A self-supervised loss that learned from no crop is a silent no-op: say so."""
+    idle = [row["epoch"] for row in history if row.get("train_self_crops_used") == 0.0]
+    if idle:
+        hint = (" (gating 'image' needs a pseudo pixel for every tagged class of a crop: try "
+                "weak.single_stage.self_supervised_gating: class)" if gating == "image" else "")
+        log.warning(f"single-stage: the self-supervised loss used no crop in epoch(s) "
+                    f"{', '.join(map(str, idle))}{hint}")

@@ -70,16 +70,19 @@ def self_supervised_loss(
     image_tags: torch.Tensor,
     ignore_index: int = IGNORE_INDEX,
     background: bool = True,
+    gating: str = "image",
 ) -> torch.Tensor:
     """Class-balanced cross-entropy of the C+1 logits against the pseudo labels (a scalar).
 
     Per image, a pixel labelled c weighs (N − N_c)/(1 + N), N the image's non-ignored pseudo
     pixels and N_c those of class c, so small classes are not drowned by large ones. The
     weighted cross-entropy is summed and divided by ALL H·W pixels of the crop (ignored ones
-    count in the denominator). An image counts only if the background and every tagged class
-    got at least one pseudo pixel; the others contribute 0. The batch loss is the mean of the
-    N per-image losses, the non-counting zeros included (as in the reference code: the
-    per-image vector is averaged over the whole batch, not over the counting images).
+    count in the denominator). Which images count (`counting_images`): with `gating="image"`
+    (the reference code) only those where the background and every tagged class got at least
+    one pseudo pixel; with `gating="class"` every image with a pseudo pixel, its classes without
+    one simply absent from its loss, which an image with many tags needs. The others contribute 0.
+    The batch loss is the mean of the N per-image losses, the non-counting zeros included (as in
+    the reference code: the per-image vector is averaged over the whole batch).
 
     `logits` N×(C+1)×h×w are upsampled (bilinear, align_corners=True) to the labels' H×W when
     the sizes differ.
@@ -110,6 +113,28 @@ def self_supervised_loss(
     cross_entropy = cross_entropy.reshape(n, -1)
     per_image = (pixel_weight * cross_entropy).mean(dim=1)
 
-    required = _required(tagged, background)
-    counts = ((pixels_per_class > 0) | ~required).all(dim=1)
+    counts = _counting(pixels_per_class, _required(tagged, background), gating)
     return torch.where(counts, per_image, torch.zeros_like(per_image)).mean()
+
+
+GATINGS = ("image", "class")
+
+
+def _counting(pixels_per_class: torch.Tensor, required: torch.Tensor, gating: str) -> torch.Tensor:
+    if gating == "image":
+        return ((pixels_per_class > 0) | ~required).all(dim=1)
+    if gating == "class":
+        return pixels_per_class.sum(dim=1) > 0
+    raise ValueError(f"unknown self-supervised gating {gating!r} ({', '.join(GATINGS)})")
+
+
+def counting_images(pseudo_labels: torch.Tensor, image_tags: torch.Tensor, num_channels: int,
+                    ignore_index: int = IGNORE_INDEX, background: bool = True, gating: str = "image") -> torch.Tensor:
+    """N booleans: which images the self-supervised loss learns from (see `self_supervised_loss`)."""
+    n = pseudo_labels.shape[0]
+    tagged = _check_tags(image_tags, num_channels, n, background)
+    labels = pseudo_labels.long().reshape(n, -1)
+    valid = labels != ignore_index
+    pixels_per_class = torch.zeros(n, num_channels, device=labels.device)
+    pixels_per_class.scatter_add_(1, labels.masked_fill(~valid, 0), valid.float())
+    return _counting(pixels_per_class, _required(tagged, background), gating)
