@@ -24,3 +24,17 @@ def test_quality_report_names_tagged_classes_no_mask_contains():
     report = quality.report(tagged_classes=[0, 1, 2], tiles=1)
     assert report["classes_never_labelled"] == ["land"]
     assert report["coverage"] == 0.75 and report["tiles"] == 1
+
+
+def test_the_crf_stays_on_only_if_it_helps_on_the_calibration_tiles():
+    truth = np.array([[0, 0], [1, 2]], np.uint8)
+    right = np.eye(3)[truth.ravel()].T.reshape(3, 2, 2)  # one-hot of the truth
+    wrong = np.eye(3)[[1, 1, 1, 2]].T.reshape(3, 2, 2)
+    labels = np.full((2, 2), 255, np.uint8)
+    for before, after, kept in ((wrong, right, True), (right, wrong, False)):
+        quality = PseudoMaskQuality(CLASSES, min_class_precision=0.0)
+        quality.calibrate(labels, truth, before, after)
+        assert (quality.crf_decision({"n_iter": 10}) is not None) == kept
+        measured = quality.report(tagged_classes=[])["crf_calibration"]
+        assert max(measured.values()) == 1.0
+        assert (measured["miou_with_crf"] > measured["miou_without_crf"]) == kept

@@ -130,7 +130,8 @@ def test_rerun_without_resume_keeps_the_existing_run(task_i_run, capsys, tmp_pat
 def test_task_all_runs_the_weak_chain_and_compares(tmp_path, data_root):
     config = tiny_config(tmp_path, data_root)
     run = tmp_path / "run"
-    chain = ["--set", "weak.init_from_task_i=true", "--set", "weak.pseudo.segmenter_weight=0.5"]
+    chain = ["--set", "weak.init_from_task_i=true", "--set", "weak.pseudo.segmenter_weight=0.5",
+             "--set", "weak.pseudo.crf.enabled=auto"]
     # Task ii alone: it needs task i's segmenter, so task i runs first.
     assert main(["train", "--task", "ii", "--config", str(config), "--out", str(run), *chain]) == 0
     log_text = (run / "log.txt").read_text()
@@ -150,6 +151,9 @@ def test_task_all_runs_the_weak_chain_and_compares(tmp_path, data_root):
     assert set(quality) >= {"coverage", "miou_raw", "miou_crf", "miou_final", "per_class"}
     assert 0.0 < quality["coverage"] <= 1.0
     assert isinstance(quality["weak_abstains"], list) and isinstance(quality["classes_never_labelled"], list)
+    # crf: auto decides on the calibration tiles, and says what it measured.
+    measured = quality["crf_calibration"]
+    assert quality["crf"] == (measured["miou_with_crf"] > measured["miou_without_crf"])
     split = json.loads((run / "split.json").read_text())
     # Task i's segmenter learned the N1 tiles, so the pseudo masks are calibrated on the val tiles.
     assert quality["segmenter_weight"] == 0.5 and quality["calibration_tiles"] == split["val"]

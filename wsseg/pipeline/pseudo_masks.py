@@ -86,8 +86,10 @@ def make_pseudo_masks(run: Run, crop_tags: list[CropTag], checkpoint: Path, out_
 
     try:
         weak_cm = np.zeros((classes.num_classes,) * 2, np.int64) if segmenter is not None else None
-        for tile_id, _, _, labels in tile_masks(calibration_crops, weak_cm):
-            quality.calibrate(labels, source.label(tile_id))
+        for tile_id, raw, crf, labels in tile_masks(calibration_crops, weak_cm):
+            quality.calibrate(labels, source.label(tile_id), raw, crf)
+        if pm.crf.enabled == "auto" and crf_params is not None:
+            crf_params = quality.crf_decision(crf_params)
         if weak_cm is not None:
             predictor.abstain = unlearned_classes(weak_cm, pm.abstain_below_recall)
             if predictor.abstain.any():
@@ -106,7 +108,7 @@ def make_pseudo_masks(run: Run, crop_tags: list[CropTag], checkpoint: Path, out_
             pool.join()
 
     tagged_classes = sorted({c for tag in n2_crops for c in tag.classes})
-    report = quality.report(tiles=len(split.tagged), crf=pm.crf.enabled, segmenter_weight=pm.segmenter_weight,
+    report = quality.report(tiles=len(split.tagged), crf=crf_params is not None, segmenter_weight=pm.segmenter_weight,
                             calibration_tiles=calibration,
                             weak_abstains=[classes.names[c] for c in np.flatnonzero(predictor.abstain)],
                             tagged_classes=tagged_classes)
@@ -238,6 +240,8 @@ class PseudoMaskQuality:
         self.dropped: list[int] | None = None
         self.labelled_px = self.total_px = 0
         self.pixels_per_class = np.zeros(classes.num_classes, np.int64)
+        self.calibration_argmax_cms = {name: np.zeros(shape, np.int64) for name in ("raw", "crf")}
+        self.crf_calibration: dict | None = None
 
     def _cm(self, prediction: np.ndarray, ground_truth: np.ndarray) -> np.ndarray:
         return confusion_matrix(prediction, ground_truth, self.classes.num_classes, self.classes.ignore_index)
@@ -245,8 +249,20 @@ class PseudoMaskQuality:
     def _only_labelled(self, labels: np.ndarray, ground_truth: np.ndarray) -> np.ndarray:
         return np.where(labels == self.classes.ignore_index, self.classes.ignore_index, ground_truth)
 
-    def calibrate(self, labels: np.ndarray, ground_truth: np.ndarray) -> None:
+    def calibrate(self, labels: np.ndarray, ground_truth: np.ndarray, raw: np.ndarray, crf: np.ndarray) -> None:
         self.calibration_cm += self._cm(labels, self._only_labelled(labels, ground_truth))
+        self.calibration_argmax_cms["raw"] += self._cm(raw.argmax(0), ground_truth)
+        self.calibration_argmax_cms["crf"] += self._cm(crf.argmax(0), ground_truth)
+
+    def crf_decision(self, crf_params: dict) -> dict | None:
+        """`crf_params` if the CRF raised mIoU on the calibration tiles, else None (CRF off)."""
+        raw, crf = (segmentation_metrics(self.calibration_argmax_cms[k], self.classes.names,
+                                         self.classes.in_mean)["miou"] for k in ("raw", "crf"))
+        self.crf_calibration = {"miou_without_crf": raw, "miou_with_crf": crf}
+        keep = crf > raw
+        log.info("pseudo masks: the CRF %s (calibration mIoU %.4f without, %.4f with)",
+                 "stays on" if keep else "is switched off for the N2 masks", raw, crf)
+        return crf_params if keep else None
 
     def drop_unreliable(self, labels: np.ndarray) -> np.ndarray:
         """`labels` with the classes of low calibration precision unlabelled (decided at the first call)."""
@@ -276,6 +292,8 @@ class PseudoMaskQuality:
                   "calibration_precision": dict(zip(names, class_precision(self.calibration_cm))),
                   "dropped_classes": [names[c] for c in self.dropped or []],
                   "classes_never_labelled": [names[c] for c in tagged_classes if self.pixels_per_class[c] == 0]}
+        if self.crf_calibration is not None:
+            report["crf_calibration"] = self.crf_calibration
         if self.cms["raw"].sum():
             stages = {name: segmentation_metrics(cm, names, self.classes.in_mean) for name, cm in self.cms.items()}
             report.update({f"miou_{name}": stages[name]["miou"] for name in stages})
