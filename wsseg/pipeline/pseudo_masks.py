@@ -24,7 +24,7 @@ from wsseg.core.checkpoint import CheckpointError, load_checkpoint
 from wsseg.core.config import Config
 from wsseg.core.evaluate import sliding_window_logits
 from wsseg.core.io import atomic_write_json
-from wsseg.core.metrics import class_precision, confusion_matrix, segmentation_metrics, unreliable_classes
+from wsseg.core.metrics import confusion_matrix
 from wsseg.datasets.base import ClassSpec, TileSource
 from wsseg.datasets.colour import read_index_png, save_index_png
 from wsseg.datasets.crops import GridCropDataset, image_to_tensor
@@ -32,6 +32,7 @@ from wsseg.datasets.splits import Split
 from wsseg.datasets.tags import CropTag, compute_crop_tags
 from wsseg.models.single_stage import ClassLayout, SingleStageSegmenter
 from wsseg.pipeline.data import Run
+from wsseg.pipeline.pseudo_quality import PseudoMaskQuality
 from wsseg.pipeline.segmenter import load_segmenter
 from wsseg.pipeline.weak import build_single_stage, class_layout
 from wsseg.pseudo_labels.crf import dense_crf
@@ -226,82 +227,6 @@ def _tiles(results, crops: list[CropTag], source: TileSource):
         accumulator.add(tag, raw, crf)
     if accumulator is not None:
         yield current, accumulator
-
-
-class PseudoMaskQuality:
-    """Class precision on the calibration tiles, the classes it drops, and the quality of the N2
-    masks against ground truth where there is any: before CRF, after CRF, and confident pixels."""
-
-    def __init__(self, classes: ClassSpec, min_class_precision: float):
-        self.classes, self.min_class_precision = classes, min_class_precision
-        shape = (classes.num_classes,) * 2
-        self.calibration_cm = np.zeros(shape, np.int64)
-        self.cms = {name: np.zeros(shape, np.int64) for name in ("raw", "crf", "final")}
-        self.dropped: list[int] | None = None
-        self.labelled_px = self.total_px = 0
-        self.pixels_per_class = np.zeros(classes.num_classes, np.int64)
-        self.calibration_argmax_cms = {name: np.zeros(shape, np.int64) for name in ("raw", "crf")}
-        self.crf_calibration: dict | None = None
-
-    def _cm(self, prediction: np.ndarray, ground_truth: np.ndarray) -> np.ndarray:
-        return confusion_matrix(prediction, ground_truth, self.classes.num_classes, self.classes.ignore_index)
-
-    def _only_labelled(self, labels: np.ndarray, ground_truth: np.ndarray) -> np.ndarray:
-        return np.where(labels == self.classes.ignore_index, self.classes.ignore_index, ground_truth)
-
-    def calibrate(self, labels: np.ndarray, ground_truth: np.ndarray, raw: np.ndarray, crf: np.ndarray) -> None:
-        self.calibration_cm += self._cm(labels, self._only_labelled(labels, ground_truth))
-        self.calibration_argmax_cms["raw"] += self._cm(raw.argmax(0), ground_truth)
-        self.calibration_argmax_cms["crf"] += self._cm(crf.argmax(0), ground_truth)
-
-    def crf_decision(self, crf_params: dict) -> dict | None:
-        """`crf_params` if the CRF raised mIoU on the calibration tiles, else None (CRF off)."""
-        raw, crf = (segmentation_metrics(self.calibration_argmax_cms[k], self.classes.names,
-                                         self.classes.in_mean)["miou"] for k in ("raw", "crf"))
-        self.crf_calibration = {"miou_without_crf": raw, "miou_with_crf": crf}
-        keep = crf > raw
-        log.info("pseudo masks: the CRF %s (calibration mIoU %.4f without, %.4f with)",
-                 "stays on" if keep else "is switched off for the N2 masks", raw, crf)
-        return crf_params if keep else None
-
-    def drop_unreliable(self, labels: np.ndarray) -> np.ndarray:
-        """`labels` with the classes of low calibration precision unlabelled (decided at the first call)."""
-        if self.dropped is None and self.calibration_cm.sum():
-            self.dropped = (unreliable_classes(self.calibration_cm, self.min_class_precision)
-                            if self.min_class_precision > 0 else [])
-            if self.dropped:
-                log.info("pseudo masks: dropping %s (precision on the calibration tiles below %.2f)",
-                         ", ".join(self.classes.names[c] for c in self.dropped), self.min_class_precision)
-        if self.dropped:
-            labels[np.isin(labels, self.dropped)] = self.classes.ignore_index
-        return labels
-
-    def measure(self, labels: np.ndarray, raw: np.ndarray, crf: np.ndarray, ground_truth: np.ndarray | None) -> None:
-        self.labelled_px += int((labels != self.classes.ignore_index).sum())
-        self.total_px += labels.size
-        self.pixels_per_class += np.bincount(labels.ravel(), minlength=256)[:self.classes.num_classes]
-        if ground_truth is not None:
-            self.cms["raw"] += self._cm(raw.argmax(0), ground_truth)
-            self.cms["crf"] += self._cm(crf.argmax(0), ground_truth)
-            self.cms["final"] += self._cm(labels, self._only_labelled(labels, ground_truth))
-
-    def report(self, tagged_classes: list[int], **settings) -> dict:
-        """The quality report; `tagged_classes`: the classes the N2 crop tags name."""
-        names = self.classes.names
-        report = {"coverage": self.labelled_px / max(1, self.total_px), **settings,
-                  "calibration_precision": dict(zip(names, class_precision(self.calibration_cm))),
-                  "dropped_classes": [names[c] for c in self.dropped or []],
-                  "classes_never_labelled": [names[c] for c in tagged_classes if self.pixels_per_class[c] == 0]}
-        if self.crf_calibration is not None:
-            report["crf_calibration"] = self.crf_calibration
-        if self.cms["raw"].sum():
-            stages = {name: segmentation_metrics(cm, names, self.classes.in_mean) for name, cm in self.cms.items()}
-            report.update({f"miou_{name}": stages[name]["miou"] for name in stages})
-            report["per_class"] = {
-                name: {f"{key}_{stage}": stages[stage]["per_class"][name][key] for stage in stages
-                       for key in ("iou", "precision")}
-                for name in names}
-        return report
 
 
 def pseudo_mask_samples(source: TileSource, split: Split, pm_dir: Path, count: int):
