@@ -32,6 +32,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import machine_info  # noqa: E402
 from wsseg.core.config import load_config  # noqa: E402
 from wsseg.core.evaluate import evaluate_tiles  # noqa: E402
 from wsseg.core.io import atomic_write_json  # noqa: E402
@@ -135,7 +136,7 @@ def main(argv=None) -> int:
     mious = [r["miou"] for r in runs]
     report = {"what": "independent fine-tuning baseline, task i (N1 pixel labels only)", "config": args.config,
               "overrides": args.overrides, "steps": steps, "crop": args.crop, "batch": args.batch, "lr": args.lr,
-              "encoder_lr_mult": args.encoder_lr_mult, "threads": args.threads,
+              "encoder_lr_mult": args.encoder_lr_mult, "threads": args.threads, "machine": machine_info(),
               "miou_mean": float(np.mean(mious)), "miou_std": float(np.std(mious, ddof=1)) if len(mious) > 1 else None,
               "runs": runs}
     atomic_write_json(args.out, report)
