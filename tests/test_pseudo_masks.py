@@ -2,8 +2,8 @@
 
 import numpy as np
 
+from wsseg.core.metrics import unlearned_classes
 from wsseg.datasets.base import ClassSpec
-from wsseg.pipeline.pseudo_masks import unlearned_classes
 from wsseg.pipeline.pseudo_quality import PseudoMaskQuality
 
 CLASSES = ClassSpec(("land", "road", "water"), ((0, 0, 0), (1, 1, 1), (2, 2, 2)))

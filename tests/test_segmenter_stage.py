@@ -48,5 +48,7 @@ def test_extra_pseudo_mode_keeps_every_n1_crop(source):
     n1, n2 = (len(part) for part in training_crops(extra, run, None, oracle=True).datasets)
     assert (n1, n2) == (30, 5 * 2) and n2_per_batch(extra) == 2
     assert len(training_crops(extra, run, None).datasets) == 1  # task i: N1 alone
+    from wsseg.pipeline.data import check_config
+
     with pytest.raises(ValueError, match="pseudo_ratio"):
-        n2_per_batch(config_from_dict({"weak": {"pseudo_ratio": 1.0}}))
+        check_config(config_from_dict({"weak": {"pseudo_ratio": 1.0}}))

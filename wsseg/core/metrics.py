@@ -202,6 +202,14 @@ def class_precision(cm) -> list[float | None]:
     return [float(cm[c, c] / predicted[c]) if predicted[c] else None for c in range(len(cm))]
 
 
+def unlearned_classes(cm, min_recall: float) -> np.ndarray:
+    """C booleans: classes present in `cm`'s ground truth (rows) whose recall is below `min_recall`."""
+    cm = _as_numpy_cm(cm)
+    support = cm.sum(1)
+    recall = _ratio(np.diag(cm), support)
+    return (support > 0) & (np.nan_to_num(recall) < min_recall)
+
+
 def unreliable_classes(cm, min_precision: float) -> list[int]:
     """Classes predicted at least once whose precision in `cm` is below `min_precision`."""
     return [c for c, p in enumerate(class_precision(cm)) if p is not None and p < min_precision]

@@ -21,6 +21,7 @@ from wsseg.datasets import build_source
 from wsseg.datasets.base import DatasetError, TileSource, rescaled
 from wsseg.datasets.splits import Split, format_split, load_split, make_split, official_vaihingen_split, save_split
 from wsseg.datasets.tags import CropTag, compute_crop_tags, load_crop_tags, save_crop_tags
+from wsseg.models.single_stage import ClassLayout
 
 log = logging.getLogger(__name__)
 
@@ -68,22 +69,33 @@ def verify_tiles(source: TileSource, tile_ids) -> None:
                 raise DatasetError(f"{path}: mask size differs from its image {tile.image_path}")
 
 
+def class_layout(cfg: Config, source: TileSource) -> ClassLayout:
+    """Which dataset class the single-stage model's constant channel plays (`weak.single_stage`)."""
+    ss = cfg.weak.single_stage
+    if ss.background == "learned":
+        return ClassLayout(source.classes.num_classes, None)
+    if ss.background_class not in source.classes.names:
+        raise ConfigError(f"weak.single_stage.background_class {ss.background_class!r} is not a class of "
+                          f"{source.name!r} ({', '.join(source.classes.names)}); name one, or set "
+                          f"weak.single_stage.background: learned")
+    return ClassLayout(source.classes.num_classes, source.classes.names.index(ss.background_class))
+
+
 def check_config(cfg: Config, source: TileSource | None = None, weak: bool = True) -> None:
     """Settings that are valid one by one but not with each other or with the dataset, caught
     before anything trains: a wrong class name must not surface after task i has trained."""
     if not 0.0 <= cfg.weak.pseudo.segmenter_weight <= 1.0:
         raise ConfigError(f"weak.pseudo.segmenter_weight must be in [0, 1], got {cfg.weak.pseudo.segmenter_weight}")
+    if not 0.0 <= cfg.weak.pseudo_ratio < 1.0:
+        raise ConfigError(f"weak.pseudo_ratio must be in [0, 1), got {cfg.weak.pseudo_ratio}")
     if source is None:
         return
     names = source.classes.names
     if isinstance(cfg.train.class_weights, list) and len(cfg.train.class_weights) != len(names):
         raise ConfigError(f"train.class_weights has {len(cfg.train.class_weights)} values for the "
                           f"{len(names)} classes of {source.name!r} ({', '.join(names)})")
-    ss = cfg.weak.single_stage
-    if weak and ss.background == "constant" and ss.background_class not in names:
-        raise ConfigError(f"weak.single_stage.background_class {ss.background_class!r} is not a class of "
-                          f"{source.name!r} ({', '.join(names)}); name one, or set "
-                          f"weak.single_stage.background: learned")
+    if weak:
+        class_layout(cfg, source)
 
 
 def prepare_run(cfg: Config, run_dir: Path, resume: bool = False, dist: DistInfo = DistInfo(),

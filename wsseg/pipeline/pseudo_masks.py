@@ -1,7 +1,7 @@
 """Pseudo masks for the N2 tiles from the trained single-stage model (task ii).
 
 For every fixed-grid crop of an N2 tile: multi-scale + flip inference restricted to the crop's
-tags, background power, PAMR (Araslanov & Roth, CVPR 2020, Sec. 3.3), optionally a product with
+tags, background power, PAMR (Araslanov & Roth, CVPR 2020), optionally a product with
 task i's segmenter (`pseudo_labels.fusion`), dense CRF (Krähenbühl & Koltun, NeurIPS 2011), then
 a confidence rule that leaves uncertain pixels unlabelled. Overlapping crops are averaged into
 one mask per tile, written as an indexed PNG with the dataset palette. The N2 ground truth, where
@@ -24,17 +24,17 @@ from wsseg.core.checkpoint import CheckpointError, load_checkpoint
 from wsseg.core.config import Config
 from wsseg.core.evaluate import sliding_window_logits
 from wsseg.core.io import atomic_write_json
-from wsseg.core.metrics import confusion_matrix
+from wsseg.core.metrics import confusion_matrix, unlearned_classes
 from wsseg.datasets.base import ClassSpec, TileSource
 from wsseg.datasets.colour import read_index_png, save_index_png
 from wsseg.datasets.crops import GridCropDataset, image_to_tensor
 from wsseg.datasets.splits import Split
 from wsseg.datasets.tags import CropTag, compute_crop_tags
 from wsseg.models.single_stage import ClassLayout, SingleStageSegmenter
-from wsseg.pipeline.data import Run
+from wsseg.pipeline.data import Run, class_layout
 from wsseg.pipeline.pseudo_quality import PseudoMaskQuality
 from wsseg.pipeline.segmenter import load_segmenter
-from wsseg.pipeline.weak import build_single_stage, class_layout
+from wsseg.pipeline.weak import build_single_stage
 from wsseg.pseudo_labels.crf import dense_crf
 from wsseg.pseudo_labels.fusion import allowed_classes, fuse_with_segmenter
 from wsseg.pseudo_labels.pamr import refine_with_pamr
@@ -133,13 +133,6 @@ def _counted(results, progress):
         yield result
 
 
-def unlearned_classes(cm: np.ndarray, min_recall: float) -> np.ndarray:
-    """C booleans: classes present in `cm`'s ground truth (rows) whose recall is below `min_recall`."""
-    support = cm.sum(1)
-    recall = np.divide(np.diag(cm), support, out=np.zeros(len(cm)), where=support > 0)
-    return (support > 0) & (recall < min_recall)
-
-
 def _task_i_segmenter(cfg: Config, classes: ClassSpec, checkpoint: Path | None) -> torch.nn.Module:
     if checkpoint is None or not Path(checkpoint).exists():
         raise CheckpointError(f"weak.pseudo.segmenter_weight is {cfg.weak.pseudo.segmenter_weight} but task i's "
@@ -190,18 +183,22 @@ class CropPredictor:
         crops. `weak_cm` accumulates the weak model's own confusion against the ground truth."""
         classes = self.source.classes
         loader = DataLoader(GridCropDataset(self.source, crops, classes.num_classes), batch_size=None, num_workers=1)
-        tile_id, tile_probs = None, None
+        tile_id, tile_probs, tile_label = None, None, None
         with torch.inference_mode():
             for index, crop, tags in loader:
                 crop, tags, tag = np.asarray(crop), torch.as_tensor(tags), crops[int(index)]
+                if tag.tile_id != tile_id:  # crops come tile by tile: per-tile work once per tile
+                    tile_id = tag.tile_id
+                    if self.segmenter is not None:
+                        tile_probs = self.segmenter_probabilities(self.source.image(tile_id))
+                    if weak_cm is not None:
+                        tile_label = self.source.label(tile_id)
                 probs = self.weak_probabilities(image_to_tensor(crop), tags)
                 window = (slice(tag.y, tag.y + tag.h), slice(tag.x, tag.x + tag.w))
                 if weak_cm is not None:
-                    weak_cm += confusion_matrix(probs.argmax(0), self.source.label(tag.tile_id)[window],
-                                                classes.num_classes, classes.ignore_index)
+                    weak_cm += confusion_matrix(probs.argmax(0), tile_label[window], classes.num_classes,
+                                                classes.ignore_index)
                 if self.segmenter is not None:
-                    if tag.tile_id != tile_id:
-                        tile_id, tile_probs = tag.tile_id, self.segmenter_probabilities(self.source.image(tag.tile_id))
                     probs = fuse_with_segmenter(probs, tile_probs[(slice(None), *window)],
                                                 allowed_classes(tags, self.layout).numpy(),
                                                 self.cfg.weak.pseudo.segmenter_weight, abstain=self.abstain)

@@ -58,7 +58,6 @@ def training_crops(cfg: Config, run: Run, pseudo_masks: dict[str, Path] | None, 
     n1 = cfg.train.iters_per_epoch * cfg.train.batch_size
     n_pseudo = 0
     if pseudo_masks or oracle:
-        n2_per_batch(cfg)  # checks the ratio
         if cfg.weak.pseudo_mode == "share":
             n_pseudo = int(round(n1 * cfg.weak.pseudo_ratio))
             n1 -= n_pseudo
@@ -83,16 +82,12 @@ def training_crops(cfg: Config, run: Run, pseudo_masks: dict[str, Path] | None, 
 def n2_per_batch(cfg: Config) -> int:
     """N2 crops per batch: a `weak.pseudo_ratio` share of the batch, or on top of it ("extra")."""
     ratio, batch = cfg.weak.pseudo_ratio, cfg.train.batch_size
-    if not 0.0 <= ratio < 1.0:
-        raise ValueError(f"weak.pseudo_ratio must be in [0, 1), got {ratio}")
     return int(round(batch * ratio)) if cfg.weak.pseudo_mode == "share" else int(round(batch * ratio / (1 - ratio)))
 
 
 def segmenter_class_weights(cfg: Config, source: TileSource, tile_ids) -> torch.Tensor | None:
     setting = cfg.train.class_weights
-    if isinstance(setting, list):
-        if len(setting) != source.classes.num_classes:
-            raise ValueError(f"train.class_weights has {len(setting)} values for {source.classes.num_classes} classes")
+    if isinstance(setting, list):  # its length is checked with the config (`pipeline.data.check_config`)
         return torch.tensor(setting, dtype=torch.float32)
     if setting == "none":
         return None

@@ -12,24 +12,14 @@ from torch.utils.data import RandomSampler
 from wsseg.core.checkpoint import unwrap
 from wsseg.core.config import Config
 from wsseg.core.train import build_scheduler
-from wsseg.datasets.base import IGNORE_INDEX, TileSource
+from wsseg.datasets.base import IGNORE_INDEX
 from wsseg.datasets.crops import TaggedCropDataset
 from wsseg.datasets.tags import CropTag
 from wsseg.models.single_stage import ClassLayout, SingleStageSegmenter
-from wsseg.pipeline.data import Run
+from wsseg.pipeline.data import Run, class_layout
 from wsseg.pseudo_labels import pseudo_gt
 
 log = logging.getLogger(__name__)
-
-
-def class_layout(cfg: Config, source: TileSource) -> ClassLayout:
-    ss = cfg.weak.single_stage
-    if ss.background == "learned":
-        return ClassLayout(source.classes.num_classes, None)
-    if ss.background_class not in source.classes.names:
-        raise ValueError(f"weak.single_stage.background_class {ss.background_class!r} is not a class of "
-                         f"{source.name!r} ({', '.join(source.classes.names)})")
-    return ClassLayout(source.classes.num_classes, source.classes.names.index(ss.background_class))
 
 
 def build_single_stage(cfg: Config, layout: ClassLayout, pretrained: bool = True) -> SingleStageSegmenter:

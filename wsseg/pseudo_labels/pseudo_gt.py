@@ -97,14 +97,7 @@ def self_supervised_loss(
     if logits.shape[-2:] != pseudo_labels.shape[-2:]:
         logits = F.interpolate(logits, size=pseudo_labels.shape[-2:], mode="bilinear", align_corners=True)
 
-    labels = pseudo_labels.long().reshape(n, -1)
-    valid = labels != ignore_index
-    if (labels[valid] >= num_channels).any() or (labels[valid] < 0).any():
-        raise ValueError(f"pseudo labels must be in [0, {num_channels}) or {ignore_index}")
-    safe_labels = labels.masked_fill(~valid, 0)
-
-    pixels_per_class = torch.zeros(n, num_channels, device=logits.device, dtype=logits.dtype)
-    pixels_per_class.scatter_add_(1, safe_labels, valid.to(logits.dtype))
+    safe_labels, valid, pixels_per_class = _pixels_per_class(pseudo_labels, num_channels, ignore_index, logits.dtype)
     pixels_total = pixels_per_class.sum(dim=1, keepdim=True)
     class_weight = (pixels_total - pixels_per_class) / (1 + pixels_total)
     pixel_weight = class_weight.gather(1, safe_labels) * valid
@@ -128,13 +121,21 @@ def _counting(pixels_per_class: torch.Tensor, required: torch.Tensor, gating: st
     raise ValueError(f"unknown self-supervised gating {gating!r} ({', '.join(GATINGS)})")
 
 
+def _pixels_per_class(pseudo_labels: torch.Tensor, num_channels: int, ignore_index: int, dtype=torch.float32):
+    """Labels N×(H·W) with ignore set to 0, the valid mask, and the N×C pseudo-pixel counts."""
+    labels = pseudo_labels.long().reshape(pseudo_labels.shape[0], -1)
+    valid = labels != ignore_index
+    if (labels[valid] >= num_channels).any() or (labels[valid] < 0).any():
+        raise ValueError(f"pseudo labels must be in [0, {num_channels}) or {ignore_index}")
+    safe_labels = labels.masked_fill(~valid, 0)
+    pixels_per_class = torch.zeros(labels.shape[0], num_channels, device=labels.device, dtype=dtype)
+    pixels_per_class.scatter_add_(1, safe_labels, valid.to(dtype))
+    return safe_labels, valid, pixels_per_class
+
+
 def counting_images(pseudo_labels: torch.Tensor, image_tags: torch.Tensor, num_channels: int,
                     ignore_index: int = IGNORE_INDEX, background: bool = True, gating: str = "image") -> torch.Tensor:
     """N booleans: which images the self-supervised loss learns from (see `self_supervised_loss`)."""
-    n = pseudo_labels.shape[0]
-    tagged = _check_tags(image_tags, num_channels, n, background)
-    labels = pseudo_labels.long().reshape(n, -1)
-    valid = labels != ignore_index
-    pixels_per_class = torch.zeros(n, num_channels, device=labels.device)
-    pixels_per_class.scatter_add_(1, labels.masked_fill(~valid, 0), valid.float())
+    tagged = _check_tags(image_tags, num_channels, pseudo_labels.shape[0], background)
+    _, _, pixels_per_class = _pixels_per_class(pseudo_labels, num_channels, ignore_index)
     return _counting(pixels_per_class, _required(tagged, background), gating)
