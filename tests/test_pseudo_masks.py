@@ -1,6 +1,7 @@
 """The decisions pseudo-mask generation takes from the calibration tiles, and what it reports."""
 
 import numpy as np
+import pytest
 
 from wsseg.core.metrics import unlearned_classes
 from wsseg.datasets.base import ClassSpec
@@ -39,3 +40,30 @@ def test_the_crf_stays_on_only_if_it_helps_on_the_calibration_tiles():
         measured = quality.report(tagged_classes=[])["crf_calibration"]
         assert max(measured.values()) == 1.0
         assert (measured["miou_with_crf"] > measured["miou_without_crf"]) == kept
+
+
+def _config(threshold: float):
+    from wsseg.core.config import config_from_dict
+
+    return config_from_dict({"weak": {"single_stage": {"reject_background_below_recall": threshold}}})
+
+
+def test_a_constant_background_that_never_wins_is_rejected():
+    from wsseg.models.single_stage import ClassLayout
+    from wsseg.pipeline.pseudo_masks import BackgroundRejected, _check_background
+
+    never_wins = np.array([[2, 90, 8], [0, 50, 0], [0, 0, 10]])  # land (the constant channel): recall 0.02
+    constant, learned = ClassLayout(3, background_index=0), ClassLayout(3, background_index=None)
+    with pytest.raises(BackgroundRejected, match=r"'land' with recall 0\.0200 .*tile_a"):
+        _check_background(_config(0.05), constant, CLASSES, never_wins, ["tile_a"])
+    # Below the threshold only; a threshold of 0, a learned layout or absent land give no verdict.
+    _check_background(_config(0.01), constant, CLASSES, never_wins, ["tile_a"])
+    _check_background(_config(0.0), constant, CLASSES, never_wins, ["tile_a"])
+    _check_background(_config(0.05), learned, CLASSES, never_wins, ["tile_a"])
+    absent = never_wins.copy()
+    absent[0] = 0
+    _check_background(_config(0.05), constant, CLASSES, absent, ["tile_a"])
+    try:
+        _check_background(_config(0.05), constant, CLASSES, never_wins, ["tile_a"])
+    except BackgroundRejected as rejection:
+        assert rejection.note == {"class": "land", "recall": 0.02, "threshold": 0.05, "calibration_tiles": ["tile_a"]}

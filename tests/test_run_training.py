@@ -127,11 +127,40 @@ def test_rerun_without_resume_keeps_the_existing_run(task_i_run, capsys, tmp_pat
     assert (task_i_run / "task_i" / "best.pt").read_bytes() == before
 
 
+def test_a_rejected_constant_background_is_retrained_learned(tmp_path, data_root, monkeypatch):
+    import wsseg.pipeline.pseudo_masks as pseudo_masks
+
+    def never_wins(cfg, layout, classes, weak_cm, calibration):
+        if layout.background_index is not None:
+            raise pseudo_masks.BackgroundRejected(classes.names[layout.background_index], 0.0, 0.05, calibration)
+
+    monkeypatch.setattr(pseudo_masks, "_check_background", never_wins)
+    config = tiny_config(tmp_path, data_root)
+    run = tmp_path / "run"
+    assert main(["train", "--task", "ii", "--config", str(config), "--out", str(run),
+                 "--set", "train.epochs=1", "--set", "weak.pseudo.crf.enabled=false"]) == 0
+    assert "retraining it with every class learned" in (run / "log.txt").read_text()
+    note = json.loads((run / "single_stage" / "background_rejected.json").read_text())
+    assert note["class"] == "clutter" and note["recall"] == 0.0
+    quality = json.loads((run / "pseudo_masks" / "pseudo_quality.json").read_text())
+    assert quality["single_stage_background"] == "learned" and quality["background_rejected"] == note
+    assert (run / "single_stage_learned" / "done.json").is_file()
+    learned = load_checkpoint(run / "single_stage_learned" / "last.pt")["model"]
+    constant = load_checkpoint(run / "single_stage" / "last.pt")["model"]
+    # The learned layout has one scored channel more: every class, clutter included.
+    head = next(k for k in learned if learned[k].ndim == 4 and learned[k].shape[0] in (5, 6) and k in constant
+                and constant[k].shape != learned[k].shape)
+    assert learned[head].shape[0] == constant[head].shape[0] + 1
+
+
 def test_task_all_runs_the_weak_chain_and_compares(tmp_path, data_root):
     config = tiny_config(tmp_path, data_root)
     run = tmp_path / "run"
     chain = ["--set", "weak.init_from_task_i=true", "--set", "weak.pseudo.segmenter_weight=0.5",
-             "--set", "weak.pseudo.crf.enabled=auto"]
+             "--set", "weak.pseudo.crf.enabled=auto", "--set", "weak.pseudo.use_pamr=auto",
+             # The tiny single-stage model never finds clutter, its constant channel: keep it (the
+             # rejection has its own test).
+             "--set", "weak.single_stage.reject_background_below_recall=0"]
     # Task ii alone: it needs task i's segmenter, so task i runs first.
     assert main(["train", "--task", "ii", "--config", str(config), "--out", str(run), *chain]) == 0
     log_text = (run / "log.txt").read_text()
@@ -154,6 +183,9 @@ def test_task_all_runs_the_weak_chain_and_compares(tmp_path, data_root):
     # crf: auto decides on the calibration tiles, and says what it measured.
     measured = quality["crf_calibration"]
     assert quality["crf"] == (measured["miou_with_crf"] > measured["miou_without_crf"])
+    measured = quality["pamr_calibration"]  # and so does use_pamr: auto
+    assert quality["pamr"] == (measured["miou_with_pamr"] > measured["miou_without_pamr"])
+    assert quality["single_stage_background"] == "constant" and "background_rejected" not in quality
     split = json.loads((run / "split.json").read_text())
     # Task i's segmenter learned the N1 tiles, so the pseudo masks are calibrated on the val tiles.
     assert quality["segmenter_weight"] == 0.5 and quality["calibration_tiles"] == split["val"]

@@ -98,6 +98,10 @@ class SingleStageConfig:
     # channel; "learned" gives every class a learned channel.
     background: Literal["constant", "learned"] = "constant"
     background_class: str | None = "clutter"
+    # A constant channel whose class the trained model finds with a recall below this on the
+    # calibration tiles never wins anywhere: the model is then retrained with every class learned
+    # (the reason is logged and reported). 0 keeps the constant channel whatever happens.
+    reject_background_below_recall: float = 0.05
     epochs: int = 20
     iters_per_epoch: int = 500
     batch_size: int = 16
@@ -138,7 +142,9 @@ class PseudoMaskConfig:
     scales: list[float] = field(default_factory=lambda: [1.0, 0.5, 1.5, 2.0])
     flip: bool = True
     bg_pow: float = 3.0
-    use_pamr: bool = True
+    # "auto": PAMR is kept only if it raises the pre-CRF pseudo-mask mIoU on the calibration tiles
+    # (measured in a first pass over them, without CRF).
+    use_pamr: Union[bool, Literal["auto"]] = True
     crf: CRFConfig = field(default_factory=CRFConfig)
     # Pixels whose pre-CRF class probability is at most this, or whose class the CRF changed,
     # stay unlabelled (255).

@@ -3,7 +3,8 @@
     prepare_run         dataset on disk → TileSource, split.json          (pipeline.data)
     train_segmenter     N1 pixel labels (+ N2 pseudo masks in task ii) → segmenter → test metrics
     train_single_stage  N1 + N2 crop tags → single-stage weakly supervised model      (task ii)
-    make_pseudo_masks   single-stage model → PAMR → CRF → thresholds → N2 pseudo masks (task ii)
+    make_pseudo_masks   single-stage model → PAMR → CRF → thresholds → N2 pseudo masks (task ii);
+                        a constant background that never wins there → retrained with it learned
     run_task            wires the stages; `all` runs both tasks on one split and compares them
 
 A stage writes `done.json` when it finishes; a rerun of the chain with `resume` skips finished
@@ -12,6 +13,7 @@ stages and continues unfinished ones from their last checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -21,7 +23,7 @@ from wsseg.core.distributed import DistInfo
 from wsseg.core.io import atomic_write_json
 from wsseg.core.report import write_comparison_report
 from wsseg.pipeline.data import Run, crop_tags_of, prepare_run
-from wsseg.pipeline.pseudo_masks import make_pseudo_masks, pseudo_mask_samples
+from wsseg.pipeline.pseudo_masks import BackgroundRejected, make_pseudo_masks, pseudo_mask_samples
 from wsseg.pipeline.segmenter import train_segmenter
 from wsseg.pipeline.weak import train_single_stage
 
@@ -55,10 +57,6 @@ def run_task_ii(run: Run) -> tuple[dict, dict]:
     """Task ii's metrics and the quality report of its pseudo masks."""
     cfg, run_dir = run.cfg, run.run_dir
     crop_tags = crop_tags_of(run)
-    ss_dir = run_dir / "single_stage"
-    if _stage_done(ss_dir) is None:
-        train_single_stage(run, crop_tags, ss_dir)
-        _finish_stage(run, ss_dir, {"checkpoint": "last.pt"})
     task_i_best = run_dir / "task_i" / "best.pt"
     if (cfg.weak.pseudo.segmenter_weight > 0 or cfg.weak.init_from_task_i) and _stage_done(run_dir / "task_i") is None:
         log.info("task ii uses task i's segmenter (weak.pseudo.segmenter_weight or weak.init_from_task_i): "
@@ -66,8 +64,7 @@ def run_task_ii(run: Run) -> tuple[dict, dict]:
         run_task_i(run)
     pm_dir = run_dir / "pseudo_masks"
     if (quality := _stage_done(pm_dir)) is None:
-        quality = make_pseudo_masks(run, crop_tags, ss_dir / "last.pt", pm_dir,
-                                    segmenter_checkpoint=task_i_best if cfg.weak.pseudo.segmenter_weight > 0 else None)
+        quality = _weak_stage(run, crop_tags, pm_dir, task_i_best if cfg.weak.pseudo.segmenter_weight > 0 else None)
         _finish_stage(run, pm_dir, quality)
     stage_dir = run_dir / "task_ii"
     if (done := _stage_done(stage_dir)) is not None:
@@ -78,6 +75,39 @@ def run_task_ii(run: Run) -> tuple[dict, dict]:
                               title="Task ii: N1 pixel labels + N2 crop tags")
     log.info(f"task ii: test mIoU {metrics.get('miou', float('nan')):.4f}")
     return _finish_stage(run, stage_dir, metrics), quality
+
+
+def _weak_stage(run: Run, crop_tags, pm_dir: Path, segmenter_checkpoint: Path | None) -> dict:
+    """Single-stage model → pseudo masks. A constant background channel that never wins on the
+    calibration tiles is replaced by a model with every class learned, trained in
+    `single_stage_learned/` (the reason in `single_stage/background_rejected.json`)."""
+    ss_dir, rejected_file = run.run_dir / "single_stage", run.run_dir / "single_stage" / "background_rejected.json"
+    if not rejected_file.exists():
+        if _stage_done(ss_dir) is None:
+            train_single_stage(run, crop_tags, ss_dir)
+            _finish_stage(run, ss_dir, {"checkpoint": "last.pt"})
+        try:
+            return make_pseudo_masks(run, crop_tags, ss_dir / "last.pt", pm_dir, segmenter_checkpoint)
+        except BackgroundRejected as rejection:
+            log.warning(f"single-stage: {rejection}; retraining it with every class learned "
+                        f"(weak.single_stage.background: learned)")
+            if run.dist.is_main:
+                atomic_write_json(rejected_file, rejection.note)
+    note = json.loads(rejected_file.read_text())
+    learned = _with_learned_background(run)
+    learned_dir = run.run_dir / "single_stage_learned"
+    if _stage_done(learned_dir) is None:
+        train_single_stage(learned, crop_tags, learned_dir)
+        _finish_stage(run, learned_dir, {"checkpoint": "last.pt"})
+    return make_pseudo_masks(learned, crop_tags, learned_dir / "last.pt", pm_dir, segmenter_checkpoint,
+                             background_rejected=note)
+
+
+def _with_learned_background(run: Run) -> Run:
+    cfg = run.cfg
+    single_stage = dataclasses.replace(cfg.weak.single_stage, background="learned")
+    return dataclasses.replace(run, cfg=dataclasses.replace(cfg, weak=dataclasses.replace(cfg.weak,
+                                                                                         single_stage=single_stage)))
 
 
 def run_oracle(run: Run) -> dict:

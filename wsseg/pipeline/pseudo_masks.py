@@ -24,7 +24,7 @@ from wsseg.core.checkpoint import CheckpointError, load_checkpoint
 from wsseg.core.config import Config
 from wsseg.core.evaluate import sliding_window_logits
 from wsseg.core.io import atomic_write_json
-from wsseg.core.metrics import confusion_matrix, unlearned_classes
+from wsseg.core.metrics import confusion_matrix, segmentation_metrics, unlearned_classes
 from wsseg.datasets.base import ClassSpec, TileSource
 from wsseg.datasets.colour import read_index_png, save_index_png
 from wsseg.datasets.crops import GridCropDataset, image_to_tensor
@@ -43,11 +43,25 @@ from wsseg.pseudo_labels.tiles import TileAccumulator, confident_labels
 log = logging.getLogger(__name__)
 
 
+class BackgroundRejected(Exception):
+    """The single-stage model's constant channel (`weak.single_stage.background_class`) never
+    wins on the calibration tiles: every pseudo mask would lose that class."""
+
+    def __init__(self, class_name: str, recall: float, threshold: float, tiles: list[str]):
+        self.note = {"class": class_name, "recall": recall, "threshold": threshold, "calibration_tiles": tiles}
+        super().__init__(f"the single-stage model finds its constant background class {class_name!r} with recall "
+                         f"{recall:.4f} on the calibration tiles ({', '.join(tiles)}), below "
+                         f"weak.single_stage.reject_background_below_recall = {threshold}")
+
+
 def make_pseudo_masks(run: Run, crop_tags: list[CropTag], checkpoint: Path, out_dir: Path,
-                      segmenter_checkpoint: Path | None = None) -> dict:
+                      segmenter_checkpoint: Path | None = None, background_rejected: dict | None = None) -> dict:
     """Write one pseudo mask PNG per N2 tile and return (and save) their quality report.
 
     `segmenter_checkpoint`: task i's segmenter, needed when `weak.pseudo.segmenter_weight` > 0.
+    Raises BackgroundRejected, before any N2 mask is written, if the constant background channel
+    never wins on the calibration tiles; `background_rejected` (its note) goes into the report
+    of the model trained instead.
     """
     cfg, source, split = run.cfg, run.source, run.split
     pm, classes = cfg.weak.pseudo, source.classes
@@ -59,9 +73,9 @@ def make_pseudo_masks(run: Run, crop_tags: list[CropTag], checkpoint: Path, out_
     segmenter = _task_i_segmenter(cfg, classes, segmenter_checkpoint) if pm.segmenter_weight > 0 else None
 
     # Calibration tiles go first: their pseudo masks are never used, but measured against their
-    # pixel labels they tell which classes come out wrong, before any N2 mask is written. The
-    # weak model never sees a pixel label, so the N1 tiles serve; task i's segmenter learned the
-    # N1 tiles by heart, so once it takes part the validation tiles do.
+    # pixel labels they tell which classes and refinements come out wrong, before any N2 mask is
+    # written. The weak model never sees a pixel label, so the N1 tiles serve; task i's segmenter
+    # learned the N1 tiles by heart, so once it takes part the validation tiles do.
     calibration = list(split.val) if segmenter is not None else list(split.labelled)
     calibration_crops = _crops_in_order(cfg, source, crop_tags, calibration)
     n2_crops = _crops_in_order(cfg, source, crop_tags, list(split.tagged))
@@ -76,7 +90,9 @@ def make_pseudo_masks(run: Run, crop_tags: list[CropTag], checkpoint: Path, out_
     processes = min(max(1, pm.workers), multiprocessing.cpu_count()) if crf_params else 0
     # Crops are predicted in this process, their CRFs run in a pool, in order.
     pool = multiprocessing.get_context("spawn").Pool(processes) if processes > 1 else None
-    progress = tqdm(total=len(calibration_crops) + len(n2_crops), desc="pseudo masks", dynamic_ncols=True)
+    pamr_pass = len(calibration_crops) if pm.use_pamr == "auto" else 0
+    progress = tqdm(total=pamr_pass + len(calibration_crops) + len(n2_crops), desc="pseudo masks",
+                    dynamic_ncols=True)
 
     def tile_masks(crops, weak_cm=None):
         jobs = predictor.predictions(crops, crf_params, weak_cm)
@@ -86,12 +102,20 @@ def make_pseudo_masks(run: Run, crop_tags: list[CropTag], checkpoint: Path, out_
             yield tile_id, raw, crf, confident_labels(raw, crf, pm.confidence_threshold, classes.ignore_index)
 
     try:
-        weak_cm = np.zeros((classes.num_classes,) * 2, np.int64) if segmenter is not None else None
+        pamr_calibration = None
+        if pm.use_pamr == "auto":
+            pamr_calibration = predictor.compare_pamr(calibration_crops, progress)
+            predictor.use_pamr = pamr_calibration["miou_with_pamr"] > pamr_calibration["miou_without_pamr"]
+            log.info("pseudo masks: PAMR %s (calibration mIoU before CRF %.4f without, %.4f with)",
+                     "stays on" if predictor.use_pamr else "is switched off", pamr_calibration["miou_without_pamr"],
+                     pamr_calibration["miou_with_pamr"])
+        weak_cm = np.zeros((classes.num_classes,) * 2, np.int64)
         for tile_id, raw, crf, labels in tile_masks(calibration_crops, weak_cm):
             quality.calibrate(labels, source.label(tile_id), raw, crf)
+        _check_background(cfg, layout, classes, weak_cm, calibration)
         if pm.crf.enabled == "auto" and crf_params is not None:
             crf_params = quality.crf_decision(crf_params)
-        if weak_cm is not None:
+        if segmenter is not None:
             predictor.abstain = unlearned_classes(weak_cm, pm.abstain_below_recall)
             if predictor.abstain.any():
                 log.warning("pseudo masks: the single-stage model finds %s on the calibration tiles with recall "
@@ -109,10 +133,15 @@ def make_pseudo_masks(run: Run, crop_tags: list[CropTag], checkpoint: Path, out_
             pool.join()
 
     tagged_classes = sorted({c for tag in n2_crops for c in tag.classes})
+    settings = {"pamr": predictor.use_pamr}
+    if pamr_calibration is not None:
+        settings["pamr_calibration"] = pamr_calibration
+    if background_rejected is not None:
+        settings["background_rejected"] = background_rejected
     report = quality.report(tiles=len(split.tagged), crf=crf_params is not None, segmenter_weight=pm.segmenter_weight,
-                            calibration_tiles=calibration,
+                            calibration_tiles=calibration, single_stage_background=layout.background,
                             weak_abstains=[classes.names[c] for c in np.flatnonzero(predictor.abstain)],
-                            tagged_classes=tagged_classes)
+                            tagged_classes=tagged_classes, **settings)
     if report["classes_never_labelled"]:
         log.warning("pseudo masks: %s tagged in N2 but in no pseudo mask: task ii learns nothing of %s from N2",
                     ", ".join(report["classes_never_labelled"]),
@@ -121,6 +150,22 @@ def make_pseudo_masks(run: Run, crop_tags: list[CropTag], checkpoint: Path, out_
     log.info("pseudo masks: coverage %.3f%s", report["coverage"],
              "".join(f", mIoU {k[5:]} {report[k]:.4f}" for k in ("miou_raw", "miou_crf", "miou_final") if k in report))
     return report
+
+
+def _check_background(cfg: Config, layout: ClassLayout, classes: ClassSpec, weak_cm: np.ndarray,
+                      calibration: list[str]) -> None:
+    """Raise BackgroundRejected if the constant channel's class is (almost) never the argmax
+    where the calibration tiles hold it: no fusion can bring a class back from near-zero."""
+    threshold = cfg.weak.single_stage.reject_background_below_recall
+    if layout.background_index is None or threshold <= 0:
+        return
+    background = layout.background_index
+    support = int(weak_cm[background].sum())
+    if support == 0:
+        return  # the calibration tiles do not hold the class: no verdict
+    recall = float(weak_cm[background, background]) / support
+    if recall < threshold:
+        raise BackgroundRejected(classes.names[background], recall, threshold, calibration)
 
 
 def _names(classes: ClassSpec, mask: np.ndarray) -> str:
@@ -157,15 +202,27 @@ class CropPredictor:
                  segmenter: torch.nn.Module | None):
         self.cfg, self.source, self.model, self.layout, self.segmenter = cfg, source, model, layout, segmenter
         self.abstain = np.zeros(source.classes.num_classes, bool)
+        self.use_pamr = cfg.weak.pseudo.use_pamr is True
 
-    def weak_probabilities(self, crop: torch.Tensor, tags: torch.Tensor) -> np.ndarray:
-        """Multi-scale + flip softmax restricted to the tags, background power, PAMR; dataset class order."""
-        pm, ss = self.cfg.weak.pseudo, self.cfg.weak.single_stage
+    def weak_probabilities(self, crop: torch.Tensor, tags: torch.Tensor, pamr: bool | None = None) -> np.ndarray:
+        """Multi-scale + flip softmax restricted to the tags, background power, PAMR (unless
+        `pamr` or `use_pamr` says no); dataset class order."""
+        probs = self._weak_scores(crop, tags)
+        if self.use_pamr if pamr is None else pamr:
+            probs = self._refine(crop, probs)
+        return self._restricted(probs, tags)
+
+    def _weak_scores(self, crop: torch.Tensor, tags: torch.Tensor) -> torch.Tensor:
+        pm = self.cfg.weak.pseudo
         probs = self.model.predict_masks(crop, tags=self.layout.scored_tags(tags), scales=tuple(pm.scales),
                                          flip=pm.flip, bg_pow=pm.bg_pow)
-        probs = probs / probs.sum(0, keepdim=True).clamp(min=1e-8)
-        if pm.use_pamr:
-            probs = refine_with_pamr(crop[None], probs[None], dilations=ss.pamr_dilations, num_iter=ss.pamr_iter)[0]
+        return probs / probs.sum(0, keepdim=True).clamp(min=1e-8)
+
+    def _refine(self, crop: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+        ss = self.cfg.weak.single_stage
+        return refine_with_pamr(crop[None], probs[None], dilations=ss.pamr_dilations, num_iter=ss.pamr_iter)[0]
+
+    def _restricted(self, probs: torch.Tensor, tags: torch.Tensor) -> np.ndarray:
         probs = self.layout.to_dataset_order(probs, dim=0)
         # Classes the crop is not tagged with stay impossible, whatever PAMR smeared into them.
         probs = probs * allowed_classes(tags, self.layout)[:, None, None]
@@ -178,11 +235,11 @@ class CropPredictor:
                                        ev.window_px, ev.stride_px, ev.batch_size)
         return logits.softmax(0).numpy()
 
-    def predictions(self, crops: list[CropTag], crf_params: dict | None, weak_cm: np.ndarray | None = None):
-        """(index, crop, probabilities, CRF parameters) per crop, in order; one worker decodes the
-        crops. `weak_cm` accumulates the weak model's own confusion against the ground truth."""
-        classes = self.source.classes
-        loader = DataLoader(GridCropDataset(self.source, crops, classes.num_classes), batch_size=None, num_workers=1)
+    def _crops(self, crops: list[CropTag], with_labels: bool):
+        """(index, crop H×W×3, crop tensor, tags, the crop's segmenter probabilities or None, its
+        label or None) per crop, in order; one worker decodes the crops."""
+        loader = DataLoader(GridCropDataset(self.source, crops, self.source.classes.num_classes), batch_size=None,
+                            num_workers=1)
         tile_id, tile_probs, tile_label = None, None, None
         with torch.inference_mode():
             for index, crop, tags in loader:
@@ -191,18 +248,42 @@ class CropPredictor:
                     tile_id = tag.tile_id
                     if self.segmenter is not None:
                         tile_probs = self.segmenter_probabilities(self.source.image(tile_id))
-                    if weak_cm is not None:
+                    if with_labels:
                         tile_label = self.source.label(tile_id)
-                probs = self.weak_probabilities(image_to_tensor(crop), tags)
                 window = (slice(tag.y, tag.y + tag.h), slice(tag.x, tag.x + tag.w))
-                if weak_cm is not None:
-                    weak_cm += confusion_matrix(probs.argmax(0), tile_label[window], classes.num_classes,
-                                                classes.ignore_index)
-                if self.segmenter is not None:
-                    probs = fuse_with_segmenter(probs, tile_probs[(slice(None), *window)],
-                                                allowed_classes(tags, self.layout).numpy(),
-                                                self.cfg.weak.pseudo.segmenter_weight, abstain=self.abstain)
-                yield int(index), crop, probs, crf_params
+                yield (int(index), crop, image_to_tensor(crop), tags,
+                       None if tile_probs is None else tile_probs[(slice(None), *window)],
+                       None if tile_label is None else tile_label[window])
+
+    def _fused(self, probs: np.ndarray, segmenter_probs: np.ndarray | None, tags: torch.Tensor) -> np.ndarray:
+        if segmenter_probs is None:
+            return probs
+        return fuse_with_segmenter(probs, segmenter_probs, allowed_classes(tags, self.layout).numpy(),
+                                   self.cfg.weak.pseudo.segmenter_weight, abstain=self.abstain)
+
+    def predictions(self, crops: list[CropTag], crf_params: dict | None, weak_cm: np.ndarray | None = None):
+        """(index, crop, probabilities, CRF parameters) per crop, in order. `weak_cm` accumulates
+        the weak model's own confusion against the ground truth."""
+        classes = self.source.classes
+        for index, crop, tensor, tags, segmenter_probs, label in self._crops(crops, weak_cm is not None):
+            probs = self.weak_probabilities(tensor, tags)
+            if weak_cm is not None:
+                weak_cm += confusion_matrix(probs.argmax(0), label, classes.num_classes, classes.ignore_index)
+            yield index, crop, self._fused(probs, segmenter_probs, tags), crf_params
+
+    def compare_pamr(self, crops: list[CropTag], progress=None) -> dict:
+        """Pre-CRF mIoU of the (fused) pseudo masks of labelled `crops` without and with PAMR."""
+        classes = self.source.classes
+        cms = {key: np.zeros((classes.num_classes,) * 2, np.int64) for key in ("without", "with")}
+        for index, crop, tensor, tags, segmenter_probs, label in self._crops(crops, with_labels=True):
+            if progress is not None:
+                progress.update()
+            scores = self._weak_scores(tensor, tags)
+            for key, probs in (("without", scores), ("with", self._refine(tensor, scores))):
+                fused = self._fused(self._restricted(probs, tags), segmenter_probs, tags)
+                cms[key] += confusion_matrix(fused.argmax(0), label, classes.num_classes, classes.ignore_index)
+        return {f"miou_{key}_pamr": segmentation_metrics(cm, classes.names, classes.in_mean)["miou"]
+                for key, cm in cms.items()}
 
 
 def _crf_job(args):
