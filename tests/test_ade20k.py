@@ -51,3 +51,32 @@ def test_real_full_format_images(shared_data):
         ade20k_full_source(root)
     with pytest.raises(DatasetError, match="given to both"):
         ade20k_full_source(root, classes={"a": [1], "b": [1]})
+
+
+def _challenge_part(root, folder, prefix, count):
+    (root / "images" / folder).mkdir(parents=True)
+    (root / "annotations" / folder).mkdir(parents=True)
+    for n in range(1, count + 1):
+        Image.fromarray(np.zeros((2, 3, 3), np.uint8)).save(root / "images" / folder / f"{prefix}{n:08d}.jpg")
+        Image.fromarray(np.ones((2, 3), np.uint8)).save(root / "annotations" / folder / f"{prefix}{n:08d}.png")
+
+
+def test_challenge_layout_reads_every_part_with_its_name(tmp_path):
+    root = tmp_path / "ADEChallengeData2016"
+    _challenge_part(root, "training", "ADE_train_", 2)
+    _challenge_part(root, "validation", "ADE_val_", 1)
+    source = ade20k_challenge_source(tmp_path)
+    assert [(t.tile_id, t.part) for t in source.tiles] == [
+        ("ADE_train_00000001", "train"), ("ADE_train_00000002", "train"), ("ADE_val_00000001", "val")]
+    for split in ("training", "train"):
+        assert {t.part for t in ade20k_challenge_source(tmp_path, split=split).tiles} == {"train"}
+    assert [t.tile_id for t in ade20k_challenge_source(tmp_path, split="val").tiles] == ["ADE_val_00000001"]
+    with pytest.raises(DatasetError, match="testing: folder not found"):
+        ade20k_challenge_source(tmp_path, split="testing")
+    with pytest.raises(DatasetError, match="no images/training or images/validation"):
+        ade20k_challenge_source(tmp_path / "ADEChallengeData2016" / "images")
+
+
+def test_real_challenge_images_are_the_val_part(shared_data):
+    source = ade20k_challenge_source(shared_data / "ade20k_challenge")
+    assert [(t.tile_id, t.part) for t in source.tiles] == [(f"ADE_val_0000000{n}", "val") for n in (1, 2, 3)]

@@ -37,3 +37,35 @@ def test_real_frame_mapped_ids_match_train_ids(shared_data):
     # The sample's two label files were downscaled separately: a few edge pixels differ.
     assert (a == b).mean() > 0.99
     assert set(np.unique(a).tolist()) == set(np.unique(b).tolist())
+
+
+def _frame(root, part, city, frame, label=True):
+    (root / "leftImg8bit" / part / city).mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.zeros((2, 3, 3), np.uint8)).save(root / "leftImg8bit" / part / city / f"{frame}_leftImg8bit.png")
+    if label:
+        (root / "gtFine" / part / city).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((2, 3), 7, np.uint8)).save(root / "gtFine" / part / city / f"{frame}_gtFine_labelIds.png")
+
+
+def test_every_part_is_read_and_test_labels_only_on_request(tmp_path):
+    _frame(tmp_path, "train", "aachen", "aachen_000000_000019")
+    _frame(tmp_path, "val", "lindau", "lindau_000000_000019")
+    _frame(tmp_path, "test", "berlin", "berlin_000000_000019", label=False)
+    source = cityscapes_source(tmp_path)
+    assert [(t.tile_id, t.part) for t in source.tiles] == [
+        ("aachen_000000_000019", "train"), ("lindau_000000_000019", "val"), ("berlin_000000_000019", "test")]
+    assert source.tile("berlin_000000_000019").label_path is None
+    with pytest.raises(DatasetError, match="gtFine/test: folder not found"):
+        cityscapes_source(tmp_path, test_labels=True)
+    # The released test ground truth is placeholders: it is only read when asked for.
+    _frame(tmp_path, "test", "berlin", "berlin_000000_000019")
+    assert cityscapes_source(tmp_path).tile("berlin_000000_000019").label_path is None
+    labelled = cityscapes_source(tmp_path, test_labels=True)
+    assert labelled.label("berlin_000000_000019").tolist() == [[0, 0, 0]] * 2
+    assert [t.part for t in cityscapes_source(tmp_path, split="val").tiles] == ["val"]
+    with pytest.raises(DatasetError, match="no leftImg8bit/train, val or test folder"):
+        cityscapes_source(tmp_path / "gtFine")
+
+
+def test_real_frame_is_the_val_part(shared_data):
+    assert [t.part for t in cityscapes_source(shared_data / "cityscapes").tiles] == ["val"]

@@ -96,3 +96,35 @@ def test_rescaled_source_resizes_images_and_labels_consistently(tmp_path):
     assert rescaled(source, 1.0) is source
     with pytest.raises(DatasetError, match="data.scale"):
         rescaled(source, 0.0)
+
+
+def test_one_folder_pair_per_part(tmp_path):
+    for part in ("train", "val"):
+        (tmp_path / part / "images").mkdir(parents=True)
+        (tmp_path / part / "masks").mkdir(parents=True)
+        for name in ("0001", "0002"):
+            Image.fromarray(np.zeros((6, 7, 3), np.uint8)).save(tmp_path / part / "images" / f"{name}.png")
+            save_index_png(tmp_path / part / "masks" / f"{name}.png", np.zeros((6, 7), np.uint8), PALETTE)
+    (tmp_path / "test" / "images").mkdir(parents=True)
+    Image.fromarray(np.zeros((6, 7, 3), np.uint8)).save(tmp_path / "test" / "images" / "0001.png")
+    source = folder_source(tmp_path, "{part}/images", "{part}/masks", ["a", "b", "c"])
+    # Parts reuse file names, so ids carry the part; the test part ships without masks.
+    assert [(t.tile_id, t.part) for t in source.tiles] == [
+        ("train_0001", "train"), ("train_0002", "train"), ("val_0001", "val"), ("val_0002", "val"),
+        ("test_0001", "test")]
+    assert source.tile("test_0001").label_path is None
+    assert source.label("val_0002").shape == (6, 7)
+    only_val = folder_source(tmp_path, "{part}/images", "{part}/masks", ["a", "b", "c"], parts=["val"])
+    assert [t.tile_id for t in only_val.tiles] == ["val_0001", "val_0002"]
+    with pytest.raises(DatasetError, match="tile id '0001' also used by"):
+        folder_source(tmp_path, "{part}/images", "{part}/masks", ["a", "b", "c"], prefix_part=False)
+    with pytest.raises(DatasetError, match="train/nothing: mask folder not found"):
+        folder_source(tmp_path, "{part}/images", "{part}/nothing", ["a", "b", "c"], parts=["train"])
+    (tmp_path / "val" / "masks" / "0002.png").unlink()
+    with pytest.raises(DatasetError, match=r"val/images/0002.png: no mask"):
+        folder_source(tmp_path, "{part}/images", "{part}/masks", ["a", "b", "c"])
+    with pytest.raises(DatasetError, match=r"not among train, val, test"):
+        folder_source(tmp_path, "{part}/images", "{part}/masks", ["a", "b", "c"], parts=["training"])
+    with pytest.raises(DatasetError, match=r"needs \{part\} in image_dir"):
+        folder_source(tmp_path, "train/images", "train/masks", ["a", "b", "c"], parts=["train"])
+    assert {t.part for t in folder_source(tmp_path, "train/images", "train/masks", ["a", "b", "c"]).tiles} == {None}

@@ -127,3 +127,17 @@ def test_real_vaihingen_mmseg_crop(shared_data):
     # False colour: vegetation is bright in the first (near-infrared) channel.
     vegetation = (label == 2) | (label == 3)
     assert image[vegetation, 0].mean() > image[vegetation, 1].mean() + 20
+
+
+def test_tiles_know_their_official_part(vaihingen, tmp_path):
+    assert [(t.tile_id, t.part) for t in vaihingen_source(vaihingen).tiles] == [
+        ("area1", "train"), ("area2", "test"), ("area10", "test")]
+    mmseg = tmp_path / "mmseg"
+    for sub in ("train", "val"):
+        (mmseg / "img_dir" / sub).mkdir(parents=True)
+        (mmseg / "ann_dir" / sub).mkdir(parents=True)
+        Image.fromarray(np.zeros((2, 4, 3), np.uint8)).save(mmseg / "img_dir" / sub / f"{sub}_crop.png")
+        Image.fromarray(np.ones((2, 4), np.uint8)).save(mmseg / "ann_dir" / sub / f"{sub}_crop.png")
+    assert [(t.tile_id, t.part) for t in isprs_mmseg_source(mmseg).tiles] == [("train_crop", "train"),
+                                                                            ("val_crop", "val")]
+    assert [t.part for t in isprs_mmseg_source(mmseg, split="val").tiles] == ["val"]

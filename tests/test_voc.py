@@ -49,3 +49,12 @@ def test_real_voc_sample(shared_data):
     assert source.image("2011_000003").shape == (338, 500, 3)
     names = (shared_data / "voc" / "VOCdevkit" / "VOC2012" / "class_names.txt").read_text().split("\n")
     assert len([n for n in names if n.strip()]) == VOC_CLASSES.num_classes
+
+
+def test_parts_come_from_the_official_lists(tmp_path):
+    voc = _fake_voc(tmp_path)
+    assert [t.part for t in voc_source(tmp_path).tiles] == ["train", "val"]  # not in val.txt: train
+    (voc / "ImageSets" / "Segmentation" / "val.txt").unlink()
+    assert [t.part for t in voc_source(tmp_path).tiles] == [None, None]
+    (voc / "ImageSets" / "Segmentation" / "train.txt").write_text("2007_000032\n")
+    assert [t.part for t in voc_source(tmp_path).tiles] == ["train", None]

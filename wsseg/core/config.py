@@ -31,6 +31,8 @@ class DataConfig:
 
 @dataclass
 class SplitConfig:
+    # seeded: drawn from every tile; official: kept within the dataset's own train / val / test
+    # parts (wsseg.datasets.splits.official_split says which part plays which role).
     kind: Literal["seeded", "official"] = "seeded"
     seed: int = 0
     n_labelled: int = 3

@@ -9,7 +9,7 @@ Challenge (SceneParsing / ADEChallengeData2016), 150 classes::
 
 Full format (ADE20K_2021_17_01), over the whole ~3.6k-name vocabulary::
 
-    images/ADE/<split>/<scene folders>/ADE_*_<n>.jpg, ..._seg.png, ....json
+    images/ADE/{training,validation}/<scene folders>/ADE_*_<n>.jpg, ..._seg.png, ....json
 
 where a pixel's full class index is R/10·256 + G of `_seg.png` (0 = unlabelled) and B encodes
 instances. The same index is each whole object's `name_ndx` in the image's JSON. A training set
@@ -26,7 +26,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from wsseg.datasets.base import IGNORE_INDEX, ClassSpec, DatasetError, Tile, TileSource
+from wsseg.datasets.base import IGNORE_INDEX, ClassSpec, DatasetError, Tile, TileSource, check_unique_ids
 from wsseg.datasets.colour import check_same_size, default_palette, read_array, read_index_png, read_rgb
 from wsseg.datasets.folder import natural_key
 
@@ -54,15 +54,38 @@ _CHALLENGE_LOOKUP[0] = IGNORE_INDEX
 _CHALLENGE_LOOKUP[1:151] = np.arange(150, dtype=np.uint8)
 
 
-def ade20k_challenge_source(root: str | Path, split: str = "validation", check_sizes: bool = True) -> TileSource:
-    """`root` is ADEChallengeData2016 or its parent; ids are the image stems."""
+# Folder name → official part; the test images (release_test) ship apart, without annotations.
+CHALLENGE_PARTS = {"training": "train", "validation": "val"}
+
+
+def ade20k_challenge_source(root: str | Path, split: str | None = None, check_sizes: bool = True) -> TileSource:
+    """`root` is ADEChallengeData2016 or its parent; ids are the image stems (ADE_train_*, ADE_val_*).
+
+    `split` reads one part ("training" or "validation", also "train" / "val"); None reads every
+    part present, each tile knowing its part.
+    """
     root = Path(root)
     if (root / "ADEChallengeData2016").is_dir():
         root = root / "ADEChallengeData2016"
-    images, labels = root / "images" / split, root / "annotations" / split
-    for folder in (images, labels):
-        if not folder.is_dir():
-            raise DatasetError(f"{folder}: folder not found (ADE20K challenge layout, split {split!r})")
+    if split is None:
+        folders = [name for name in CHALLENGE_PARTS if (root / "images" / name).is_dir()]
+        if not folders:
+            raise DatasetError(f"{root}: no images/training or images/validation folder (ADE20K challenge layout)")
+    else:
+        by_part = {part: name for name, part in CHALLENGE_PARTS.items()}
+        folders = [by_part.get(split, split)]
+    tiles = []
+    for folder in folders:
+        tiles += _challenge_tiles(root, folder, check_sizes)
+    return TileSource("ade20k", ADE20K_CLASSES, check_unique_ids(tiles), read_image=read_rgb,
+                      read_label=_read_challenge_label)
+
+
+def _challenge_tiles(root: Path, folder: str, check_sizes: bool) -> list[Tile]:
+    images, labels = root / "images" / folder, root / "annotations" / folder
+    for path in (images, labels):
+        if not path.is_dir():
+            raise DatasetError(f"{path}: folder not found (ADE20K challenge layout, split {folder!r})")
     image_paths = sorted(images.glob("*.jpg"), key=lambda p: natural_key(p.name))
     if not image_paths:
         raise DatasetError(f"{images}: no .jpg images")
@@ -73,8 +96,8 @@ def ade20k_challenge_source(root: str | Path, split: str = "validation", check_s
             raise DatasetError(f"{image_path}: no annotation {label_path}")
         if check_sizes:
             check_same_size(image_path, label_path)
-        tiles.append(Tile(image_path.stem, image_path, label_path, None))
-    return TileSource("ade20k", ADE20K_CLASSES, tiles, read_image=read_rgb, read_label=_read_challenge_label)
+        tiles.append(Tile(image_path.stem, image_path, label_path, None, part=CHALLENGE_PARTS.get(folder)))
+    return tiles
 
 
 def _read_challenge_label(path: Path) -> np.ndarray:
@@ -136,11 +159,12 @@ def ade20k_full_source(root: str | Path, classes: Mapping[str, Sequence[int]] | 
             raise DatasetError(f"{seg_path}: no image {image_path}")
         if check_sizes:
             check_same_size(image_path, seg_path)
-        tiles.append(Tile(stem, image_path, seg_path, None))
+        part = next((CHALLENGE_PARTS[p] for p in seg_path.relative_to(root).parts if p in CHALLENGE_PARTS), None)
+        tiles.append(Tile(stem, image_path, seg_path, None, part=part))
     spec = ClassSpec(names, default_palette(len(names)))
     keys = np.array(sorted(table), dtype=np.int64)
     values = np.array([table[k] for k in sorted(table)], dtype=np.uint8)
-    return TileSource("ade20k_full", spec, tiles, read_image=read_rgb,
+    return TileSource("ade20k_full", spec, check_unique_ids(tiles), read_image=read_rgb,
                       read_label=partial(_read_full_label, keys=keys, values=values))
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 
 IGNORE_INDEX = 255
+# The parts a benchmark ships as separate folders or lists; loaders normalise their names to these.
+OFFICIAL_PARTS = ("train", "val", "test")
 
 
 class DatasetError(ValueError):
@@ -48,6 +50,19 @@ class Tile:
     image_path: Path
     label_path: Path | None
     eroded_label_path: Path | None = None
+    # The official part the tile ships in ("train", "val", "test"); None where the dataset has none.
+    part: str | None = None
+
+
+def check_unique_ids(tiles: list[Tile]) -> list[Tile]:
+    """`tiles`, unless two share an id (files of two parts with one name): then an error naming both."""
+    seen: dict[str, Tile] = {}
+    for tile in tiles:
+        if tile.tile_id in seen:
+            raise DatasetError(f"{tile.image_path}: tile id {tile.tile_id!r} also used by "
+                               f"{seen[tile.tile_id].image_path}")
+        seen[tile.tile_id] = tile
+    return tiles
 
 
 @dataclass

@@ -18,8 +18,11 @@ CAMVID_PALETTE = ((128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128),
 CAMVID_VOID = 11
 
 
-def camvid_source(root: str | Path, split: str = "train", check_sizes: bool = True) -> TileSource:
-    if split not in ("train", "val", "test"):
+def camvid_source(root: str | Path, split: str | None = None, check_sizes: bool = True) -> TileSource:
+    """Every part present (or `split` alone), ids the frame names: unique across CamVid's parts,
+    so they stay the same whichever parts are read."""
+    if split not in (None, "train", "val", "test"):
         raise DatasetError(f"camvid split must be train, val or test, got {split!r}")
-    return folder_source(root, split, f"{split}annot", CAMVID_NAMES, CAMVID_PALETTE, mask_format="index",
-                         ignore_index=CAMVID_VOID, name="camvid", check_sizes=check_sizes)
+    return folder_source(root, "{part}", "{part}annot", CAMVID_NAMES, CAMVID_PALETTE, mask_format="index",
+                         ignore_index=CAMVID_VOID, parts=None if split is None else [split], prefix_part=False,
+                         name="camvid", check_sizes=check_sizes)

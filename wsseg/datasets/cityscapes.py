@@ -1,8 +1,8 @@
 """Cityscapes in its official layout::
 
-    leftImg8bit/<split>/<city>/<city>_<seq>_<frame>_leftImg8bit.png
-    gtFine/<split>/<city>/<city>_<seq>_<frame>_gtFine_labelIds.png        34 label ids
-    gtFine/<split>/<city>/<city>_<seq>_<frame>_gtFine_labelTrainIds.png   19 train ids, 255 ignore
+    leftImg8bit/{train,val,test}/<city>/<city>_<seq>_<frame>_leftImg8bit.png
+    gtFine/{train,val,test}/<city>/<city>_<seq>_<frame>_gtFine_labelIds.png        34 label ids
+    gtFine/{train,val,test}/<city>/<city>_<seq>_<frame>_gtFine_labelTrainIds.png   19 train ids, 255 ignore
 
 Label ids are mapped to the 19 evaluation classes with the table of cityscapesScripts' labels.py.
 """
@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from wsseg.datasets.base import IGNORE_INDEX, ClassSpec, DatasetError, Tile, TileSource
+from wsseg.datasets.base import (IGNORE_INDEX, OFFICIAL_PARTS, ClassSpec, DatasetError, Tile, TileSource,
+                                 check_unique_ids)
 from wsseg.datasets.colour import check_indices, check_same_size, read_index_png, read_rgb
 from wsseg.datasets.folder import natural_key
 
@@ -36,30 +37,52 @@ for _label_id, _train_id in LABEL_TO_TRAIN_ID.items():
 _SUFFIX = {"labelIds": "_gtFine_labelIds.png", "labelTrainIds": "_gtFine_labelTrainIds.png"}
 
 
-def cityscapes_source(root: str | Path, split: str = "val", label: str = "labelIds",
-                      check_sizes: bool = True) -> TileSource:
-    """Frames of one split, ids "<city>_<seq>_<frame>"; `label` picks labelIds (mapped) or labelTrainIds."""
+def cityscapes_source(root: str | Path, split: str | None = None, label: str = "labelIds",
+                      test_labels: bool = False, check_sizes: bool = True) -> TileSource:
+    """Frames of every part present (or of `split` alone), ids "<city>_<seq>_<frame>", each tile
+    knowing its part; `label` picks labelIds (mapped) or labelTrainIds.
+
+    Test frames are listed without labels unless `test_labels=True`: the public gtFine/test files
+    are placeholders that label only the ego vehicle and the rectification border (the benchmark
+    keeps the real ones), so scoring on them would measure nothing. Pass it for a copy that
+    holds real test ground truth.
+    """
     if label not in _SUFFIX:
         raise DatasetError(f"cityscapes label must be one of {sorted(_SUFFIX)}, got {label!r}")
     root = Path(root)
-    images, labels = root / "leftImg8bit" / split, root / "gtFine" / split
-    for folder in (images, labels):
+    if split is None:
+        parts = [part for part in OFFICIAL_PARTS if (root / "leftImg8bit" / part).is_dir()]
+        if not parts:
+            raise DatasetError(f"{root}: no leftImg8bit/train, val or test folder (Cityscapes layout)")
+    else:
+        parts = [split]
+    tiles = []
+    for part in parts:
+        tiles += _frames(root, part, _SUFFIX[label], labelled=part != "test" or test_labels, check_sizes=check_sizes)
+    return TileSource("cityscapes", CITYSCAPES_CLASSES, check_unique_ids(tiles), read_image=read_rgb,
+                      read_label=partial(_read_cityscapes_label, mapped=label == "labelIds"))
+
+
+def _frames(root: Path, part: str, suffix: str, labelled: bool, check_sizes: bool) -> list[Tile]:
+    images, labels = root / "leftImg8bit" / part, root / "gtFine" / part
+    for folder in (images, labels) if labelled else (images,):
         if not folder.is_dir():
-            raise DatasetError(f"{folder}: folder not found (root {root}, split {split!r})")
+            raise DatasetError(f"{folder}: folder not found (root {root}, split {part!r})")
     image_paths = sorted(images.glob("*/*_leftImg8bit.png"), key=lambda p: natural_key(p.name))
     if not image_paths:
         raise DatasetError(f"{images}: no <city>/*_leftImg8bit.png images")
     tiles = []
     for image_path in image_paths:
         frame = image_path.name[: -len("_leftImg8bit.png")]
-        label_path = labels / image_path.parent.name / f"{frame}{_SUFFIX[label]}"
-        if not label_path.is_file():
-            raise DatasetError(f"{image_path}: no ground truth {label_path}")
-        if check_sizes:
-            check_same_size(image_path, label_path)
-        tiles.append(Tile(frame, image_path, label_path, None))
-    return TileSource("cityscapes", CITYSCAPES_CLASSES, tiles, read_image=read_rgb,
-                      read_label=partial(_read_cityscapes_label, mapped=label == "labelIds"))
+        label_path = None
+        if labelled:
+            label_path = labels / image_path.parent.name / f"{frame}{suffix}"
+            if not label_path.is_file():
+                raise DatasetError(f"{image_path}: no ground truth {label_path}")
+            if check_sizes:
+                check_same_size(image_path, label_path)
+        tiles.append(Tile(frame, image_path, label_path, None, part=part if part in OFFICIAL_PARTS else None))
+    return tiles
 
 
 def _read_cityscapes_label(path: Path, mapped: bool) -> np.ndarray:

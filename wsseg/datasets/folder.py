@@ -3,6 +3,9 @@
     root/<image_dir>/<stem>.<png|jpg|jpeg|tif|tiff>
     root/<mask_dir>/<stem><mask_stem_suffix>.<png|tif|tiff|bmp>
 
+or one such pair of folders per official part, named by a `{part}` placeholder
+(`image_dir="{part}/images"`, `mask_dir="{part}/masks"`).
+
 Masks are either class indices stored as pixel values (`mask_format="index"`, palette or grey
 PNGs) or colour-coded RGB (`mask_format="colour"`, decoded with `palette`).
 """
@@ -16,12 +19,14 @@ from typing import Sequence
 
 import numpy as np
 
-from wsseg.datasets.base import IGNORE_INDEX, ClassSpec, DatasetError, Tile, TileSource
+from wsseg.datasets.base import (IGNORE_INDEX, OFFICIAL_PARTS, ClassSpec, DatasetError, Tile, TileSource,
+                                 check_unique_ids)
 from wsseg.datasets.colour import (check_indices, check_same_size, decode_colour_mask, default_palette,
                                    read_index_png, read_rgb)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 MASK_SUFFIXES = (".png", ".tif", ".tiff", ".bmp")
+PART = "{part}"
 
 
 def natural_key(text: str):
@@ -34,8 +39,16 @@ def folder_source(root: str | Path, image_dir: str, mask_dir: str, class_names: 
                   in_mean: Sequence[str] | None = None, ignore_index: int = IGNORE_INDEX,
                   image_suffixes: Sequence[str] = IMAGE_SUFFIXES, *, mask_stem_suffix: str = "",
                   ignore_colours: Sequence[tuple[int, int, int]] = (), colour_tolerance: float = 0.0,
-                  name: str = "folder", check_sizes: bool = True) -> TileSource:
-    """Tiles named by image stem, in natural order; every image must have its mask."""
+                  parts: Sequence[str] | None = None, prefix_part: bool = True, name: str = "folder",
+                  check_sizes: bool = True) -> TileSource:
+    """Tiles named by image stem, in natural order; every image must have its mask.
+
+    With `{part}` in `image_dir` (and usually `mask_dir`), e.g. "img_dir/{part}" and
+    "ann_dir/{part}", every part of `parts` is read (default: those of train, val, test that
+    exist), each tile knowing its part; images of a "test" part may lack masks. Ids are then
+    "<part>_<stem>", since parts often reuse file names; `prefix_part=False` keeps bare stems
+    (an error if two parts share one).
+    """
     if mask_format not in ("index", "colour"):
         raise DatasetError(f"mask_format must be 'index' or 'colour', got {mask_format!r}")
     if mask_format == "colour" and palette is None:
@@ -52,18 +65,47 @@ def folder_source(root: str | Path, image_dir: str, mask_dir: str, class_names: 
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: dataset root folder not found")
+    suffixes = {s.lower() if s.startswith(".") else f".{s.lower()}" for s in image_suffixes}
+    if PART in image_dir:
+        if parts is None:
+            parts = [part for part in OFFICIAL_PARTS if (root / image_dir.replace(PART, part)).is_dir()]
+            if not parts:
+                raise DatasetError(f"{root}: no {image_dir} folder for any of the parts {', '.join(OFFICIAL_PARTS)}")
+        unknown = [part for part in parts if part not in OFFICIAL_PARTS]
+        if unknown:
+            raise DatasetError(f"parts {unknown} are not among {', '.join(OFFICIAL_PARTS)}")
+        tiles = []
+        for part in parts:
+            tiles += _folder_tiles(root, image_dir.replace(PART, part), mask_dir.replace(PART, part), suffixes,
+                                   mask_stem_suffix, check_sizes, part, id_prefix=f"{part}_" if prefix_part else "")
+        tiles = check_unique_ids(tiles)
+    elif parts is not None:
+        raise DatasetError(f"parts={list(parts)} needs {PART} in image_dir (e.g. 'images/{PART}'), got {image_dir!r}")
+    else:
+        tiles = _folder_tiles(root, image_dir, mask_dir, suffixes, mask_stem_suffix, check_sizes)
+
+    if mask_format == "colour":
+        read_label = partial(_read_colour_label, palette=palette, ignore_colours=tuple(map(tuple, ignore_colours)),
+                             tolerance=colour_tolerance)
+    else:
+        read_label = partial(_read_index_label, num_classes=len(class_names), stored_ignore=ignore_index)
+    return TileSource(name, classes, tiles, read_image=read_rgb, read_label=read_label)
+
+
+def _folder_tiles(root: Path, image_dir: str, mask_dir: str, suffixes: set[str], mask_stem_suffix: str,
+                  check_sizes: bool, part: str | None = None, id_prefix: str = "") -> list[Tile]:
+    # Official test parts often ship without ground truth: their images are listed, unlabelled.
+    masks_optional = part == "test"
     images, masks = root / image_dir, root / mask_dir
     for folder, what in ((images, "image"), (masks, "mask")):
-        if not folder.is_dir():
+        if not folder.is_dir() and not (what == "mask" and masks_optional):
             raise DatasetError(f"{folder}: {what} folder not found (root {root})")
-
-    suffixes = {s.lower() if s.startswith(".") else f".{s.lower()}" for s in image_suffixes}
     image_paths = sorted((p for p in images.iterdir() if p.is_file() and p.suffix.lower() in suffixes),
                          key=lambda p: natural_key(p.name))
     if not image_paths:
         raise DatasetError(f"{images}: no images with suffix {sorted(suffixes)}")
     mask_by_stem: dict[str, Path] = {}
-    for p in masks.iterdir():
+    for p in masks.iterdir() if masks.is_dir() else ():
         if p.is_file() and p.suffix.lower() in MASK_SUFFIXES and p.stem.endswith(mask_stem_suffix):
             stem = p.stem[: len(p.stem) - len(mask_stem_suffix)] if mask_stem_suffix else p.stem
             if stem in mask_by_stem:
@@ -77,19 +119,13 @@ def folder_source(root: str | Path, image_dir: str, mask_dir: str, class_names: 
             raise DatasetError(f"{image_path}: two images with stem {stem!r} (also {seen[stem]})")
         seen[stem] = image_path
         mask_path = mask_by_stem.get(stem)
-        if mask_path is None:
+        if mask_path is None and not masks_optional:
             raise DatasetError(f"{image_path}: no mask {masks / (stem + mask_stem_suffix)}"
                                f"{{{','.join(MASK_SUFFIXES)}}}")
-        if check_sizes:
+        if check_sizes and mask_path is not None:
             check_same_size(image_path, mask_path)
-        tiles.append(Tile(stem, image_path, mask_path, None))
-
-    if mask_format == "colour":
-        read_label = partial(_read_colour_label, palette=palette, ignore_colours=tuple(map(tuple, ignore_colours)),
-                             tolerance=colour_tolerance)
-    else:
-        read_label = partial(_read_index_label, num_classes=len(class_names), stored_ignore=ignore_index)
-    return TileSource(name, classes, tiles, read_image=read_rgb, read_label=read_label)
+        tiles.append(Tile(id_prefix + stem, image_path, mask_path, None, part=part))
+    return tiles
 
 
 def _read_colour_label(path: Path, palette, ignore_colours, tolerance: float) -> np.ndarray:

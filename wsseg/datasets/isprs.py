@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wsseg.datasets.base import IGNORE_INDEX, ClassSpec, DatasetError, Tile, TileSource
+from wsseg.datasets.base import IGNORE_INDEX, OFFICIAL_PARTS, ClassSpec, DatasetError, Tile, TileSource
 from wsseg.datasets.colour import check_same_size, decode_colour_mask, read_index_png, read_rgb
 
 # Clutter is trained as a class but left out of the 5-class mean, as the benchmark reports it.
@@ -58,7 +58,8 @@ def _folder(root: Path, sub: str | Path, what: str) -> Path:
 def vaihingen_source(root: str | Path, image_dir: str = "top", label_dir: str = "gts_for_participants",
                      eroded_dir: str | None = "gts_eroded_for_participants", *, require_labels: bool = True,
                      colour_tolerance: float = 0.0, check_sizes: bool = True) -> TileSource:
-    """The tiles of the original ISPRS Vaihingen release, ids "area{N}" in numeric order.
+    """The tiles of the original ISPRS Vaihingen release, ids "area{N}" in numeric order, each in
+    the official part ("train" or "test") its area belongs to.
 
     The eroded folder is optional; when it holds any file it must cover every tile, so that evaluating
     on eroded ground truth never silently skips tiles. `require_labels=False` lists images that
@@ -100,7 +101,8 @@ def vaihingen_source(root: str | Path, image_dir: str = "top", label_dir: str = 
             for path in (label_path, eroded_path):
                 if path is not None:
                     check_same_size(image_path, path)
-        tiles.append(Tile(f"area{area}", image_path, label_path, eroded_path))
+        part = "train" if area in OFFICIAL_TRAIN_AREAS else "test" if area in OFFICIAL_TEST_AREAS else None
+        tiles.append(Tile(f"area{area}", image_path, label_path, eroded_path, part=part))
 
     # A partial of a module function (not a closure) keeps the source picklable for spawned workers.
     read_label = partial(_read_colour_label, eroded_paths=frozenset(eroded_paths), tolerance=colour_tolerance)
@@ -125,7 +127,8 @@ def isprs_mmseg_source(root: str | Path, split: str | None = None, name: str = "
     `split` picks a subfolder ("train", "val"); without it every PNG under img_dir is a tile, its
     id the file stem (`area1_0_0_512_512`), its mask the same relative path under ann_dir.
     The converter wrote these masks from the *eroded* ground truth, so `label()` is already the
-    eroded one (boundaries ignored); there is no full ground truth in this layout.
+    eroded one (boundaries ignored); there is no full ground truth in this layout. A tile's part
+    is its subfolder: the converter's "val" holds the benchmark's official test areas.
     """
     root = Path(root)
     if not root.is_dir():
@@ -146,7 +149,8 @@ def isprs_mmseg_source(root: str | Path, split: str | None = None, name: str = "
         seen[tile_id] = image_path
         if check_sizes:
             check_same_size(image_path, label_path)
-        tiles.append(Tile(tile_id, image_path, label_path, None))
+        folder = image_path.relative_to(images).parts[0] if split is None else split
+        tiles.append(Tile(tile_id, image_path, label_path, None, part=folder if folder in OFFICIAL_PARTS else None))
 
     return TileSource(name, VAIHINGEN_CLASSES, tiles, read_image=read_rgb, read_label=_read_mmseg_label)
 

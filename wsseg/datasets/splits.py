@@ -2,21 +2,26 @@
 
 A split is made from the *sorted* tile ids and a seed, so the same seed gives the same split on
 any machine and any directory listing order; it is written to JSON and printed with the results.
-Validation tiles come out of the training side and never overlap the test tiles.
+Validation tiles come out of the training side and never overlap the test tiles. A seeded split
+(`make_split`) draws from every tile; an official one (`official_split`) keeps within the
+train / val / test parts the dataset ships.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-from wsseg.datasets.base import DatasetError
+from wsseg.datasets.base import OFFICIAL_PARTS, DatasetError, Tile
 from wsseg.datasets.isprs import OFFICIAL_TEST_AREAS, OFFICIAL_TRAIN_AREAS
+
+log = logging.getLogger(__name__)
 
 _PARTS = ("labelled", "tagged", "val", "test")
 
@@ -97,37 +102,119 @@ def make_split(tile_ids: Sequence[str], n_labelled: int = 3, n_tagged: int = 21,
                  kind="random", info=counts).check()
 
 
+def group_by_part(tiles: Sequence[Tile]) -> dict[str | None, list[str]]:
+    """Tile ids grouped by the official part their loader gave them (None: no part)."""
+    groups: dict[str | None, list[str]] = {}
+    for tile in tiles:
+        groups.setdefault(tile.part, []).append(tile.tile_id)
+    return groups
+
+
+def official_split(tiles_by_part: Mapping[str | None, Sequence[str]], n_labelled: int = 3,
+                   n_tagged: int | None = None, n_val: int = 2, seed: int = 0, n_test: int | None = None, *,
+                   without_labels: Collection[str] = (), dataset: str = "dataset") -> Split:
+    """A split inside a benchmark's official parts ("train", "val", "test"), which it never mixes.
+
+    The official train tiles, permuted by `seed`, give the `n_labelled` labelled tiles (N1), then
+    the `n_val` validation tiles where validation comes from train, then `n_tagged` tagged tiles
+    (None, or more than are left: all the rest, noted in the log).
+
+    Defaults and checkpoints are chosen on validation, never on a benchmark's test split, so:
+
+    - with a labelled test part (ISPRS Vaihingen; CamVid; Cityscapes with real test ground
+      truth), the test tiles are that part, and validation is `n_val` tiles of the official val
+      part, or of train where there is none (Vaihingen);
+    - without one (ADE20K, PASCAL VOC, Cityscapes as released: their test labels are not
+      public), the official val part becomes the test part of the report, and validation is
+      drawn from train.
+
+    `n_test` caps the test tiles (a seeded draw; None: all of them). Tiles in `without_labels`
+    (a test part shipped without ground truth) can be neither scored nor tagged, and tiles of no
+    official part belong nowhere: both are left out, noted in the log and in the split's `info`,
+    with each part's size and the counts asked for.
+    """
+    if not any(ids for part, ids in tiles_by_part.items() if part in OFFICIAL_PARTS):
+        raise DatasetError(f"dataset {dataset!r} has no official parts: use split.kind: seeded")
+    _check_ids([t for ids in tiles_by_part.values() for t in ids])
+    n_labelled, n_val = _check_count("n_labelled", n_labelled), _check_count("n_val", n_val)
+    if n_tagged is not None:
+        n_tagged = _check_count("n_tagged", n_tagged)
+    if n_test is not None and _check_count("n_test", n_test) == 0:
+        raise DatasetError("n_test is 0: an official split needs at least one test tile (None: all of them)")
+
+    unlabelled, parts, left_out = set(without_labels), {}, {}
+    for part, ids in tiles_by_part.items():
+        if part not in OFFICIAL_PARTS:
+            if ids:
+                left_out["no official part"] = left_out.get("no official part", 0) + len(ids)
+            continue
+        parts[part] = sort_tile_ids([t for t in ids if t not in unlabelled])
+        if len(parts[part]) < len(ids):
+            left_out[f"{part} without labels"] = len(ids) - len(parts[part])
+    sizes = {part: len(tiles_by_part[part]) for part in OFFICIAL_PARTS if tiles_by_part.get(part)}
+    for reason, count in left_out.items():
+        log.info("official split of %r leaves out %d tiles (%s)", dataset, count, reason)
+
+    train, val_part, test_part = parts.get("train", []), parts.get("val", []), parts.get("test", [])
+    described = ", ".join(f"{part} {size}" for part, size in sizes.items())
+    if not train:
+        raise DatasetError(f"dataset {dataset!r} has no labelled official train tiles (parts: {described})")
+    if not test_part:
+        val_part, test_part = [], val_part
+    if not test_part:
+        raise DatasetError(f"dataset {dataset!r} has no labelled official val or test tiles to test on "
+                           f"(parts: {described}): use split.kind: seeded")
+    val_from_train = n_val if not val_part else 0
+    if n_labelled + val_from_train > len(train):
+        asked = f"{n_labelled} labelled + {n_val} val tiles" if val_from_train else f"{n_labelled} labelled tiles"
+        raise DatasetError(f"official split of {dataset!r} asks for {asked}, but only {len(train)} official train "
+                           f"tiles are present")
+    if val_part and n_val > len(val_part):
+        raise DatasetError(f"official split of {dataset!r} asks for {n_val} val tiles, but the official val part "
+                           f"has only {len(val_part)}")
+
+    # One generator, drawn in a fixed order (train, val, test), so the same seed gives the same split.
+    rng = np.random.default_rng(seed)
+    permuted = [train[i] for i in rng.permutation(len(train))]
+    labelled, val = permuted[:n_labelled], permuted[n_labelled:n_labelled + val_from_train]
+    rest = permuted[n_labelled + val_from_train:]
+    if n_tagged is not None and n_tagged > len(rest):
+        log.info("official split of %r: n_tagged %d is more than the %d train tiles left; all of them are tagged",
+                 dataset, n_tagged, len(rest))
+    tagged = rest if n_tagged is None else rest[:n_tagged]
+    if val_part:
+        val = [val_part[i] for i in rng.permutation(len(val_part))[:n_val]]
+    test = [test_part[i] for i in rng.permutation(len(test_part))[:n_test]]
+
+    info = {"n_labelled": n_labelled, "n_tagged": n_tagged, "n_val": n_val, "n_test": n_test, "parts": sizes,
+            "val_from": "val" if val_part else "train", "test_from": "test" if parts.get("test") else "val"}
+    if left_out:
+        info["left_out"] = left_out
+    split = Split(labelled=sort_tile_ids(labelled), tagged=sort_tile_ids(tagged), val=sort_tile_ids(val),
+                  test=sort_tile_ids(test), seed=int(seed), kind="official", info=info)
+    return split.check(f"official split of {dataset!r}")
+
+
 _AREA = re.compile(r"^area(\d+)$")
 
 
 def official_vaihingen_split(tile_ids: Sequence[str], n_labelled: int = 3, n_val: int = 2, seed: int = 0) -> Split:
-    """Test = the official test tiles; labelled, val and tagged (the rest) from the official train tiles.
+    """`official_split` of bare ISPRS Vaihingen tile ids, their parts read from the area numbers:
+    test = the official test tiles; labelled, val and tagged (all the rest) from the train tiles.
 
     Works on any subset of the 33 tiles (e.g. a synthetic set with fewer tiles), as long as both
     sides keep at least one tile.
     """
-    ids = _check_ids(tile_ids)
-    n_labelled, n_val = _check_count("n_labelled", n_labelled), _check_count("n_val", n_val)
-    areas = {}
-    for tile_id in ids:
+    by_part: dict[str, list[str]] = {"train": [], "test": []}
+    for tile_id in _check_ids(tile_ids):
         match = _AREA.match(tile_id)
         if not match or int(match.group(1)) not in OFFICIAL_TRAIN_AREAS + OFFICIAL_TEST_AREAS:
             raise DatasetError(f"tile {tile_id!r} is not an ISPRS Vaihingen tile id 'area<N>'; the official split "
                                f"needs the original tiles (use make_split for other datasets)")
-        areas[tile_id] = int(match.group(1))
-    train = [t for t in ids if areas[t] in OFFICIAL_TRAIN_AREAS]
-    test = [t for t in ids if areas[t] in OFFICIAL_TEST_AREAS]
-    if not test:
+        by_part["train" if int(match.group(1)) in OFFICIAL_TRAIN_AREAS else "test"].append(tile_id)
+    if not by_part["test"]:
         raise DatasetError("none of the tiles is an official Vaihingen test tile")
-    if n_labelled + n_val > len(train):
-        raise DatasetError(f"official split asks for {n_labelled} labelled + {n_val} val tiles, but only "
-                           f"{len(train)} official train tiles are present")
-    order = np.random.default_rng(seed).permutation(len(train))
-    permuted = [train[i] for i in order]
-    return Split(labelled=sort_tile_ids(permuted[:n_labelled]),
-                 val=sort_tile_ids(permuted[n_labelled:n_labelled + n_val]),
-                 tagged=sort_tile_ids(permuted[n_labelled + n_val:]), test=test, seed=int(seed),
-                 kind="official", info={"n_labelled": n_labelled, "n_val": n_val}).check()
+    return official_split(by_part, n_labelled=n_labelled, n_tagged=None, n_val=n_val, seed=seed, dataset="vaihingen")
 
 
 def save_split(path: str | Path, split: Split) -> None:

@@ -37,7 +37,12 @@ def find_voc2012(root: Path) -> Path:
 
 def voc_source(root: str | Path, split: str | None = None, label_dir: str = "SegmentationClass",
                check_sizes: bool = True) -> TileSource:
-    """Images listed in ImageSets/Segmentation/<split>.txt, or with `split=None` every image that has a mask."""
+    """Images listed in ImageSets/Segmentation/<split>.txt, or with `split=None` every image that has a mask.
+
+    A tile's part comes from the official lists: "val" if val.txt lists it, else "train" (train.txt,
+    or with SegmentationClassAug the SBD images, which train_aug adds to train); no part where
+    neither list exists. The test images have no public masks, so they never appear.
+    """
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: VOC root folder not found")
@@ -45,15 +50,17 @@ def voc_source(root: str | Path, split: str | None = None, label_dir: str = "Seg
     images, labels = voc / "JPEGImages", voc / label_dir
     if not labels.is_dir():
         raise DatasetError(f"{labels}: mask folder not found")
+    lists = voc / "ImageSets" / "Segmentation"
     if split is not None:
-        list_file = voc / "ImageSets" / "Segmentation" / f"{split}.txt"
-        if not list_file.is_file():
-            raise DatasetError(f"{list_file}: split list not found")
-        ids = [line.split()[0] for line in list_file.read_text().splitlines() if line.strip()]
+        if not (lists / f"{split}.txt").is_file():
+            raise DatasetError(f"{lists / f'{split}.txt'}: split list not found")
+        ids = _read_list(lists / f"{split}.txt")
     else:
         ids = sorted((p.stem for p in labels.glob("*.png")), key=natural_key)
         if not ids:
             raise DatasetError(f"{labels}: no .png masks")
+    val_ids = set(_read_list(lists / "val.txt")) if (lists / "val.txt").is_file() else None
+    train_ids = set(_read_list(lists / "train.txt")) if (lists / "train.txt").is_file() else None
     tiles = []
     for image_id in ids:
         image_path, label_path = images / f"{image_id}.jpg", labels / f"{image_id}.png"
@@ -63,9 +70,21 @@ def voc_source(root: str | Path, split: str | None = None, label_dir: str = "Seg
             raise DatasetError(f"{image_path}: no mask {label_path}")
         if check_sizes:
             check_same_size(image_path, label_path)
-        tiles.append(Tile(image_id, image_path, label_path, None))
+        tiles.append(Tile(image_id, image_path, label_path, None, part=_part(image_id, train_ids, val_ids)))
     return TileSource("voc", VOC_CLASSES, tiles, read_image=read_rgb,
                       read_label=partial(_read_voc_label, num_classes=VOC_CLASSES.num_classes))
+
+
+def _read_list(path: Path) -> list[str]:
+    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+
+
+def _part(image_id: str, train_ids: set[str] | None, val_ids: set[str] | None) -> str | None:
+    if val_ids is not None and image_id in val_ids:
+        return "val"
+    if (train_ids is not None and image_id in train_ids) or val_ids is not None:
+        return "train"
+    return None
 
 
 def _read_voc_label(path: Path, num_classes: int) -> np.ndarray:

@@ -19,7 +19,8 @@ from wsseg.core.distributed import DistInfo
 from wsseg.core.stage import Stage
 from wsseg.datasets import build_source
 from wsseg.datasets.base import DatasetError, TileSource, rescaled
-from wsseg.datasets.splits import Split, format_split, load_split, make_split, official_vaihingen_split, save_split
+from wsseg.datasets.splits import (Split, format_split, group_by_part, load_split, make_split, official_split,
+                                   save_split)
 from wsseg.datasets.tags import CropTag, compute_crop_tags, load_crop_tags, save_crop_tags
 from wsseg.models.single_stage import ClassLayout
 
@@ -50,10 +51,17 @@ def load_source(cfg: Config) -> TileSource:
 
 
 def make_split_for(cfg: Config, source: TileSource) -> Split:
-    tile_ids = [t.tile_id for t in source.tiles]
+    """The split `cfg.split` asks for: seeded over all tiles, or official within the dataset's parts."""
     s = cfg.split
+    # Tags and scores both come from ground truth, so a tile without it can be in no part of a split.
+    unlabelled = [t.tile_id for t in source.tiles if t.label_path is None]
     if s.kind == "official":
-        return official_vaihingen_split(tile_ids, n_labelled=s.n_labelled, n_val=s.n_val, seed=s.seed)
+        return official_split(group_by_part(source.tiles), n_labelled=s.n_labelled, n_tagged=s.n_tagged,
+                              n_val=s.n_val, seed=s.seed, n_test=s.n_test, without_labels=unlabelled,
+                              dataset=source.name)
+    if unlabelled:
+        log.info("%d tiles of %r have no ground truth and are left out of the split", len(unlabelled), source.name)
+    tile_ids = [t.tile_id for t in source.tiles if t.label_path is not None]
     return make_split(tile_ids, n_labelled=s.n_labelled, n_tagged=s.n_tagged, n_val=s.n_val, seed=s.seed,
                       n_test=s.n_test)
 
