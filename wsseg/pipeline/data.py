@@ -88,6 +88,11 @@ def check_config(cfg: Config, source: TileSource | None = None, weak: bool = Tru
         raise ConfigError(f"weak.pseudo.segmenter_weight must be in [0, 1], got {cfg.weak.pseudo.segmenter_weight}")
     if not 0.0 <= cfg.weak.pseudo_ratio < 1.0:
         raise ConfigError(f"weak.pseudo_ratio must be in [0, 1), got {cfg.weak.pseudo_ratio}")
+    for key in ("segmenter_tag_loss", "consistency_weight"):
+        if getattr(cfg.weak, key) < 0.0:
+            raise ConfigError(f"weak.{key} must be at least 0 (0 = off), got {getattr(cfg.weak, key)}")
+    if not 0.0 < cfg.weak.consistency_threshold <= 1.0:
+        raise ConfigError(f"weak.consistency_threshold must be in (0, 1], got {cfg.weak.consistency_threshold}")
     if source is None:
         return
     names = source.classes.names
