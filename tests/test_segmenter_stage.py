@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from wsseg.core.config import config_from_dict
@@ -52,3 +53,126 @@ def test_extra_pseudo_mode_keeps_every_n1_crop(source):
 
     with pytest.raises(ValueError, match="pseudo_ratio"):
         check_config(config_from_dict({"weak": {"pseudo_ratio": 1.0}}))
+
+
+# ----------------------------------------------------------------- task ii's online levers
+TINY = {"split": {"n_labelled": 3, "n_tagged": 6, "n_val": 0},
+        "model": {"name": "unet", "options": {"base_channels": 4, "depth": 2}},
+        "train": {"epochs": 1, "iters_per_epoch": 2, "batch_size": 4, "crop_px": 32, "workers": 0,
+                  "precision": "fp32"},
+        "eval": {"window_px": 64, "stride_px": 64, "num_triptychs": 1},
+        "weak": {"tag_crop_px": 16}}
+
+
+def tiny_run(data_root, run_dir, **weak):
+    """A prepared run on 64 px synthetic tiles, with the N2 ground truth as its pseudo masks."""
+    from wsseg.datasets.colour import save_index_png
+    from wsseg.pipeline.data import crop_tags_of, prepare_run
+
+    values = {**TINY, "data": {"kind": "synthetic_vaihingen", "root": str(data_root),
+                               "options": {"num_tiles": 14, "tile_px": [64, 64], "seed": 3}},
+              "weak": {**TINY["weak"], **weak}}
+    run = prepare_run(config_from_dict(values), run_dir)
+    pseudo = {}
+    for tile in run.split.tagged:
+        pseudo[tile] = run_dir / "pseudo" / f"{tile}.png"
+        pseudo[tile].parent.mkdir(exist_ok=True)
+        save_index_png(pseudo[tile], run.source.label(tile), run.source.classes.palette)
+    return run, pseudo, crop_tags_of(run)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("synthetic")
+
+
+def _items(dataset):
+    return [dataset[i] for i in range(len(dataset))]
+
+
+def test_online_levers_keep_the_crops_and_task_i_ignores_them(data_root, tmp_path):
+    from wsseg.pipeline.segmenter import training_crops
+
+    off, pseudo, tags = tiny_run(data_root, tmp_path / "off")
+    on, _, _ = tiny_run(data_root, tmp_path / "on", segmenter_tag_loss=0.5, consistency_weight=1.0)
+    plain = _items(training_crops(off.cfg, off, pseudo, crop_tags=tags))
+    assert all(len(item) == 3 for item in plain)  # (image, mask, weight): the batches of before
+    online = _items(training_crops(on.cfg, on, pseudo, crop_tags=tags))
+    for (image, mask, weight), (image_on, mask_on, weight_on, extra) in zip(plain, online):
+        assert torch.equal(image, image_on) and torch.equal(mask, mask_on) and torch.equal(weight, weight_on)
+        assert set(extra) == {"tag_targets", "tagged", "strong"}
+    tagged = [extra["tagged"] for *_, extra in online]
+    assert sum(tagged) == len(online) // 2  # pseudo_ratio 0.5
+    assert all((extra["tag_targets"] == -1).all() for *_, extra in online if not extra["tagged"])
+    # Task i (no pseudo masks) trains on the N1 crops as always, whatever the levers say.
+    assert all(len(item) == 3 for item in _items(training_crops(on.cfg, on, None)))
+    with pytest.raises(ValueError, match="grid crop tags"):
+        training_crops(on.cfg, on, pseudo)
+
+
+def _reference_training(run, stage_dir, pseudo):
+    """Task ii's segmenter as it trained before the online levers: pixel labels and pseudo masks only."""
+    from wsseg.core.checkpoint import unwrap
+    from wsseg.core.train import build_optimizer, build_scheduler, weighted_cross_entropy
+    from wsseg.datasets.crops import RandomCropDataset
+    from wsseg.models import parameter_groups
+    from wsseg.pipeline.segmenter import EpochConcat, WeightedCrops, build_model
+
+    cfg, split, t = run.cfg, run.split, run.cfg.train
+    with run.stage(stage_dir, t.precision, t.channels_last) as stage:
+        n2 = int(round(t.iters_per_epoch * t.batch_size * cfg.weak.pseudo_ratio))
+        n1 = t.iters_per_epoch * t.batch_size - n2
+        crops = EpochConcat([
+            WeightedCrops(RandomCropDataset(run.source, split.labelled, t.crop_px, n1, seed=t.seed), 1.0),
+            WeightedCrops(RandomCropDataset(run.source, split.tagged, t.crop_px, n2, label_override=pseudo,
+                                            seed=t.seed + 1), cfg.weak.pseudo_weight)])
+        loader = stage.loader(crops, t.batch_size)
+        model = stage.prepare(build_model(cfg, run.source.classes.num_classes))
+
+        def compute_loss(model, batch, epoch):
+            images, masks, weights = batch
+            return weighted_cross_entropy(model(images), masks, None, weights[:, None, None].expand_as(masks)), {}
+
+        optimizer = build_optimizer(parameter_groups(cfg.model.name, unwrap(model), t.encoder_lr_mult), t.optimizer,
+                                    t.lr, t.weight_decay, t.momentum)
+        scheduler = build_scheduler(optimizer, t.schedule, t.epochs * len(loader), len(loader))
+        history = stage.fit(model, loader, optimizer, scheduler, compute_loss, t.epochs)
+    return unwrap(model).state_dict(), history
+
+
+def test_levers_at_zero_train_the_same_weights_as_before(data_root, tmp_path):
+    from wsseg.core.checkpoint import load_checkpoint
+    from wsseg.pipeline.segmenter import train_segmenter
+
+    run, pseudo, tags = tiny_run(data_root, tmp_path / "run", segmenter_tag_loss=0.0, consistency_weight=0.0)
+    train_segmenter(run, tmp_path / "run" / "task_ii", pseudo_masks=pseudo, crop_tags=tags)
+    state = load_checkpoint(tmp_path / "run" / "task_ii" / "last.pt")
+    reference, history = _reference_training(run, tmp_path / "reference", pseudo)
+    assert state["history"][0]["train_loss"] == history[0]["train_loss"]
+    assert not {"train_tag", "train_consistency"} & set(state["history"][0])
+    assert state["model"].keys() == reference.keys()
+    for key, value in reference.items():
+        assert torch.equal(state["model"][key], value), key
+
+
+def test_idle_consistency_is_a_warning(caplog):
+    from wsseg.pipeline.segmenter import warn_if_consistency_idle
+
+    warn_if_consistency_idle([{"epoch": 1, "train_consistency_pixels_used": 0.0},
+                              {"epoch": 2, "train_consistency_pixels_used": 0.2}], 0.95)
+    assert "used no pixel in epoch(s) 1:" in caplog.text and "0.95" in caplog.text
+
+
+@pytest.mark.parametrize("weak, message", [
+    ({"segmenter_tag_loss": -0.1}, "weak.segmenter_tag_loss must be at least 0"),
+    ({"consistency_weight": -1}, "weak.consistency_weight must be at least 0"),
+    ({"consistency_threshold": 0.0}, r"weak.consistency_threshold must be in \(0, 1\]"),
+    ({"consistency_threshold": 1.5}, r"weak.consistency_threshold must be in \(0, 1\]"),
+])
+def test_online_lever_settings_are_checked(weak, message):
+    from wsseg.core.config import ConfigError
+    from wsseg.pipeline.data import check_config
+
+    with pytest.raises(ConfigError, match=message):
+        check_config(config_from_dict({"weak": weak}))
+    check_config(config_from_dict({"weak": {"consistency_threshold": 1.0, "segmenter_tag_loss": 0.0}}))

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from wsseg.datasets.base import ClassSpec, DatasetError, Tile, TileSource
-from wsseg.datasets.tags import CropTag, compute_crop_tags, grid_crops, load_crop_tags, save_crop_tags
+from wsseg.datasets.tags import (TAG_NEGATIVE, TAG_POSITIVE, TAG_UNKNOWN, CropTag, TagGrid, compute_crop_tags,
+                                grid_crops, load_crop_tags, save_crop_tags)
 
 
 def _memory_source(labels: dict, num_classes=4):
@@ -76,3 +77,65 @@ def test_load_errors(tmp_path):
     _write(path, {"a": [[0, 0, 4, [0]]]})
     with pytest.raises(DatasetError, match="malformed crop"):
         load_crop_tags(path)
+
+
+def _direct_targets(label, tags, y, x, h, w, num_classes):
+    """Window targets by pixel masks: cells inside the window and cells touching it, counted."""
+    height, width = label.shape
+    window = np.zeros((height, width), bool)
+    window[max(y, 0):y + h, max(x, 0):x + w] = True
+    targets = np.full(num_classes, TAG_UNKNOWN)
+    seen_nearby, seen_inside = np.zeros(num_classes, bool), np.zeros(num_classes, bool)
+    for tag in tags:
+        cell = np.zeros((height, width), bool)
+        cell[tag.y:tag.y + tag.h, tag.x:tag.x + tag.w] = True
+        present = np.bincount(label[cell], minlength=256)[:num_classes] > 0
+        if (cell & window).any():
+            seen_nearby |= present
+        if not (cell & ~window).any():
+            seen_inside |= present
+    targets[~seen_nearby] = TAG_NEGATIVE
+    targets[seen_inside] = TAG_POSITIVE
+    return targets
+
+
+def test_window_targets_match_a_direct_count_and_the_pixels():
+    rng = np.random.default_rng(0)
+    label = np.zeros((50, 70), np.uint8)  # grid of 20 px: rows at 0, 20, 30; columns at 0, 20, 40, 50
+    for _ in range(12):  # rectangles of classes 1..4; class 5 never appears
+        top, left = rng.integers(0, 45), rng.integers(0, 65)
+        label[top:top + rng.integers(2, 12), left:left + rng.integers(2, 12)] = rng.integers(1, 5)
+    label[:3, :3] = 255
+    tags = compute_crop_tags(_memory_source({"t": label}, num_classes=6), ["t"], crop_px=20)
+    grid = TagGrid(tags, 6)
+    windows = [(int(rng.integers(0, 30)), int(rng.integers(0, 50)), 20 + int(rng.integers(0, 25)),
+                20 + int(rng.integers(0, 25))) for _ in range(60)]
+    windows += [(0, 0, 50, 70), (30, 50, 20, 20), (0, 0, 19, 19), (25, 45, 40, 40), (10, 10, 5, 5)]
+    outcomes = set()
+    for y, x, h, w in windows:
+        targets = grid.window_targets("t", y, x, h, w)
+        assert targets.dtype == np.int8
+        np.testing.assert_array_equal(targets, _direct_targets(label, tags, y, x, h, w, 6), err_msg=str((y, x, h, w)))
+        inside = np.bincount(label[y:y + h, x:x + w].ravel(), minlength=256)[:6] > 0
+        assert inside[targets == TAG_POSITIVE].all()  # a positive is in the window
+        assert not inside[targets == TAG_NEGATIVE].any()  # a negative is not
+        outcomes |= set(targets.tolist())
+        assert targets[5] == TAG_NEGATIVE
+    assert outcomes == {TAG_POSITIVE, TAG_NEGATIVE, TAG_UNKNOWN}
+    # The whole tile holds every cell: each class is known. A window smaller than a cell knows no positive.
+    whole = grid.window_targets("t", 0, 0, 50, 70)
+    assert set(whole.tolist()) <= {TAG_POSITIVE, TAG_NEGATIVE}
+    assert TAG_POSITIVE not in grid.window_targets("t", 10, 10, 5, 5).tolist()
+
+
+def test_window_targets_of_a_padded_crop_of_a_small_tile():
+    label = np.zeros((12, 20), np.uint8)
+    label[:, 15:] = 2
+    tags = compute_crop_tags(_memory_source({"s": label}), ["s"], crop_px=32)
+    assert tags == [CropTag("s", 0, 0, 12, 20, (0, 2))]
+    grid = TagGrid(tags, 4)
+    # A 32 px crop of a 12×20 tile starts at (0, 0) and holds the one cell.
+    assert grid.window_targets("s", 0, 0, 32, 32).tolist() == [TAG_POSITIVE, TAG_NEGATIVE, TAG_POSITIVE, TAG_NEGATIVE]
+    assert grid.window_targets("s", 0, 0, 10, 10).tolist() == [TAG_UNKNOWN, TAG_NEGATIVE, TAG_UNKNOWN, TAG_NEGATIVE]
+    with pytest.raises(DatasetError, match="no grid crop tags for tile 'other'"):
+        grid.window_targets("other", 0, 0, 4, 4)

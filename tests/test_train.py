@@ -1,12 +1,10 @@
-import math
-
 import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from wsseg.core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from wsseg.core.train import build_optimizer, build_scheduler, fit, weighted_cross_entropy
+from wsseg.core.train import build_optimizer, build_scheduler, fit, train_one_epoch, weighted_cross_entropy
 
 
 class NoisyCrops(Dataset):
@@ -31,7 +29,6 @@ def run(tmp_path, epochs, resume=False, model=None):
     optimizer = build_optimizer(model.parameters(), "adam", 1e-2)
     loader = DataLoader(NoisyCrops(), batch_size=4, shuffle=True)
     scheduler = build_scheduler(optimizer, "poly", 4 * len(loader), len(loader))
-    scores = iter(range(100))
 
     def compute_loss(model, batch, epoch):
         images, masks = batch
@@ -126,3 +123,20 @@ def test_encoder_learning_rate_multiplier_scales_the_encoder_group():
     assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([1e-4, 1e-3])
     optimizer.step(), scheduler.step()
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * optimizer.param_groups[1]["lr"])
+
+
+def test_a_scalar_is_averaged_over_the_steps_that_reported_it():
+    model = tiny_model()
+    optimizer = build_optimizer(model.parameters(), "adam", 1e-2)
+    loader = DataLoader(NoisyCrops(), batch_size=2)
+    scheduler = build_scheduler(optimizer, "constant", len(loader), len(loader))
+    steps = iter(range(len(loader)))
+
+    def compute_loss(model, batch, epoch):
+        # A loss term of some batches only, as task ii's online terms in a batch without N2 crops.
+        step = next(steps)
+        return weighted_cross_entropy(model(batch[0]), batch[1]), {"every": 1.0, **({"odd": step} if step % 2 else {})}
+
+    stats, _ = train_one_epoch(model, loader, optimizer, scheduler, compute_loss, 0, torch.device("cpu"), None, None,
+                               show_progress=False)
+    assert stats["every"] == 1.0 and stats["odd"] == (1 + 3) / 2

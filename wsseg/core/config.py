@@ -184,6 +184,18 @@ class WeakConfig:
     finetune_epochs: int = 0
     # Start the task ii segmenter from task i's best checkpoint instead of from ImageNet.
     init_from_task_i: bool = False
+    # Task ii's segmenter learning from the N2 images online, on top of the pseudo masks (0 = off;
+    # task i and the oracle, which train on no N2 crop tags, ignore both). `segmenter_tag_loss`:
+    # weight of a multi-label loss on the segmenter's class scores pooled as the single-stage model
+    # pools its own (nGWP), with each random crop's classes read off the grid tags: present if a
+    # grid cell inside the crop is tagged with it (needs train.crop_px >= tag_crop_px), absent if
+    # no cell overlapping the crop is, else left out.
+    segmenter_tag_loss: float = 0.0
+    # Weight of weak-to-strong consistency (FixMatch / UniMatch): the detached prediction on a crop,
+    # with the classes its tags make absent removed, is the target of a colour-jittered, cut-out
+    # copy of the crop wherever its probability reaches `consistency_threshold`, in (0, 1].
+    consistency_weight: float = 0.0
+    consistency_threshold: float = 0.9
 
 
 @dataclass

@@ -73,9 +73,11 @@ def weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor, class_wei
 def train_one_epoch(model, loader, optimizer, scheduler, compute_loss: LossFn, epoch: int, device: torch.device,
                     amp_dtype: torch.dtype | None, scaler: torch.amp.GradScaler | None, writer=None,
                     global_step: int = 0, desc: str = "train", show_progress: bool = True) -> tuple[dict, int]:
+    """One pass over `loader`; each scalar is averaged over the steps that reported it (a loss
+    term of the N2 crops, say, is absent from a batch that drew none)."""
     model.train()
     totals: dict[str, float] = {}
-    count = 0
+    counts: dict[str, int] = {}
     autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
     bar = tqdm(loader, desc=f"{desc} epoch {epoch + 1}", leave=False, disable=not show_progress, dynamic_ncols=True)
     for batch in bar:
@@ -95,14 +97,14 @@ def train_one_epoch(model, loader, optimizer, scheduler, compute_loss: LossFn, e
         scalars = {"loss": loss.item(), **scalars}
         for key, value in scalars.items():
             totals[key] = totals.get(key, 0.0) + value
-        count += 1
+            counts[key] = counts.get(key, 0) + 1
         global_step += 1
         bar.set_postfix(loss=f"{scalars['loss']:.4f}")
         if writer is not None and global_step % 10 == 0:
             for key, value in scalars.items():
                 writer.add_scalar(f"{desc}/{key}", value, global_step)
             writer.add_scalar(f"{desc}/lr", optimizer.param_groups[0]["lr"], global_step)
-    return {key: value / max(1, count) for key, value in totals.items()}, global_step
+    return {key: value / counts[key] for key, value in totals.items()}, global_step
 
 
 def _set_epoch(loader, epoch: int) -> None:

@@ -156,3 +156,47 @@ def tag_vector(tag: CropTag, num_classes: int) -> np.ndarray:
     vector = np.zeros(num_classes, dtype=np.float32)
     vector[list(tag.classes)] = 1.0
     return vector
+
+
+# What the grid tags say of a class in a window that is not a grid cell (`TagGrid.window_targets`).
+TAG_POSITIVE, TAG_NEGATIVE, TAG_UNKNOWN = 1, 0, -1
+
+
+class TagGrid:
+    """The grid crop tags of some tiles, to read off what they say of any window of a tile.
+
+    A class is *positive* in a window if a grid cell lying entirely inside it is tagged with the
+    class (the cell's pixels are the window's), *negative* if no cell overlapping the window is
+    tagged with it (the cells cover the tile, so no pixel of the window shows it), and *unknown*
+    otherwise. Negatives are certain only with `weak.tag_min_fraction: 0`: a larger fraction
+    drops rare classes from a cell's tags. Windows are in tile pixels and may leave the tile
+    (a padded crop of a small tile); flips and quarter turns of the crop change nothing.
+    """
+
+    def __init__(self, crop_tags: Iterable[CropTag], num_classes: int):
+        self.num_classes = int(num_classes)
+        boxes: dict[str, list] = {}
+        multi_hot: dict[str, list] = {}
+        for tag in crop_tags:
+            boxes.setdefault(tag.tile_id, []).append((tag.y, tag.x, tag.y + tag.h, tag.x + tag.w))
+            multi_hot.setdefault(tag.tile_id, []).append(tag_vector(tag, self.num_classes) > 0)
+        # Per tile: cells as (top, left, bottom, right) rows, and their tags as a cells × classes table.
+        self.cells = {t: np.array(b, dtype=np.int64) for t, b in boxes.items()}
+        self.cell_tags = {t: np.stack(v) for t, v in multi_hot.items()}
+
+    @property
+    def tile_ids(self) -> list[str]:
+        return list(self.cells)
+
+    def window_targets(self, tile_id: str, y: int, x: int, h: int, w: int) -> np.ndarray:
+        """int8 per class: TAG_POSITIVE, TAG_NEGATIVE or TAG_UNKNOWN for window (y, x, h, w) of the tile."""
+        if tile_id not in self.cells:
+            raise DatasetError(f"no grid crop tags for tile {tile_id!r}")
+        top, left, bottom, right = self.cells[tile_id].T
+        inside = (top >= y) & (left >= x) & (bottom <= y + h) & (right <= x + w)
+        overlapping = (top < y + h) & (bottom > y) & (left < x + w) & (right > x)
+        tags = self.cell_tags[tile_id]
+        targets = np.full(self.num_classes, TAG_UNKNOWN, dtype=np.int8)
+        targets[~tags[overlapping].any(0)] = TAG_NEGATIVE
+        targets[tags[inside].any(0)] = TAG_POSITIVE
+        return targets

@@ -72,7 +72,7 @@ def run_task_ii(run: Run) -> tuple[dict, dict]:
         return done, quality
     metrics = train_segmenter(run, stage_dir, pseudo_masks={t: pm_dir / f"{t}.png" for t in run.split.tagged},
                               init_checkpoint=task_i_best if cfg.weak.init_from_task_i else None,
-                              title="Task ii: N1 pixel labels + N2 crop tags")
+                              title="Task ii: N1 pixel labels + N2 crop tags", crop_tags=crop_tags)
     log.info(f"task ii: test mIoU {metrics.get('miou', float('nan')):.4f}")
     return _finish_stage(run, stage_dir, metrics), quality
 

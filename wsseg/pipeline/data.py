@@ -99,6 +99,11 @@ def check_config(cfg: Config, source: TileSource | None = None, weak: bool = Tru
     if not 0.0 <= cfg.weak.single_stage.reject_background_below_recall <= 1.0:
         raise ConfigError("weak.single_stage.reject_background_below_recall must be in [0, 1], got "
                           f"{cfg.weak.single_stage.reject_background_below_recall}")
+    for key in ("segmenter_tag_loss", "consistency_weight"):
+        if getattr(cfg.weak, key) < 0.0:
+            raise ConfigError(f"weak.{key} must be at least 0 (0 = off), got {getattr(cfg.weak, key)}")
+    if not 0.0 < cfg.weak.consistency_threshold <= 1.0:
+        raise ConfigError(f"weak.consistency_threshold must be in (0, 1], got {cfg.weak.consistency_threshold}")
     if source is None:
         return
     names = source.classes.names
