@@ -213,6 +213,21 @@ def test_task_all_runs_the_weak_chain_and_compares(tmp_path, data_root):
     assert gap is None if oracle <= i else gap == pytest.approx((ii - i) / (oracle - i))
     assert "## Against the oracle" in (run / "comparison.md").read_text()
 
+    # A second round, added to the finished chain: round 1 stays as it is; round 2's pseudo masks
+    # fuse round 1's task ii segmenter, and its task ii is the result.
+    assert main(["train", "--task", "all", "--config", str(config), "--out", str(run), "--resume",
+                 *chain, "--set", "weak.rounds=2"]) == 0
+    assert {name: (run / name).stat().st_mtime_ns for name in mtimes} == mtimes
+    assert "round_2/task_ii: test mIoU" in (run / "log.txt").read_text()
+    comparison = json.loads((run / "comparison.json").read_text())
+    round_2 = json.loads((run / "round_2" / "task_ii" / "done.json").read_text())
+    assert comparison["task_ii"]["miou"] == round_2["miou"]
+    assert [r["round"] for r in comparison["task_ii"]["rounds"]] == [1, 2]
+    assert comparison["task_ii"]["rounds"][0]["miou"] == json.loads((run / "task_ii" / "done.json").read_text())["miou"]
+    assert comparison["pseudo_masks"] == json.loads((run / "round_2" / "pseudo_masks" / "done.json").read_text())
+    for tile in split["tagged"]:
+        assert (run / "round_2" / "pseudo_masks" / f"{tile}.png").is_file()
+
 
 def test_segmenter_weight_out_of_range_is_a_config_error(tmp_path, data_root, capsys):
     config = tiny_config(tmp_path, data_root)

@@ -168,6 +168,9 @@ def test_idle_consistency_is_a_warning(caplog):
     ({"consistency_weight": -1}, "weak.consistency_weight must be at least 0"),
     ({"consistency_threshold": 0.0}, r"weak.consistency_threshold must be in \(0, 1\]"),
     ({"consistency_threshold": 1.5}, r"weak.consistency_threshold must be in \(0, 1\]"),
+    ({"rounds": 0}, "weak.rounds must be at least 1"),
+    ({"rounds": 2}, "set weak.pseudo.segmenter_weight > 0"),
+    ({"single_stage": {"reject_background_below_recall": 1.5}}, "reject_background_below_recall must be in"),
 ])
 def test_online_lever_settings_are_checked(weak, message):
     from wsseg.core.config import ConfigError
@@ -176,3 +179,4 @@ def test_online_lever_settings_are_checked(weak, message):
     with pytest.raises(ConfigError, match=message):
         check_config(config_from_dict({"weak": weak}))
     check_config(config_from_dict({"weak": {"consistency_threshold": 1.0, "segmenter_tag_loss": 0.0}}))
+    check_config(config_from_dict({"weak": {"rounds": 2, "pseudo": {"segmenter_weight": 0.5}}}))

@@ -184,6 +184,10 @@ class WeakConfig:
     finetune_epochs: int = 0
     # Start the task ii segmenter from task i's best checkpoint instead of from ImageNet.
     init_from_task_i: bool = False
+    # Rounds of pseudo masks → segmenter. Round r > 1 remakes the N2 pseudo masks with round r − 1's
+    # task ii segmenter fused in place of task i's (needs weak.pseudo.segmenter_weight > 0) and
+    # trains a new task ii segmenter on them, in round_<r>/; the last round is task ii's result.
+    rounds: int = 1
     # Task ii's segmenter learning from the N2 images online, on top of the pseudo masks (0 = off;
     # task i and the oracle, which train on no N2 crop tags, ignore both). `segmenter_tag_loss`:
     # weight of a multi-label loss on the segmenter's class scores pooled as the single-stage model

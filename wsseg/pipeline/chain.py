@@ -20,7 +20,7 @@ from pathlib import Path
 
 from wsseg.core.config import Config
 from wsseg.core.distributed import DistInfo
-from wsseg.core.io import atomic_write_json
+from wsseg.core.io import atomic_write_json, score_or_nan
 from wsseg.core.report import write_comparison_report
 from wsseg.pipeline.data import Run, crop_tags_of, prepare_run
 from wsseg.pipeline.pseudo_masks import BackgroundRejected, make_pseudo_masks, pseudo_mask_samples
@@ -53,8 +53,13 @@ def run_task_i(run: Run) -> dict:
     return _finish_stage(run, stage_dir, metrics)
 
 
+def round_dir(run_dir: Path, round_number: int) -> Path:
+    """Round 1 lives in the run folder itself (pseudo_masks/, task_ii/); round r > 1 in round_<r>/."""
+    return run_dir if round_number == 1 else run_dir / f"round_{round_number}"
+
+
 def run_task_ii(run: Run) -> tuple[dict, dict]:
-    """Task ii's metrics and the quality report of its pseudo masks."""
+    """Task ii's metrics and the quality report of its pseudo masks (of the last round)."""
     cfg, run_dir = run.cfg, run.run_dir
     crop_tags = crop_tags_of(run)
     task_i_best = run_dir / "task_i" / "best.pt"
@@ -62,18 +67,37 @@ def run_task_ii(run: Run) -> tuple[dict, dict]:
         log.info("task ii uses task i's segmenter (weak.pseudo.segmenter_weight or weak.init_from_task_i): "
                  "running task i first")
         run_task_i(run)
-    pm_dir = run_dir / "pseudo_masks"
+    # Each round's pseudo masks are fused with the segmenter of the round before: task i's first,
+    # then task ii's own, which has learned from N1 and from the previous round's masks.
+    fusion_segmenter = task_i_best if cfg.weak.pseudo.segmenter_weight > 0 else None
+    rounds = []
+    for number in range(1, cfg.weak.rounds + 1):
+        folder = round_dir(run_dir, number)
+        metrics, quality = _task_ii_round(run, crop_tags, folder, fusion_segmenter, task_i_best,
+                                          f"Task ii{f' (round {number})' if cfg.weak.rounds > 1 else ''}: "
+                                          "N1 pixel labels + N2 crop tags")
+        rounds.append({"round": number, "miou": metrics.get("miou"), "pseudo_masks_miou": quality.get("miou_final"),
+                       "pseudo_masks_coverage": quality.get("coverage")})
+        fusion_segmenter = folder / "task_ii" / "best.pt"
+    if cfg.weak.rounds > 1:
+        log.info("task ii rounds: " + ", ".join(f"{r['round']}: mIoU {score_or_nan(r['miou']):.4f}" for r in rounds))
+        metrics = {**metrics, "rounds": rounds}
+    return metrics, quality
+
+
+def _task_ii_round(run: Run, crop_tags, folder: Path, fusion_segmenter: Path | None, task_i_best: Path,
+                   title: str) -> tuple[dict, dict]:
+    pm_dir, stage_dir = folder / "pseudo_masks", folder / "task_ii"
     if (quality := _stage_done(pm_dir)) is None:
-        quality = _weak_stage(run, crop_tags, pm_dir, task_i_best if cfg.weak.pseudo.segmenter_weight > 0 else None)
+        quality = _weak_stage(run, crop_tags, pm_dir, fusion_segmenter)
         _finish_stage(run, pm_dir, quality)
-    stage_dir = run_dir / "task_ii"
     if (done := _stage_done(stage_dir)) is not None:
-        log.info(f"task ii already finished in {stage_dir}: mIoU {done['miou']:.4f}")
+        log.info(f"{title}: already finished in {stage_dir}: mIoU {done['miou']:.4f}")
         return done, quality
     metrics = train_segmenter(run, stage_dir, pseudo_masks={t: pm_dir / f"{t}.png" for t in run.split.tagged},
-                              init_checkpoint=task_i_best if cfg.weak.init_from_task_i else None,
-                              title="Task ii: N1 pixel labels + N2 crop tags", crop_tags=crop_tags)
-    log.info(f"task ii: test mIoU {metrics.get('miou', float('nan')):.4f}")
+                              init_checkpoint=task_i_best if run.cfg.weak.init_from_task_i else None,
+                              title=title, crop_tags=crop_tags)
+    log.info(f"{stage_dir.relative_to(run.run_dir)}: test mIoU {metrics.get('miou', float('nan')):.4f}")
     return _finish_stage(run, stage_dir, metrics), quality
 
 
@@ -141,6 +165,7 @@ def run_task(cfg: Config, task: str, run_dir: Path, resume: bool = False, dist: 
     if not dist.is_main:
         return {}
     classes = run.source.classes
-    samples = pseudo_mask_samples(run.source, run.split, run_dir / "pseudo_masks", cfg.eval.num_triptychs)
+    samples = pseudo_mask_samples(run.source, run.split, round_dir(run_dir, cfg.weak.rounds) / "pseudo_masks",
+                                  cfg.eval.num_triptychs)
     return write_comparison_report(run_dir, task_i, task_ii, quality, classes.names, classes.palette, samples,
                                    oracle=oracle_metrics)

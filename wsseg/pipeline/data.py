@@ -99,6 +99,11 @@ def check_config(cfg: Config, source: TileSource | None = None, weak: bool = Tru
     if not 0.0 <= cfg.weak.single_stage.reject_background_below_recall <= 1.0:
         raise ConfigError("weak.single_stage.reject_background_below_recall must be in [0, 1], got "
                           f"{cfg.weak.single_stage.reject_background_below_recall}")
+    if cfg.weak.rounds < 1:
+        raise ConfigError(f"weak.rounds must be at least 1, got {cfg.weak.rounds}")
+    if cfg.weak.rounds > 1 and cfg.weak.pseudo.segmenter_weight == 0:
+        raise ConfigError(f"weak.rounds is {cfg.weak.rounds}, but later rounds differ from the first only by the "
+                          "segmenter fused into the pseudo masks: set weak.pseudo.segmenter_weight > 0")
     for key in ("segmenter_tag_loss", "consistency_weight"):
         if getattr(cfg.weak, key) < 0.0:
             raise ConfigError(f"weak.{key} must be at least 0 (0 = off), got {getattr(cfg.weak, key)}")
