@@ -26,14 +26,14 @@ from wsseg.core.metrics import class_pixel_counts, class_weights, majority_basel
 from wsseg.core.report import write_report
 from wsseg.core.stage import Stage
 from wsseg.core.train import build_optimizer, build_scheduler, weighted_cross_entropy
-from wsseg.datasets.base import TileSource
+from wsseg.datasets.base import IGNORE_INDEX, TileSource
 from wsseg.datasets.colour import encode_colour_mask
 from wsseg.datasets.crops import OnlineCrops, RandomCropDataset
 from wsseg.datasets.tags import CropTag, TagGrid
 from wsseg.models import build_segmenter, load_encoder_weights, parameter_groups
 from wsseg.models.tag_loss import partial_tag_loss
 from wsseg.pipeline.data import Run
-from wsseg.pseudo_labels.consistency import IGNORE_INDEX, consistency_loss, consistency_targets
+from wsseg.pseudo_labels.consistency import consistency_loss, consistency_targets
 
 log = logging.getLogger(__name__)
 

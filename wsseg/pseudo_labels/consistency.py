@@ -11,9 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from wsseg.datasets.base import IGNORE_INDEX
 from wsseg.datasets.tags import TAG_NEGATIVE
-
-IGNORE_INDEX = 255
 
 
 def tag_restricted_probabilities(weak_logits: torch.Tensor, tag_targets: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = 255
+from wsseg.datasets.base import IGNORE_INDEX
 
 
 def _check_tags(image_tags: torch.Tensor, num_channels: int, batch_size: int, background: bool) -> torch.Tensor:
