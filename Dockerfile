@@ -1,7 +1,10 @@
-# GPU image for training wsseg: CUDA 12 + cuDNN PyTorch base, the pinned requirements, the package.
+# GPU image for wsseg: CUDA 12 + cuDNN PyTorch base, the pinned requirements, the package. The
+# entry point is the `wsseg` command, so the arguments are a subcommand and its options:
 #   docker build -t wsseg .
 #   docker run --gpus all --rm -v /path/to/vaihingen:/data/vaihingen -v $PWD/runs:/app/runs wsseg \
-#       --task all --config configs/vaihingen_task1.yaml --set data.root=/data/vaihingen
+#       train --task all --config configs/vaihingen_task1.yaml --set data.root=/data/vaihingen
+#   docker run --gpus all --rm -v $PWD/models:/app/models -v $PWD/cache:/app/cache wsseg predict --help
+# Downloaded models are cached in /app/cache ($WSSEG_CACHE): mount it to download each model once.
 FROM pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
 
 # pydensecrf2 compiles a C++ extension; OpenCV needs libGL-free headless build only.
@@ -24,5 +27,7 @@ COPY resnet_weights ./resnet_weights
 COPY run_training.py ./
 RUN pip install --no-cache-dir --no-deps -e .
 
-ENTRYPOINT ["python", "run_training.py"]
-CMD ["--task", "all", "--config", "configs/demo.yaml"]
+ENV WSSEG_CACHE=/app/cache
+# `wsseg` is the console script of pyproject.toml ([project.scripts]), installed by the line above.
+ENTRYPOINT ["wsseg"]
+CMD ["train", "--task", "all", "--config", "configs/demo.yaml"]

@@ -1,5 +1,6 @@
 """The install surface a newcomer meets: requirements, pyproject, Makefile, Dockerfile, CI."""
 
+import json
 import re
 import shlex
 import tomllib
@@ -58,8 +59,13 @@ def test_dockerfile_copies_existing_files_and_installs_the_requirements():
     assert {"requirements.txt", "wsseg", "configs", "run_training.py"} <= copied
     runs = " ".join(args for op, args in instructions if op == "RUN")
     assert "pip install --no-cache-dir -r requirements.txt" in runs
-    entrypoint = [args for op, args in instructions if op == "ENTRYPOINT"]
-    assert entrypoint and "run_training.py" in entrypoint[0]
+    # The entry point is the console command, so `docker run IMAGE train ...` and `... predict ...` both work.
+    entrypoint = [json.loads(args) for op, args in instructions if op == "ENTRYPOINT"]
+    assert entrypoint == [["wsseg"]]
+    assert "wsseg" in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert "pip install --no-cache-dir --no-deps -e ." in runs  # installs that command
+    command = [json.loads(args) for op, args in instructions if op == "CMD"]
+    assert command and command[0][0] == "train"
 
 
 def test_makefile_and_ci_give_the_two_commands():

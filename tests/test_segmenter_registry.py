@@ -27,3 +27,20 @@ def test_unknown_name_lists_the_known_ones():
 def test_unknown_argument_is_named():
     with pytest.raises(TypeError, match="base_width"):
         build_segmenter("unet", 4, base_width=8)
+
+
+@pytest.mark.parametrize("name, kwargs", [
+    ("encdec_unpool", {"width": 0.125}),
+    ("effnet_lite0_unet", {"pretrained": False}),
+    ("unet", {"base_channels": 4, "depth": 2}),
+    ("fcn8s", {"width": 0.0625}),
+])
+def test_the_registered_head_is_exactly_what_the_class_count_shapes(name, kwargs):
+    """`--reset-head` learns afresh the weights under HEAD_PREFIXES: those, and only those, change
+    shape with the number of classes."""
+    from wsseg.models import HEAD_PREFIXES, head_prefixes
+
+    assert set(HEAD_PREFIXES) == set(SEGMENTERS)
+    three, five = build_segmenter(name, 3, **kwargs).state_dict(), build_segmenter(name, 5, **kwargs).state_dict()
+    class_sized = {k for k in three if three[k].shape != five[k].shape}
+    assert class_sized and class_sized == {k for k in three if k.startswith(head_prefixes(name))}

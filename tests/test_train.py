@@ -64,6 +64,17 @@ def test_checkpoints_hold_the_full_state_and_best_follows_validation(tmp_path):
     assert load_checkpoint(tmp_path / "three" / "best.pt")["epoch"] == 1  # 0.7 beat the later 0.6
 
 
+def test_checkpoint_extras_are_saved_beside_the_config(tmp_path):
+    model = tiny_model()
+    optimizer = build_optimizer(model.parameters(), "adam", 1e-2)
+    loader = DataLoader(NoisyCrops(), batch_size=4)
+    fit(model=model, loader=loader, optimizer=optimizer, scheduler=build_scheduler(optimizer, "constant", 2, 2),
+        compute_loss=lambda m, b, e: (weighted_cross_entropy(m(b[0]), b[1]), {}), epochs=1, run_dir=tmp_path,
+        device=torch.device("cpu"), log=lambda msg: None, show_progress=False,
+        checkpoint_extras={"classes": {"names": ["a", "b", "c"]}})
+    assert load_checkpoint(tmp_path / "best.pt")["classes"] == {"names": ["a", "b", "c"]}
+
+
 def test_existing_run_is_not_overwritten_without_resume(tmp_path):
     run(tmp_path, epochs=1)
     before = (tmp_path / "last.pt").read_bytes()

@@ -36,6 +36,12 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--oracle", action="store_true",
                         help="with --task all: also train on N1 + N2 with N2's true pixel labels (experiments "
                              "only) and report the gap task ii closes")
+    parser.add_argument("--init-from", metavar="MODEL",
+                        help="start the segmenters from a trained model: a checkpoint .pt, a stage or `wsseg "
+                             "publish` folder, the URL of its model.zip or a registry name (model.init_from)")
+    parser.add_argument("--reset-head", action="store_true",
+                        help="with --init-from: take every weight but the classifier's, for other classes "
+                             "(model.reset_head)")
 
 
 def train_main(argv: list[str] | None = None) -> int:
@@ -53,6 +59,14 @@ def _train(args) -> int:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    # The flags override the config, and so land in the run folder's config.yaml.
+    if args.init_from:
+        cfg.model.init_from = args.init_from
+    if args.reset_head:
+        cfg.model.reset_head = True
+    if cfg.model.reset_head and not cfg.model.init_from:
+        print("error: --reset-head (model.reset_head) needs --init-from (model.init_from)", file=sys.stderr)
         return 2
     if args.oracle and args.task != "all":
         print("error: --oracle is a third arm of the comparison: use it with --task all", file=sys.stderr)
@@ -77,13 +91,22 @@ def _train(args) -> int:
 
 
 def _eval(args) -> int:
+    from wsseg.pipeline.release import locate_model
+
+    location = locate_model(args.checkpoint)
+    if location.kind == "checkpoint":
+        return _eval_checkpoint(args, location.path)
+    return _eval_release(args, location)
+
+
+def _eval_checkpoint(args, checkpoint: Path) -> int:
+    """A run checkpoint, on the test tiles of its run (or of --split)."""
     from wsseg.core.checkpoint import load_checkpoint
     from wsseg.core.config import apply_overrides, config_from_dict
     from wsseg.datasets.splits import load_split
     from wsseg.pipeline.data import Run, load_source
     from wsseg.pipeline.segmenter import evaluate_checkpoint
 
-    checkpoint = Path(args.checkpoint)
     state = load_checkpoint(checkpoint)
     cfg = config_from_dict(apply_overrides(state["config"], args.overrides))
     split_path = Path(args.split) if args.split else checkpoint.parent.parent / "split.json"
@@ -94,7 +117,56 @@ def _eval(args) -> int:
     _setup_logging(out)
     run = Run(cfg, load_source(cfg), load_split(split_path), run_dir=split_path.parent)
     metrics = evaluate_checkpoint(run, out, checkpoint, title=f"Evaluation of {checkpoint}")
-    print(f"mIoU {metrics['miou']:.4f}  mean F1 {metrics['mean_f1']:.4f}  OA {metrics['overall_accuracy']:.4f}  → {out}")
+    return _print_scores(metrics, out)
+
+
+def _eval_release(args, location) -> int:
+    """A published model, on the test tiles of the split it records (or of --split), in its
+    training config's dataset (`--set data.root=...` where the data lives here)."""
+    from wsseg.core.config import apply_overrides, config_from_dict
+    from wsseg.core.io import atomic_write_json
+    from wsseg.datasets.splits import load_split
+    from wsseg.pipeline.data import Run, load_source
+    from wsseg.pipeline.release import load_release, read_release_meta
+    from wsseg.pipeline.segmenter import check_classes, evaluate_model
+
+    meta = read_release_meta(location.path)
+    trained = load_release(location.path, source=location.source)
+    cfg = config_from_dict(apply_overrides(trained.config, args.overrides))
+    out = Path(args.out) if args.out else Path(f"eval-{meta.get('name') or location.path.name}")
+    _setup_logging(out)
+    if args.split:
+        split = load_split(args.split)
+    elif meta.get("split"):
+        # The split it was tested on, recorded beside the report (and checked as any split file).
+        split = load_split(atomic_write_json(out / "split.json", meta["split"]))
+    else:
+        print(f"error: {location.source} records no split; pass --split", file=sys.stderr)
+        return 2
+    source = load_source(cfg)
+    check_classes(trained.class_names, source.classes.names, location.source)
+    run = Run(cfg, source, split, run_dir=out)
+    metrics = evaluate_model(run, out, trained.model, {"path": location.source},
+                             title=f"Evaluation of {location.source}")
+    return _print_scores(metrics, out)
+
+
+def _print_scores(metrics: dict, out: Path) -> int:
+    print(f"mIoU {metrics['miou']:.4f}  mean F1 {metrics['mean_f1']:.4f}  OA {metrics['overall_accuracy']:.4f}"
+          f"  → {out}")
+    return 0
+
+
+def _publish(args) -> int:
+    from wsseg.pipeline.release import publish
+
+    published = publish(args.checkpoint, args.out, name=args.name, force=args.force)
+    print(f"wrote the release {published.name!r} to {published.folder}")
+    for file_name, digest in published.sha256.items():
+        print(f"sha256 {digest}  {file_name}")
+    print("to share it: upload model.zip, then add this line to wsseg/checkpoints.yaml (or $WSSEG_REGISTRY)"
+          + ("" if args.url else ", with its URL") + ":")
+    print(f"  {published.registry_line(args.url)}")
     return 0
 
 
@@ -111,18 +183,26 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     add_train_args(sub.add_parser("train", help="train and evaluate task i, ii or both"))
     ev = sub.add_parser("eval", help="re-evaluate a saved checkpoint on the test tiles of its run")
-    ev.add_argument("--checkpoint", required=True)
+    ev.add_argument("--checkpoint", required=True,
+                    help="a run checkpoint .pt, a stage or release folder, a model.zip, its URL or a registry name")
     ev.add_argument("--split", help="split.json (default: the one in the checkpoint's run folder)")
     ev.add_argument("--out", help="report folder (default: beside the checkpoint)")
     ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override the checkpoint's config, e.g. --set data.root=/data/vaihingen")
+    pu = sub.add_parser("publish", help="write a release folder of a trained model: weights without pickle, "
+                                        "model.json, model card, model.zip")
+    pu.add_argument("checkpoint", help="a stage folder (RUN/task_ii, RUN/task_i: its best.pt) or a checkpoint .pt")
+    pu.add_argument("--out", required=True, help="the release folder to write")
+    pu.add_argument("--name", help="the model's name in its card and registry line (default: the --out folder's)")
+    pu.add_argument("--force", action="store_true", help="write over a non-empty --out")
+    pu.add_argument("--url", help="where model.zip will be served, for the registry line it prints")
     sy = sub.add_parser("synth", help="write the synthetic aerial dataset in the Vaihingen layout")
     sy.add_argument("out", help="output root (gets top/, gts_for_participants/, gts_eroded_for_participants/)")
     sy.add_argument("--tiles", type=int, default=33, help="number of tiles (default 33, the real area numbers)")
     sy.add_argument("--size", type=int, nargs=2, default=[384, 384], metavar=("H", "W"), help="tile size in px")
     sy.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    handler = {"train": _train, "eval": _eval, "synth": _synth}[args.command]
+    handler = {"train": _train, "eval": _eval, "publish": _publish, "synth": _synth}[args.command]
     try:
         return handler(args)
     except (ValueError, FileNotFoundError, ImportError, CheckpointError) as err:

@@ -7,7 +7,9 @@ scaler, epoch, best score, history, RNG states and the merged config. Loading us
 
 from __future__ import annotations
 
+import pickle
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -62,8 +64,41 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        # torch's message spans a page and suggests weights_only=False: say what was refused, in one line.
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        what = f" ({refused.group(1)})" if refused else ""
+        raise CheckpointError(f"cannot load checkpoint {path}: it holds a Python object{what} besides tensors and "
+                              f"plain data, which weights-only loading refuses, so that no file can run code; "
+                              f"only a checkpoint saved by wsseg loads") from None
     except Exception as err:  # a truncated or foreign file: say which one
-        raise CheckpointError(f"cannot load checkpoint {path}: {err}") from None
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"cannot load checkpoint {path}: {first_line}") from None
+
+
+def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], source: str,
+                 keep: tuple[str, ...] = ()) -> torch.nn.Module:
+    """Load `weights` into `model`, every key and shape exactly, except keys starting with a
+    prefix in `keep`, which keep the model's own values (a classifier to learn afresh).
+
+    Never a silent partial load: a missing or unexpected key or a shape that differs is a
+    CheckpointError naming `source` and the first keys of each kind.
+    """
+    own = model.state_dict()
+    wanted = {k: v for k, v in own.items() if not k.startswith(keep)} if keep else own
+    given = {k: v for k, v in weights.items() if not k.startswith(keep)} if keep else dict(weights)
+    problems = []
+    for what, keys in (("missing", [k for k in wanted if k not in given]),
+                       ("unexpected", [k for k in given if k not in wanted]),
+                       ("shape differs", [f"{k} {tuple(given[k].shape)} vs the model's {tuple(wanted[k].shape)}"
+                                          for k in wanted if k in given and given[k].shape != wanted[k].shape])):
+        if keys:
+            more = f" and {len(keys) - 5} more" if len(keys) > 5 else ""
+            problems.append(f"{what}: {', '.join(keys[:5])}{more}")
+    if problems:
+        raise CheckpointError(f"the weights of {source} do not fit the model ({'; '.join(problems)})")
+    model.load_state_dict({**own, **given}, strict=True)
+    return model
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

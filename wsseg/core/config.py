@@ -49,6 +49,12 @@ class ModelConfig:
     options: dict[str, Any] = field(default_factory=dict)
     # Optional ImageNet VGG16/VGG16-BN state dict for the EncDecUnpool encoder (local file).
     encoder_weights: str | None = None
+    # Start the segmenters from a trained model (`wsseg train --init-from`): a run checkpoint .pt,
+    # a folder written by `wsseg publish`, an http(s) URL of its zip, or a name in the registry
+    # (`pipeline.release.resolve_checkpoint`). Its classes must be this dataset's, by name, unless
+    # `reset_head`, which takes every weight but the classifier's (learnt afresh).
+    init_from: str | None = None
+    reset_head: bool = False
 
 
 @dataclass

@@ -72,6 +72,22 @@ def _summary_line(metrics: dict, label: str = "") -> str:
     return (f"{label}: " if label else "") + " · ".join(parts)
 
 
+def metrics_summary(metrics: dict) -> list[str]:
+    """The mean scores of one evaluation (full and, when there, eroded ground truth), as markdown lines."""
+    md = [_summary_line(metrics, "full ground truth")]
+    if metrics.get("eroded"):
+        md += ["", _summary_line(metrics["eroded"], "eroded ground truth")]
+    return md
+
+
+def per_class_table(metrics: dict, class_names) -> str:
+    """The markdown table of per-class scores of one evaluation, with the mean row."""
+    header = ["class", "in mean", "IoU", "F1", "precision", "recall", "support (px)"]
+    if metrics.get("eroded"):
+        header += ["IoU eroded", "F1 eroded"]
+    return _md_table(header, _class_rows(metrics, class_names))
+
+
 def write_report(
     run_dir: str | Path,
     metrics: dict,
@@ -119,13 +135,8 @@ def write_report(
                                       class_names, palette, f"{title}: {tile_id}")
         triptychs.append((tile_id, name))
 
-    header = ["class", "in mean", "IoU", "F1", "precision", "recall", "support (px)"]
-    if metrics.get("eroded"):
-        header += ["IoU eroded", "F1 eroded"]
-    md = [f"# {title}", "", _summary_line(metrics, "full ground truth")]
-    if metrics.get("eroded"):
-        md += ["", _summary_line(metrics["eroded"], "eroded ground truth")]
-    md += ["", "## Per class", "", _md_table(header, _class_rows(metrics, class_names)), "",
+    md = [f"# {title}", "", *metrics_summary(metrics)]
+    md += ["", "## Per class", "", per_class_table(metrics, class_names), "",
            "Scores are fractions (0–1) from one confusion matrix over all evaluated pixels; "
            "overall accuracy includes classes outside the mean; – marks a class absent from "
            "both ground truth and prediction.", "", "## Figures", "", "![per-class IoU](iou_bars.png)"]

@@ -40,7 +40,7 @@ class Stage:
 
     def __init__(self, stage_dir: Path, *, device: str = "auto", precision: str = "auto",
                  channels_last: bool = False, seed: int = 0, workers: int = 2, dist: DistInfo = DistInfo(),
-                 config: dict | None = None, resume: bool = False):
+                 config: dict | None = None, resume: bool = False, checkpoint_extras: dict | None = None):
         self.stage_dir = Path(stage_dir)
         self.stage_dir.mkdir(parents=True, exist_ok=True)
         self.name = self.stage_dir.name
@@ -51,6 +51,7 @@ class Stage:
         self.seed = seed
         self.workers = workers
         self.config = config or {}
+        self.checkpoint_extras = checkpoint_extras or {}
         self.resume = resume
         self._writer = None
         torch.manual_seed(seed)
@@ -99,11 +100,12 @@ class Stage:
             epochs: int, validate: Callable[[torch.nn.Module, int], dict] | None = None,
             run_dir: Path | None = None, desc: str | None = None) -> list[dict]:
         """`core.train.fit` with this stage's device, precision, processes, config and resume;
-        checkpoints go to `run_dir` (default: the stage folder)."""
+        checkpoints go to `run_dir` (default: the stage folder), with the stage's `checkpoint_extras`."""
         return fit(model=model, loader=loader, optimizer=optimizer, scheduler=scheduler, compute_loss=compute_loss,
                    epochs=epochs, run_dir=run_dir or self.stage_dir, device=self.device, amp_dtype=self.amp_dtype,
                    validate=validate, config=self.config, resume=self.resume, dist_info=self.dist,
-                   writer=self.writer, desc=desc or self.name, log=log.info)
+                   writer=self.writer, desc=desc or self.name, log=log.info,
+                   checkpoint_extras=self.checkpoint_extras)
 
     def close(self) -> None:
         if self._writer is not None:

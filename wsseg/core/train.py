@@ -118,8 +118,11 @@ def fit(*, model: torch.nn.Module, loader, optimizer, scheduler, compute_loss: L
         run_dir: Path, device: torch.device, amp_dtype: torch.dtype | None = None,
         validate: Callable[[torch.nn.Module, int], dict] | None = None, select_key: str = "miou",
         config: dict | None = None, resume: bool = False, dist_info: DistInfo = DistInfo(), writer=None,
-        desc: str = "train", log: Callable[[str], None] = print, show_progress: bool = True) -> list[dict]:
-    """Train for `epochs`, validating after each epoch; returns the per-epoch history."""
+        desc: str = "train", log: Callable[[str], None] = print, show_progress: bool = True,
+        checkpoint_extras: dict | None = None) -> list[dict]:
+    """Train for `epochs`, validating after each epoch; returns the per-epoch history.
+
+    `checkpoint_extras` go into every checkpoint beside the config (the class names, say)."""
     run_dir = Path(run_dir)
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
@@ -167,7 +170,7 @@ def fit(*, model: torch.nn.Module, loader, optimizer, scheduler, compute_loss: L
                 "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                 "lr_scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
                 "epoch": epoch, "best_score": best_score, "history": history, "global_step": global_step,
-                "rng": rng_state(), "config": config or {},
+                "rng": rng_state(), "config": config or {}, **(checkpoint_extras or {}),
             }
             save_checkpoint(last_path, state)
             if improved:

@@ -61,4 +61,44 @@ def build_source(kind: str, root: str | Path, **options) -> TileSource:
     return loader(root, **options)
 
 
-__all__ = ["ClassSpec", "DatasetError", "Tile", "TileSource", "build_source", "known_kinds"]
+def fixed_classes(kind: str, options: dict | None = None) -> ClassSpec | None:
+    """The classes of dataset kind `kind` with `options`, known without reading its files: the
+    benchmark's own for a benchmark layout, the options' for `folder`; None where only the data
+    says (ade20k_full names its classes from its index file)."""
+    from wsseg.datasets.ade20k import ADE20K_CLASSES
+    from wsseg.datasets.camvid import CAMVID_NAMES, CAMVID_PALETTE
+    from wsseg.datasets.cityscapes import CITYSCAPES_CLASSES
+    from wsseg.datasets.colour import default_palette
+    from wsseg.datasets.dubai import DUBAI_CLASSES
+    from wsseg.datasets.isprs import VAIHINGEN_CLASSES
+    from wsseg.datasets.voc import VOC_CLASSES
+
+    fixed = {"vaihingen": VAIHINGEN_CLASSES, "synthetic_vaihingen": VAIHINGEN_CLASSES,
+             "vaihingen_mmseg": VAIHINGEN_CLASSES, "potsdam_mmseg": VAIHINGEN_CLASSES, "dubai": DUBAI_CLASSES,
+             "voc": VOC_CLASSES, "cityscapes": CITYSCAPES_CLASSES, "ade20k": ADE20K_CLASSES,
+             "camvid": ClassSpec(CAMVID_NAMES, CAMVID_PALETTE)}
+    if kind in fixed:
+        return fixed[kind]
+    options = options or {}
+    if kind == "folder" and "class_names" in options:
+        names = tuple(options["class_names"])
+        palette = options.get("palette")
+        palette = (tuple(tuple(int(v) for v in c) for c in palette) if palette is not None
+                   else default_palette(len(names)))
+        return ClassSpec(names, palette, tuple(options.get("in_mean") or ()))
+    return None
+
+
+# What the three input channels of each layout hold: ISPRS Vaihingen ships false-colour IRRG
+# (the synthetic dataset imitates it); everything else here is plain RGB (mmsegmentation's
+# Potsdam converter reads the RGB orthophotos).
+_IRRG_KINDS = ("vaihingen", "synthetic_vaihingen", "vaihingen_mmseg")
+
+
+def input_bands(kind: str) -> tuple[str, str, str]:
+    """The bands a model trained on dataset kind `kind` takes as its channels 0, 1, 2."""
+    return ("nir", "red", "green") if kind in _IRRG_KINDS else ("red", "green", "blue")
+
+
+__all__ = ["ClassSpec", "DatasetError", "Tile", "TileSource", "build_source", "fixed_classes", "input_bands",
+           "known_kinds"]

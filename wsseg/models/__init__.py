@@ -46,6 +46,12 @@ def build_segmenter(name: str, num_classes: int, **kwargs) -> nn.Module:
     return constructor(num_classes=num_classes, **kwargs)
 
 
+def untrained_options(options: dict) -> dict:
+    """Constructor `options` with ImageNet loading off (`pretrained`), for a segmenter whose every
+    weight then comes from a checkpoint: the ImageNet weights are not loaded to be overwritten."""
+    return {k: (False if k == "pretrained" else v) for k, v in options.items()}
+
+
 def load_encoder_weights(name: str, model: nn.Module, weights) -> nn.Module:
     """Load ImageNet VGG16 weights (a local state dict file) into the encoder of segmenter `name`."""
     if name not in VGG16_ENCODER_LOADERS:
@@ -63,6 +69,24 @@ ENCODER_PREFIXES: dict[str, tuple[str, ...]] = {
     "fcn8s": ("blocks.", "fc6.", "fc7."),
     "unet": ("stem.", "down."),
 }
+
+
+# The classifier of each segmenter (state-dict key prefixes): the layers whose output channels
+# are the classes, which `--reset-head` leaves freshly initialised when a model learns new classes.
+HEAD_PREFIXES: dict[str, tuple[str, ...]] = {
+    "encdec_unpool": ("classifier.",),
+    "effnet_lite0_unet": ("classifier.",),
+    "unet": ("classifier.",),
+    # FCN-8s scores every skip and upsamples class maps: all of that has num_classes channels.
+    "fcn8s": ("score_fr.", "score_pool4.", "score_pool3.", "upscore2.", "upscore_pool4.", "upscore8."),
+}
+
+
+def head_prefixes(name: str) -> tuple[str, ...]:
+    """The state-dict key prefixes of segmenter `name`'s classifier (`HEAD_PREFIXES`)."""
+    if name not in HEAD_PREFIXES:
+        raise ValueError(f"segmenter {name!r} has no classifier registered in models.HEAD_PREFIXES")
+    return HEAD_PREFIXES[name]
 
 
 def parameter_groups(name: str, model: nn.Module, encoder_lr_mult: float = 1.0) -> list[dict]:

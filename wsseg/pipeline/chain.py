@@ -24,7 +24,7 @@ from wsseg.core.io import atomic_write_json, score_or_nan
 from wsseg.core.report import write_comparison_report
 from wsseg.pipeline.data import Run, crop_tags_of, prepare_run
 from wsseg.pipeline.pseudo_masks import BackgroundRejected, make_pseudo_masks, pseudo_mask_samples
-from wsseg.pipeline.segmenter import train_segmenter
+from wsseg.pipeline.segmenter import check_init_from, train_segmenter
 from wsseg.pipeline.weak import train_single_stage
 
 log = logging.getLogger(__name__)
@@ -155,6 +155,7 @@ def run_task(cfg: Config, task: str, run_dir: Path, resume: bool = False, dist: 
     if oracle and task != "all":
         raise ValueError("the oracle is a third arm of the comparison: use it with --task all")
     run = prepare_run(cfg, run_dir, resume, dist, weak=task != "i")
+    check_init_from(run)
     if task == "i":
         return run_task_i(run)
     if task == "ii":

@@ -18,7 +18,7 @@ from wsseg.core.config import Config, ConfigError, config_to_dict, save_config
 from wsseg.core.distributed import DistInfo
 from wsseg.core.stage import Stage
 from wsseg.datasets import build_source
-from wsseg.datasets.base import DatasetError, TileSource, rescaled
+from wsseg.datasets.base import ClassSpec, DatasetError, TileSource, rescaled
 from wsseg.datasets.splits import (Split, format_split, group_by_part, load_split, make_split, official_split,
                                    save_split)
 from wsseg.datasets.tags import CropTag, compute_crop_tags, load_crop_tags, save_crop_tags
@@ -39,10 +39,18 @@ class Run:
     dist: DistInfo = DistInfo()
 
     def stage(self, stage_dir: Path, precision: str, channels_last: bool) -> Stage:
-        """The training skeleton for a stage of this run, in `stage_dir`."""
+        """The training skeleton for a stage of this run, in `stage_dir`; its checkpoints carry the
+        dataset's classes, so that a model is usable without the data it was trained on."""
         return Stage(stage_dir, device=self.cfg.device, precision=precision, channels_last=channels_last,
                      seed=self.cfg.train.seed, workers=self.cfg.train.workers, dist=self.dist,
-                     config=config_to_dict(self.cfg), resume=self.resume)
+                     config=config_to_dict(self.cfg), resume=self.resume,
+                     checkpoint_extras={"classes": class_record(self.source.classes)})
+
+
+def class_record(classes: ClassSpec) -> dict:
+    """`classes` as plain lists, as checkpoints and model files store them."""
+    return {"names": list(classes.names), "palette": [list(c) for c in classes.palette],
+            "in_mean": list(classes.in_mean), "ignore_index": int(classes.ignore_index)}
 
 
 def load_source(cfg: Config) -> TileSource:

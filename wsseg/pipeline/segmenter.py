@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
-from wsseg.core.checkpoint import load_checkpoint, unwrap
+from wsseg.core.checkpoint import CheckpointError, load_checkpoint, load_weights, unwrap
 from wsseg.core.config import Config
 from wsseg.core.distributed import autocast_dtype, choose_device
 from wsseg.core.evaluate import evaluate_tiles
@@ -30,9 +30,10 @@ from wsseg.datasets.base import IGNORE_INDEX, TileSource
 from wsseg.datasets.colour import encode_colour_mask
 from wsseg.datasets.crops import OnlineCrops, RandomCropDataset
 from wsseg.datasets.tags import CropTag, TagGrid
-from wsseg.models import build_segmenter, load_encoder_weights, parameter_groups
+from wsseg.models import build_segmenter, load_encoder_weights, parameter_groups, untrained_options
 from wsseg.models.tag_loss import partial_tag_loss
 from wsseg.pipeline.data import Run
+from wsseg.pipeline.release import initialise_from, resolve_checkpoint
 from wsseg.pseudo_labels.consistency import consistency_loss, consistency_targets
 
 log = logging.getLogger(__name__)
@@ -140,21 +141,43 @@ def segmenter_class_weights(cfg: Config, source: TileSource, tile_ids) -> torch.
     return torch.as_tensor(weights, dtype=torch.float32)
 
 
-def build_model(cfg: Config, num_classes: int) -> torch.nn.Module:
-    """The configured segmenter, with ImageNet encoder weights from a local file when configured."""
+def build_model(cfg: Config, num_classes: int, pretrained: bool = True) -> torch.nn.Module:
+    """The configured segmenter, with ImageNet encoder weights from a local file when configured
+    (not with `pretrained=False`: for a model whose weights come from elsewhere)."""
+    if not pretrained:
+        return build_segmenter(cfg.model.name, num_classes, **untrained_options(cfg.model.options))
     model = build_segmenter(cfg.model.name, num_classes, **cfg.model.options)
     if cfg.model.encoder_weights:
         load_encoder_weights(cfg.model.name, model, cfg.model.encoder_weights)
     return model
 
 
+def init_from_trained(cfg: Config, class_names, model: torch.nn.Module) -> str:
+    """Load the weights of `model.init_from` (any `resolve_checkpoint` spec) into `model`: all of
+    them for the same classes, all but the classifier's with `model.reset_head`. Returns its source."""
+    trained = resolve_checkpoint(cfg.model.init_from)
+    initialise_from(model, trained, model_name=cfg.model.name, options=cfg.model.options, class_names=class_names,
+                    reset_head=cfg.model.reset_head)
+    return trained.source
+
+
+def check_init_from(run: Run) -> None:
+    """Fetch `model.init_from` and check that it fits this run's segmenter and classes, before any
+    stage trains: task ii's segmenter starts hours into a run."""
+    cfg = run.cfg
+    if cfg.model.init_from:
+        classes = run.source.classes
+        with torch.random.fork_rng(devices=[]):  # building a model draws weights: leave the run's RNG alone
+            source = init_from_trained(cfg, classes.names, build_model(cfg, classes.num_classes, pretrained=False))
+        head = ", classifier learnt afresh" if cfg.model.reset_head else ""
+        log.info(f"the segmenters start from {source}{head}")
+
+
 def load_segmenter(cfg: Config, num_classes: int, checkpoint: Path | dict, device: torch.device) -> torch.nn.Module:
     """The configured segmenter with a checkpoint's weights (a path or a loaded checkpoint), in eval mode."""
     state = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint, map_location=device)
-    # The checkpoint holds every weight: ImageNet weights are not loaded again to be overwritten.
-    options = {k: (False if k == "pretrained" else v) for k, v in cfg.model.options.items()}
-    model = build_segmenter(cfg.model.name, num_classes, **options)
-    model.load_state_dict(state["model"])
+    model = build_segmenter(cfg.model.name, num_classes, **untrained_options(cfg.model.options))
+    load_weights(model, state["model"], "the checkpoint" if isinstance(checkpoint, dict) else str(checkpoint))
     return model.to(device).eval()
 
 
@@ -174,11 +197,16 @@ def train_segmenter(run: Run, stage_dir: Path, *, pseudo_masks: dict[str, Path] 
         loader = stage.loader(training_crops(cfg, run, pseudo_masks, oracle, crop_tags),
                               cfg.train.batch_size + extra)
 
-        model = build_model(cfg, classes.num_classes)
+        # A model that starts from trained weights needs no ImageNet weights to overwrite.
+        model = build_model(cfg, classes.num_classes, pretrained=init_checkpoint is None and not cfg.model.init_from)
         if init_checkpoint is not None:
             # Task ii can start from task i's best model: the pseudo masks then add to what N1 taught.
-            model.load_state_dict(load_checkpoint(init_checkpoint)["model"])
+            load_weights(model, load_checkpoint(init_checkpoint)["model"], str(init_checkpoint))
             log.info(f"{stage_dir.name}: initialised from {init_checkpoint}")
+        elif cfg.model.init_from and not (run.resume and (stage_dir / "last.pt").exists()):
+            origin = init_from_trained(cfg, classes.names, model)
+            log.info(f"{stage_dir.name}: initialised from {origin}"
+                     f"{', classifier learnt afresh' if cfg.model.reset_head else ''}")
         model = stage.prepare(model)
 
         weights = segmenter_class_weights(cfg, source, split.labelled)
@@ -319,14 +347,32 @@ def _finetune_on_labels(run: Run, stage: Stage, model, compute_loss, validate) -
 def evaluate_checkpoint(run: Run, out_dir: Path, checkpoint: Path, history: list[dict] | None = None,
                         title: str = "Evaluation", train_tile_ids=None) -> dict:
     """Whole-tile sliding-window evaluation of a checkpoint on the test tiles, with the full report."""
+    device = choose_device(run.cfg.device, run.dist)
+    state = load_checkpoint(checkpoint, map_location=device)
+    check_classes(state.get("classes", {}).get("names"), run.source.classes.names, str(checkpoint))
+    model = load_segmenter(run.cfg, run.source.classes.num_classes, state, device)
+    log.info(f"evaluating {checkpoint} (epoch {state['epoch'] + 1}) on {len(run.split.test)} test tiles")
+    return evaluate_model(run, out_dir, model, {"path": checkpoint.name, "epoch": state["epoch"] + 1},
+                          history or state.get("history", []), title, train_tile_ids)
+
+
+def check_classes(model_classes, dataset_classes, source: str) -> None:
+    """A model scored on a dataset must predict that dataset's classes, by name and in order."""
+    if model_classes is not None and tuple(model_classes) != tuple(dataset_classes):
+        raise CheckpointError(f"{source} predicts the classes ({', '.join(model_classes)}), the dataset has "
+                              f"({', '.join(dataset_classes)})")
+
+
+def evaluate_model(run: Run, out_dir: Path, model: torch.nn.Module, checkpoint_info: dict,
+                   history: list[dict] | None = None, title: str = "Evaluation", train_tile_ids=None) -> dict:
+    """Whole-tile sliding-window evaluation of a loaded segmenter on the test tiles, with the full
+    report; `checkpoint_info` says in metrics.json which model it was."""
     cfg, source, split = run.cfg, run.source, run.split
     device = choose_device(cfg.device, run.dist)
     amp_dtype = autocast_dtype(cfg.train.precision, device)
     classes = source.classes
-    state = load_checkpoint(checkpoint, map_location=device)
-    model = load_segmenter(cfg, classes.num_classes, state, device)
+    model = model.to(device).eval()
     shown = list(split.test)[: cfg.eval.num_triptychs]
-    log.info(f"evaluating {checkpoint} (epoch {state['epoch'] + 1}) on {len(split.test)} test tiles")
     result = evaluate_tiles(model, source, split.test, cfg.eval.window_px, cfg.eval.stride_px, cfg.eval.batch_size,
                             device, amp_dtype, keep_predictions=shown)
     metrics = result.metrics(classes)
@@ -334,8 +380,7 @@ def evaluate_checkpoint(run: Run, out_dir: Path, checkpoint: Path, history: list
     train_counts = sum(class_pixel_counts(source.label(t), classes.num_classes, classes.ignore_index)
                        for t in train_ids)
     metrics["baseline_majority_miou"] = majority_baseline_miou(train_counts, result.cm, classes.names, classes.in_mean)
-    metrics["checkpoint"] = {"path": checkpoint.name, "epoch": state["epoch"] + 1}
+    metrics["checkpoint"] = checkpoint_info
     samples = [(t, source.image(t), source.label(t), result.predictions[t]) for t in shown]
-    write_report(out_dir, metrics, classes.names, classes.palette, history or state.get("history", []), samples,
-                 title=title)
+    write_report(out_dir, metrics, classes.names, classes.palette, history or [], samples, title=title)
     return metrics
