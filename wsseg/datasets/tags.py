@@ -175,8 +175,8 @@ def load_crop_tags(path: str | Path, expected_tile_ids: Iterable[str] | None = N
                                        f"outside 0..{limit - 1}")
             tags.append(CropTag(tile_id, y, x, h, w, tuple(sorted(set(classes)))))
         if mode == "image" and (len(crops) != 1 or crops[0][:2] != [0, 0]):
-            raise DatasetError(f"{path}: image tags, but tile {tile_id!r} has {len(crops)} crops, not one "
-                               f"whole-image crop at (0, 0)")
+            raise DatasetError(f"{path}: image tags, but tile {tile_id!r} has {len(crops)} crop(s) {crops!r}, "
+                               f"not one whole-image crop at (0, 0)")
         if not any(crop[4] for crop in crops):
             raise DatasetError(f"{path}: tile {tile_id!r} has {len(crops)} crops but not a single class tag")
     return tags
