@@ -266,3 +266,78 @@ def test_strong_view_is_photometric_only():
     assert sum(recoloured) >= 4  # colour jitter on 80 % of the crops
     same = [strong_photometric(image, np.random.default_rng(5)) for _ in range(2)]
     assert torch.equal(*same)
+
+
+def _stripes(root):
+    """A 32×64 image: R vertical stripes 16 px wide, G horizontal stripes 16 px high, B = column."""
+    (root / "img").mkdir(parents=True)
+    (root / "gt").mkdir(parents=True)
+    image = np.zeros((32, 64, 3), np.uint8)
+    image[..., 0] = np.where(np.arange(64) // 16 % 2, 255, 0)[None, :]
+    image[..., 1] = np.where(np.arange(32) // 16 % 2, 255, 0)[:, None]
+    image[..., 2] = 4 * np.arange(64)[None, :]
+    Image.fromarray(image).save(root / "img" / "wide.png")
+    save_index_png(root / "gt" / "wide.png", np.zeros((32, 64), np.uint8), PALETTE)
+    return folder_source(root, "img", "gt", NAMES, PALETTE)
+
+
+def _run_lengths(values: torch.Tensor) -> list[int]:
+    """Lengths of the runs of equal values in a 1-D bool tensor."""
+    change = torch.nonzero(values[1:] != values[:-1]).flatten() + 1
+    edges = [0, *change.tolist(), len(values)]
+    return [b - a for a, b in zip(edges, edges[1:])]
+
+
+def test_tagged_crops_keep_the_aspect_ratio_and_mirror_into_the_square(tmp_path):
+    source = _stripes(tmp_path)
+    tags = [CropTag("wide", 0, 0, 32, 64, (0,))]
+    image, _, _ = TaggedCropDataset(source, tags, 4, augment=False, crop_px=32, keep_aspect=True)[0]
+    assert image.shape == (3, 32, 32)
+    # Halved evenly: 16 px stripes become 8 px ones both ways (squashed, the rows would stay 16 px).
+    content = image[:, 8:24]
+    assert _run_lengths(content[0, 4] > 0.5) == [8, 8, 8, 8]
+    assert _run_lengths(content[1, :, 4] > 0.5) == [8, 8]
+    assert torch.allclose(content[0], content[0, :1].expand(16, 32), atol=1e-6)  # vertical stripes stay vertical
+    # The 8 rows above and below mirror the image's edge rows (symmetric: the edge row repeated).
+    assert torch.equal(image[:, :8], image[:, 8:16].flip(1))
+    assert torch.equal(image[:, 24:], image[:, 16:24].flip(1))
+    # A tall thin crop mirrors again and again across the square; columns keep their order in the middle.
+    thin, _, _ = TaggedCropDataset(source, [CropTag("wide", 0, 0, 32, 4, (0,))], 4, augment=False, crop_px=32,
+                                   keep_aspect=True)[0]
+    middle = thin[:, :, 14:18]
+    assert torch.equal(thin[:, :, 10:14], middle.flip(-1)) and torch.equal(thin[:, :, 18:22], middle.flip(-1))
+    assert torch.equal(thin[:, :, 6:10], middle) and torch.equal(thin[:, :, 0:2], middle[..., 2:])
+    # Augmented: still the square, and the same crop for the same seed.
+    augmented = TaggedCropDataset(source, tags, 4, augment=True, crop_px=32, keep_aspect=True)
+    assert augmented[0][0].shape == (3, 32, 32) and torch.equal(augmented[0][0], augmented[0][0])
+    with pytest.raises(DatasetError, match="keep_aspect needs crop_px"):
+        TaggedCropDataset(source, tags, 4, keep_aspect=True)
+
+
+def test_grid_crops_are_resized_as_before(tmp_path):
+    """Grid mode (keep_aspect off) is the published recipe step by step; a square crop without
+    the random resized box comes out the same with keep_aspect on."""
+    import torchvision.transforms.v2.functional as F
+    from torchvision.transforms import InterpolationMode
+
+    from wsseg.datasets.augment import random_colour_jitter, random_dihedral, random_resized_box
+    from wsseg.datasets.crops import to_image_tensor
+
+    source, _ = _tiles(tmp_path)
+    tags = [CropTag("t2", 0, 0, 48, 48, (0, 1)), CropTag("t2", 16, 16, 48, 48, (2,))]
+    data = TaggedCropDataset(source, tags, 4, augment=True, crop_px=40, seed=3)
+    for epoch in range(3):
+        data.set_epoch(epoch)
+        for index, tag in enumerate(tags):
+            rng = np.random.default_rng((3, epoch, index))
+            image = to_image_tensor(source.image("t2")[tag.y:tag.y + tag.h, tag.x:tag.x + tag.w])
+            image = F.resized_crop(image, *random_resized_box(48, 48, rng, (0.9, 1.0)), [40, 40],
+                                   interpolation=InterpolationMode.BICUBIC, antialias=True)
+            image, _ = random_dihedral(image, None, rng)
+            image = random_colour_jitter(image.as_subclass(torch.Tensor).clamp(0, 1), rng)
+            assert torch.equal(data[index][0], image.clamp(0, 1))
+    fixed = ["hflip", "vflip", "rot90", "colour"]
+    squashed = TaggedCropDataset(source, tags, 4, augment=fixed, crop_px=40, seed=3)
+    kept = TaggedCropDataset(source, tags, 4, augment=fixed, crop_px=40, seed=3, keep_aspect=True)
+    for index in range(2):
+        assert torch.equal(squashed[index][0], kept[index][0])

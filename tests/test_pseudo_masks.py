@@ -67,3 +67,34 @@ def test_a_constant_background_that_never_wins_is_rejected():
         _check_background(_config(0.05), constant, CLASSES, never_wins, ["tile_a"])
     except BackgroundRejected as rejection:
         assert rejection.note == {"class": "land", "recall": 0.02, "threshold": 0.05, "calibration_tiles": ["tile_a"]}
+
+
+def test_image_tags_are_predicted_at_the_training_size_with_the_aspect_kept():
+    from types import SimpleNamespace
+
+    import torch
+
+    from wsseg.core.config import config_from_dict
+    from wsseg.models.single_stage import ClassLayout, SingleStageSegmenter
+    from wsseg.pipeline.pseudo_masks import CropPredictor, inference_scales
+
+    settings = {"single_stage": {"crop_px": 32}, "pseudo": {"scales": [1.0, 0.5], "flip": True}}
+    image_cfg = config_from_dict({"weak": {"tags": "image", **settings}})
+    grid_cfg = config_from_dict({"weak": settings})
+    assert inference_scales(grid_cfg, 40, 80) == (1.0, 0.5)  # grid crops: relative to the crop itself
+    assert inference_scales(image_cfg, 40, 80) == pytest.approx((0.4, 0.2))
+    assert inference_scales(image_cfg, 64, 16) == pytest.approx((0.5, 0.25))
+
+    torch.manual_seed(0)
+    model = SingleStageSegmenter(num_classes=2, width=0.0625).eval()
+    seen = []
+    model.register_forward_hook(lambda module, args, out: seen.append(tuple(args[0].shape)))
+    layout = ClassLayout(3, background_index=0)
+    predictor = CropPredictor(image_cfg, SimpleNamespace(classes=CLASSES), model, layout, segmenter=None)
+    predictor.use_pamr = False
+    image, tags = torch.rand(3, 40, 80), torch.tensor([1.0, 1.0, 0.0])
+    probs = predictor.weak_probabilities(image, tags)
+    # The longer side at scale × crop_px, the shorter one in proportion; the probabilities at the image's size.
+    assert seen == [(2, 3, 16, 32), (2, 3, 8, 16)]
+    assert probs.shape == (3, 40, 80) and np.allclose(probs.sum(0), 1.0, atol=1e-5)
+    assert (probs[2] == 0).all()  # not tagged

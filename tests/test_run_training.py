@@ -282,3 +282,36 @@ def test_task_ii_learns_online_from_the_n2_crops(tmp_path):
     assert "task_ii: online on the N2 crops: tag loss × 0.5, consistency × 1.0 (threshold 0.3)" in log_text
     assert "train_tag" in log_text and "train_consistency_pixels_used" in log_text
     assert (run / "task_ii" / "metrics.json").is_file()
+
+
+def test_task_ii_with_image_level_tags(tmp_path, capsys):
+    """`weak.tags: image` through the command line, on non-square tiles: one whole-image tag per
+    tile, and pseudo masks of the tiles' own size. Models of a few thousand weights, a step or two."""
+    config = tiny_config(
+        tmp_path, tmp_path / "data",
+        data={"options": {"num_tiles": 8, "tile_px": [64, 96], "seed": 3}},
+        split={"n_labelled": 2, "n_tagged": 3, "n_val": 1},
+        model={"name": "unet", "options": {"base_channels": 4, "depth": 2}},
+        train={"epochs": 1, "iters_per_epoch": 2, "batch_size": 2, "crop_px": 32, "optimizer": "adam",
+               "schedule": "constant", "workers": 0, "precision": "fp32", "channels_last": False},
+        eval={"window_px": 64, "stride_px": 64, "batch_size": 2, "num_triptychs": 1},
+        weak={"single_stage": {"backbone": "resnet38", "width": 0.0625, "epochs": 1, "iters_per_epoch": 2,
+                               "batch_size": 2, "crop_px": 48, "self_supervised_from_epoch": 2, "precision": "fp32"},
+              "pseudo": {"scales": [1.0], "flip": False, "workers": 0, "use_pamr": False, "crf": {"enabled": False},
+                         "min_class_precision": 0.0}})
+    run = tmp_path / "run"
+    assert main(["train", "--task", "ii", "--config", str(config), "--out", str(run), "--set", "weak.tags=image",
+                 "--set", "weak.single_stage.reject_background_below_recall=0"]) == 0
+    tags = json.loads((run / "crop_tags.json").read_text())
+    split = json.loads((run / "split.json").read_text())
+    assert tags["mode"] == "image" and set(tags["tiles"]) == {*split["labelled"], *split["tagged"]}
+    assert all(len(crops) == 1 and crops[0][:4] == [0, 0, 64, 96] for crops in tags["tiles"].values())
+    from wsseg.datasets.colour import read_index_png
+
+    for tile in split["tagged"]:
+        assert read_index_png(run / "pseudo_masks" / f"{tile}.png").shape == (64, 96)
+    assert (run / "task_ii" / "metrics.json").is_file()
+    # Resumed in the other mode: the tags on disk say which mode they were made in.
+    capsys.readouterr()
+    assert main(["train", "--task", "ii", "--config", str(config), "--out", str(run), "--resume"]) != 0
+    assert "made with weak.tags: image, but this run has weak.tags: grid" in capsys.readouterr().err

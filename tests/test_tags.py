@@ -55,6 +55,56 @@ def test_save_load_round_trip(tmp_path):
     assert load_crop_tags(path, expected_tile_ids=["a1", "a2"], num_classes=4) == tags
 
 
+def test_image_tags_are_one_whole_image_crop_per_tile_with_the_full_masks_classes():
+    label = np.zeros((6, 10), np.uint8)
+    label[:, 5:] = 1
+    label[0, 0] = 2  # 1 of 54 labelled pixels
+    label[5, :6] = 255  # not counted
+    wide = np.full((3, 40), 3, np.uint8)
+    source = _memory_source({"t": label, "wide": wide})
+    tags = compute_crop_tags(source, ["t", "wide"], crop_px=None)
+    assert tags == [CropTag("t", 0, 0, 6, 10, (0, 1, 2)), CropTag("wide", 0, 0, 3, 40, (3,))]
+    # The same classes as a grid crop as large as the tile; a rare class drops out as for grid crops.
+    assert [t.classes for t in compute_crop_tags(source, ["t"], crop_px=10)] == [(0, 1, 2)]
+    assert [t.classes for t in compute_crop_tags(source, ["t"], crop_px=None, min_fraction=0.02)] == [(0, 1)]
+
+
+def test_crop_tags_file_records_the_mode(tmp_path):
+    labels = {"a1": np.array([[0, 1], [1, 1]], np.uint8), "a2": np.full((3, 5), 2, np.uint8)}
+    source = _memory_source(labels)
+    path = tmp_path / "crop_tags.json"
+    image_tags = compute_crop_tags(source, ["a1", "a2"], crop_px=None)
+    save_crop_tags(path, image_tags, None, source.classes.names)
+    data = json.loads(path.read_text())
+    assert data["mode"] == "image" and "crop_px" not in data
+    assert load_crop_tags(path, ["a1", "a2"], 4, expected_mode="image") == image_tags
+    with pytest.raises(DatasetError, match="made with weak.tags: image, but this run has weak.tags: grid"):
+        load_crop_tags(path, ["a1", "a2"], 4, expected_mode="grid")
+    grid_tags = compute_crop_tags(source, ["a1", "a2"], crop_px=2)
+    save_crop_tags(path, grid_tags, 2, source.classes.names)
+    assert json.loads(path.read_text())["mode"] == "grid"
+    with pytest.raises(DatasetError, match="made with weak.tags: grid, but this run has weak.tags: image"):
+        load_crop_tags(path, expected_mode="image")
+    # A file from before the mode was recorded holds grid tags.
+    data = json.loads(path.read_text())
+    del data["mode"]
+    path.write_text(json.dumps(data))
+    assert load_crop_tags(path, ["a1", "a2"], 4, expected_mode="grid") == grid_tags
+    with pytest.raises(DatasetError, match="weak.tags: grid, but this run has weak.tags: image"):
+        load_crop_tags(path, expected_mode="image")
+    # Image tags are one crop at (0, 0) per tile.
+    path.write_text(json.dumps({"mode": "image", "class_names": ["c0", "c1"],
+                                "tiles": {"a": [[0, 0, 2, 2, [0]], [0, 2, 2, 2, [1]]]}}))
+    with pytest.raises(DatasetError, match=r"image tags, but tile .a. has 2 crop\(s\)"):
+        load_crop_tags(path)
+    path.write_text(json.dumps({"mode": "grid", "class_names": ["c0"], "tiles": {"a": [[0, 0, 2, 2, [0]]]}}))
+    with pytest.raises(DatasetError, match="missing key 'crop_px'"):
+        load_crop_tags(path)
+    path.write_text(json.dumps({"mode": "tile", "class_names": ["c0"], "tiles": {}}))
+    with pytest.raises(DatasetError, match="unknown tag mode 'tile'"):
+        load_crop_tags(path)
+
+
 def _write(path, tiles, class_names=("c0", "c1")):
     path.write_text(json.dumps({"crop_px": 4, "class_names": list(class_names), "tiles": tiles}))
 
@@ -139,3 +189,22 @@ def test_window_targets_of_a_padded_crop_of_a_small_tile():
     assert grid.window_targets("s", 0, 0, 10, 10).tolist() == [TAG_UNKNOWN, TAG_NEGATIVE, TAG_UNKNOWN, TAG_NEGATIVE]
     with pytest.raises(DatasetError, match="no grid crop tags for tile 'other'"):
         grid.window_targets("other", 0, 0, 4, 4)
+
+
+def test_window_targets_of_image_tags():
+    label = np.zeros((30, 40), np.uint8)
+    label[:10, :10] = 1
+    label[20:, 30:] = 3  # class 2 nowhere
+    tags = compute_crop_tags(_memory_source({"t": label}), ["t"], crop_px=None)
+    grid = TagGrid(tags, 4)
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        h, w = int(rng.integers(4, 30)), int(rng.integers(4, 40))
+        y, x = int(rng.integers(0, 31 - h)), int(rng.integers(0, 41 - w))
+        targets = grid.window_targets("t", y, x, h, w)
+        # A crop inside the image is certain of no class the image holds, and of every class it lacks.
+        assert targets.tolist() == [TAG_UNKNOWN, TAG_UNKNOWN, TAG_NEGATIVE, TAG_UNKNOWN], (y, x, h, w)
+        np.testing.assert_array_equal(targets, _direct_targets(label, tags, y, x, h, w, 4))
+    # A window holding the whole image (a padded crop) knows every class.
+    assert grid.window_targets("t", 0, 0, 32, 48).tolist() == [TAG_POSITIVE, TAG_POSITIVE, TAG_NEGATIVE, TAG_POSITIVE]
+    assert grid.window_targets("t", 0, 0, 30, 40).tolist() == [TAG_POSITIVE, TAG_POSITIVE, TAG_NEGATIVE, TAG_POSITIVE]

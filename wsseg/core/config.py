@@ -147,6 +147,9 @@ class CRFConfig:
 
 @dataclass
 class PseudoMaskConfig:
+    # Inference scales. Grid tags: relative to each crop's own size. Image tags: relative to the
+    # size the model trained at, i.e. an image is predicted with its longer side at
+    # scale × single_stage.crop_px (aspect kept), so [1.0] is the training resolution.
     scales: list[float] = field(default_factory=lambda: [1.0, 0.5, 1.5, 2.0])
     flip: bool = True
     bg_pow: float = 3.0
@@ -174,7 +177,14 @@ class PseudoMaskConfig:
 class WeakConfig:
     """Task ii: crop tags on the N2 tiles → single-stage model → pseudo masks → segmenter."""
 
+    # "grid": each N1/N2 tile is cut into `tag_crop_px` cells, each tagged with its classes;
+    # "image": one tag set per tile, for the whole image, which is what VOC-style weak
+    # supervision and most tagged collections give. The single-stage model then sees each image
+    # whole, its longer side resized to `single_stage.crop_px` and its aspect ratio kept.
+    tags: Literal["grid", "image"] = "grid"
     tag_crop_px: int = 256
+    # Classes covering at most this share of a crop's (or, with image tags, the image's)
+    # labelled pixels are left out of its tags.
     tag_min_fraction: float = 0.0
     single_stage: SingleStageConfig = field(default_factory=SingleStageConfig)
     pseudo: PseudoMaskConfig = field(default_factory=PseudoMaskConfig)
@@ -199,7 +209,8 @@ class WeakConfig:
     # weight of a multi-label loss on the segmenter's class scores pooled as the single-stage model
     # pools its own (nGWP), with each random crop's classes read off the grid tags: present if a
     # grid cell inside the crop is tagged with it (needs train.crop_px >= tag_crop_px), absent if
-    # no cell overlapping the crop is, else left out.
+    # no cell overlapping the crop is, else left out. With `tags: image` the one cell is the whole
+    # image: a crop smaller than its tile learns only the classes absent from the image.
     segmenter_tag_loss: float = 0.0
     # Weight of weak-to-strong consistency (FixMatch / UniMatch): the detached prediction on a crop,
     # with the classes its tags make absent removed, is the target of a colour-jittered, cut-out

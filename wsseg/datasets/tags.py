@@ -1,6 +1,7 @@
-"""Crop-level tags: which classes appear in each crop of a fixed grid over the tagged tiles.
+"""Crop-level tags: which classes appear in each crop of a fixed grid over the tagged tiles, or
+(image-level tags) in each whole tile.
 
-The grid is cut once and the tags are written to a file; training then reads only that file for
+The crops are cut once and the tags are written to a file; training then reads only that file for
 the tagged tiles. Tags are never recomputed on random crops, which would leak pixel labels.
 """
 
@@ -14,6 +15,10 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from wsseg.datasets.base import IGNORE_INDEX, DatasetError, TileSource
+
+
+# `weak.tags`: "grid" (cells of `weak.tag_crop_px`) or "image" (one crop per tile, the whole image).
+TAG_MODES = ("grid", "image")
 
 
 @dataclass(frozen=True)
@@ -59,33 +64,46 @@ def tags_of_crop(label: np.ndarray, num_classes: int, min_fraction: float = 0.0,
     return tuple(int(c) for c in np.nonzero(counts / total > min_fraction)[0])
 
 
-def compute_crop_tags(source: TileSource, tile_ids: Iterable[str], crop_px: int,
+def tag_mode(crop_px: int | None) -> str:
+    """The `weak.tags` mode of a grid size: "grid", or "image" for None (one crop per tile)."""
+    return "image" if crop_px is None else "grid"
+
+
+def compute_crop_tags(source: TileSource, tile_ids: Iterable[str], crop_px: int | None,
                       min_fraction: float = 0.0) -> list[CropTag]:
-    """Tags of every grid crop of `tile_ids`, from their full (not eroded) ground truth."""
+    """Tags of every grid crop of `tile_ids`, from their full (not eroded) ground truth.
+
+    `crop_px` None: image-level tags, one crop per tile covering the whole image.
+    """
     if not 0.0 <= min_fraction < 1.0:
         raise DatasetError(f"min_fraction must be in [0, 1), got {min_fraction}")
     num_classes = source.classes.num_classes
     tags = []
     for tile_id in tile_ids:
         label = source.label(tile_id)
-        for y, x, h, w in grid_crops(label.shape[0], label.shape[1], crop_px):
+        height, width = label.shape[:2]
+        crops = [(0, 0, height, width)] if crop_px is None else grid_crops(height, width, crop_px)
+        for y, x, h, w in crops:
             classes = tags_of_crop(label[y:y + h, x:x + w], num_classes, min_fraction, source.classes.ignore_index)
             tags.append(CropTag(tile_id, y, x, h, w, classes))
     return tags
 
 
-def save_crop_tags(path: str | Path, tags: Sequence[CropTag], crop_px: int, class_names: Sequence[str]) -> None:
-    """One JSON object: the grid size, the class names, and per tile its crops as [y, x, h, w, [classes]]."""
+def save_crop_tags(path: str | Path, tags: Sequence[CropTag], crop_px: int | None,
+                   class_names: Sequence[str]) -> None:
+    """One JSON object: the mode ("grid" or "image"), the grid size (grid mode only), the class
+    names, and per tile its crops as [y, x, h, w, [classes]]."""
     tiles: dict[str, list] = {}
     for tag in tags:
         tiles.setdefault(tag.tile_id, []).append([tag.y, tag.x, tag.h, tag.w, list(tag.classes)])
-    data = {"crop_px": int(crop_px), "class_names": list(class_names), "tiles": tiles}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(path.suffix + ".tmp")
     # One crop per line keeps the file diffable and readable.
-    lines = ["{", f'  "crop_px": {data["crop_px"]},', f'  "class_names": {json.dumps(data["class_names"])},',
-             '  "tiles": {']
+    lines = ["{", f'  "mode": "{tag_mode(crop_px)}",']
+    if crop_px is not None:
+        lines.append(f'  "crop_px": {int(crop_px)},')
+    lines += [f'  "class_names": {json.dumps(list(class_names))},', '  "tiles": {']
     for t, (tile_id, crops) in enumerate(tiles.items()):
         lines.append(f"    {json.dumps(tile_id)}: [")
         lines += [f"      {json.dumps(c)}{',' if i + 1 < len(crops) else ''}" for i, c in enumerate(crops)]
@@ -96,12 +114,14 @@ def save_crop_tags(path: str | Path, tags: Sequence[CropTag], crop_px: int, clas
 
 
 def load_crop_tags(path: str | Path, expected_tile_ids: Iterable[str] | None = None,
-                   num_classes: int | None = None) -> list[CropTag]:
-    """Read tags back, checking they belong to this split and these classes.
+                   num_classes: int | None = None, expected_mode: str | None = None) -> list[CropTag]:
+    """Read tags back, checking they belong to this split, these classes and this `weak.tags` mode.
 
-    Errors: a tile not in `expected_tile_ids`, an expected tile missing, a class index outside
-    0..num_classes-1 (or a class-name count that differs), malformed crops, and a tile whose
-    crops carry no tag at all (nothing for the classifier to learn from: almost certainly a bug).
+    Errors: tags made in another mode than `expected_mode`, a tile not in `expected_tile_ids`, an
+    expected tile missing, a class index outside 0..num_classes-1 (or a class-name count that
+    differs), malformed crops, an image-tag tile with other than one crop at (0, 0), and a tile
+    whose crops carry no tag at all (nothing for the classifier to learn from: almost certainly a
+    bug). Files written before the mode was recorded are grid tags.
     """
     path = Path(path)
     if not path.is_file():
@@ -110,8 +130,16 @@ def load_crop_tags(path: str | Path, expected_tile_ids: Iterable[str] | None = N
         data = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise DatasetError(f"{path}: not valid JSON ({error})") from error
-    for key in ("crop_px", "class_names", "tiles"):
-        if not isinstance(data, dict) or key not in data:
+    if not isinstance(data, dict):
+        raise DatasetError(f"{path}: expected a JSON object")
+    mode = data.get("mode", "grid")
+    if mode not in TAG_MODES:
+        raise DatasetError(f"{path}: unknown tag mode {mode!r}, expected one of {', '.join(TAG_MODES)}")
+    if expected_mode is not None and mode != expected_mode:
+        raise DatasetError(f"{path}: the tags were made with weak.tags: {mode}, but this run has weak.tags: "
+                           f"{expected_mode}; resume with weak.tags: {mode}, or start a new run folder")
+    for key in ("crop_px",) * (mode == "grid") + ("class_names", "tiles"):
+        if key not in data:
             raise DatasetError(f"{path}: missing key {key!r}")
     class_names = data["class_names"]
     if num_classes is not None and len(class_names) != num_classes:
@@ -146,6 +174,9 @@ def load_crop_tags(path: str | Path, expected_tile_ids: Iterable[str] | None = N
                     raise DatasetError(f"{path}: tile {tile_id!r} crop at (y={y}, x={x}): class index {c!r} "
                                        f"outside 0..{limit - 1}")
             tags.append(CropTag(tile_id, y, x, h, w, tuple(sorted(set(classes)))))
+        if mode == "image" and (len(crops) != 1 or crops[0][:2] != [0, 0]):
+            raise DatasetError(f"{path}: image tags, but tile {tile_id!r} has {len(crops)} crop(s) {crops!r}, "
+                               f"not one whole-image crop at (0, 0)")
         if not any(crop[4] for crop in crops):
             raise DatasetError(f"{path}: tile {tile_id!r} has {len(crops)} crops but not a single class tag")
     return tags
@@ -171,6 +202,8 @@ class TagGrid:
     otherwise. Negatives are certain only with `weak.tag_min_fraction: 0`: a larger fraction
     drops rare classes from a cell's tags. Windows are in tile pixels and may leave the tile
     (a padded crop of a small tile); flips and quarter turns of the crop change nothing.
+    With image-level tags each tile is one cell: a window inside the tile has no positives and
+    the classes absent from the image as negatives; a window holding the whole tile knows all.
     """
 
     def __init__(self, crop_tags: Iterable[CropTag], num_classes: int):

@@ -148,12 +148,19 @@ def prepare_run(cfg: Config, run_dir: Path, resume: bool = False, dist: DistInfo
     return Run(cfg, source, split, run_dir, resume, dist)
 
 
+def tag_grid_px(cfg: Config) -> int | None:
+    """The grid size of the crop tags: `weak.tag_crop_px`, or None for image-level tags (`weak.tags`)."""
+    return cfg.weak.tag_crop_px if cfg.weak.tags == "grid" else None
+
+
 def crop_tags_of(run: Run) -> list[CropTag]:
-    """Fixed-grid tags of the N1 and N2 tiles, computed once: all that training may see of N2."""
+    """Fixed-grid (or image-level) tags of the N1 and N2 tiles, computed once: all that training
+    may see of N2. A resumed run must keep the `weak.tags` mode its tags were made in."""
     cfg, source, split = run.cfg, run.source, run.split
     path = run.run_dir / "crop_tags.json"
     tile_ids = list(split.labelled) + list(split.tagged)
     if not path.exists():
-        tags = compute_crop_tags(source, tile_ids, cfg.weak.tag_crop_px, cfg.weak.tag_min_fraction)
-        save_crop_tags(path, tags, cfg.weak.tag_crop_px, source.classes.names)
-    return load_crop_tags(path, expected_tile_ids=tile_ids, num_classes=source.classes.num_classes)
+        tags = compute_crop_tags(source, tile_ids, tag_grid_px(cfg), cfg.weak.tag_min_fraction)
+        save_crop_tags(path, tags, tag_grid_px(cfg), source.classes.names)
+    return load_crop_tags(path, expected_tile_ids=tile_ids, num_classes=source.classes.num_classes,
+                          expected_mode=cfg.weak.tags)

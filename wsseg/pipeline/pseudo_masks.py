@@ -1,12 +1,12 @@
 """Pseudo masks for the N2 tiles from the trained single-stage model (task ii).
 
-For every fixed-grid crop of an N2 tile: multi-scale + flip inference restricted to the crop's
-tags, background power, PAMR (Araslanov & Roth, CVPR 2020), optionally a product with
-task i's segmenter (`pseudo_labels.fusion`), dense CRF (Krähenbühl & Koltun, NeurIPS 2011), then
-a confidence rule that leaves uncertain pixels unlabelled. Overlapping crops are averaged into
-one mask per tile, written as an indexed PNG with the dataset palette. The N2 ground truth, where
-it exists, is read only to measure the pseudo masks (`pseudo_quality.json`); nothing of it
-reaches training.
+For every fixed-grid crop of an N2 tile (with image-level tags, `weak.tags: image`, the whole
+tile): multi-scale + flip inference restricted to the crop's tags, background power, PAMR
+(Araslanov & Roth, CVPR 2020), optionally a product with task i's segmenter
+(`pseudo_labels.fusion`), dense CRF (Krähenbühl & Koltun, NeurIPS 2011), then a confidence rule
+that leaves uncertain pixels unlabelled. Overlapping crops are averaged into one mask per tile,
+written as an indexed PNG with the dataset palette. The N2 ground truth, where it exists, is read
+only to measure the pseudo masks (`pseudo_quality.json`); nothing of it reaches training.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from wsseg.datasets.crops import GridCropDataset, image_to_tensor
 from wsseg.datasets.splits import Split
 from wsseg.datasets.tags import CropTag, compute_crop_tags
 from wsseg.models.single_stage import ClassLayout, SingleStageSegmenter
-from wsseg.pipeline.data import Run, class_layout
+from wsseg.pipeline.data import Run, class_layout, tag_grid_px
 from wsseg.pipeline.pseudo_quality import PseudoMaskQuality
 from wsseg.pipeline.segmenter import load_segmenter
 from wsseg.pipeline.weak import build_single_stage
@@ -189,9 +189,22 @@ def _crops_in_order(cfg: Config, source: TileSource, crop_tags: list[CropTag], t
     """The grid crops of the tiles in `tile_order`, tile by tile; tags of tiles without any are computed."""
     tagged_tiles = {t.tile_id for t in crop_tags}
     extra = compute_crop_tags(source, [t for t in tile_order if t not in tagged_tiles],
-                              cfg.weak.tag_crop_px, cfg.weak.tag_min_fraction)
+                              tag_grid_px(cfg), cfg.weak.tag_min_fraction)
     rank = {tile_id: i for i, tile_id in enumerate(tile_order)}
     return sorted((t for t in [*crop_tags, *extra] if t.tile_id in rank), key=lambda t: (rank[t.tile_id], t.y, t.x))
+
+
+def inference_scales(cfg: Config, height: int, width: int) -> tuple[float, ...]:
+    """The scales of `predict_masks` for an H×W crop, relative to the crop's size.
+
+    Grid tags: `weak.pseudo.scales` as they are. Image tags: the model trained on whole images
+    with the longer side resized to `single_stage.crop_px`, so each scale is taken relative to
+    that size, evenly on both sides as in training.
+    """
+    scales = tuple(float(s) for s in cfg.weak.pseudo.scales)
+    if cfg.weak.tags == "grid":
+        return scales
+    return tuple(s * cfg.weak.single_stage.crop_px / max(height, width) for s in scales)
 
 
 class CropPredictor:
@@ -214,8 +227,9 @@ class CropPredictor:
 
     def _weak_scores(self, crop: torch.Tensor, tags: torch.Tensor) -> torch.Tensor:
         pm = self.cfg.weak.pseudo
-        probs = self.model.predict_masks(crop, tags=self.layout.scored_tags(tags), scales=tuple(pm.scales),
-                                         flip=pm.flip, bg_pow=pm.bg_pow)
+        probs = self.model.predict_masks(crop, tags=self.layout.scored_tags(tags),
+                                         scales=inference_scales(self.cfg, *crop.shape[-2:]), flip=pm.flip,
+                                         bg_pow=pm.bg_pow)
         return probs / probs.sum(0, keepdim=True).clamp(min=1e-8)
 
     def _refine(self, crop: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:

@@ -249,7 +249,10 @@ def _log_online_levers(cfg: Config, stage_name: str, online: bool) -> None:
         return
     log.info(f"{stage_name}: online on the N2 crops: tag loss × {weak.segmenter_tag_loss}, consistency × "
              f"{weak.consistency_weight} (threshold {weak.consistency_threshold})")
-    if weak.segmenter_tag_loss > 0 and cfg.train.crop_px < weak.tag_crop_px:
+    if weak.segmenter_tag_loss > 0 and weak.tags == "image":
+        log.info(f"{stage_name}: with image-level tags a crop smaller than its tile holds no whole tagged cell: "
+                 f"the tag loss knows the classes absent from the image only")
+    elif weak.segmenter_tag_loss > 0 and cfg.train.crop_px < weak.tag_crop_px:
         log.info(f"{stage_name}: no {weak.tag_crop_px} px grid cell fits in a {cfg.train.crop_px} px crop: the tag "
                  f"loss knows absent classes only")
     if weak.tag_min_fraction > 0:

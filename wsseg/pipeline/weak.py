@@ -1,5 +1,6 @@
 """The weak stage of task ii: the single-stage segmenter (Araslanov & Roth, CVPR 2020) trained on
-the fixed-grid crop tags of the N1 and N2 tiles, by classification and self-supervision."""
+the fixed-grid crop tags (or the image-level tags) of the N1 and N2 tiles, by classification and
+self-supervision."""
 
 from __future__ import annotations
 
@@ -30,12 +31,13 @@ def build_single_stage(cfg: Config, layout: ClassLayout, pretrained: bool = True
 
 
 def train_single_stage(run: Run, crop_tags: list[CropTag], stage_dir: Path) -> list[dict]:
-    """Train the single-stage model on the fixed-grid crop tags (classification + self-supervision)."""
+    """Train the single-stage model on the crop tags, grid or image-level (classification + self-supervision)."""
     cfg, source = run.cfg, run.source
     ss = cfg.weak.single_stage
     with run.stage(stage_dir, ss.precision, ss.channels_last) as stage:
+        # Whole images keep their aspect ratio; grid crops are resized to the square as they always were.
         dataset = TaggedCropDataset(source, crop_tags, source.classes.num_classes, augment=ss.augment,
-                                    crop_px=ss.crop_px)
+                                    crop_px=ss.crop_px, keep_aspect=cfg.weak.tags == "image")
         # Crops drawn with replacement, a different stream in each process under torchrun.
         generator = torch.Generator().manual_seed(cfg.train.seed + run.dist.rank)
         sampler = RandomSampler(dataset, replacement=True, num_samples=ss.iters_per_epoch * ss.batch_size,
