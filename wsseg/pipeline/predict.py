@@ -395,7 +395,7 @@ def predict_image(trained: TrainedModel, path: Path, outputs: dict[str, Path], o
     for target in outputs.values():
         target.parent.mkdir(parents=True, exist_ok=True)
     save_index_png(outputs["mask"], mask.numpy(), trained.palette)
-    Image.fromarray(overlay(to_uint8_rgb(image), mask.numpy(), trained.palette)).save(outputs["overlay"])
+    Image.fromarray(overlay(to_uint8_rgb(image), mask.numpy(), trained.palette)).save(outputs["overlay"], compress_level=1)
     if "probabilities" in outputs:
         np.save(outputs["probabilities"], probs.numpy().astype(np.float32))
 
@@ -438,7 +438,7 @@ def predict_raster(trained: TrainedModel, path: Path, outputs: dict[str, Path], 
                 if prob_dst is not None:
                     prob_dst.write(probs.astype(np.float32), window=block)
         rgb, small_mask = geotiff.overview(src, bands, scaling, outputs["mask"])
-    Image.fromarray(overlay(rgb, small_mask, trained.palette)).save(outputs["overlay"])
+    Image.fromarray(overlay(rgb, small_mask, trained.palette)).save(outputs["overlay"], compress_level=1)
 
 
 def predict_paths(trained: TrainedModel, inputs: Sequence[str | Path], out_dir: str | Path, opts: PredictOptions,
