@@ -178,6 +178,69 @@ def _synth(args) -> int:
     return 0
 
 
+def _predict(args) -> int:
+    from wsseg.core.distributed import choose_device
+    from wsseg.pipeline.predict import PredictOptions, parse_bands, parse_tta, parse_value_range, predict_paths
+    from wsseg.pipeline.release import resolve_checkpoint
+
+    bands, tta, value_range = parse_bands(args.bands), parse_tta(args.tta), parse_value_range(args.value_range)
+    try:
+        device = choose_device(args.device)
+    except RuntimeError as err:  # cuda asked for, none there
+        raise ValueError(f"--device: {err}") from None
+    trained = resolve_checkpoint(args.checkpoint, device)
+    eval_cfg = trained.config.get("eval", {})
+
+    def given_or_eval(value, key, default):
+        return value if value is not None else eval_cfg.get(key, default)
+
+    opts = PredictOptions(window_px=given_or_eval(args.window, "window_px", 512),
+                          stride_px=given_or_eval(args.stride, "stride_px", 384),
+                          batch_size=given_or_eval(args.batch_size, "batch_size", 4), block_px=args.block,
+                          bands=bands, value_range=value_range, tta=tta, crf=args.crf,
+                          probabilities=args.probabilities, force=args.force)
+    plan = predict_paths(trained, args.inputs, args.out, opts, pattern=args.glob)
+    print(f"predicted {len(plan)} image(s) with {args.checkpoint} → {args.out}")
+    return 0
+
+
+def _export(args) -> int:
+    from wsseg.pipeline.export import export_model
+    from wsseg.pipeline.release import resolve_checkpoint
+
+    out = export_model(resolve_checkpoint(args.checkpoint, "cpu"), args.format, args.out, force=args.force)
+    print(f"exported {args.checkpoint} as {args.format} → {out}")
+    return 0
+
+
+def _add_predict_args(pr: argparse.ArgumentParser) -> None:
+    pr.add_argument("--checkpoint", required=True, help="a run checkpoint, e.g. RUN/task_i/best.pt")
+    pr.add_argument("inputs", nargs="+", metavar="INPUT", help="image files (PNG, JPEG, TIFF), folders, GeoTIFFs")
+    pr.add_argument("--out", required=True, help="output folder (folder inputs keep their sub-folders)")
+    pr.add_argument("--glob", help="file pattern in folders, searched recursively (default: every image suffix)")
+    pr.add_argument("--bands", help="three 1-based band indices the model takes, e.g. 1,2,3 or 4,1,2 for NIR-R-G "
+                                    "(default 1,2,3; one band as grey)")
+    pr.add_argument("--value-range", default="auto", help="LOW,HIGH input values mapped to 0..1 (default auto: "
+                                                         "÷255 for 8-bit, a 2–98%% percentile stretch otherwise)")
+    pr.add_argument("--tta", help="test-time augmentation, e.g. flip or flip,vflip,scales=0.75,1,1.25")
+    pr.add_argument("--crf", action="store_true", help="dense CRF on the probabilities (ordinary images only)")
+    pr.add_argument("--probabilities", action="store_true",
+                    help="also write the per-class probabilities (.npy; float32 GeoTIFF for GeoTIFFs)")
+    pr.add_argument("--window", type=int, help="window px (default: the checkpoint's eval.window_px)")
+    pr.add_argument("--stride", type=int, help="stride px (default: the checkpoint's eval.stride_px)")
+    pr.add_argument("--batch-size", type=int, help="windows per forward pass (default: eval.batch_size)")
+    pr.add_argument("--block", type=int, default=2048, help="GeoTIFF block px read and written at a time")
+    pr.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    pr.add_argument("--force", action="store_true", help="overwrite existing outputs")
+
+
+def _add_export_args(ex: argparse.ArgumentParser) -> None:
+    ex.add_argument("--checkpoint", required=True, help="a run checkpoint, e.g. RUN/task_i/best.pt")
+    ex.add_argument("--format", required=True, choices=["onnx", "torchscript", "safetensors"])
+    ex.add_argument("--out", required=True, help="output file")
+    ex.add_argument("--force", action="store_true", help="overwrite an existing file")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="wsseg", description="weakly semi-supervised semantic segmentation")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -201,8 +264,11 @@ def main(argv: list[str] | None = None) -> int:
     sy.add_argument("--tiles", type=int, default=33, help="number of tiles (default 33, the real area numbers)")
     sy.add_argument("--size", type=int, nargs=2, default=[384, 384], metavar=("H", "W"), help="tile size in px")
     sy.add_argument("--seed", type=int, default=0)
+    _add_predict_args(sub.add_parser("predict", help="segment new images, folders and GeoTIFFs with a checkpoint"))
+    _add_export_args(sub.add_parser("export", help="export a checkpoint as ONNX, TorchScript or safetensors"))
     args = parser.parse_args(argv)
-    handler = {"train": _train, "eval": _eval, "publish": _publish, "synth": _synth}[args.command]
+    handler = {"train": _train, "eval": _eval, "publish": _publish, "synth": _synth, "predict": _predict,
+               "export": _export}[args.command]
     try:
         return handler(args)
     except (ValueError, FileNotFoundError, ImportError, CheckpointError) as err:

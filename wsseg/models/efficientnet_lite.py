@@ -58,6 +58,8 @@ class Conv2dTFSame(nn.Conv2d):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
                  groups: int = 1, bias: bool = False) -> None:
+        if stride > kernel_size:
+            raise ValueError(f"TF 'same' padding here needs kernel_size >= stride, got {kernel_size} < {stride}")
         padding = (kernel_size - 1) // 2 if stride == 1 else 0
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
                          groups=groups, bias=bias)
@@ -67,7 +69,9 @@ class Conv2dTFSame(nn.Conv2d):
             return super().forward(x)
         pads = []
         for size, kernel, stride in zip(x.shape[:-3:-1], self.kernel_size[::-1], self.stride[::-1]):
-            total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+            # (ceil(size/stride) − 1)·stride + kernel − size, in integer steps without max():
+            # a traced graph (ONNX, TorchScript) then keeps it as shape arithmetic for any size.
+            total = kernel - stride + (-size) % stride
             pads += [total // 2, total - total // 2]
         return super().forward(F.pad(x, pads))
 

@@ -26,3 +26,16 @@ def register_normalisation(module: nn.Module, mean: Sequence[float] = IMAGENET_M
     """
     module.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
     module.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+
+
+def normalisation_of(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The (mean, std) a model normalises its input with: the outermost pair of `mean` / `std`
+    buffers (a U-Net's live in its encoder); ImageNet's where a model registered none."""
+    buffers = dict(model.named_buffers())
+    for name, mean in buffers.items():
+        prefix = name[: -len("mean")]
+        if name.split(".")[-1] == "mean" and prefix + "std" in buffers:
+            # Rounded: the float32 buffers would otherwise print as 0.48500001430511475.
+            return (tuple(round(float(v), 6) for v in mean.flatten().tolist()),
+                    tuple(round(float(v), 6) for v in buffers[prefix + "std"].flatten().tolist()))
+    return IMAGENET_MEAN, IMAGENET_STD

@@ -43,9 +43,9 @@ class UpBlock(nn.Module):
 
     def forward(self, x: Tensor, skip: Tensor) -> Tensor:
         x = self.up(x)
-        dh, dw = skip.shape[-2] - x.shape[-2], skip.shape[-1] - x.shape[-1]
-        if dh or dw:
-            x = F.pad(x, [0, dw, 0, dh])
+        # Padded always (by zero when the sizes match), not under an `if`: a traced graph (ONNX,
+        # TorchScript) then keeps the size arithmetic instead of the branch its example took.
+        x = F.pad(x, [0, skip.shape[-1] - x.shape[-1], 0, skip.shape[-2] - x.shape[-2]])
         return self.conv(torch.cat([skip, x], dim=1))
 
 

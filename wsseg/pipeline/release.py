@@ -49,7 +49,7 @@ from wsseg.datasets import fixed_classes, input_bands
 from wsseg.datasets.base import ClassSpec, DatasetError
 from wsseg.datasets.splits import load_split
 from wsseg.models import build_segmenter, head_prefixes, untrained_options
-from wsseg.models.normalization import IMAGENET_MEAN, IMAGENET_STD
+from wsseg.models.normalization import normalisation_of
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ def _run_model(state: dict, cfg: dict, classes: ClassSpec, path: Path, device, s
     return TrainedModel(model=model, model_name=cfg["model"]["name"],
                         options=untrained_options(cfg["model"]["options"]),
                         class_names=classes.names, palette=classes.palette, ignore_index=classes.ignore_index,
-                        mean=_model_stat(model, "mean", IMAGENET_MEAN), std=_model_stat(model, "std", IMAGENET_STD),
+                        mean=normalisation_of(model)[0], std=normalisation_of(model)[1],
                         bands=input_bands(cfg["data"]["kind"]), config=cfg, source=source or str(path))
 
 
@@ -231,8 +231,8 @@ def load_release(folder: Path, device: str | torch.device = "cpu", source: str |
     model = _build(model_meta["name"], model_meta["options"], len(classes["names"]), weights, str(weights_path), device)
     return TrainedModel(model=model, model_name=model_meta["name"], options=dict(model_meta["options"]),
                         class_names=tuple(classes["names"]), palette=tuple(tuple(c) for c in classes["palette"]),
-                        ignore_index=int(classes["ignore_index"]), mean=_model_stat(model, "mean", IMAGENET_MEAN),
-                        std=_model_stat(model, "std", IMAGENET_STD), bands=tuple(meta["input"]["bands"]),
+                        ignore_index=int(classes["ignore_index"]), mean=normalisation_of(model)[0],
+                        std=normalisation_of(model)[1], bands=tuple(meta["input"]["bands"]),
                         config=meta["config"], source=source or str(folder))
 
 
@@ -265,13 +265,6 @@ def _build(name: str, options: dict, num_classes: int, weights: dict, source: st
         raise CheckpointError(f"{source}: cannot build its model: {err}") from None
     load_weights(model, weights, source)
     return model.to(device).eval()
-
-
-def _model_stat(model: nn.Module, name: str, default) -> tuple[float, ...]:
-    buffer = getattr(model, name, None)
-    if not isinstance(buffer, torch.Tensor):
-        return tuple(default)
-    return tuple(round(float(v), 6) for v in buffer.flatten().tolist())  # float32 noise dropped
 
 
 # ------------------------------------------------------------------------------ reusing

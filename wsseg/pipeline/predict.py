@@ -1,0 +1,375 @@
+"""`wsseg predict`: a trained segmenter on new imagery (image files, folders, GeoTIFFs of any size).
+
+Every input is predicted as evaluation predicts a test tile: windows of `window_px` every
+`stride_px`, overlapping logits averaged (`core.evaluate.sliding_window_logits`), the window
+settings defaulting to the checkpoint's `eval` ones. Per input, under the output folder (folder
+inputs keep their sub-folders):
+
+    <stem>_mask.png             palette PNG of class indices (ordinary images)
+    <stem>_mask.tif             uint8 GeoTIFF on the input's grid (CRS, transform kept), the class
+                                colours as its colour table, 255 where the input is nodata
+    <stem>_overlay.png          the image blended with the class colours (for a GeoTIFF a preview
+                                whose longest side is at most `geotiff.OVERLAY_MAX_PX`)
+    <stem>_probabilities.npy    C×H×W float32 softmax (`probabilities=True`; ordinary images)
+    <stem>_probabilities.tif    the same as a C-band float32 GeoTIFF, NaN where nodata
+
+TIFF inputs are read with rasterio block by block (`block_px` plus a halo, see
+`geotiff.block_spans`), so memory follows the block, not the raster, and without TTA the mask is
+the whole-image sliding window's exactly. Other images are decoded whole with Pillow.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm.auto import tqdm
+
+from wsseg.core.evaluate import sliding_window_logits
+from wsseg.datasets.base import IGNORE_INDEX
+from wsseg.datasets.colour import encode_colour_mask, save_index_png
+from wsseg.datasets.crops import image_to_tensor
+from wsseg.pipeline import geotiff
+from wsseg.pipeline.release import TrainedModel
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+RASTER_SUFFIXES = (".tif", ".tiff")
+OVERLAY_ALPHA = 0.5
+
+
+class PredictError(ValueError):
+    """Bad input to `wsseg predict` / `wsseg export`; the message names the file or the option."""
+
+
+# ----------------------------------------------------------------------------- the options
+@dataclass(frozen=True)
+class TTA:
+    """Test-time augmentation: softmax averaged over each scale × (identity and each flip)."""
+
+    flips: tuple[str, ...] = ()  # "flip" (left-right), "vflip" (up-down)
+    scales: tuple[float, ...] = (1.0,)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.flips) or self.scales != (1.0,)
+
+
+def parse_tta(text: str | None) -> TTA:
+    """`flip`, `vflip`, `scales=0.75,1,1.25`, comma-separated: "flip,scales=0.75,1,1.25"."""
+    if not text:
+        return TTA()
+    flips: list[str] = []
+    scales: list[float] | None = None
+    for item in (part.strip() for part in text.split(",")):
+        if item in ("flip", "vflip"):
+            flips.append(item)
+            continue
+        number = item[len("scales="):] if item.startswith("scales=") else item
+        if item.startswith("scales="):
+            scales = []
+        elif scales is None:
+            raise PredictError(f"--tta: unknown item {item!r} in {text!r} (expected flip, vflip, scales=S1,S2,...)")
+        try:
+            scale = float(number)
+        except ValueError:
+            raise PredictError(f"--tta: scale {number!r} in {text!r} is not a number") from None
+        if not 0.0 < scale <= 8.0:
+            raise PredictError(f"--tta: scale {scale:g} in {text!r} must be in (0, 8]")
+        scales.append(scale)
+    if scales == []:
+        raise PredictError(f"--tta: scales= names no scale in {text!r}")
+    return TTA(tuple(dict.fromkeys(flips)), tuple(scales) if scales else (1.0,))
+
+
+def parse_bands(text: str | None) -> tuple[int, ...] | None:
+    """1-based band indices, "1,2,3" (or "4,1,2" for NIR-R-G from R-G-B-NIR imagery)."""
+    if not text:
+        return None
+    try:
+        bands = tuple(int(b) for b in text.split(","))
+    except ValueError:
+        raise PredictError(f"--bands must be three comma-separated 1-based band indices, got {text!r}") from None
+    if len(bands) != 3 or min(bands) < 1:
+        raise PredictError(f"--bands must be three comma-separated 1-based band indices, got {text!r}")
+    return bands
+
+
+def parse_value_range(text: str | None) -> tuple[float, float] | None:
+    """"LOW,HIGH" raster values mapped to 0 and 1; None ("auto"): ÷ 255 for 8-bit data, a 2–98 %
+    percentile stretch per band otherwise."""
+    if not text or text == "auto":
+        return None
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise PredictError(f"--value-range must be auto or LOW,HIGH, got {text!r}") from None
+    if not high > low:
+        raise PredictError(f"--value-range: HIGH must exceed LOW, got {text!r}")
+    return low, high
+
+
+@dataclass
+class PredictOptions:
+    window_px: int
+    stride_px: int
+    batch_size: int = 4
+    block_px: int = 2048
+    bands: tuple[int, ...] | None = None
+    value_range: tuple[float, float] | None = None
+    tta: TTA = field(default_factory=TTA)
+    crf: bool = False
+    probabilities: bool = False
+    force: bool = False
+    progress: bool = True
+
+
+# Least window side each segmenter takes (its docstring's "any H, W ≥ ..."); others take any.
+def min_window_px(model_name: str, options: dict) -> int:
+    if model_name == "unet":
+        return 2 ** int(options.get("depth", 4))
+    if model_name == "encdec_unpool":
+        return 32
+    return 1
+
+
+def check_window(trained: TrainedModel, opts: PredictOptions) -> None:
+    least = min_window_px(trained.model_name, trained.options)
+    if opts.window_px < least:
+        raise PredictError(f"--window {opts.window_px} px is smaller than {least} px, the least input "
+                           f"{trained.model_name} takes")
+    if not 1 <= opts.stride_px <= opts.window_px:
+        raise PredictError(f"--stride must be in 1..window ({opts.window_px}), got {opts.stride_px}")
+    if opts.batch_size < 1 or opts.block_px < 1:
+        raise PredictError(f"--batch-size and --block must be positive, got {opts.batch_size}, {opts.block_px}")
+
+
+# ------------------------------------------------------------------------------ the inputs
+def find_inputs(inputs: Sequence[str | Path], pattern: str | None = None,
+                exclude: Path | None = None) -> list[tuple[Path, Path]]:
+    """(file, path relative to where it was named) of each input: files as given, folders searched
+    recursively for `pattern` (default: every image suffix); files under `exclude` are skipped."""
+    found: list[tuple[Path, Path]] = []
+    for spec in inputs:
+        path = Path(spec)
+        if path.is_file():
+            found.append((path, Path(path.name)))
+        elif path.is_dir():
+            matches = sorted(p for p in (path.rglob(pattern) if pattern else path.rglob("*"))
+                             if p.is_file() and (pattern or p.suffix.lower() in IMAGE_SUFFIXES)
+                             and not (exclude is not None and p.resolve().is_relative_to(exclude.resolve())))
+            if not matches:
+                raise PredictError(f"{path}: no {'files matching ' + repr(pattern) if pattern else 'images'} in it")
+            found += [(p, p.relative_to(path)) for p in matches]
+        else:
+            raise PredictError(f"{path}: input not found")
+    return found
+
+
+def is_raster(path: Path) -> bool:
+    return path.suffix.lower() in RASTER_SUFFIXES
+
+
+def output_paths(relative: Path, out_dir: Path, raster: bool, probabilities: bool) -> dict[str, Path]:
+    stem = out_dir / relative.parent / relative.stem
+    paths = {"mask": Path(f"{stem}_mask.{'tif' if raster else 'png'}"), "overlay": Path(f"{stem}_overlay.png")}
+    if probabilities:
+        paths["probabilities"] = Path(f"{stem}_probabilities.{'tif' if raster else 'npy'}")
+    return paths
+
+
+def plan_outputs(inputs: list[tuple[Path, Path]], out_dir: Path, opts: PredictOptions) -> list[tuple[Path, dict]]:
+    """Each input with its output files; two inputs writing one file, or a file that exists
+    (without `force`), are errors before anything is predicted."""
+    plan, owner = [], {}
+    for path, relative in inputs:
+        outputs = output_paths(relative, out_dir, is_raster(path), opts.probabilities)
+        for target in outputs.values():
+            if target in owner:
+                raise PredictError(f"{path} and {owner[target]} would both write {target}: pass them in separate runs")
+            owner[target] = path
+            if target.exists() and not opts.force:
+                raise PredictError(f"{target} exists (from {path}); pass --force to overwrite it")
+        plan.append((path, outputs))
+    return plan
+
+
+# --------------------------------------------------------------------------- the prediction
+def class_scores(model: torch.nn.Module, image: torch.Tensor, num_classes: int, opts: PredictOptions,
+                 need_probabilities: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """uint8 H×W classes and, when asked (or with TTA), float32 C×H×W probabilities of a 3×H×W image.
+
+    Without TTA the classes are the argmax of the averaged logits, as `core.evaluate.predict_tile`
+    gives them; with TTA, of the softmax averaged over the scales and flips. The model runs on
+    its own device.
+    """
+    run = dict(num_classes=num_classes, window_px=opts.window_px, stride_px=opts.stride_px,
+               batch_size=opts.batch_size)
+    if not opts.tta.active:
+        logits = sliding_window_logits(model, image, **run)
+        return logits.argmax(dim=0).to(torch.uint8), logits.softmax(dim=0) if need_probabilities else None
+    _, height, width = image.shape
+    total = torch.zeros(num_classes, height, width)
+    count = 0
+    for scale in opts.tta.scales:
+        scaled = image
+        if scale != 1.0:
+            size = (max(1, round(height * scale)), max(1, round(width * scale)))
+            scaled = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False,
+                                   antialias=scale < 1.0)[0].clamp_(0.0, 1.0)
+        for flip in (None, *opts.tta.flips):
+            dims = {None: [], "flip": [2], "vflip": [1]}[flip]
+            probs = sliding_window_logits(model, scaled.flip(dims) if dims else scaled, **run).softmax(dim=0)
+            probs = probs.flip(dims) if dims else probs
+            if scale != 1.0:
+                probs = F.interpolate(probs[None], size=(height, width), mode="bilinear", align_corners=False)[0]
+            total += probs
+            count += 1
+    probs = total / count
+    return probs.argmax(dim=0).to(torch.uint8), probs
+
+
+def overlay(image_rgb: np.ndarray, mask: np.ndarray, palette, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
+    """The image blended with the class colours; pixels without a class (255) keep the image."""
+    colours = encode_colour_mask(mask, palette).astype(np.float32)
+    blended = (1 - alpha) * image_rgb.astype(np.float32) + alpha * colours
+    blended[mask == IGNORE_INDEX] = image_rgb[mask == IGNORE_INDEX]
+    return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+
+
+def read_image_bands(path: Path) -> np.ndarray:
+    """k×H×W values of an ordinary image: grey 1 band, RGB 3, RGBA 4; palettes expanded."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode not in ("L", "I", "I;16", "I;16B", "I;16L", "F", "RGB", "RGBA"):
+                transparent = "A" in image.mode or "transparency" in image.info
+                image = image.convert("RGBA" if transparent else "RGB")
+            array = np.array(image)
+    except Exception as error:  # PIL: OSError for truncation, UnidentifiedImageError, ...
+        raise PredictError(f"{path}: cannot read image ({type(error).__name__}: {error})") from None
+    return array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0)
+
+
+def image_bands(count: int, bands: tuple[int, ...] | None, path: Path) -> tuple[int, ...]:
+    if bands is None:
+        return (1, 2, 3) if count >= 3 else (1, 1, 1)  # grey (with or without alpha) as grey RGB
+    return geotiff.check_bands(bands, count, path)
+
+
+def image_tensor(values: np.ndarray, value_range: tuple[float, float] | None) -> torch.Tensor:
+    """k×H×W values of an ordinary image → the model's 3×H×W in [0, 1]."""
+    if value_range is None and values.dtype == np.uint8:
+        return image_to_tensor(np.moveaxis(values, 0, -1))  # as the training crops were made
+    if value_range is None:
+        finite = values.reshape(len(values), -1).astype(np.float64)
+        lows, highs = np.percentile(finite, geotiff.STRETCH_PERCENTILES, axis=1)
+        highs = np.where(highs > lows, highs, lows + 1)
+    else:
+        lows, highs = np.full(len(values), value_range[0]), np.full(len(values), value_range[1])
+    return geotiff.to_image_tensor(values, (lows.astype(np.float32), highs.astype(np.float32)))
+
+
+def to_uint8_rgb(image: torch.Tensor) -> np.ndarray:
+    return (image * 255).round().byte().permute(1, 2, 0).numpy()
+
+
+def predict_image(trained: TrainedModel, path: Path, outputs: dict[str, Path], opts: PredictOptions) -> None:
+    """An ordinary image, whole: palette PNG mask, overlay, optionally probabilities (.npy)."""
+    values = read_image_bands(path)
+    bands = image_bands(len(values), opts.bands, path)
+    image = image_tensor(values[[b - 1 for b in bands]], opts.value_range)
+    need_probabilities = opts.probabilities or opts.crf
+    mask, probs = class_scores(trained.model, image, len(trained.class_names), opts, need_probabilities)
+    if opts.crf:
+        from wsseg.pseudo_labels.crf import dense_crf
+
+        probs = torch.from_numpy(dense_crf(to_uint8_rgb(image), probs.numpy()))
+        mask = probs.argmax(dim=0).to(torch.uint8)
+    for target in outputs.values():
+        target.parent.mkdir(parents=True, exist_ok=True)
+    save_index_png(outputs["mask"], mask.numpy(), trained.palette)
+    Image.fromarray(overlay(to_uint8_rgb(image), mask.numpy(), trained.palette)).save(outputs["overlay"], compress_level=1)
+    if "probabilities" in outputs:
+        np.save(outputs["probabilities"], probs.numpy().astype(np.float32))
+
+
+def predict_raster(trained: TrainedModel, path: Path, outputs: dict[str, Path], opts: PredictOptions) -> None:
+    """A (Geo)TIFF block by block: uint8 mask GeoTIFF on its grid, preview overlay, optionally a
+    float32 probabilities GeoTIFF. With `crf` a warning: the dense CRF needs the whole image."""
+    if opts.crf:
+        log.warning(f"{path}: --crf skipped: the dense CRF needs the whole image in memory, a GeoTIFF is "
+                    f"predicted block by block")
+    names = trained.class_names
+    with geotiff.open_raster(path) as src:
+        bands = geotiff.check_bands(opts.bands, src.count, path) if opts.bands else geotiff.default_bands(src.count, path)
+        scaling = geotiff.value_range(src, bands, opts.value_range, path)
+        masked = geotiff.has_nodata(src, bands)
+        blocks = list(geotiff.iter_blocks(src, opts.block_px, opts.window_px, opts.stride_px))
+        for target in outputs.values():
+            target.parent.mkdir(parents=True, exist_ok=True)
+        mask_profile = geotiff.output_profile(src, 1, "uint8", IGNORE_INDEX if masked else None)
+        prob_profile = geotiff.output_profile(src, len(names), "float32", float("nan") if masked else None)
+        with ExitStack() as files:
+            mask_dst = files.enter_context(geotiff.open_for_writing(outputs["mask"], mask_profile))
+            geotiff.describe_mask(mask_dst, names, trained.palette)
+            prob_dst = None
+            if "probabilities" in outputs:
+                prob_dst = files.enter_context(geotiff.open_for_writing(outputs["probabilities"], prob_profile))
+                geotiff.describe_probabilities(prob_dst, names)
+            for block, read, inside in tqdm(blocks, desc=path.name, unit="block", disable=not opts.progress,
+                                            leave=False):
+                image = geotiff.to_image_tensor(src.read(list(bands), window=read), scaling)
+                mask, probs = class_scores(trained.model, image, len(names), opts, prob_dst is not None)
+                mask = mask[inside].numpy()
+                probs = probs[(slice(None), *inside)].numpy() if probs is not None else None
+                if masked:
+                    invalid = ~geotiff.valid_pixels(src, bands, block)
+                    mask[invalid] = IGNORE_INDEX
+                    if probs is not None:
+                        probs[:, invalid] = np.nan
+                mask_dst.write(mask, 1, window=block)
+                if prob_dst is not None:
+                    prob_dst.write(probs.astype(np.float32), window=block)
+        rgb, small_mask = geotiff.overview(src, bands, scaling, outputs["mask"])
+    Image.fromarray(overlay(rgb, small_mask, trained.palette)).save(outputs["overlay"], compress_level=1)
+
+
+def predict_paths(trained: TrainedModel, inputs: Sequence[str | Path], out_dir: str | Path, opts: PredictOptions,
+                  pattern: str | None = None) -> list[tuple[Path, dict]]:
+    """Predict every input (files, folders searched recursively), after checking them all: the
+    options, each file's header and bands, and the outputs. Returns each input with its outputs."""
+    out_dir = Path(out_dir)
+    check_window(trained, opts)
+    plan = plan_outputs(find_inputs(inputs, pattern, exclude=out_dir), out_dir, opts)
+    for path, _ in plan:
+        check_input(path, opts)
+    # A bar over the files, and one over the blocks of each GeoTIFF.
+    for path, outputs in tqdm(plan, desc="predict", unit="image", disable=not opts.progress or len(plan) < 2):
+        (predict_raster if is_raster(path) else predict_image)(trained, path, outputs, opts)
+    return plan
+
+
+def check_input(path: Path, opts: PredictOptions) -> None:
+    """Header and bands of one input, before any prediction: errors name the file."""
+    if is_raster(path):
+        with geotiff.open_raster(path) as src:
+            if opts.bands:
+                geotiff.check_bands(opts.bands, src.count, path)
+            else:
+                geotiff.default_bands(src.count, path)
+        return
+    try:
+        with Image.open(path) as image:
+            count = len(image.getbands()) if image.mode != "P" else 4 if "transparency" in image.info else 3
+    except Exception as error:
+        raise PredictError(f"{path}: cannot read image ({type(error).__name__}: {error})") from None
+    image_bands(count, opts.bands, path)
