@@ -3,7 +3,8 @@
 #   docker build -t wsseg .
 #   docker run --gpus all --rm -v /path/to/vaihingen:/data/vaihingen -v $PWD/runs:/app/runs wsseg \
 #       train --task all --config configs/vaihingen_task1.yaml --set data.root=/data/vaihingen
-#   docker run --gpus all --rm -v $PWD/models:/app/models -v $PWD/cache:/app/cache wsseg predict --help
+#   docker run --gpus all --rm -v $PWD/runs:/app/runs -v /data/scenes:/data/scenes wsseg \
+#       predict --checkpoint runs/vaihingen/task_ii/best.pt /data/scenes/area.tif --out runs/predictions
 # Downloaded models are cached in /app/cache ($WSSEG_CACHE): mount it to download each model once.
 FROM pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
 
