@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["bench_models.py", "bench_sliding_window.py", "bench_pseudo_labels.py", "bench_single_stage.py"]
+BENCHMARKS = ["bench_models.py", "bench_sliding_window.py", "bench_pseudo_labels.py", "bench_single_stage.py",
+              "bench_predict_geotiff.py"]
 
 
 def main() -> int:
