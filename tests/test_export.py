@@ -94,3 +94,20 @@ def test_export_refuses_to_overwrite(tmp_path, capsys):
     code = main(["export", "--checkpoint", str(checkpoint), "--format", "onnx", "--out", str(tmp_path / "model.onnx")])
     assert code == 1 and "model.onnx exists; pass --force" in capsys.readouterr().err
     assert (tmp_path / "model.onnx").read_bytes() == b"keep me"
+
+
+def test_the_export_check_scales_with_the_logits(tmp_path):
+    # A trained model's logits reach 10–20; float32 reordering then differs by more than 1e-4 in
+    # absolute terms, which must not fail the export (it did, on the demo's trained model).
+    from wsseg.core.checkpoint import load_checkpoint, save_checkpoint
+
+    checkpoint = make_checkpoint(tmp_path / "best.pt", TINY)
+    state = load_checkpoint(checkpoint)
+    state["model"] = {k: v * 3.0 if v.is_floating_point() and "running" not in k else v
+                      for k, v in state["model"].items()}
+    save_checkpoint(checkpoint, state)
+    model = resolve_checkpoint(checkpoint).model
+    with torch.inference_mode():
+        scale = model(torch.rand(1, 3, 64, 64)).abs().max().item()
+    assert scale > 10
+    export(tmp_path, checkpoint, "onnx", "model.onnx")
