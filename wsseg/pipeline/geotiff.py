@@ -62,19 +62,26 @@ def block_spans(length_px: int, block_px: int, window_px: int, stride_px: int) -
 @contextmanager
 def open_raster(path: Path):
     """rasterio's dataset of `path`; unreadable files are a RasterError naming the file."""
+    with _opened(path, "r", "read") as src:
+        yield src
+
+
+@contextmanager
+def _opened(path: Path, mode: str, verb: str, **profile):
+    """`rasterio.open`, quiet about rasters without a georeference, failures a RasterError."""
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            src = rasterio.open(path)
+            dataset = rasterio.open(path, mode, **profile)
     except RasterioIOError as error:
-        raise RasterError(f"{path}: cannot read raster ({error})") from None
+        raise RasterError(f"{path}: cannot {verb} raster ({error})") from None
     try:
-        yield src
+        yield dataset
     finally:
-        src.close()
+        dataset.close()
 
 
 def default_bands(count: int, path: Path) -> tuple[int, ...]:
@@ -168,19 +175,8 @@ def output_profile(src, count: int, dtype: str, nodata) -> dict:
 
 @contextmanager
 def open_for_writing(path: Path, profile: dict):
-    import rasterio
-    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            dst = rasterio.open(path, "w", **profile)
-    except RasterioIOError as error:
-        raise RasterError(f"{path}: cannot write raster ({error})") from None
-    try:
+    with _opened(path, "w", "write", **profile) as dst:
         yield dst
-    finally:
-        dst.close()
 
 
 def describe_mask(dst, class_names: Sequence[str], palette) -> None:
