@@ -148,6 +148,6 @@ def test_a_scalar_is_averaged_over_the_steps_that_reported_it():
         step = next(steps)
         return weighted_cross_entropy(model(batch[0]), batch[1]), {"every": 1.0, **({"odd": step} if step % 2 else {})}
 
-    stats, _ = train_one_epoch(model, loader, optimizer, scheduler, compute_loss, 0, torch.device("cpu"), None, None,
-                               show_progress=False)
+    stats, *_ = train_one_epoch(model, loader, optimizer, scheduler, compute_loss, 0, torch.device("cpu"), None, None,
+                                show_progress=False)
     assert stats["every"] == 1.0 and stats["odd"] == (1 + 3) / 2

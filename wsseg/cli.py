@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
+import signal
 import sys
 import time
 from pathlib import Path
 
 from wsseg.core.checkpoint import CheckpointError
 from wsseg.core.config import ConfigError, load_config
+from wsseg.core.run_lock import RunFolderInUse
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,7 @@ def train_main(argv: list[str] | None = None) -> int:
 
 def _train(args) -> int:
     from wsseg.core.distributed import init_distributed
+    from wsseg.core.train import TrainingInterrupted
     from wsseg.pipeline.chain import run_task
     from wsseg.pipeline.seeds import run_split_seeds
 
@@ -78,16 +82,39 @@ def _train(args) -> int:
     dist_info = init_distributed()
     _setup_logging(run_dir if dist_info.is_main else None)
     log.info(f"run folder: {run_dir}")
-    if args.split_seeds:
-        if args.task != "all":
-            print("error: --split-seeds repeats the comparison: use it with --task all", file=sys.stderr)
-            return 2
-        seeds = [int(s) for s in args.split_seeds.split(",") if s.strip()]
-        run_split_seeds(cfg, seeds, run_dir, args.resume, dist_info, oracle=args.oracle)
-    else:
-        run_task(cfg, args.task, run_dir, args.resume, dist_info, oracle=args.oracle)
+    try:
+        if args.split_seeds:
+            if args.task != "all":
+                print("error: --split-seeds repeats the comparison: use it with --task all", file=sys.stderr)
+                return 2
+            seeds = [int(s) for s in args.split_seeds.split(",") if s.strip()]
+            run_split_seeds(cfg, seeds, run_dir, args.resume, dist_info, oracle=args.oracle)
+        else:
+            run_task(cfg, args.task, run_dir, args.resume, dist_info, oracle=args.oracle)
+    except TrainingInterrupted as stop:
+        print(f"interrupted by {stop}. To continue where it stopped:\n  {resume_command(args, run_dir)}",
+              file=sys.stderr)
+        signum = getattr(signal.Signals, stop.signal_name, None) if stop.signal_name.startswith("SIG") else None
+        return 128 + int(signum) if signum is not None else 1
     log.info(f"done: reports in {run_dir}")
     return 0
+
+
+def resume_command(args, run_dir: Path) -> str:
+    """The command line that continues the run `args` started in `run_dir`."""
+    launcher = "python run_training.py" if Path(sys.argv[0]).name == "run_training.py" else "wsseg train"
+    words = [*launcher.split(), "--task", args.task, "--config", args.config, "--out", str(run_dir), "--resume"]
+    for override in args.overrides:
+        words += ["--set", override]
+    if args.split_seeds:
+        words += ["--split-seeds", args.split_seeds]
+    if args.oracle:
+        words.append("--oracle")
+    if args.init_from:
+        words += ["--init-from", args.init_from]
+    if args.reset_head:
+        words.append("--reset-head")
+    return shlex.join(words)
 
 
 def _eval(args) -> int:
@@ -271,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
                "export": _export}[args.command]
     try:
         return handler(args)
-    except (ValueError, FileNotFoundError, ImportError, CheckpointError) as err:
+    except (ValueError, FileNotFoundError, ImportError, CheckpointError, FloatingPointError, RunFolderInUse) as err:
         # Bad input gets one clear line, not a traceback; the message names the file or key.
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -55,7 +55,19 @@ def _as_tuple(value):
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    atomic_write(Path(path), lambda tmp: torch.save(state, tmp))
+    """Write `state` to `path` through a temporary file: a full disk or a crash mid-write leaves
+    the previous checkpoint as it was."""
+    path = Path(path)
+    try:
+        atomic_write(path, lambda tmp: torch.save(state, tmp))
+    except (OSError, RuntimeError) as err:
+        # torch's zip writer reports a failed write (a full disk) as a RuntimeError.
+        if isinstance(err, RuntimeError) and "write" not in str(err):
+            raise
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).strip().splitlines()[0]
+        kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
+        raise CheckpointError(f"cannot write the checkpoint {path}: {reason}; {kept}. Free space (or fix the "
+                              f"folder's permissions) and continue the run with --resume") from err
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

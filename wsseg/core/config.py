@@ -85,6 +85,9 @@ class TrainConfig:
     # true: flips and 90° turns (overhead imagery); false: none; or a list of hflip, vflip, rot90,
     # colour (ColorJitter 0.3, 0.3, 0.3, 0.1), e.g. [hflip, colour] for street scenes.
     augment: Union[bool, list[Literal["hflip", "vflip", "rot90", "colour"]]] = True
+    # A non-finite loss in any stage: "stop" the run at once (the last epoch's checkpoint stays
+    # intact), or "skip" the step and count it in the history.
+    on_nonfinite: Literal["stop", "skip"] = "stop"
 
 
 @dataclass

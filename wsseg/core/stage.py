@@ -40,7 +40,8 @@ class Stage:
 
     def __init__(self, stage_dir: Path, *, device: str = "auto", precision: str = "auto",
                  channels_last: bool = False, seed: int = 0, workers: int = 2, dist: DistInfo = DistInfo(),
-                 config: dict | None = None, resume: bool = False, checkpoint_extras: dict | None = None):
+                 config: dict | None = None, resume: bool = False, checkpoint_extras: dict | None = None,
+                 on_nonfinite: str = "stop"):
         self.stage_dir = Path(stage_dir)
         self.stage_dir.mkdir(parents=True, exist_ok=True)
         self.name = self.stage_dir.name
@@ -53,6 +54,7 @@ class Stage:
         self.config = config or {}
         self.checkpoint_extras = checkpoint_extras or {}
         self.resume = resume
+        self.on_nonfinite = on_nonfinite
         self._writer = None
         torch.manual_seed(seed)
         np.random.seed(seed)
@@ -105,7 +107,7 @@ class Stage:
                    epochs=epochs, run_dir=run_dir or self.stage_dir, device=self.device, amp_dtype=self.amp_dtype,
                    validate=validate, config=self.config, resume=self.resume, dist_info=self.dist,
                    writer=self.writer, desc=desc or self.name, log=log.info,
-                   checkpoint_extras=self.checkpoint_extras)
+                   checkpoint_extras=self.checkpoint_extras, on_nonfinite=self.on_nonfinite)
 
     def close(self) -> None:
         if self._writer is not None:

@@ -2,17 +2,23 @@
 
 A stage supplies `compute_loss(model, batch, epoch) -> (loss, scalars)` and optionally
 `validate(model, epoch) -> scalars`; `fit` does the rest. Checkpoints are written after every
-epoch (`last.pt`) and whenever the validation score improves (`best.pt`), so an interrupted
-run continues from its last epoch with `resume=True` and ends with the same weights.
+epoch (`last.pt`) and whenever the validation score improves (`best.pt`), so a killed run
+continues from its last epoch with `resume=True` and ends with the same weights. Ctrl-C or
+SIGTERM stops at the next step boundary instead, with a checkpoint of that step (`last.pt`,
+marked partial) from which a resumed run continues as if it had never stopped.
 """
 
 from __future__ import annotations
 
 import math
+import signal
+import threading
 import time
-from contextlib import nullcontext
+from collections import deque
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +29,120 @@ from wsseg.core.distributed import DistInfo
 from wsseg.datasets.base import IGNORE_INDEX
 
 LossFn = Callable[[torch.nn.Module, object, int], "tuple[torch.Tensor, dict[str, float]]"]
+
+NONFINITE_ACTIONS = ("stop", "skip")
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C or SIGTERM stopped training at a step boundary, after saving `checkpoint`."""
+
+    def __init__(self, signal_name: str, checkpoint: Path, epoch: int, step: int, steps_per_epoch: int):
+        self.signal_name, self.checkpoint = signal_name, checkpoint
+        super().__init__(f"{signal_name}: stopped in epoch {epoch}, after step {step} of {steps_per_epoch}; "
+                         f"saved {checkpoint}")
+
+
+class NonFiniteLoss(FloatingPointError):
+    pass
+
+
+class _StopRequests:
+    """SIGINT / SIGTERM turned into a flag that the loop reads at each step boundary: a step in
+    flight finishes, so the checkpoint holds a consistent model and optimiser. A second Ctrl-C
+    aborts at once (the default handler), for a step that never ends."""
+
+    def __init__(self):
+        self.signal_name: str | None = None
+
+    def _handle(self, signum, frame) -> None:
+        self.signal_name = signal.Signals(signum).name
+        signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+
+
+@contextmanager
+def stop_requests() -> Iterator[_StopRequests]:
+    requests = _StopRequests()
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield requests
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, requests._handle)
+    try:
+        yield requests
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _any_rank(flag: bool, dist_info: DistInfo, device: torch.device) -> bool:
+    """Whether any process asks to stop: under torchrun all of them stop at the same step."""
+    if not dist_info.enabled:
+        return flag
+    import torch.distributed as dist
+
+    value = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+class _RecordingBatchSampler:
+    """A batch sampler that remembers the index lists it hands out, so that the loop can name
+    the samples of the batch it is on: batches come back in the order their indices left."""
+
+    def __init__(self, batch_sampler):
+        self.batch_sampler = batch_sampler
+        self.issued: deque[list[int]] = deque()
+
+    def __iter__(self):
+        self.issued.clear()
+        for indices in self.batch_sampler:
+            self.issued.append(list(indices))
+            yield indices
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)
+
+
+def recording_batches(loader):
+    """`loader` with its batch sampler wrapped to record indices (the same draws, the same order)."""
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    if batch_sampler is None or isinstance(batch_sampler, _RecordingBatchSampler):
+        return loader
+    return torch.utils.data.DataLoader(
+        loader.dataset, batch_sampler=_RecordingBatchSampler(batch_sampler), num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, worker_init_fn=loader.worker_init_fn,
+        generator=loader.generator, persistent_workers=loader.persistent_workers,
+        prefetch_factor=loader.prefetch_factor if loader.num_workers > 0 else None)
+
+
+def describe_samples(dataset, indices: list[int], limit: int = 8) -> str:
+    """The tiles behind the samples `indices` of `dataset` (or their indices, if it cannot say)."""
+    describe = getattr(dataset, "tile_id_of", None)
+    names = [str(describe(i)) if describe else f"#{i}" for i in indices[:limit]]
+    more = f" and {len(indices) - limit} more" if len(indices) > limit else ""
+    return ", ".join(names) + more
+
+
+@dataclass
+class EpochProgress:
+    """Where an epoch stands: steps done, the running sums of its scalars, and the RNG state it
+    began with (the data order is drawn from it when the loader starts)."""
+
+    steps_done: int = 0
+    totals: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    start_rng: dict | None = None
+    skipped_nonfinite: int = 0
+
+    def as_dict(self) -> dict:
+        return {"steps_done": self.steps_done, "totals": self.totals, "counts": self.counts,
+                "start_rng": self.start_rng, "skipped_nonfinite": self.skipped_nonfinite}
+
+    @classmethod
+    def from_dict(cls, state: dict) -> EpochProgress:
+        return cls(int(state["steps_done"]), dict(state["totals"]), dict(state["counts"]), state["start_rng"],
+                   int(state.get("skipped_nonfinite", 0)))
 
 
 def build_optimizer(params: Iterable, name: str, lr: float, weight_decay: float = 0.0, momentum: float = 0.9):
@@ -72,44 +192,91 @@ def weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor, class_wei
 
 def train_one_epoch(model, loader, optimizer, scheduler, compute_loss: LossFn, epoch: int, device: torch.device,
                     amp_dtype: torch.dtype | None, scaler: torch.amp.GradScaler | None, writer=None,
-                    global_step: int = 0, desc: str = "train", show_progress: bool = True) -> tuple[dict, int]:
+                    global_step: int = 0, desc: str = "train", show_progress: bool = True,
+                    progress: EpochProgress | None = None, stop: _StopRequests | None = None,
+                    on_nonfinite: str = "stop", dist_info: DistInfo = DistInfo(),
+                    log: Callable[[str], None] = print) -> tuple[dict, int, EpochProgress, str | None]:
     """One pass over `loader`; each scalar is averaged over the steps that reported it (a loss
-    term of the N2 crops, say, is absent from a batch that drew none)."""
+    term of the N2 crops, say, is absent from a batch that drew none).
+
+    `progress` of a partial epoch continues it: the loader restarts from the RNG state the epoch
+    began with, so it draws the same order, and skips the steps already done. Returns the
+    epoch's scalars, the global step, the epoch's progress and the name of the signal that
+    stopped it early (None when it ran to the end)."""
+    if on_nonfinite not in NONFINITE_ACTIONS:
+        raise ValueError(f"on_nonfinite {on_nonfinite!r}: expected one of {', '.join(NONFINITE_ACTIONS)}")
     model.train()
-    totals: dict[str, float] = {}
-    counts: dict[str, int] = {}
+    progress = progress or EpochProgress()
+    stop = stop or _StopRequests()
     autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
-    bar = tqdm(loader, desc=f"{desc} epoch {epoch + 1}", leave=False, disable=not show_progress, dynamic_ncols=True)
+    recorder = loader.batch_sampler if isinstance(getattr(loader, "batch_sampler", None), _RecordingBatchSampler) \
+        else None
+    if progress.steps_done:
+        resumed_rng = rng_state()
+        set_rng_state(progress.start_rng)
+        batches = iter(loader)
+        for _ in range(progress.steps_done):
+            next(batches)
+            if recorder is not None:
+                recorder.issued.popleft()
+        set_rng_state(resumed_rng)
+    else:
+        progress.start_rng = rng_state()
+        batches = iter(loader)
+    bar = tqdm(batches, desc=f"{desc} epoch {epoch + 1}", leave=False, disable=not show_progress, dynamic_ncols=True,
+               total=len(loader), initial=progress.steps_done)
+    stopped_by = None
     for batch in bar:
+        indices = recorder.issued.popleft() if recorder is not None and recorder.issued else []
         with autocast:
             loss, scalars = compute_loss(model, batch, epoch)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"{desc}: loss became {loss.item()} at epoch {epoch + 1}, step {global_step}")
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            terms = [k for k, v in scalars.items() if not math.isfinite(float(v))]
+            message = (f"{desc}: the loss is {loss.item()} at epoch {epoch + 1}, step {progress.steps_done + 1} of "
+                       f"{len(loader)} (global step {global_step + 1})"
+                       + (f"; non-finite terms: {', '.join(terms)}" if terms else "")
+                       + (f"; batch tiles: {describe_samples(loader.dataset, indices)}" if indices else ""))
+            if on_nonfinite == "stop":
+                raise NonFiniteLoss(f"{message}. The checkpoint of the last finished epoch is intact; set "
+                                    f"train.on_nonfinite=skip to skip such steps, or lower train.lr")
+            log(f"{message}: step skipped (train.on_nonfinite: skip)")
+            progress.skipped_nonfinite += 1
+            optimizer.zero_grad(set_to_none=True)
         else:
-            loss.backward()
-            optimizer.step()
-        scheduler.step()
-        scalars = {"loss": loss.item(), **scalars}
-        for key, value in scalars.items():
-            totals[key] = totals.get(key, 0.0) + value
-            counts[key] = counts.get(key, 0) + 1
-        global_step += 1
-        bar.set_postfix(loss=f"{scalars['loss']:.4f}")
-        if writer is not None and global_step % 10 == 0:
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+            scalars = {"loss": loss.item(), **scalars}
             for key, value in scalars.items():
-                writer.add_scalar(f"{desc}/{key}", value, global_step)
-            writer.add_scalar(f"{desc}/lr", optimizer.param_groups[0]["lr"], global_step)
-    return {key: value / counts[key] for key, value in totals.items()}, global_step
+                progress.totals[key] = progress.totals.get(key, 0.0) + value
+                progress.counts[key] = progress.counts.get(key, 0) + 1
+            bar.set_postfix(loss=f"{scalars['loss']:.4f}")
+            if writer is not None and (global_step + 1) % 10 == 0:
+                for key, value in scalars.items():
+                    writer.add_scalar(f"{desc}/{key}", value, global_step + 1)
+                writer.add_scalar(f"{desc}/lr", optimizer.param_groups[0]["lr"], global_step + 1)
+        # A skipped step still counts: the schedule and the data order stay those of a clean run.
+        scheduler.step()
+        global_step += 1
+        progress.steps_done += 1
+        if progress.steps_done < len(loader) and _any_rank(stop.signal_name is not None, dist_info, device):
+            stopped_by = stop.signal_name or "a stop request on another process"
+            break
+    bar.close()
+    stats = {key: value / progress.counts[key] for key, value in progress.totals.items()}
+    return stats, global_step, progress, stopped_by
 
 
 def _set_epoch(loader, epoch: int) -> None:
     # Crops and augmentations are a function of (seed, epoch, index): resumed runs see the same data.
-    for obj in (getattr(loader, "sampler", None), getattr(loader, "dataset", None)):
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    inner = getattr(batch_sampler, "batch_sampler", batch_sampler)
+    for obj in (getattr(loader, "sampler", None), getattr(inner, "sampler", None), getattr(loader, "dataset", None)):
         if hasattr(obj, "set_epoch"):
             obj.set_epoch(epoch)
 
@@ -119,14 +286,18 @@ def fit(*, model: torch.nn.Module, loader, optimizer, scheduler, compute_loss: L
         validate: Callable[[torch.nn.Module, int], dict] | None = None, select_key: str = "miou",
         config: dict | None = None, resume: bool = False, dist_info: DistInfo = DistInfo(), writer=None,
         desc: str = "train", log: Callable[[str], None] = print, show_progress: bool = True,
-        checkpoint_extras: dict | None = None) -> list[dict]:
+        checkpoint_extras: dict | None = None, on_nonfinite: str = "stop") -> list[dict]:
     """Train for `epochs`, validating after each epoch; returns the per-epoch history.
 
-    `checkpoint_extras` go into every checkpoint beside the config (the class names, say)."""
+    `checkpoint_extras` go into every checkpoint beside the config (the class names, say).
+    `on_nonfinite`: "stop" raises NonFiniteLoss at the first non-finite loss, "skip" skips the
+    step (counted per epoch as `skipped_nonfinite_steps`). Ctrl-C / SIGTERM saves the step
+    reached to `last.pt` and raises TrainingInterrupted."""
     run_dir = Path(run_dir)
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
-    start_epoch, best_score, history, global_step = 0, -math.inf, [], 0
+    start_epoch, best_score, history, global_step, partial = 0, -math.inf, [], 0, None
+    loader = recording_batches(loader)
 
     if last_path.exists():
         if not resume:
@@ -142,37 +313,55 @@ def fit(*, model: torch.nn.Module, loader, optimizer, scheduler, compute_loss: L
         history = list(state["history"])
         global_step = state["global_step"]
         set_rng_state(state["rng"])
-        log(f"{desc}: resumed from {last_path} after epoch {start_epoch}")
+        if state.get("partial_epoch"):
+            partial = EpochProgress.from_dict(state["partial_epoch"])
+            log(f"{desc}: resumed from {last_path} in epoch {start_epoch + 1}, after step {partial.steps_done}")
+        else:
+            log(f"{desc}: resumed from {last_path} after epoch {start_epoch}")
 
-    for epoch in range(start_epoch, epochs):
-        _set_epoch(loader, epoch)
-        started = time.perf_counter()
-        train_stats, global_step = train_one_epoch(
-            model, loader, optimizer, scheduler, compute_loss, epoch, device, amp_dtype, scaler, writer,
-            global_step, desc, show_progress and dist_info.is_main)
-        val_stats = validate(model, epoch) if validate is not None else {}
-        record = {"epoch": epoch + 1, "train_loss": train_stats["loss"], "lr": optimizer.param_groups[0]["lr"],
-                  "seconds": time.perf_counter() - started,
-                  **{f"train_{k}": v for k, v in train_stats.items() if k != "loss"},
-                  **{f"val_{k}": v for k, v in val_stats.items()}}
-        history.append(record)
-        score = val_stats.get(select_key, -math.inf) if val_stats else -math.inf
-        improved = validate is None or (score is not None and score > best_score)
-        if improved and validate is not None:
-            best_score = score
-        if writer is not None:
-            for key, value in val_stats.items():
-                writer.add_scalar(f"{desc}/val_{key}", value, epoch + 1)
-        summary = ", ".join(f"{k} {v:.4f}" for k, v in record.items() if isinstance(v, float) and k != "seconds")
-        log(f"{desc} epoch {epoch + 1}/{epochs}: {summary} ({record['seconds']:.0f} s)")
-        if dist_info.is_main:
-            state = {
-                "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                "lr_scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-                "epoch": epoch, "best_score": best_score, "history": history, "global_step": global_step,
-                "rng": rng_state(), "config": config or {}, **(checkpoint_extras or {}),
-            }
-            save_checkpoint(last_path, state)
-            if improved:
-                save_checkpoint(best_path, state)
+    def checkpoint(epoch_done: int, progress: EpochProgress | None = None) -> dict:
+        return {
+            "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+            "lr_scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+            "epoch": epoch_done, "best_score": best_score, "history": history, "global_step": global_step,
+            "rng": rng_state(), "config": config or {}, **(checkpoint_extras or {}),
+            "partial_epoch": progress.as_dict() if progress is not None else None,
+        }
+
+    with stop_requests() as stop:
+        for epoch in range(start_epoch, epochs):
+            _set_epoch(loader, epoch)
+            started = time.perf_counter()
+            train_stats, global_step, progress, stopped_by = train_one_epoch(
+                model, loader, optimizer, scheduler, compute_loss, epoch, device, amp_dtype, scaler, writer,
+                global_step, desc, show_progress and dist_info.is_main, progress=partial, stop=stop,
+                on_nonfinite=on_nonfinite, dist_info=dist_info, log=log)
+            partial = None
+            if stopped_by is not None:
+                if dist_info.is_main:
+                    save_checkpoint(last_path, checkpoint(epoch - 1, progress))
+                raise TrainingInterrupted(stopped_by, last_path, epoch + 1, progress.steps_done, len(loader))
+            val_stats = validate(model, epoch) if validate is not None else {}
+            record = {"epoch": epoch + 1, "train_loss": train_stats.get("loss", math.nan),
+                      "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started,
+                      **{f"train_{k}": v for k, v in train_stats.items() if k != "loss"},
+                      **{f"val_{k}": v for k, v in val_stats.items()}}
+            if progress.skipped_nonfinite:
+                record["skipped_nonfinite_steps"] = progress.skipped_nonfinite
+            history.append(record)
+            score = val_stats.get(select_key, -math.inf) if val_stats else -math.inf
+            improved = validate is None or (score is not None and score > best_score)
+            if improved and validate is not None:
+                best_score = score
+            if writer is not None:
+                for key, value in val_stats.items():
+                    writer.add_scalar(f"{desc}/val_{key}", value, epoch + 1)
+            summary = ", ".join(f"{k} {v:.4f}" for k, v in record.items() if isinstance(v, float) and k != "seconds")
+            skipped = f", {progress.skipped_nonfinite} non-finite steps skipped" if progress.skipped_nonfinite else ""
+            log(f"{desc} epoch {epoch + 1}/{epochs}: {summary}{skipped} ({record['seconds']:.0f} s)")
+            if dist_info.is_main:
+                state = checkpoint(epoch)
+                save_checkpoint(last_path, state)
+                if improved:
+                    save_checkpoint(best_path, state)
     return history

@@ -196,6 +196,13 @@ class RandomCropDataset(Dataset):
         image, mask, _, _ = self.sample(index)
         return image, mask
 
+    def _draw_tile(self, rng: np.random.Generator) -> str:
+        return self.tile_ids[int(rng.choice(len(self.tile_ids), p=self.tile_probabilities))]
+
+    def tile_id_of(self, index: int) -> str:
+        """The tile crop `index` of this epoch comes from (the crop's first draw), without loading it."""
+        return self._draw_tile(np.random.default_rng((self.seed, self.epoch, int(index))))
+
     def sample(self, index: int) -> tuple[torch.Tensor, torch.Tensor, tuple[str, int, int, int, int],
                                           np.random.Generator]:
         """Crop `index` as (image, mask, window, rng): its window (tile_id, y, x, h, w) in tile pixels
@@ -203,7 +210,7 @@ class RandomCropDataset(Dataset):
         if not 0 <= index < self.samples_per_epoch:
             raise IndexError(index)
         rng = np.random.default_rng((self.seed, self.epoch, int(index)))
-        tile_id = self.tile_ids[int(rng.choice(len(self.tile_ids), p=self.tile_probabilities))]
+        tile_id = self._draw_tile(rng)
         image, label = self.cache.get(tile_id, lambda: self._load(tile_id))
         height, width = label.shape
         y = int(rng.integers(0, max(height - self.crop_px, 0) + 1))
@@ -239,6 +246,9 @@ class OnlineCrops(Dataset):
 
     def __len__(self) -> int:
         return len(self.crops)
+
+    def tile_id_of(self, index: int) -> str:
+        return self.crops.tile_id_of(index)
 
     def set_epoch(self, epoch: int) -> None:
         self.crops.set_epoch(epoch)
@@ -296,6 +306,10 @@ class TaggedCropDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.crop_tags)
+
+    def tile_id_of(self, index: int) -> str:
+        tag = self.crop_tags[index]
+        return f"{tag.tile_id} (y={tag.y}, x={tag.x})"
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)

@@ -22,6 +22,7 @@ from wsseg.core.config import Config
 from wsseg.core.distributed import DistInfo
 from wsseg.core.io import atomic_write_json, score_or_nan
 from wsseg.core.report import write_comparison_report
+from wsseg.core.run_lock import RunLock
 from wsseg.pipeline.data import Run, crop_tags_of, prepare_run
 from wsseg.pipeline.pseudo_masks import BackgroundRejected, make_pseudo_masks, pseudo_mask_samples
 from wsseg.pipeline.segmenter import check_init_from, train_segmenter
@@ -154,6 +155,15 @@ def run_task(cfg: Config, task: str, run_dir: Path, resume: bool = False, dist: 
         raise ValueError(f"unknown task {task!r} ({', '.join(TASKS)})")
     if oracle and task != "all":
         raise ValueError("the oracle is a third arm of the comparison: use it with --task all")
+    lock = RunLock(run_dir).acquire() if dist.is_main else None
+    try:
+        return _run_task(cfg, task, run_dir, resume, dist, oracle)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_task(cfg: Config, task: str, run_dir: Path, resume: bool, dist: DistInfo, oracle: bool) -> dict:
     run = prepare_run(cfg, run_dir, resume, dist, weak=task != "i")
     check_init_from(run)
     if task == "i":

@@ -44,7 +44,8 @@ class Run:
         return Stage(stage_dir, device=self.cfg.device, precision=precision, channels_last=channels_last,
                      seed=self.cfg.train.seed, workers=self.cfg.train.workers, dist=self.dist,
                      config=config_to_dict(self.cfg), resume=self.resume,
-                     checkpoint_extras={"classes": class_record(self.source.classes)})
+                     checkpoint_extras={"classes": class_record(self.source.classes)},
+                     on_nonfinite=self.cfg.train.on_nonfinite)
 
 
 def class_record(classes: ClassSpec) -> dict:

@@ -10,6 +10,7 @@ the pixel-label ones alone.
 
 from __future__ import annotations
 
+import bisect
 import logging
 from pathlib import Path
 from typing import Sequence
@@ -51,6 +52,9 @@ class WeightedCrops(Dataset):
     def __len__(self):
         return len(self.crops)
 
+    def tile_id_of(self, index: int) -> str:
+        return self.crops.tile_id_of(index)
+
     def __getitem__(self, index):
         image, mask, *online = self.crops[index]
         return image, mask, torch.tensor(self.weight, dtype=torch.float32), *online
@@ -64,6 +68,10 @@ class EpochConcat(ConcatDataset):
     def set_epoch(self, epoch: int) -> None:
         for d in self.datasets:
             d.set_epoch(epoch)
+
+    def tile_id_of(self, index: int) -> str:
+        part = bisect.bisect_right(self.cumulative_sizes, index)
+        return self.datasets[part].tile_id_of(index - (self.cumulative_sizes[part - 1] if part else 0))
 
 
 def online_levers(cfg: Config) -> bool:
