@@ -153,3 +153,25 @@ def test_a_stale_lock_is_taken_over_with_a_warning(tmp_path, caplog):
     assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
     lock.release()
     assert not (tmp_path / LOCK_NAME).exists()
+
+
+def test_sigterm_outside_the_training_steps_ends_with_the_resume_command(tmp_path, monkeypatch, capsys):
+    import time
+
+    import wsseg.pipeline.chain
+    from wsseg.cli import main
+
+    def making_pseudo_masks(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the signal arrives long before
+        raise AssertionError("SIGTERM did not interrupt")
+
+    monkeypatch.setattr(wsseg.pipeline.chain, "run_task", making_pseudo_masks)
+    before = signal.getsignal(signal.SIGTERM)
+    code = main(["train", "--task", "all", "--config", "configs/demo.yaml", "--out", str(tmp_path / "run"),
+                 "--set", "train.epochs=2"])
+    assert code == 128 + signal.SIGTERM
+    said = capsys.readouterr().err
+    assert "interrupted by SIGTERM between training steps" in said
+    assert f"--config configs/demo.yaml --out {tmp_path / 'run'} --resume --set train.epochs=2" in said
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -7,6 +7,7 @@ import logging
 import shlex
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -82,6 +83,7 @@ def _train(args) -> int:
     dist_info = init_distributed()
     _setup_logging(run_dir if dist_info.is_main else None)
     log.info(f"run folder: {run_dir}")
+    previous_sigterm = _sigterm_as_interrupt()
     try:
         if args.split_seeds:
             if args.task != "all":
@@ -96,8 +98,33 @@ def _train(args) -> int:
               file=sys.stderr)
         signum = getattr(signal.Signals, stop.signal_name, None) if stop.signal_name.startswith("SIG") else None
         return 128 + int(signum) if signum is not None else 1
+    except KeyboardInterrupt as stop:
+        # Outside the training steps (evaluation, pseudo masks): the stage in progress starts over.
+        name = "SIGTERM" if isinstance(stop, _Terminated) else "Ctrl-C"
+        print(f"interrupted by {name} between training steps; finished stages and the last checkpoint are kept. "
+              f"To continue:\n  {resume_command(args, run_dir)}", file=sys.stderr)
+        return 128 + int(signal.SIGTERM if isinstance(stop, _Terminated) else signal.SIGINT)
+    finally:
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
     log.info(f"done: reports in {run_dir}")
     return 0
+
+
+class _Terminated(KeyboardInterrupt):
+    pass
+
+
+def _sigterm_as_interrupt():
+    """SIGTERM (a scheduler's preemption) handled as Ctrl-C is, so that it ends with the resume
+    command rather than silently; the training loop catches both at its step boundaries."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def terminate(signum, frame):
+        raise _Terminated()
+
+    return signal.signal(signal.SIGTERM, terminate)
 
 
 def resume_command(args, run_dir: Path) -> str:

@@ -252,7 +252,7 @@ def save_index_png(path: str | Path, indices: np.ndarray, palette: Sequence[Colo
     image.putpalette(table.ravel().tolist())
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path, optimize=False)
+    image.save(path, format="PNG", optimize=False)  # by name: an atomic write's temporary file has no .png
 
 
 def read_index_png(path: str | Path) -> np.ndarray:

@@ -33,6 +33,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from wsseg.core.evaluate import sliding_window_logits
+from wsseg.core.io import atomic_write
 from wsseg.datasets.base import IGNORE_INDEX
 from wsseg.datasets.colour import encode_colour_mask, save_index_png
 from wsseg.datasets.crops import image_to_tensor
@@ -296,7 +297,7 @@ def predict_image(trained: TrainedModel, path: Path, outputs: dict[str, Path], o
         mask = probs.argmax(dim=0).to(torch.uint8)
     for target in outputs.values():
         target.parent.mkdir(parents=True, exist_ok=True)
-    save_index_png(outputs["mask"], mask.numpy(), trained.palette)
+    atomic_write(outputs["mask"], lambda tmp: save_index_png(tmp, mask.numpy(), trained.palette))
     Image.fromarray(overlay(to_uint8_rgb(image), mask.numpy(), trained.palette)).save(outputs["overlay"], compress_level=1)
     if "probabilities" in outputs:
         np.save(outputs["probabilities"], probs.numpy().astype(np.float32))

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from wsseg.core.checkpoint import CheckpointError, load_checkpoint
 from wsseg.core.config import Config
 from wsseg.core.evaluate import sliding_window_logits
-from wsseg.core.io import atomic_write_json
+from wsseg.core.io import atomic_write, atomic_write_json
 from wsseg.core.metrics import confusion_matrix, segmentation_metrics, unlearned_classes
 from wsseg.datasets.base import ClassSpec, TileSource
 from wsseg.datasets.colour import read_index_png, save_index_png
@@ -123,7 +123,8 @@ def make_pseudo_masks(run: Run, crop_tags: list[CropTag], checkpoint: Path, out_
                             pm.abstain_below_recall, "it" if predictor.abstain.sum() == 1 else "them")
         for tile_id, raw, crf, labels in tile_masks(n2_crops):
             labels = quality.drop_unreliable(labels)
-            save_index_png(out_dir / f"{tile_id}.png", labels, classes.palette)
+            # Atomic: a run killed here leaves whole masks or none, never half a PNG.
+            atomic_write(out_dir / f"{tile_id}.png", lambda tmp: save_index_png(tmp, labels, classes.palette))
             ground_truth = source.label(tile_id) if source.tile(tile_id).label_path is not None else None
             quality.measure(labels, raw, crf, ground_truth)
     finally:
