@@ -97,6 +97,9 @@ class EvalConfig:
     batch_size: int = 4
     every_epochs: int = 1
     num_triptychs: int = 3
+    # A class whose probability is also scored at every threshold (KITTI Road's MaxF, precision,
+    # recall and average precision of "road", in the image domain); none: only the confusion matrix.
+    max_f_class: str | None = None
 
 
 @dataclass

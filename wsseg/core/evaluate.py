@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from wsseg.core.metrics import confusion_matrix, segmentation_metrics
+from wsseg.core.metrics import SCORE_BINS, confusion_matrix, max_f_measure, score_histograms, segmentation_metrics
 from wsseg.datasets.crops import image_to_tensor
 
 
@@ -141,6 +141,9 @@ class EvalResult:
     cm_eroded: np.ndarray | None = None
     predictions: dict[str, np.ndarray] = field(default_factory=dict)
     tile_ids: list[str] = field(default_factory=list)
+    # `score_class`'s probability histograms (`metrics.score_histograms`), when one was asked for.
+    score_class: str | None = None
+    score_histograms: np.ndarray | None = None
 
     def metrics(self, classes) -> dict:
         """`segmentation_metrics` of `cm` for a ClassSpec, plus an "eroded" sub-dict when present.
@@ -154,6 +157,8 @@ class EvalResult:
         if self.cm_eroded is not None:
             result["eroded"] = segmentation_metrics(self.cm_eroded, classes.names, classes.in_mean)
             result["eroded"]["confusion_matrix"] = self.cm_eroded.tolist()
+        if self.score_histograms is not None:
+            result["max_f"] = {"class": self.score_class, **max_f_measure(self.score_histograms)}
         return result
 
 
@@ -168,8 +173,12 @@ def evaluate_tiles(
     amp_dtype: torch.dtype | None = None,
     keep_predictions: Iterable[str] = (),
     progress: bool = True,
+    score_class: str | None = None,
 ) -> EvalResult:
     """Predict whole tiles of a TileSource and accumulate their confusion matrices.
+
+    `score_class` (a class name) also scores that class's softmax probability at every threshold
+    (`max_f` in the metrics: KITTI Road's MaxF, precision, recall, average precision).
 
     Eroded ground truth is scored when the source has it for every evaluated tile; if only some
     tiles have it, a warning is given and no eroded scores are made, because a mean over a subset
@@ -190,12 +199,24 @@ def evaluate_tiles(
             warnings.warn(f"{source.name}: tiles {lacking} have no eroded ground truth; eroded scores skipped")
             use_eroded = False
 
+    if score_class is not None and score_class not in classes.names:
+        raise ValueError(f"eval.max_f_class {score_class!r} is not a class of {source.name} "
+                         f"({', '.join(classes.names)})")
     cm = np.zeros((num_classes, num_classes), np.int64)
     cm_eroded = np.zeros_like(cm) if use_eroded else None
+    histograms = np.zeros((2, SCORE_BINS), np.int64) if score_class is not None else None
     predictions: dict[str, np.ndarray] = {}
     for tile_id in tqdm(tile_ids, desc="evaluate", unit="tile", disable=not progress):
-        pred = predict_tile(model, source.image(tile_id), num_classes, window_px, stride_px,
-                            batch_size, device, amp_dtype)
+        if score_class is None:
+            pred = predict_tile(model, source.image(tile_id), num_classes, window_px, stride_px,
+                                batch_size, device, amp_dtype)
+        else:
+            logits = sliding_window_logits(model, image_to_tensor(source.image(tile_id)), num_classes, window_px,
+                                           stride_px, batch_size, device, amp_dtype)
+            pred = logits.argmax(dim=0).to(torch.uint8).numpy()
+            positive = classes.names.index(score_class)
+            probability = torch.softmax(logits, dim=0)[positive].numpy()
+            histograms += score_histograms(probability, source.label(tile_id), positive, classes.ignore_index)
         for eroded in ((False, True) if use_eroded else (False,)):
             label = source.label(tile_id, eroded=eroded)
             if label.shape != pred.shape:
@@ -208,4 +229,5 @@ def evaluate_tiles(
                 cm += tile_cm
         if tile_id in keep:
             predictions[tile_id] = pred
-    return EvalResult(cm=cm, cm_eroded=cm_eroded, predictions=predictions, tile_ids=tile_ids)
+    return EvalResult(cm=cm, cm_eroded=cm_eroded, predictions=predictions, tile_ids=tile_ids,
+                      score_class=score_class, score_histograms=histograms)

@@ -222,3 +222,42 @@ def gap_closed(baseline: float, method: float, oracle: float) -> float:
     baseline, method, oracle = (float("nan") if v is None else float(v) for v in (baseline, method, oracle))
     gap = oracle - baseline
     return (method - baseline) / gap if gap > 0 else float("nan")
+
+
+SCORE_BINS = 256
+
+
+def score_histograms(probability, target, positive_class: int, ignore_index: int = IGNORE_INDEX,
+                     bins: int = SCORE_BINS) -> np.ndarray:
+    """2×`bins` counts of one class's predicted probability (H×W in [0, 1]), binned, for the pixels
+    whose ground truth is another class (row 0) or that class (row 1); ignored pixels left out.
+    Summed over images, they give every threshold's precision and recall at once."""
+    probability, target = np.asarray(probability, dtype=np.float64), np.asarray(target)
+    if probability.shape != target.shape:
+        raise ValueError(f"probability shape {probability.shape} != target shape {target.shape}")
+    keep = target != ignore_index
+    bin_of = np.clip((probability[keep] * bins).astype(np.int64), 0, bins - 1)
+    positive = target[keep] == positive_class
+    return np.stack([np.bincount(bin_of[~positive], minlength=bins), np.bincount(bin_of[positive], minlength=bins)])
+
+
+def max_f_measure(histograms: np.ndarray) -> dict:
+    """The KITTI Road measures of one class from `score_histograms`: the maximum F-measure over
+    thresholds, the precision, recall and threshold where it is reached, and the average precision
+    (precision interpolated at recalls 0, 0.1, …, 1, as the KITTI devkit averages it). A pixel is
+    predicted positive when its bin is at or above the threshold's."""
+    negatives, positives = np.asarray(histograms, dtype=np.float64)
+    bins = len(positives)
+    true_pos = np.cumsum(positives[::-1])[::-1]  # positives in bins ≥ k
+    false_pos = np.cumsum(negatives[::-1])[::-1]
+    total_pos = positives.sum()
+    if total_pos == 0:
+        return {"max_f": None, "precision": None, "recall": None, "threshold": None, "average_precision": None}
+    precision = _ratio(true_pos, true_pos + false_pos)
+    recall = true_pos / total_pos
+    f_measure = np.nan_to_num(_ratio(2 * precision * recall, precision + recall))
+    best = int(np.argmax(f_measure))
+    interpolated = [np.nanmax(np.where(recall >= r, precision, np.nan)) if (recall >= r).any() else 0.0
+                    for r in np.linspace(0, 1, 11)]
+    return {"max_f": float(f_measure[best]), "precision": float(precision[best]), "recall": float(recall[best]),
+            "threshold": best / bins, "average_precision": float(np.mean(interpolated))}

@@ -77,6 +77,12 @@ def metrics_summary(metrics: dict) -> list[str]:
     md = [_summary_line(metrics, "full ground truth")]
     if metrics.get("eroded"):
         md += ["", _summary_line(metrics["eroded"], "eroded ground truth")]
+    if metrics.get("max_f"):
+        road = metrics["max_f"]
+        md += ["", f"{road['class']}, every threshold of its probability (KITTI Road measures, image domain): "
+                   f"MaxF **{_fmt(road['max_f'])}** · precision {_fmt(road['precision'])} · recall "
+                   f"{_fmt(road['recall'])} at threshold {_fmt(road['threshold'])} · "
+                   f"average precision {_fmt(road['average_precision'])}"]
     return md
 
 

@@ -21,6 +21,7 @@ def _loaders() -> dict[str, Callable[..., TileSource]]:
     from wsseg.datasets.dubai import dubai_source
     from wsseg.datasets.folder import folder_source
     from wsseg.datasets.isprs import isprs_mmseg_source, vaihingen_source
+    from wsseg.datasets.kitti_road import kitti_road_source
     from wsseg.datasets.synthetic_aerial import synthetic_vaihingen_source
     from wsseg.datasets.voc import voc_source
 
@@ -39,6 +40,7 @@ def _loaders() -> dict[str, Callable[..., TileSource]]:
         "ade20k": ade20k_challenge_source,
         "ade20k_full": ade20k_full_source,
         "camvid": camvid_source,
+        "kitti_road": kitti_road_source,
     }
 
 
@@ -71,12 +73,13 @@ def fixed_classes(kind: str, options: dict | None = None) -> ClassSpec | None:
     from wsseg.datasets.colour import default_palette
     from wsseg.datasets.dubai import DUBAI_CLASSES
     from wsseg.datasets.isprs import VAIHINGEN_CLASSES
+    from wsseg.datasets.kitti_road import KITTI_ROAD_CLASSES
     from wsseg.datasets.voc import VOC_CLASSES
 
     fixed = {"vaihingen": VAIHINGEN_CLASSES, "synthetic_vaihingen": VAIHINGEN_CLASSES,
              "vaihingen_mmseg": VAIHINGEN_CLASSES, "potsdam_mmseg": VAIHINGEN_CLASSES, "dubai": DUBAI_CLASSES,
              "voc": VOC_CLASSES, "cityscapes": CITYSCAPES_CLASSES, "ade20k": ADE20K_CLASSES,
-             "camvid": ClassSpec(CAMVID_NAMES, CAMVID_PALETTE)}
+             "camvid": ClassSpec(CAMVID_NAMES, CAMVID_PALETTE), "kitti_road": KITTI_ROAD_CLASSES}
     if kind in fixed:
         return fixed[kind]
     options = options or {}

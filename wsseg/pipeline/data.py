@@ -124,6 +124,9 @@ def check_config(cfg: Config, source: TileSource | None = None, weak: bool = Tru
     if isinstance(cfg.train.class_weights, list) and len(cfg.train.class_weights) != len(names):
         raise ConfigError(f"train.class_weights has {len(cfg.train.class_weights)} values for the "
                           f"{len(names)} classes of {source.name!r} ({', '.join(names)})")
+    if cfg.eval.max_f_class is not None and cfg.eval.max_f_class not in names:
+        raise ConfigError(f"eval.max_f_class {cfg.eval.max_f_class!r} is not a class of {source.name!r} "
+                          f"({', '.join(names)})")
     if weak:
         class_layout(cfg, source)
 

@@ -385,7 +385,7 @@ def evaluate_model(run: Run, out_dir: Path, model: torch.nn.Module, checkpoint_i
     model = model.to(device).eval()
     shown = list(split.test)[: cfg.eval.num_triptychs]
     result = evaluate_tiles(model, source, split.test, cfg.eval.window_px, cfg.eval.stride_px, cfg.eval.batch_size,
-                            device, amp_dtype, keep_predictions=shown)
+                            device, amp_dtype, keep_predictions=shown, score_class=cfg.eval.max_f_class)
     metrics = result.metrics(classes)
     train_ids = train_tile_ids if train_tile_ids is not None else split.labelled
     train_counts = sum(class_pixel_counts(source.label(t), classes.num_classes, classes.ignore_index)
