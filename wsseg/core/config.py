@@ -100,6 +100,9 @@ class EvalConfig:
     # A class whose probability is also scored at every threshold (KITTI Road's MaxF, precision,
     # recall and average precision of "road", in the image domain); none: only the confusion matrix.
     max_f_class: str | None = None
+    # The xView2 challenge score (0.3 localisation F1 + 0.7 harmonic mean of the damage grades'
+    # F1) beside IoU: for `data.kind: xview2` with `target: damage`.
+    xview2_score: bool = False
 
 
 @dataclass

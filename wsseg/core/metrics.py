@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from wsseg.datasets.base import IGNORE_INDEX
+from wsseg.datasets.xview2 import DAMAGE_CLASSES
 
 
 def _bincount_pairs(pred, target, num_classes: int, ignore_index: int):
@@ -261,3 +262,30 @@ def max_f_measure(histograms: np.ndarray) -> dict:
                     for r in np.linspace(0, 1, 11)]
     return {"max_f": float(f_measure[best]), "precision": float(precision[best]), "recall": float(recall[best]),
             "threshold": best / bins, "average_precision": float(np.mean(interpolated))}
+
+
+XVIEW2_CLASSES = DAMAGE_CLASSES.names
+
+
+def xview2_score(damage_cm) -> dict:
+    """The xView2 challenge's score from one confusion matrix over `XVIEW2_CLASSES` (rows = ground truth):
+    0.3 × localisation F1 (building = any grade) + 0.7 × the harmonic mean of the four grades'
+    F1, each grade's F1 taken over the ground-truth building pixels, as the challenge's scorer
+    does (a background pixel predicted damaged costs localisation, not damage)."""
+    cm = np.asarray(damage_cm, dtype=np.float64)
+    if cm.shape != (5, 5):
+        raise ValueError(f"expected a 5×5 confusion matrix over {XVIEW2_CLASSES}, got {cm.shape}")
+    tp_loc = cm[1:, 1:].sum()
+    f1_loc = _f1(tp_loc, cm[0, 1:].sum(), cm[1:, 0].sum())
+    grade_f1 = []
+    for grade in range(1, 5):
+        on_buildings = cm[1:, :]  # ground truth a building
+        tp = on_buildings[grade - 1, grade]
+        grade_f1.append(_f1(tp, on_buildings[:, grade].sum() - tp, on_buildings[grade - 1].sum() - tp))
+    harmonic = 0.0 if min(grade_f1) == 0 else len(grade_f1) / sum(1 / f for f in grade_f1)
+    return {"score": 0.3 * f1_loc + 0.7 * harmonic, "localisation_f1": f1_loc, "damage_f1": harmonic,
+            "grade_f1": dict(zip(XVIEW2_CLASSES[1:], grade_f1))}
+
+
+def _f1(tp: float, fp: float, fn: float) -> float:
+    return 0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn)

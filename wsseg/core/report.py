@@ -83,6 +83,11 @@ def metrics_summary(metrics: dict) -> list[str]:
                    f"MaxF **{_fmt(road['max_f'])}** · precision {_fmt(road['precision'])} · recall "
                    f"{_fmt(road['recall'])} at threshold {_fmt(road['threshold'])} · "
                    f"average precision {_fmt(road['average_precision'])}"]
+    if metrics.get("xview2"):
+        xview2 = metrics["xview2"]
+        md += ["", f"xView2 score **{_fmt(xview2['score'])}** = 0.3 × localisation F1 "
+                   f"{_fmt(xview2['localisation_f1'])} + 0.7 × damage F1 {_fmt(xview2['damage_f1'])} (harmonic mean of "
+                   + ", ".join(f"{name} {_fmt(f1)}" for name, f1 in xview2["grade_f1"].items()) + ")"]
     return md
 
 

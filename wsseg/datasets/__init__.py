@@ -24,6 +24,7 @@ def _loaders() -> dict[str, Callable[..., TileSource]]:
     from wsseg.datasets.kitti_road import kitti_road_source
     from wsseg.datasets.synthetic_aerial import synthetic_vaihingen_source
     from wsseg.datasets.voc import voc_source
+    from wsseg.datasets.xview2 import xview2_source
 
     def potsdam_mmseg(root, split: str | None = None, check_sizes: bool = True) -> TileSource:
         return isprs_mmseg_source(root, split=split, name="potsdam_mmseg", check_sizes=check_sizes)
@@ -41,6 +42,7 @@ def _loaders() -> dict[str, Callable[..., TileSource]]:
         "ade20k_full": ade20k_full_source,
         "camvid": camvid_source,
         "kitti_road": kitti_road_source,
+        "xview2": xview2_source,
     }
 
 
@@ -83,6 +85,10 @@ def fixed_classes(kind: str, options: dict | None = None) -> ClassSpec | None:
     if kind in fixed:
         return fixed[kind]
     options = options or {}
+    if kind == "xview2":
+        from wsseg.datasets.xview2 import DAMAGE_CLASSES, LOCALISATION_CLASSES
+
+        return LOCALISATION_CLASSES if options.get("target") == "localisation" else DAMAGE_CLASSES
     if kind == "folder" and "class_names" in options:
         names = tuple(options["class_names"])
         palette = options.get("palette")

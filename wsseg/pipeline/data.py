@@ -16,6 +16,7 @@ from tqdm import tqdm
 from wsseg.core.checkpoint import CheckpointError
 from wsseg.core.config import Config, ConfigError, config_to_dict, save_config
 from wsseg.core.distributed import DistInfo
+from wsseg.core.metrics import XVIEW2_CLASSES
 from wsseg.core.stage import Stage
 from wsseg.datasets import build_source
 from wsseg.datasets.base import ClassSpec, DatasetError, TileSource, rescaled
@@ -127,6 +128,9 @@ def check_config(cfg: Config, source: TileSource | None = None, weak: bool = Tru
     if cfg.eval.max_f_class is not None and cfg.eval.max_f_class not in names:
         raise ConfigError(f"eval.max_f_class {cfg.eval.max_f_class!r} is not a class of {source.name!r} "
                           f"({', '.join(names)})")
+    if cfg.eval.xview2_score and tuple(names) != XVIEW2_CLASSES:
+        raise ConfigError(f"eval.xview2_score needs the xView2 damage classes ({', '.join(XVIEW2_CLASSES)}); "
+                          f"{source.name!r} has {', '.join(names)} (data.options.target: damage)")
     if weak:
         class_layout(cfg, source)
 

@@ -23,7 +23,7 @@ from wsseg.core.checkpoint import CheckpointError, load_checkpoint, load_weights
 from wsseg.core.config import Config
 from wsseg.core.distributed import autocast_dtype, choose_device
 from wsseg.core.evaluate import evaluate_tiles
-from wsseg.core.metrics import class_pixel_counts, class_weights, majority_baseline_miou
+from wsseg.core.metrics import class_pixel_counts, class_weights, majority_baseline_miou, xview2_score
 from wsseg.core.report import write_report
 from wsseg.core.stage import Stage
 from wsseg.core.train import build_optimizer, build_scheduler, weighted_cross_entropy
@@ -387,6 +387,8 @@ def evaluate_model(run: Run, out_dir: Path, model: torch.nn.Module, checkpoint_i
     result = evaluate_tiles(model, source, split.test, cfg.eval.window_px, cfg.eval.stride_px, cfg.eval.batch_size,
                             device, amp_dtype, keep_predictions=shown, score_class=cfg.eval.max_f_class)
     metrics = result.metrics(classes)
+    if cfg.eval.xview2_score:
+        metrics["xview2"] = xview2_score(result.cm)
     train_ids = train_tile_ids if train_tile_ids is not None else split.labelled
     train_counts = sum(class_pixel_counts(source.label(t), classes.num_classes, classes.ignore_index)
                        for t in train_ids)
