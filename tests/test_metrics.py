@@ -156,3 +156,12 @@ def test_class_precision_and_unreliable_classes():
     assert class_precision(cm) == [pytest.approx(0.8), pytest.approx(0.4), None]
     assert unreliable_classes(cm, 0.5) == [1]
     assert unreliable_classes(cm, 0.3) == []
+
+
+def test_gap_closed_is_undefined_where_the_oracle_gains_almost_nothing():
+    from wsseg.core.metrics import gap_closed
+
+    assert gap_closed(0.50, 0.55, 0.60) == pytest.approx(0.5)
+    # Dubai's building class: oracle 0.549 vs task i 0.547 would make task ii's 0.595 "2400 % closed".
+    assert math.isnan(gap_closed(0.547, 0.595, 0.549))
+    assert math.isnan(gap_closed(0.5, 0.6, 0.4)) and math.isnan(gap_closed(None, 0.6, 0.7))

@@ -216,13 +216,18 @@ def unreliable_classes(cm, min_precision: float) -> list[int]:
     return [c for c, p in enumerate(class_precision(cm)) if p is not None and p < min_precision]
 
 
-def gap_closed(baseline: float, method: float, oracle: float) -> float:
+MIN_GAP = 0.005
+
+
+def gap_closed(baseline: float, method: float, oracle: float, min_gap: float = MIN_GAP) -> float:
     """(method − baseline) / (oracle − baseline): the share of the oracle's gain the method reaches.
 
-    NaN where the oracle does not beat the baseline (or a score is undefined): there is no gap."""
+    NaN where the oracle beats the baseline by less than `min_gap` (half a point of IoU by
+    default) or a score is undefined: there is no gap to speak of, and a ratio over a gap of
+    0.002 would report a class as "2000 % closed"."""
     baseline, method, oracle = (float("nan") if v is None else float(v) for v in (baseline, method, oracle))
     gap = oracle - baseline
-    return (method - baseline) / gap if gap > 0 else float("nan")
+    return (method - baseline) / gap if gap >= min_gap else float("nan")
 
 
 SCORE_BINS = 256

@@ -16,7 +16,7 @@ import numpy as np
 
 from wsseg.core.figures import plot_class_bars, plot_confusion, plot_curves, plot_triptych
 from wsseg.core.io import atomic_write_json, atomic_write_text, score_or_nan
-from wsseg.core.metrics import gap_closed
+from wsseg.core.metrics import MIN_GAP, gap_closed
 
 # Where write_report looks for `metrics.majority_baseline_miou(...)`; both spellings are in use.
 BASELINE_KEYS = ("majority_baseline_miou", "baseline_majority_miou")
@@ -207,7 +207,8 @@ def _oracle_table(task_i: dict, task_ii: dict, oracle: dict, gap: dict, class_na
     rows = [[n, _fmt(task_i["per_class"][n]["iou"]), _fmt(task_ii["per_class"][n]["iou"]),
              _fmt(oracle["per_class"][n]["iou"]), _fmt(gap["per_class"][n])] for n in class_names]
     rows.append(["**mIoU**", _fmt(task_i["miou"]), _fmt(task_ii["miou"]), _fmt(oracle["miou"]), _fmt(gap["miou"])])
-    return _md_table(["class (IoU)", "task i", "task ii", "oracle", "gap closed (ii − i) / (oracle − i)"], rows)
+    return (_md_table(["class (IoU)", "task i", "task ii", "oracle", "gap closed (ii − i) / (oracle − i)"], rows)
+            + f"\n\n– where the oracle beats task i by less than {MIN_GAP}: no gap to close.")
 
 
 def write_comparison_report(
