@@ -192,6 +192,10 @@ class WeakConfig:
     # whole, its longer side resized to `single_stage.crop_px` and its aspect ratio kept.
     tags: Literal["grid", "image"] = "grid"
     tag_crop_px: int = 256
+    # Real weak labels for the N2 images, instead of tags computed from their masks: a CSV or JSON
+    # file of image → class names, per image (`tags: image`) or per box (`tags: grid`); see
+    # `datasets.tags.read_user_tags`. Images it names that have no mask join N2.
+    tags_file: str | None = None
     # Classes covering at most this share of a crop's (or, with image tags, the image's)
     # labelled pixels are left out of its tags.
     tag_min_fraction: float = 0.0

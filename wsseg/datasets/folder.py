@@ -40,7 +40,7 @@ def folder_source(root: str | Path, image_dir: str, mask_dir: str, class_names: 
                   image_suffixes: Sequence[str] = IMAGE_SUFFIXES, *, mask_stem_suffix: str = "",
                   ignore_colours: Sequence[tuple[int, int, int]] = (), colour_tolerance: float = 0.0,
                   parts: Sequence[str] | None = None, prefix_part: bool = True, name: str = "folder",
-                  check_sizes: bool = True) -> TileSource:
+                  check_sizes: bool = True, masks_optional: bool = False) -> TileSource:
     """Tiles named by image stem, in natural order; every image must have its mask.
 
     With `{part}` in `image_dir` (and usually `mask_dir`), e.g. "img_dir/{part}" and
@@ -48,6 +48,9 @@ def folder_source(root: str | Path, image_dir: str, mask_dir: str, class_names: 
     exist), each tile knowing its part; images of a "test" part may lack masks. Ids are then
     "<part>_<stem>", since parts often reuse file names; `prefix_part=False` keeps bare stems
     (an error if two parts share one).
+
+    `masks_optional`: images without a mask are listed, unlabelled (the tagged images of
+    `weak.tags_file`, say); otherwise a missing mask is an error.
     """
     if mask_format not in ("index", "colour"):
         raise DatasetError(f"mask_format must be 'index' or 'colour', got {mask_format!r}")
@@ -77,12 +80,14 @@ def folder_source(root: str | Path, image_dir: str, mask_dir: str, class_names: 
         tiles = []
         for part in parts:
             tiles += _folder_tiles(root, image_dir.replace(PART, part), mask_dir.replace(PART, part), suffixes,
-                                   mask_stem_suffix, check_sizes, part, id_prefix=f"{part}_" if prefix_part else "")
+                                   mask_stem_suffix, check_sizes, part, id_prefix=f"{part}_" if prefix_part else "",
+                                   masks_optional=masks_optional)
         tiles = check_unique_ids(tiles)
     elif parts is not None:
         raise DatasetError(f"parts={list(parts)} needs {PART} in image_dir (e.g. 'images/{PART}'), got {image_dir!r}")
     else:
-        tiles = _folder_tiles(root, image_dir, mask_dir, suffixes, mask_stem_suffix, check_sizes)
+        tiles = _folder_tiles(root, image_dir, mask_dir, suffixes, mask_stem_suffix, check_sizes,
+                              masks_optional=masks_optional)
 
     if mask_format == "colour":
         read_label = partial(_read_colour_label, palette=palette, ignore_colours=tuple(map(tuple, ignore_colours)),
@@ -93,9 +98,10 @@ def folder_source(root: str | Path, image_dir: str, mask_dir: str, class_names: 
 
 
 def _folder_tiles(root: Path, image_dir: str, mask_dir: str, suffixes: set[str], mask_stem_suffix: str,
-                  check_sizes: bool, part: str | None = None, id_prefix: str = "") -> list[Tile]:
+                  check_sizes: bool, part: str | None = None, id_prefix: str = "",
+                  masks_optional: bool = False) -> list[Tile]:
     # Official test parts often ship without ground truth: their images are listed, unlabelled.
-    masks_optional = part == "test"
+    masks_optional = masks_optional or part == "test"
     images, masks = root / image_dir, root / mask_dir
     for folder, what in ((images, "image"), (masks, "mask")):
         if not folder.is_dir() and not (what == "mask" and masks_optional):

@@ -7,6 +7,7 @@ of them can be left behind on the way down the chain.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +22,8 @@ from wsseg.core.stage import Stage
 from wsseg.datasets import build_source
 from wsseg.datasets.base import ClassSpec, DatasetError, TileSource, rescaled
 from wsseg.datasets.splits import (Split, format_split, group_by_part, load_split, make_split, official_split,
-                                   save_split)
-from wsseg.datasets.tags import CropTag, compute_crop_tags, load_crop_tags, save_crop_tags
+                                   save_split, sort_tile_ids)
+from wsseg.datasets.tags import CropTag, compute_crop_tags, load_crop_tags, read_user_tags, save_crop_tags
 from wsseg.models.single_stage import ClassLayout
 
 log = logging.getLogger(__name__)
@@ -63,17 +64,27 @@ def load_source(cfg: Config) -> TileSource:
 def make_split_for(cfg: Config, source: TileSource) -> Split:
     """The split `cfg.split` asks for: seeded over all tiles, or official within the dataset's parts."""
     s = cfg.split
-    # Tags and scores both come from ground truth, so a tile without it can be in no part of a split.
+    # Scores, and tags unless a tags file gives them, come from ground truth: a tile without it
+    # can be in no part of a split, except N2 when the user's tags file names it.
     unlabelled = [t.tile_id for t in source.tiles if t.label_path is None]
     if s.kind == "official":
-        return official_split(group_by_part(source.tiles), n_labelled=s.n_labelled, n_tagged=s.n_tagged,
-                              n_val=s.n_val, seed=s.seed, n_test=s.n_test, without_labels=unlabelled,
-                              dataset=source.name)
-    if unlabelled:
-        log.info("%d tiles of %r have no ground truth and are left out of the split", len(unlabelled), source.name)
-    tile_ids = [t.tile_id for t in source.tiles if t.label_path is not None]
-    return make_split(tile_ids, n_labelled=s.n_labelled, n_tagged=s.n_tagged, n_val=s.n_val, seed=s.seed,
-                      n_test=s.n_test)
+        split = official_split(group_by_part(source.tiles), n_labelled=s.n_labelled, n_tagged=s.n_tagged,
+                               n_val=s.n_val, seed=s.seed, n_test=s.n_test, without_labels=unlabelled,
+                               dataset=source.name)
+    else:
+        tile_ids = [t.tile_id for t in source.tiles if t.label_path is not None]
+        split = make_split(tile_ids, n_labelled=s.n_labelled, n_tagged=s.n_tagged, n_val=s.n_val, seed=s.seed,
+                           n_test=s.n_test)
+    tag_only = []
+    if cfg.weak.tags_file and unlabelled:
+        tagged_in_file = read_user_tags(cfg.weak.tags_file, source, cfg.weak.tags, cfg.data.scale)
+        tag_only = [t for t in unlabelled if t in tagged_in_file and source.tile(t).part in (None, "train")]
+        split = dataclasses.replace(split, tagged=sort_tile_ids([*split.tagged, *tag_only])).check()
+    left_out = len(unlabelled) - len(tag_only)
+    if left_out and s.kind != "official":
+        log.info("%d tiles of %r have no ground truth%s and are left out of the split", left_out, source.name,
+                 " nor tags" if cfg.weak.tags_file else "")
+    return split
 
 
 def verify_tiles(source: TileSource, tile_ids) -> None:
@@ -133,6 +144,8 @@ def check_config(cfg: Config, source: TileSource | None = None, weak: bool = Tru
                           f"{source.name!r} has {', '.join(names)} (data.options.target: damage)")
     if weak:
         class_layout(cfg, source)
+        if cfg.weak.tags_file:  # read now: a bad line must not surface after task i has trained
+            read_user_tags(cfg.weak.tags_file, source, cfg.weak.tags, cfg.data.scale)
 
 
 def prepare_run(cfg: Config, run_dir: Path, resume: bool = False, dist: DistInfo = DistInfo(),
@@ -168,7 +181,17 @@ def crop_tags_of(run: Run) -> list[CropTag]:
     path = run.run_dir / "crop_tags.json"
     tile_ids = list(split.labelled) + list(split.tagged)
     if not path.exists():
-        tags = compute_crop_tags(source, tile_ids, tag_grid_px(cfg), cfg.weak.tag_min_fraction)
+        if cfg.weak.tags_file:
+            # N1's tags from its masks, as always; N2's are the user's, and every N2 image needs some.
+            tags = compute_crop_tags(source, split.labelled, tag_grid_px(cfg), cfg.weak.tag_min_fraction)
+            given = read_user_tags(cfg.weak.tags_file, source, cfg.weak.tags, cfg.data.scale)
+            untagged = [t for t in split.tagged if t not in given]
+            if untagged:
+                raise DatasetError(f"weak.tags_file {cfg.weak.tags_file}: no tags for {len(untagged)} N2 image(s) of "
+                                   f"the split, e.g. {', '.join(untagged[:3])}")
+            tags += [tag for tile_id in split.tagged for tag in given[tile_id]]
+        else:
+            tags = compute_crop_tags(source, tile_ids, tag_grid_px(cfg), cfg.weak.tag_min_fraction)
         save_crop_tags(path, tags, tag_grid_px(cfg), source.classes.names)
     return load_crop_tags(path, expected_tile_ids=tile_ids, num_classes=source.classes.num_classes,
                           expected_mode=cfg.weak.tags)
