@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from wsseg.core.metrics import confusion_matrix, segmentation_metrics
 from wsseg.datasets.crops import image_to_tensor
+from wsseg.datasets.splits import abbreviated
 
 
 def window_starts(length_px: int, window_px: int, stride_px: int) -> list[int]:
@@ -187,7 +188,8 @@ def evaluate_tiles(
     if use_eroded:
         lacking = [t for t in tile_ids if source.tile(t).eroded_label_path is None]
         if lacking:
-            warnings.warn(f"{source.name}: tiles {lacking} have no eroded ground truth; eroded scores skipped")
+            warnings.warn(f"{source.name}: {len(lacking)} of {len(tile_ids)} tiles have no eroded ground truth "
+                          f"({abbreviated(lacking)}); eroded scores skipped")
             use_eroded = False
 
     cm = np.zeros((num_classes, num_classes), np.int64)

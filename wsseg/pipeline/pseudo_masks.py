@@ -28,7 +28,7 @@ from wsseg.core.metrics import confusion_matrix, segmentation_metrics, unlearned
 from wsseg.datasets.base import ClassSpec, TileSource
 from wsseg.datasets.colour import read_index_png, save_index_png
 from wsseg.datasets.crops import GridCropDataset, image_to_tensor
-from wsseg.datasets.splits import Split
+from wsseg.datasets.splits import Split, abbreviated
 from wsseg.datasets.tags import CropTag, compute_crop_tags
 from wsseg.models.single_stage import ClassLayout, SingleStageSegmenter
 from wsseg.pipeline.data import Run, class_layout, tag_grid_px
@@ -50,7 +50,7 @@ class BackgroundRejected(Exception):
     def __init__(self, class_name: str, recall: float, threshold: float, tiles: list[str]):
         self.note = {"class": class_name, "recall": recall, "threshold": threshold, "calibration_tiles": tiles}
         super().__init__(f"the single-stage model finds its constant background class {class_name!r} with recall "
-                         f"{recall:.4f} on the calibration tiles ({', '.join(tiles)}), below "
+                         f"{recall:.4f} on the calibration tiles ({abbreviated(tiles)}), below "
                          f"weak.single_stage.reject_background_below_recall = {threshold}")
 
 
