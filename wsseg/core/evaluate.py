@@ -16,9 +16,9 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from wsseg.core.metrics import confusion_matrix, segmentation_metrics
+from wsseg.core.progress import progress_bar
 from wsseg.datasets.crops import image_to_tensor
 from wsseg.datasets.splits import abbreviated
 
@@ -195,7 +195,7 @@ def evaluate_tiles(
     cm = np.zeros((num_classes, num_classes), np.int64)
     cm_eroded = np.zeros_like(cm) if use_eroded else None
     predictions: dict[str, np.ndarray] = {}
-    for tile_id in tqdm(tile_ids, desc="evaluate", unit="tile", disable=not progress):
+    for tile_id in progress_bar(tile_ids, enabled=progress, desc="evaluate", unit="tile"):
         pred = predict_tile(model, source.image(tile_id), num_classes, window_px, stride_px,
                             batch_size, device, amp_dtype)
         for eroded in ((False, True) if use_eroded else (False,)):

@@ -16,10 +16,10 @@ from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from wsseg.core.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state, unwrap
 from wsseg.core.distributed import DistInfo
+from wsseg.core.progress import progress_bar
 from wsseg.datasets.base import IGNORE_INDEX
 
 LossFn = Callable[[torch.nn.Module, object, int], "tuple[torch.Tensor, dict[str, float]]"]
@@ -79,7 +79,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, compute_loss: LossFn, e
     totals: dict[str, float] = {}
     counts: dict[str, int] = {}
     autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
-    bar = tqdm(loader, desc=f"{desc} epoch {epoch + 1}", leave=False, disable=not show_progress, dynamic_ncols=True)
+    bar = progress_bar(loader, enabled=show_progress, desc=f"{desc} epoch {epoch + 1}", leave=False)
     for batch in bar:
         with autocast:
             loss, scalars = compute_loss(model, batch, epoch)

@@ -11,11 +11,10 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
 from wsseg.core.checkpoint import CheckpointError
 from wsseg.core.config import Config, ConfigError, config_to_dict, save_config
 from wsseg.core.distributed import DistInfo
+from wsseg.core.progress import progress_bar
 from wsseg.core.stage import Stage
 from wsseg.datasets import build_source
 from wsseg.datasets.base import ClassSpec, DatasetError, TileSource, rescaled
@@ -77,12 +76,15 @@ def make_split_for(cfg: Config, source: TileSource) -> Split:
 def verify_tiles(source: TileSource, tile_ids) -> None:
     """Decode every image and label once before training, so a truncated or mismatched file is
     reported up front, naming the file, and not hours later from inside a DataLoader worker."""
-    for tile_id in tqdm(list(tile_ids), desc="checking tiles", leave=False, dynamic_ncols=True):
+    tile_ids = list(tile_ids)
+    for tile_id in progress_bar(tile_ids, desc="checking tiles", leave=False):
         image = source.image(tile_id)
         tile = source.tile(tile_id)
         for eroded, path in ((False, tile.label_path), (True, tile.eroded_label_path)):
             if path is not None and source.label(tile_id, eroded=eroded).shape != image.shape[:2]:
                 raise DatasetError(f"{path}: mask size differs from its image {tile.image_path}")
+    # The bar is gone when it ends (and never drawn into a log file): this line says it happened.
+    log.info("checked %d tiles: every image and mask decodes, sizes match", len(tile_ids))
 
 
 def class_layout(cfg: Config, source: TileSource) -> ClassLayout:

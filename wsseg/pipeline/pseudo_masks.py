@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from wsseg.core.checkpoint import CheckpointError, load_checkpoint
 from wsseg.core.config import Config
 from wsseg.core.evaluate import sliding_window_logits
 from wsseg.core.io import atomic_write_json
 from wsseg.core.metrics import confusion_matrix, segmentation_metrics, unlearned_classes
+from wsseg.core.progress import progress_bar
 from wsseg.datasets.base import ClassSpec, TileSource
 from wsseg.datasets.colour import read_index_png, save_index_png
 from wsseg.datasets.crops import GridCropDataset, image_to_tensor
@@ -91,8 +91,7 @@ def make_pseudo_masks(run: Run, crop_tags: list[CropTag], checkpoint: Path, out_
     # Crops are predicted in this process, their CRFs run in a pool, in order.
     pool = multiprocessing.get_context("spawn").Pool(processes) if processes > 1 else None
     pamr_pass = len(calibration_crops) if pm.use_pamr == "auto" else 0
-    progress = tqdm(total=pamr_pass + len(calibration_crops) + len(n2_crops), desc="pseudo masks",
-                    dynamic_ncols=True)
+    progress = progress_bar(total=pamr_pass + len(calibration_crops) + len(n2_crops), desc="pseudo masks")
 
     def tile_masks(crops, weak_cm=None):
         jobs = predictor.predictions(crops, crf_params, weak_cm)
