@@ -73,7 +73,7 @@ def test_task_i_learns_and_writes_every_report_file(task_i_run):
     events = list((stage / "tb").iterdir())
     assert events, "no tensorboard events"
     assert any(tag.startswith("task_i/val_") for tag in image_tags(events[0]))
-    for name in ("config.yaml", "split.json", "log.txt"):
+    for name in ("config.yaml", "split.json", "log.txt", "run_info.json"):
         assert (task_i_run / name).is_file(), name
     metrics = json.loads((stage / "metrics.json").read_text())
     assert set(metrics) >= {"miou", "mean_f1", "overall_accuracy", "per_class", "classes_in_mean", "eroded",
@@ -108,6 +108,11 @@ def test_resumed_run_gives_the_same_weights(tmp_path, data_root):
     (split_run / "task_i" / "done.json").unlink()
     assert main(["train", "--config", str(config), "--out", str(split_run), "--resume", "--set", "train.epochs=2",
                  *overrides]) == 0
+    # The interrupted run's first start is kept; the resume is appended, not written over it.
+    straight_info, split_info = (json.loads((run / "run_info.json").read_text()) for run in (straight, split_run))
+    assert straight_info["resumed"] == [] and split_info["resume"] is False
+    assert len(split_info["resumed"]) == 1 and split_info["resumed"][0]["resume"] is True
+    assert split_info["started"] <= split_info["resumed"][0]["started"]
     a = load_checkpoint(straight / "task_i" / "last.pt")["model"]
     b = load_checkpoint(split_run / "task_i" / "last.pt")["model"]
     assert a.keys() == b.keys()

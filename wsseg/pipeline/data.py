@@ -15,6 +15,7 @@ from wsseg.core.checkpoint import CheckpointError
 from wsseg.core.config import Config, ConfigError, config_to_dict, save_config
 from wsseg.core.distributed import DistInfo
 from wsseg.core.progress import progress_bar
+from wsseg.core.provenance import describe, record_run_start
 from wsseg.core.stage import Stage
 from wsseg.datasets import build_source
 from wsseg.datasets.base import ClassSpec, DatasetError, TileSource, rescaled
@@ -131,7 +132,8 @@ def check_config(cfg: Config, source: TileSource | None = None, weak: bool = Tru
 
 def prepare_run(cfg: Config, run_dir: Path, resume: bool = False, dist: DistInfo = DistInfo(),
                 weak: bool = True) -> Run:
-    """Check the config, load and verify the data, fix the split; record config and split in `run_dir`.
+    """Check the config, load and verify the data, fix the split; record config, split and where
+    the run came from (`run_info.json`, `core.provenance`) in `run_dir`.
 
     `weak`: the run has a weak stage (task ii), whose settings are then checked against the data."""
     check_config(cfg)
@@ -146,6 +148,9 @@ def prepare_run(cfg: Config, run_dir: Path, resume: bool = False, dist: DistInfo
     if dist.is_main:
         save_config(cfg, run_dir / "config.yaml")
         save_split(split_path, split)
+        # Versions, commit, command, machine: what the config cannot say; a resume is appended.
+        info = record_run_start(run_dir, resume, dist.world_size)
+        log.info("run_info.json: %s", describe(info["resumed"][-1] if info["resumed"] else info))
     log.info("split (%s):\n%s", split_path, format_split(split))
     return Run(cfg, source, split, run_dir, resume, dist)
 
