@@ -13,6 +13,7 @@ from pathlib import Path
 
 from wsseg.core.checkpoint import CheckpointError
 from wsseg.core.config import Config, ConfigError, config_to_dict, save_config
+from wsseg.core.determinism import use_deterministic_algorithms
 from wsseg.core.distributed import DistInfo
 from wsseg.core.progress import progress_bar
 from wsseg.core.provenance import describe, record_run_start
@@ -141,6 +142,11 @@ def prepare_run(cfg: Config, run_dir: Path, resume: bool = False, dist: DistInfo
         raise CheckpointError(f"{run_dir} already holds a run: pass --resume to continue it, or choose another --out")
     source = load_source(cfg)
     check_config(cfg, source, weak)
+    # Before any model is built or reaches a GPU: it decides which kernels every stage uses.
+    use_deterministic_algorithms(cfg.train.deterministic)
+    if cfg.train.deterministic:
+        log.info("train.deterministic: deterministic kernels only (torch.use_deterministic_algorithms, cuDNN "
+                 "without autotuning)")
     split_path = run_dir / "split.json"
     # A resumed run keeps the split it started with, whatever the config says now.
     split = load_split(split_path) if split_path.exists() else make_split_for(cfg, source)
