@@ -13,7 +13,7 @@ import torch
 import wsseg
 from wsseg.core import provenance
 from wsseg.core.checkpoint import CheckpointError
-from wsseg.core.provenance import RECORDED_PACKAGES, RUN_INFO_FILE, git_commit, record_run_start
+from wsseg.core.provenance import RECORDED_PACKAGES, RUN_INFO_FILE, record_run_start
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_TOOLS = {"pytest", "import-linter", "grimp"}
@@ -77,10 +77,10 @@ def test_the_commit_is_this_checkouts(tmp_path, monkeypatch):
         pytest.skip("not a git checkout")
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                           check=True).stdout.strip()
-    assert git_commit() == head
+    assert provenance.git_commit() == head
     # An installed copy inside some other repository is not that repository's commit.
     other = tmp_path / "project"
     (other / "venv" / "wsseg").mkdir(parents=True)
     subprocess.run(["git", "init", "-q", str(other)], check=True)
     monkeypatch.setattr(provenance, "PACKAGE_DIR", (other / "venv" / "wsseg").resolve())
-    assert git_commit() is None and provenance.git_dirty() is None
+    assert provenance.git_commit() is None and provenance.git_dirty() is None

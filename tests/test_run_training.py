@@ -124,7 +124,7 @@ def test_the_same_seed_gives_the_same_run_to_the_last_bit(tmp_path, monkeypatch,
     """Two task i runs of one config on the CPU, deterministic kernels on: the same split, weights,
     history and test metrics; another train.seed gives other weights on the same split. Models of
     a few thousand weights on 64 px tiles, so each run takes a second or two."""
-    import wsseg.core.report as report
+    from wsseg.core import report
 
     monkeypatch.delenv("WSSEG_PROGRESS", raising=False)
     # The report's figures take most of a tiny run's time and are not what this test is about.
