@@ -33,7 +33,7 @@ def add_import(module: Path, statement: str) -> None:
 def test_the_package_keeps_its_layers():
     result = lint_imports(ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "2 kept, 0 broken" in result.stdout
+    assert "3 kept, 0 broken" in result.stdout
 
 
 @pytest.mark.parametrize("module, statement, importer, imported", [
@@ -56,3 +56,16 @@ def test_a_progress_bar_in_pseudo_labels_breaks_the_purity_contract(tmp_path):
     result = lint_imports(tree)
     assert result.returncode == 1, result.stdout
     assert "wsseg.pseudo_labels.crf -> tqdm" in result.stdout
+
+
+@pytest.mark.parametrize("module, statement", [("pipeline/data.py", "from tqdm import tqdm"),
+                                               ("core/evaluate.py", "from tqdm.auto import tqdm")])
+def test_a_progress_bar_outside_core_progress_breaks_the_one_place_contract(tmp_path, module, statement):
+    # core.progress decides when bars are drawn (a terminal, not a log file); a bar made elsewhere
+    # would redraw itself into every log again.
+    tree = copy_of_the_package(tmp_path)
+    add_import(tree / "wsseg" / module, statement)
+    result = lint_imports(tree)
+    assert result.returncode == 1, result.stdout
+    importer = "wsseg." + module.removesuffix(".py").replace("/", ".")
+    assert f"{importer} -> tqdm" in result.stdout

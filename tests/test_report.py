@@ -122,6 +122,17 @@ def test_comparison_report(tmp_path):
     assert "| a | 0.300 | 0.400 |" in md
 
 
+def test_a_list_of_a_hundred_tiles_is_a_short_cell(tmp_path):
+    task_i = segmentation_metrics(CM, NAMES, ["a", "b", "c"])
+    tiles = [f"tile_{i:03d}" for i in range(100)]
+    pseudo = {"coverage": 0.8, "calibration_tiles": tiles}
+    write_comparison_report(tmp_path, task_i, task_i, pseudo, NAMES, PALETTE, [])
+    row = next(line for line in (tmp_path / "comparison.md").read_text().splitlines() if "calibration_tiles" in line)
+    assert row == "| calibration_tiles | tile_000, tile_001, tile_002, tile_003, tile_004, … (95 more) |"
+    # The JSON keeps every tile.
+    assert json.loads((tmp_path / "comparison.json").read_text())["pseudo_masks"]["calibration_tiles"] == tiles
+
+
 def test_comparison_report_with_the_oracle(tmp_path):
     task_i = segmentation_metrics(CM, NAMES, ["a", "b", "c"])
     better = CM.copy()

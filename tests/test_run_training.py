@@ -73,7 +73,7 @@ def test_task_i_learns_and_writes_every_report_file(task_i_run):
     events = list((stage / "tb").iterdir())
     assert events, "no tensorboard events"
     assert any(tag.startswith("task_i/val_") for tag in image_tags(events[0]))
-    for name in ("config.yaml", "split.json", "log.txt"):
+    for name in ("config.yaml", "split.json", "log.txt", "run_info.json"):
         assert (task_i_run / name).is_file(), name
     metrics = json.loads((stage / "metrics.json").read_text())
     assert set(metrics) >= {"miou", "mean_f1", "overall_accuracy", "per_class", "classes_in_mean", "eroded",
@@ -108,11 +108,60 @@ def test_resumed_run_gives_the_same_weights(tmp_path, data_root):
     (split_run / "task_i" / "done.json").unlink()
     assert main(["train", "--config", str(config), "--out", str(split_run), "--resume", "--set", "train.epochs=2",
                  *overrides]) == 0
+    # The interrupted run's first start is kept; the resume is appended, not written over it.
+    straight_info, split_info = (json.loads((run / "run_info.json").read_text()) for run in (straight, split_run))
+    assert straight_info["resumed"] == [] and split_info["resume"] is False
+    assert len(split_info["resumed"]) == 1 and split_info["resumed"][0]["resume"] is True
+    assert split_info["started"] <= split_info["resumed"][0]["started"]
     a = load_checkpoint(straight / "task_i" / "last.pt")["model"]
     b = load_checkpoint(split_run / "task_i" / "last.pt")["model"]
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_the_same_seed_gives_the_same_run_to_the_last_bit(tmp_path, monkeypatch, capfd):
+    """Two task i runs of one config on the CPU, deterministic kernels on: the same split, weights,
+    history and test metrics; another train.seed gives other weights on the same split. Models of
+    a few thousand weights on 64 px tiles, so each run takes a second or two."""
+    from wsseg.core import report
+
+    monkeypatch.delenv("WSSEG_PROGRESS", raising=False)
+    # The report's figures take most of a tiny run's time and are not what this test is about.
+    for figure in ("plot_class_bars", "plot_confusion", "plot_curves"):
+        monkeypatch.setattr(report, figure, lambda path, *args, **kwargs: path)
+    config = tiny_config(
+        tmp_path, tmp_path / "data", data={"options": {"num_tiles": 8, "tile_px": [64, 64], "seed": 3}},
+        split={"n_labelled": 2, "n_tagged": 2, "n_val": 1},
+        model={"name": "unet", "options": {"base_channels": 4, "depth": 2}},
+        train={"epochs": 2, "iters_per_epoch": 2, "batch_size": 4, "crop_px": 32, "workers": 0, "precision": "fp32",
+               "channels_last": False, "deterministic": True},
+        eval={"window_px": 64, "stride_px": 64, "batch_size": 2, "num_triptychs": 0})
+
+    def run(name: str, *overrides: str) -> tuple[dict, dict, list, dict]:
+        assert main(["train", "--config", str(config), "--out", str(tmp_path / name), *overrides]) == 0
+        state = load_checkpoint(tmp_path / name / "task_i" / "last.pt")
+        history = [{k: v for k, v in row.items() if k != "seconds"} for row in state["history"]]
+        return (state["model"], json.loads((tmp_path / name / "task_i" / "metrics.json").read_text()), history,
+                json.loads((tmp_path / name / "split.json").read_text()))
+
+    try:
+        first, again = run("first"), run("again")
+        assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
+        other_seed = run("other_seed", "--set", "train.seed=1", "--set", "train.deterministic=false")
+        # A run that does not ask for deterministic kernels switches off what the one before left on.
+        assert not torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic = False
+    assert first[0].keys() == again[0].keys()
+    for key in first[0]:
+        assert torch.equal(first[0][key], again[0][key]), key
+    assert first[1:] == again[1:]  # metrics, history, split
+    assert other_seed[3] == first[3]  # train.seed leaves the split to split.seed
+    assert any(not torch.equal(first[0][k], other_seed[0][k]) for k in first[0] if first[0][k].is_floating_point())
+    # Run under pytest, stderr is a file: no progress bar redrew itself into it.
+    assert "\r" not in capfd.readouterr().err
 
 
 def test_rerun_without_resume_keeps_the_existing_run(task_i_run, capsys, tmp_path):

@@ -4,8 +4,8 @@ import pytest
 
 from wsseg.datasets.base import DatasetError
 from wsseg.datasets.isprs import ALL_AREAS, OFFICIAL_TEST_AREAS, OFFICIAL_TRAIN_AREAS
-from wsseg.datasets.splits import (format_split, load_split, make_split, official_vaihingen_split, save_split,
-                                   sort_tile_ids)
+from wsseg.datasets.splits import (abbreviated, format_split, load_split, make_split, official_vaihingen_split,
+                                   save_split, sort_tile_ids)
 
 VAIHINGEN = [f"area{n}" for n in ALL_AREAS]
 
@@ -58,8 +58,24 @@ def test_save_load_round_trip_and_format(tmp_path):
     save_split(path, split)
     assert load_split(path) == split
     text = format_split(split)
-    assert "seed 7" in text and all(t in text for t in split.test)
+    assert "seed 7" in text and all(t in text for t in split.labelled)  # 3 ids: all shown
     assert text.count("\n") == 4
+
+
+def test_a_split_of_700_tiles_formats_to_counts_and_a_few_ids():
+    # Each part is logged as its size and its first ids; every id of 700 on one line is unreadable.
+    split = make_split([f"tile_{i:04d}" for i in range(700)], n_labelled=30, n_tagged=500, n_val=20, seed=1)
+    text = format_split(split)
+    assert "30 labelled, 500 tagged, 20 val, 150 test" in text
+    assert "tagged   (500): " in text and "… (495 more)" in text
+    assert text.count("tile_") == 4 * 5
+    assert len(text) < 700, len(text)
+
+
+def test_abbreviated_shows_short_lists_whole():
+    assert abbreviated(["a", "b"]) == "a, b"
+    assert abbreviated(range(8), limit=3) == "0, 1, 2, … (5 more)"
+    assert abbreviated([]) == ""
 
 
 def test_load_split_errors(tmp_path):

@@ -324,6 +324,9 @@ def main(argv: list[str] | None = None) -> int:
     handler = {"train": _train, "eval": _eval, "publish": _publish, "synth": _synth, "predict": _predict,
                "export": _export}[args.command]
     try:
+        from wsseg.core.progress import progress_enabled
+
+        progress_enabled()  # a wrong $WSSEG_PROGRESS is one error line now, not a traceback mid-run
         return handler(args)
     except (ValueError, FileNotFoundError, ImportError, CheckpointError, FloatingPointError, RunFolderInUse) as err:
         # Bad input gets one clear line, not a traceback; the message names the file or key.

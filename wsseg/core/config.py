@@ -81,7 +81,13 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: bool = False
     workers: int = 2
+    # Fixes the initialisation, the data order, the crops and the augmentations of every stage
+    # (the split has its own, split.seed).
     seed: int = 0
+    # Deterministic kernels for the whole run (torch.use_deterministic_algorithms, cuDNN without
+    # autotuning): the same seed then gives the same weights on a GPU too, somewhat slower. On a
+    # CPU runs are repeatable without it. An op with no deterministic kernel warns by name.
+    deterministic: bool = False
     # true: flips and 90° turns (overhead imagery); false: none; or a list of hflip, vflip, rot90,
     # colour (ColorJitter 0.3, 0.3, 0.3, 0.1), e.g. [hflip, colour] for street scenes.
     augment: Union[bool, list[Literal["hflip", "vflip", "rot90", "colour"]]] = True
@@ -194,7 +200,7 @@ class WeakConfig:
     tag_crop_px: int = 256
     # Real weak labels for the N2 images, instead of tags computed from their masks: a CSV or JSON
     # file of image → class names, per image (`tags: image`) or per box (`tags: grid`); see
-    # `datasets.tags.read_user_tags`. Images it names that have no mask join N2.
+    # `datasets.user_tags.read_user_tags`. Images it names that have no mask join N2.
     tags_file: str | None = None
     # Classes covering at most this share of a crop's (or, with image tags, the image's)
     # labelled pixels are left out of its tags.

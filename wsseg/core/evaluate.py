@@ -16,10 +16,11 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from wsseg.core.metrics import SCORE_BINS, confusion_matrix, max_f_measure, score_histograms, segmentation_metrics
+from wsseg.core.progress import progress_bar
 from wsseg.datasets.crops import image_to_tensor
+from wsseg.datasets.splits import abbreviated
 
 
 def window_starts(length_px: int, window_px: int, stride_px: int) -> list[int]:
@@ -196,7 +197,8 @@ def evaluate_tiles(
     if use_eroded:
         lacking = [t for t in tile_ids if source.tile(t).eroded_label_path is None]
         if lacking:
-            warnings.warn(f"{source.name}: tiles {lacking} have no eroded ground truth; eroded scores skipped")
+            warnings.warn(f"{source.name}: {len(lacking)} of {len(tile_ids)} tiles have no eroded ground truth "
+                          f"({abbreviated(lacking)}); eroded scores skipped")
             use_eroded = False
 
     if score_class is not None and score_class not in classes.names:
@@ -206,7 +208,7 @@ def evaluate_tiles(
     cm_eroded = np.zeros_like(cm) if use_eroded else None
     histograms = np.zeros((2, SCORE_BINS), np.int64) if score_class is not None else None
     predictions: dict[str, np.ndarray] = {}
-    for tile_id in tqdm(tile_ids, desc="evaluate", unit="tile", disable=not progress):
+    for tile_id in progress_bar(tile_ids, enabled=progress, desc="evaluate", unit="tile"):
         if score_class is None:
             pred = predict_tile(model, source.image(tile_id), num_classes, window_px, stride_px,
                                 batch_size, device, amp_dtype)

@@ -24,6 +24,7 @@ from pathlib import Path
 import yaml
 
 from wsseg.core.checkpoint import CheckpointError
+from wsseg.core.progress import progress_enabled
 
 CACHE_ENV = "WSSEG_CACHE"
 REGISTRY_ENV = "WSSEG_REGISTRY"
@@ -77,9 +78,11 @@ def download(url: str, sha256: str | None = None, progress: bool = True) -> Path
     key = sha256 or "url-" + hashlib.sha256(url.encode()).hexdigest()[:32]
     name = Path(url.split("?", 1)[0].split("#", 1)[0]).name or "download"
     folder = cache_dir() / "downloads" / key
+    # Decided outside the try: a bad $WSSEG_PROGRESS is a ValueError, not a checksum mismatch.
+    downloader = pooch.HTTPDownloader(progressbar=progress and progress_enabled(), timeout=60)
     try:
         path = pooch.retrieve(url, known_hash=sha256 and f"sha256:{sha256}", fname=name, path=folder,
-                              downloader=pooch.HTTPDownloader(progressbar=progress, timeout=60))
+                              downloader=downloader)
     except ValueError as err:  # pooch's checksum mismatch; the temporary file is already gone
         got = re.search(r"but got ([0-9a-fA-F]{64})", str(err))
         raise DownloadError(f"{url}: sha256 mismatch: expected {sha256}, got "

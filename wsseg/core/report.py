@@ -17,6 +17,7 @@ import numpy as np
 from wsseg.core.figures import plot_class_bars, plot_confusion, plot_curves, plot_triptych
 from wsseg.core.io import atomic_write_json, atomic_write_text, score_or_nan
 from wsseg.core.metrics import MIN_GAP, gap_closed
+from wsseg.datasets.splits import abbreviated
 
 # Where write_report looks for `metrics.majority_baseline_miou(...)`; both spellings are in use.
 BASELINE_KEYS = ("majority_baseline_miou", "baseline_majority_miou")
@@ -168,7 +169,9 @@ def _pseudo_tables(pseudo_quality: dict, class_names) -> list[str]:
     scalars = [(k, v) for k, v in pseudo_quality.items() if k != "per_class" and not isinstance(v, dict)]
     def cell(v):
         if isinstance(v, list):  # e.g. the calibration tiles and the dropped classes
-            return ", ".join(map(str, v)) or "none"
+            # A few names and a count: hundreds of tile ids in one cell make the table unreadable
+            # (pseudo_quality.json beside it holds the whole list).
+            return abbreviated(v) or "none"
         if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
             return str(v)  # counts (tiles, pixels) are not fractions
         return _fmt(v) if v is None or isinstance(v, (float, np.floating)) else str(v)

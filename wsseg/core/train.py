@@ -22,10 +22,10 @@ from typing import Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from wsseg.core.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state, unwrap
 from wsseg.core.distributed import DistInfo
+from wsseg.core.progress import progress_bar
 from wsseg.datasets.base import IGNORE_INDEX
 
 LossFn = Callable[[torch.nn.Module, object, int], "tuple[torch.Tensor, dict[str, float]]"]
@@ -223,8 +223,8 @@ def train_one_epoch(model, loader, optimizer, scheduler, compute_loss: LossFn, e
     else:
         progress.start_rng = rng_state()
         batches = iter(loader)
-    bar = tqdm(batches, desc=f"{desc} epoch {epoch + 1}", leave=False, disable=not show_progress, dynamic_ncols=True,
-               total=len(loader), initial=progress.steps_done)
+    bar = progress_bar(batches, enabled=show_progress, desc=f"{desc} epoch {epoch + 1}", leave=False,
+                       total=len(loader), initial=progress.steps_done)
     stopped_by = None
     for batch in bar:
         indices = recorder.issued.popleft() if recorder is not None and recorder.issued else []

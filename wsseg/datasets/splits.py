@@ -249,11 +249,20 @@ def load_split(path: str | Path) -> Split:
     return split.check(str(path))
 
 
-def format_split(split: Split) -> str:
-    """A few lines for logs and reports."""
+def abbreviated(items: Sequence, limit: int = 5) -> str:
+    """The first `limit` of `items`, comma-separated, then how many more: a log line or a report
+    cell stays short however many tiles a dataset has (the full list is in the JSON beside it)."""
+    items = [str(item) for item in items]
+    shown = ", ".join(items[:limit])
+    return shown if len(items) <= limit else f"{shown}, … ({len(items) - limit} more)"
+
+
+def format_split(split: Split, ids_per_part: int = 5) -> str:
+    """A few short lines for logs and reports: each part's size and its first few tile ids
+    (split.json holds them all)."""
     lines = [f"split ({split.kind}, seed {split.seed}): {len(split.labelled)} labelled, {len(split.tagged)} tagged, "
              f"{len(split.val)} val, {len(split.test)} test"]
     for part in _PARTS:
         tiles = getattr(split, part)
-        lines.append(f"  {part:<9}({len(tiles):>2}): {', '.join(tiles) if tiles else '-'}")
+        lines.append(f"  {part:<9}({len(tiles):>2}): {abbreviated(tiles, ids_per_part) if tiles else '-'}")
     return "\n".join(lines)

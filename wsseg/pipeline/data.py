@@ -12,18 +12,20 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
 from wsseg.core.checkpoint import CheckpointError
 from wsseg.core.config import Config, ConfigError, config_to_dict, save_config
+from wsseg.core.determinism import use_deterministic_algorithms
 from wsseg.core.distributed import DistInfo
 from wsseg.core.metrics import XVIEW2_CLASSES
+from wsseg.core.progress import progress_bar
+from wsseg.core.provenance import describe, record_run_start
 from wsseg.core.stage import Stage
 from wsseg.datasets import build_source
 from wsseg.datasets.base import ClassSpec, DatasetError, TileSource, rescaled
 from wsseg.datasets.splits import (Split, format_split, group_by_part, load_split, make_split, official_split,
                                    save_split, sort_tile_ids)
-from wsseg.datasets.tags import CropTag, compute_crop_tags, load_crop_tags, read_user_tags, save_crop_tags
+from wsseg.datasets.tags import CropTag, compute_crop_tags, load_crop_tags, save_crop_tags
+from wsseg.datasets.user_tags import read_user_tags
 from wsseg.models.single_stage import ClassLayout
 
 log = logging.getLogger(__name__)
@@ -90,12 +92,15 @@ def make_split_for(cfg: Config, source: TileSource) -> Split:
 def verify_tiles(source: TileSource, tile_ids) -> None:
     """Decode every image and label once before training, so a truncated or mismatched file is
     reported up front, naming the file, and not hours later from inside a DataLoader worker."""
-    for tile_id in tqdm(list(tile_ids), desc="checking tiles", leave=False, dynamic_ncols=True):
+    tile_ids = list(tile_ids)
+    for tile_id in progress_bar(tile_ids, desc="checking tiles", leave=False):
         image = source.image(tile_id)
         tile = source.tile(tile_id)
         for eroded, path in ((False, tile.label_path), (True, tile.eroded_label_path)):
             if path is not None and source.label(tile_id, eroded=eroded).shape != image.shape[:2]:
                 raise DatasetError(f"{path}: mask size differs from its image {tile.image_path}")
+    # The bar is gone when it ends (and never drawn into a log file): this line says it happened.
+    log.info("checked %d tiles: every image and mask decodes, sizes match", len(tile_ids))
 
 
 def class_layout(cfg: Config, source: TileSource) -> ClassLayout:
@@ -150,7 +155,8 @@ def check_config(cfg: Config, source: TileSource | None = None, weak: bool = Tru
 
 def prepare_run(cfg: Config, run_dir: Path, resume: bool = False, dist: DistInfo = DistInfo(),
                 weak: bool = True) -> Run:
-    """Check the config, load and verify the data, fix the split; record config and split in `run_dir`.
+    """Check the config, load and verify the data, fix the split; record config, split and where
+    the run came from (`run_info.json`, `core.provenance`) in `run_dir`.
 
     `weak`: the run has a weak stage (task ii), whose settings are then checked against the data."""
     check_config(cfg)
@@ -158,6 +164,11 @@ def prepare_run(cfg: Config, run_dir: Path, resume: bool = False, dist: DistInfo
         raise CheckpointError(f"{run_dir} already holds a run: pass --resume to continue it, or choose another --out")
     source = load_source(cfg)
     check_config(cfg, source, weak)
+    # Before any model is built or reaches a GPU: it decides which kernels every stage uses.
+    use_deterministic_algorithms(cfg.train.deterministic)
+    if cfg.train.deterministic:
+        log.info("train.deterministic: deterministic kernels only (torch.use_deterministic_algorithms, cuDNN "
+                 "without autotuning)")
     split_path = run_dir / "split.json"
     # A resumed run keeps the split it started with, whatever the config says now.
     split = load_split(split_path) if split_path.exists() else make_split_for(cfg, source)
@@ -165,6 +176,9 @@ def prepare_run(cfg: Config, run_dir: Path, resume: bool = False, dist: DistInfo
     if dist.is_main:
         save_config(cfg, run_dir / "config.yaml")
         save_split(split_path, split)
+        # Versions, commit, command, machine: what the config cannot say; a resume is appended.
+        info = record_run_start(run_dir, resume, dist.world_size)
+        log.info("run_info.json: %s", describe(info["resumed"][-1] if info["resumed"] else info))
     log.info("split (%s):\n%s", split_path, format_split(split))
     return Run(cfg, source, split, run_dir, resume, dist)
 

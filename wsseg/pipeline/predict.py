@@ -30,10 +30,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from tqdm.auto import tqdm
 
 from wsseg.core.evaluate import sliding_window_logits
 from wsseg.core.io import atomic_write
+from wsseg.core.progress import progress_bar
 from wsseg.datasets.base import IGNORE_INDEX
 from wsseg.datasets.colour import encode_colour_mask, save_index_png
 from wsseg.datasets.crops import image_to_tensor
@@ -326,8 +326,8 @@ def predict_raster(trained: TrainedModel, path: Path, outputs: dict[str, Path], 
             if "probabilities" in outputs:
                 prob_dst = files.enter_context(geotiff.open_for_writing(outputs["probabilities"], prob_profile))
                 geotiff.describe_probabilities(prob_dst, names)
-            for block, read, inside in tqdm(blocks, desc=path.name, unit="block", disable=not opts.progress,
-                                            leave=False):
+            for block, read, inside in progress_bar(blocks, enabled=opts.progress, desc=path.name, unit="block",
+                                                    leave=False):
                 image = geotiff.to_image_tensor(src.read(list(bands), window=read), scaling)
                 mask, probs = class_scores(trained.model, image, len(names), opts, prob_dst is not None)
                 mask = mask[inside].numpy()
@@ -354,7 +354,7 @@ def predict_paths(trained: TrainedModel, inputs: Sequence[str | Path], out_dir: 
     for path, _ in plan:
         check_input(path, opts)
     # A bar over the files, and one over the blocks of each GeoTIFF.
-    for path, outputs in tqdm(plan, desc="predict", unit="image", disable=not opts.progress or len(plan) < 2):
+    for path, outputs in progress_bar(plan, enabled=opts.progress and len(plan) > 1, desc="predict", unit="image"):
         (predict_raster if is_raster(path) else predict_image)(trained, path, outputs, opts)
     return plan
 

@@ -18,17 +18,17 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from wsseg.core.checkpoint import CheckpointError, load_checkpoint
 from wsseg.core.config import Config
 from wsseg.core.evaluate import sliding_window_logits
 from wsseg.core.io import atomic_write, atomic_write_json
 from wsseg.core.metrics import confusion_matrix, segmentation_metrics, unlearned_classes
+from wsseg.core.progress import progress_bar
 from wsseg.datasets.base import ClassSpec, TileSource
 from wsseg.datasets.colour import read_index_png, save_index_png
 from wsseg.datasets.crops import GridCropDataset, image_to_tensor
-from wsseg.datasets.splits import Split
+from wsseg.datasets.splits import Split, abbreviated
 from wsseg.datasets.tags import CropTag, compute_crop_tags
 from wsseg.models.single_stage import ClassLayout, SingleStageSegmenter
 from wsseg.pipeline.data import Run, class_layout, tag_grid_px
@@ -50,7 +50,7 @@ class BackgroundRejected(Exception):
     def __init__(self, class_name: str, recall: float, threshold: float, tiles: list[str]):
         self.note = {"class": class_name, "recall": recall, "threshold": threshold, "calibration_tiles": tiles}
         super().__init__(f"the single-stage model finds its constant background class {class_name!r} with recall "
-                         f"{recall:.4f} on the calibration tiles ({', '.join(tiles)}), below "
+                         f"{recall:.4f} on the calibration tiles ({abbreviated(tiles)}), below "
                          f"weak.single_stage.reject_background_below_recall = {threshold}")
 
 
@@ -91,8 +91,7 @@ def make_pseudo_masks(run: Run, crop_tags: list[CropTag], checkpoint: Path, out_
     # Crops are predicted in this process, their CRFs run in a pool, in order.
     pool = multiprocessing.get_context("spawn").Pool(processes) if processes > 1 else None
     pamr_pass = len(calibration_crops) if pm.use_pamr == "auto" else 0
-    progress = tqdm(total=pamr_pass + len(calibration_crops) + len(n2_crops), desc="pseudo masks",
-                    dynamic_ncols=True)
+    progress = progress_bar(total=pamr_pass + len(calibration_crops) + len(n2_crops), desc="pseudo masks")
 
     def tile_masks(crops, weak_cm=None):
         jobs = predictor.predictions(crops, crf_params, weak_cm)

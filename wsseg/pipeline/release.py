@@ -30,7 +30,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,6 +43,7 @@ from wsseg.core.checkpoint import CheckpointError, load_checkpoint, load_weights
 from wsseg.core.config import ConfigError, config_from_dict, config_to_dict
 from wsseg.core.hub import DownloadError, download, file_sha256, forget, load_registry, unpack_zip
 from wsseg.core.io import atomic_write, to_jsonable
+from wsseg.core.provenance import git_commit
 from wsseg.core.report import metrics_summary, per_class_table
 from wsseg.datasets import fixed_classes, input_bands
 from wsseg.datasets.base import ClassSpec, DatasetError
@@ -403,17 +403,6 @@ def _run_split(checkpoint: Path):
             return load_split(folder / "split.json")
     log.warning(f"no split.json above {checkpoint}: the release does not record its split")
     return None
-
-
-def git_commit() -> str | None:
-    """The commit of the wsseg source tree, when it is a git checkout (None otherwise)."""
-    try:
-        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(wsseg.__file__).resolve().parent,
-                                capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    commit = result.stdout.strip() if result.returncode == 0 else ""
-    return commit or None
 
 
 def model_card(meta: dict, sha256: dict[str, str]) -> str:
