@@ -101,7 +101,8 @@ def read_rgb(path: str | Path) -> np.ndarray:
         # Palette PNGs (Dubai tiles 2 and 4), RGBA and bilevel images go through Pillow's conversion.
         array = _read_pil(path, None, convert_unless=("RGB", "L", "I", "I;16", "I;16B", "I;16L", "F"))
     if array.dtype != np.uint8:
-        raise DatasetError(f"{path}: expected an 8-bit image, found dtype {array.dtype}")
+        raise DatasetError(f"{path}: expected an 8-bit image, found dtype {array.dtype}: training reads 8 bits "
+                           f"per band (convert it; `wsseg predict` alone stretches other types)")
     if array.ndim == 2:
         array = np.repeat(array[:, :, None], 3, axis=2)
     if array.ndim != 3 or array.shape[2] not in (3, 4):
