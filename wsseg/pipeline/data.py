@@ -22,6 +22,7 @@ from wsseg.datasets.base import ClassSpec, DatasetError, TileSource, rescaled
 from wsseg.datasets.splits import (Split, format_split, group_by_part, load_split, make_split, official_split,
                                    save_split)
 from wsseg.datasets.tags import CropTag, compute_crop_tags, load_crop_tags, save_crop_tags
+from wsseg.models import min_input_px
 from wsseg.models.single_stage import ClassLayout
 
 log = logging.getLogger(__name__)
@@ -97,9 +98,38 @@ def class_layout(cfg: Config, source: TileSource) -> ClassLayout:
     return ClassLayout(source.classes.num_classes, source.classes.names.index(ss.background_class))
 
 
+def _check_sizes(cfg: Config) -> None:
+    """Sizes and counts that typecheck but cannot work: each fails only deep inside a training step
+    or, worse, after training, when the evaluation windows (or their gaps) meet the tiles."""
+    t, e, ss = cfg.train, cfg.eval, cfg.weak.single_stage
+    at_least_one = {"train.crop_px": t.crop_px, "train.batch_size": t.batch_size,
+                    "train.iters_per_epoch": t.iters_per_epoch, "eval.window_px": e.window_px,
+                    "eval.stride_px": e.stride_px, "eval.batch_size": e.batch_size, "eval.every_epochs": e.every_epochs,
+                    "weak.tag_crop_px": cfg.weak.tag_crop_px, "weak.single_stage.crop_px": ss.crop_px,
+                    "weak.single_stage.batch_size": ss.batch_size, "weak.single_stage.iters_per_epoch": ss.iters_per_epoch}
+    at_least_zero = {"train.epochs": t.epochs, "train.workers": t.workers, "train.lr": t.lr,
+                     "weak.single_stage.epochs": ss.epochs, "weak.finetune_epochs": cfg.weak.finetune_epochs}
+    for key, value in at_least_one.items():
+        if value < 1:
+            raise ConfigError(f"{key} must be at least 1, got {value}")
+    for key, value in at_least_zero.items():
+        if value < 0:
+            raise ConfigError(f"{key} must be at least 0, got {value}")
+    least = min_input_px(cfg.model.name, cfg.model.options)
+    model = f"{cfg.model.name} {cfg.model.options}" if cfg.model.options else cfg.model.name
+    for key, value in (("train.crop_px", t.crop_px), ("eval.window_px", e.window_px)):
+        if value < least:
+            raise ConfigError(f"{key} {value} is smaller than {least} px, the least input {model} takes "
+                              f"(its pooling halves it to nothing)")
+    if e.stride_px > e.window_px:
+        raise ConfigError(f"eval.stride_px {e.stride_px} is larger than eval.window_px {e.window_px}: the pixels "
+                          f"between two windows would never be predicted")
+
+
 def check_config(cfg: Config, source: TileSource | None = None, weak: bool = True) -> None:
     """Settings that are valid one by one but not with each other or with the dataset, caught
     before anything trains: a wrong class name must not surface after task i has trained."""
+    _check_sizes(cfg)
     if not 0.0 <= cfg.weak.pseudo.segmenter_weight <= 1.0:
         raise ConfigError(f"weak.pseudo.segmenter_weight must be in [0, 1], got {cfg.weak.pseudo.segmenter_weight}")
     if not 0.0 <= cfg.weak.pseudo_ratio < 1.0:
