@@ -11,6 +11,7 @@ import pickle
 import random
 import re
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,7 @@ def _check_member_checksums(path: Path) -> None:
     try:
         with zipfile.ZipFile(path) as archive:
             damaged = archive.testzip()
-    except Exception as err:  # zipfile raises BadZipFile, zlib.error, EOFError, ... for broken members
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError) as err:  # a broken member
         raise CheckpointError(f"cannot load checkpoint {path}: broken zip archive ({type(err).__name__}: {err})") from None
     if damaged is not None:
         raise CheckpointError(f"cannot load checkpoint {path}: its member {damaged} does not match the checksum "

@@ -10,8 +10,8 @@ on one pixel grid), and an image that has one is a warning.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from tqdm import tqdm
 

@@ -171,7 +171,8 @@ def image_header(path: str | Path) -> ImageHeader:
         bands = 3 if image.mode == "P" else 4 if image.mode == "PA" else len(image.getbands())
         try:
             orientation = int(image.getexif().get(_ORIENTATION_TAG, 1))
-        except Exception:  # a malformed EXIF block says nothing reliable: the stored grid it is
+        except Exception:  # noqa: BLE001 -- a malformed EXIF block (any of Pillow's parse errors) says nothing
+            # reliable about orientation: the stored grid it is
             orientation = 1
     return ImageHeader(int(height), int(width), bands, orientation)
 
@@ -188,8 +189,7 @@ UNREADABLE_FIX = "re-export or replace the file, or remove its tile"
 def without_path(error: Exception, path: str | Path) -> str:
     """The message of an error about `path`, without the leading "path: " that a problem record
     keeps apart."""
-    message, prefix = str(error), f"{path}: "
-    return message[len(prefix):] if message.startswith(prefix) else message
+    return str(error).removeprefix(f"{path}: ")
 
 
 def size_problem(tile_id: str | None, image_path: Path, label_path: Path) -> DataProblem | None:

@@ -152,7 +152,7 @@ def check_data(cfg: Config, split_path: str | Path | None = None, tags_path: str
 
 
 def refuse_or_skip(cfg: Config, problems: list[DataProblem], split: Split, source: TileSource, run_dir: Path,
-                   dist: DistInfo = DistInfo()) -> tuple[Split, TileSource, tuple[str, ...]]:
+                   is_main: bool = True) -> tuple[Split, TileSource, tuple[str, ...]]:
     """Training's answer to the problems of its data: warnings are logged; a blocking problem
     refuses the run, listing all of them, unless `data.skip_bad_files`, which takes the tiles at
     fault out of the split and the dataset (logged, and listed in the run's skipped_files.json).
@@ -172,7 +172,7 @@ def refuse_or_skip(cfg: Config, problems: list[DataProblem], split: Split, sourc
     kept = {part: [t for t in getattr(split, part) if t not in bad] for part in ("labelled", "tagged", "val", "test")}
     split = Split(**kept, seed=split.seed, kind=split.kind, info=split.info).check("split without the skipped tiles")
     source = dataclasses.replace(source, tiles=[t for t in source.tiles if t.tile_id not in bad])
-    if dist.is_main:
+    if is_main:  # one process of a distributed run writes the record
         atomic_write_json(run_dir / SKIPPED_FILES, {"skipped_tiles": [printable(t) for t in bad],
                                                     "problems": [p.as_dict() for p in blocking]})
     return split, source, tuple(bad)
@@ -276,7 +276,7 @@ def prepare_run(cfg: Config, run_dir: Path, resume: bool = False, dist: DistInfo
                                     hint=SKIP_HINT) from None
     known = {t.tile_id for t in source.tiles}
     problems += check_tiles(source, [t for t in split.all_tiles() if t in known])
-    split, source, skipped = refuse_or_skip(cfg, problems, split, source, run_dir, dist)
+    split, source, skipped = refuse_or_skip(cfg, problems, split, source, run_dir, dist.is_main)
     if dist.is_main:
         save_config(cfg, run_dir / "config.yaml")
         save_split(split_path, split)
