@@ -92,7 +92,7 @@ def test_export_refuses_to_overwrite(tmp_path, capsys):
     checkpoint = make_checkpoint(tmp_path / "best.pt")
     (tmp_path / "model.onnx").write_bytes(b"keep me")
     code = main(["export", "--checkpoint", str(checkpoint), "--format", "onnx", "--out", str(tmp_path / "model.onnx")])
-    assert code == 1 and "model.onnx exists; pass --force" in capsys.readouterr().err
+    assert code == 2 and "model.onnx exists; pass --force" in capsys.readouterr().err
     assert (tmp_path / "model.onnx").read_bytes() == b"keep me"
 
 

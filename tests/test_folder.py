@@ -4,7 +4,7 @@ import pytest
 from PIL import Image
 
 from wsseg.datasets import build_source, known_kinds
-from wsseg.datasets.base import DatasetError
+from wsseg.datasets.base import DataProblemsError, DatasetError
 from wsseg.datasets.colour import encode_colour_mask, save_index_png
 from wsseg.datasets.folder import folder_source
 
@@ -53,6 +53,22 @@ def test_image_without_mask_names_the_file(tmp_path):
         folder_source(tmp_path, "images", "masks", ["a", "b", "c"])
     with pytest.raises(DatasetError, match="mask folder not found"):
         folder_source(tmp_path, "images", "nope", ["a", "b", "c"])
+
+
+def test_every_unpaired_or_mis_sized_image_is_reported_at_once_with_the_usable_rest(tmp_path):
+    _layout(tmp_path, names=("a1", "a2", "a3", "a4"))
+    (tmp_path / "masks" / "a2.png").unlink()
+    (tmp_path / "masks" / "a4.png").unlink()
+    save_index_png(tmp_path / "masks" / "a3.png", np.zeros((5, 7), np.uint8), PALETTE)
+    with pytest.raises(DataProblemsError) as caught:
+        folder_source(tmp_path, "images", "masks", ["a", "b", "c"])
+    problems = caught.value.problems
+    assert [(p.tile_id, Path(p.where).name) for p in problems] == [("a2", "a2.png"), ("a3", "a3.png"),
+                                                                     ("a4", "a4.png")]
+    assert "no mask" in problems[0].problem and "mask is 5×7" in problems[1].problem
+    assert "(and 2 more problem(s))" in str(caught.value)
+    # What could be listed is still there, for a caller that skips bad tiles.
+    assert [t.tile_id for t in caught.value.usable.tiles] == ["a1"]
 
 
 def test_index_out_of_range_and_stored_ignore_value(tmp_path):

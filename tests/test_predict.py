@@ -187,11 +187,11 @@ def test_bad_input_is_one_line_naming_the_file(checkpoint, tmp_path, capsys):
     ]
     for extra, needle in cases:
         code, err = predict(capsys, *base[:2], *extra, *base[2:])
-        assert code == 1 and needle in one_error_line(err), (extra, err)
+        assert code == 2 and needle in one_error_line(err), (extra, err)
     assert not (tmp_path / "out").exists()  # every check comes before anything is written
 
     assert predict(capsys, *base[:2], tmp_path / "rgb.png", *base[2:])[0] == 0
     code, err = predict(capsys, *base[:2], tmp_path / "rgb.png", *base[2:])
-    assert code == 1 and "rgb_mask.png exists" in one_error_line(err) and "--force" in err
+    assert code == 2 and "rgb_mask.png exists" in one_error_line(err) and "--force" in err
     code, err = predict(capsys, "--checkpoint", tmp_path / "nope.pt", tmp_path / "rgb.png", "--out", tmp_path)
-    assert code == 1 and "nope.pt" in one_error_line(err)
+    assert code == 2 and "nope.pt" in one_error_line(err)

@@ -134,7 +134,7 @@ def test_publish_refuses_a_non_empty_folder_without_force(run_dir, tmp_path, cap
     out = tmp_path / "taken"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    assert main(["publish", str(run_dir / "task_ii"), "--out", str(out)]) == 1
+    assert main(["publish", str(run_dir / "task_ii"), "--out", str(out)]) == 2
     assert "not empty: pass --force" in capsys.readouterr().err
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
 
@@ -181,8 +181,8 @@ def test_a_pickle_payload_in_a_checkpoint_never_runs(tmp_path, capsys):
     torch.save({"model": Payload(), "config": {}}, tmp_path / "evil.pt")
     with pytest.raises(CheckpointError, match="evil.pt"):
         resolve_checkpoint(tmp_path / "evil.pt")
-    assert main(["eval", "--checkpoint", str(tmp_path / "evil.pt")]) == 1
-    assert main(["publish", str(tmp_path / "evil.pt"), "--out", str(tmp_path / "out")]) == 1
+    assert main(["eval", "--checkpoint", str(tmp_path / "evil.pt")]) == 2
+    assert main(["publish", str(tmp_path / "evil.pt"), "--out", str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err.count("error: ") == 2
     assert not marker.exists()
     torch.load(tmp_path / "evil.pt", weights_only=False)  # the payload is live: unpickled in full, it runs

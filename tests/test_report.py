@@ -84,6 +84,16 @@ def test_confusion_figure_from_metrics_and_other_baseline_key(tmp_path):
     assert "majority baseline mIoU 0.250" in (tmp_path / "report.md").read_text()
 
 
+def test_tiles_skipped_for_bad_files_are_named_in_the_report(tmp_path):
+    m = segmentation_metrics(CM, NAMES)
+    m["skipped_tiles"] = ["area3", "area9"]
+    write_report(tmp_path, m, NAMES, PALETTE, [], [], "skipped")
+    assert "2 tile(s) were left out of this run for bad files" in (tmp_path / "report.md").read_text()
+    assert "area3, area9" in (tmp_path / "report.md").read_text()
+    write_report(tmp_path / "none", segmentation_metrics(CM, NAMES), NAMES, PALETTE, [], [], "none skipped")
+    assert "left out" not in (tmp_path / "none" / "report.md").read_text()
+
+
 def test_write_report_without_confusion_history_or_eroded(tmp_path):
     m = segmentation_metrics(CM, NAMES)
     write_report(tmp_path, m, NAMES, PALETTE, [], [], "bare")

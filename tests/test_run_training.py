@@ -169,7 +169,7 @@ def test_rerun_without_resume_keeps_the_existing_run(task_i_run, capsys, tmp_pat
     before = (task_i_run / "task_i" / "best.pt").read_bytes()
     (task_i_run / "task_i" / "done.json").rename(task_i_run / "task_i" / "done.json.bak")
     try:
-        assert main(["train", "--config", str(config), "--out", str(task_i_run)]) == 1
+        assert main(["train", "--config", str(config), "--out", str(task_i_run)]) == 2
     finally:
         (task_i_run / "task_i" / "done.json.bak").rename(task_i_run / "task_i" / "done.json")
     assert "pass --resume" in capsys.readouterr().err

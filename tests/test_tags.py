@@ -118,6 +118,14 @@ def test_load_errors(tmp_path):
         load_crop_tags(path, expected_tile_ids=["a", "b", "c"])
     with pytest.raises(DatasetError, match="made for 2 classes"):
         load_crop_tags(path, num_classes=3)
+    # Indices mean classes by position: other names, or the same in another order, are refused.
+    assert len(load_crop_tags(path, class_names=["c0", "c1"])) == 2
+    with pytest.raises(DatasetError, match=r"name classes \['c1x'\] that the dataset does not have"):
+        _write(path, {"a": [[0, 0, 4, 4, [0]]]}, class_names=("c0", "c1x"))
+        load_crop_tags(path, class_names=["c0", "c1"])
+    with pytest.raises(DatasetError, match="the classes in another order"):
+        _write(path, {"a": [[0, 0, 4, 4, [0]]]}, class_names=("c1", "c0"))
+        load_crop_tags(path, class_names=["c0", "c1"])
     _write(path, {"a": [[0, 0, 4, 4, [0, 2]]]})
     with pytest.raises(DatasetError, match=r"class index 2 outside 0..1"):
         load_crop_tags(path)

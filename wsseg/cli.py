@@ -1,4 +1,9 @@
-"""Command line: `wsseg train`, `wsseg eval`, `wsseg synth` (`run_training.py` is `wsseg train`)."""
+"""Command line: `wsseg train | eval | check-data | publish | predict | export | synth` (`run_training.py`
+is `wsseg train`).
+
+Exit codes: 0 done; 1 `wsseg check-data` found problems in the data; 2 bad input (a config, a file,
+an option, a checkpoint), reported as one `error: ...` line naming it, never a traceback.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +17,9 @@ import time
 from pathlib import Path
 
 from wsseg.core.checkpoint import CheckpointError
-from wsseg.core.config import ConfigError, load_config
+from wsseg.core.config import load_config
 from wsseg.core.run_lock import RunFolderInUse
+from wsseg.datasets.base import DataProblemsError, printable
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +54,33 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
                              "(model.reset_head)")
 
 
+# Bad input, whichever subcommand meets it: ConfigError, DatasetError (DataProblemsError),
+# PredictError and RasterError are ValueErrors, DownloadError a CheckpointError; OSError covers
+# files that cannot be read or written; RunFolderInUse a second run in a folder in use, and a
+# FloatingPointError (NonFiniteLoss) a loss that went NaN. Anything else is a bug and keeps its traceback.
+KNOWN_ERRORS = (ValueError, OSError, ImportError, CheckpointError, RunFolderInUse, FloatingPointError)
+
+
+def report_error(err: BaseException) -> int:
+    """One `error: ...` line on stderr (several problems of the data each on a line of their own
+    above it) and exit code 2."""
+    if isinstance(err, DataProblemsError) and len(err.problems) > 1:
+        for problem in err.problems:
+            print(f"  {problem.line()}", file=sys.stderr)
+        hint = f"; {err.hint}" if err.hint else ""
+        print(f"error: {len(err.problems)} problems in the data, listed above{hint}", file=sys.stderr)
+    else:
+        print(f"error: {printable(err)}", file=sys.stderr)
+    return 2
+
+
 def train_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="run_training.py", description=__doc__)
     add_train_args(parser)
-    return _train(parser.parse_args(argv))
+    try:
+        return _train(parser.parse_args(argv))
+    except KNOWN_ERRORS as err:
+        return report_error(err)
 
 
 def _train(args) -> int:
@@ -60,11 +89,7 @@ def _train(args) -> int:
     from wsseg.pipeline.chain import run_task
     from wsseg.pipeline.seeds import run_split_seeds
 
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    cfg = load_config(args.config, args.overrides)
     # The flags override the config, and so land in the run folder's config.yaml.
     if args.init_from:
         cfg.model.init_from = args.init_from
@@ -224,6 +249,19 @@ def _publish(args) -> int:
     return 0
 
 
+def _check_data(args) -> int:
+    """Every problem of the configured dataset, one line each (warnings marked), then a summary;
+    exit code 1 if any problem (not counting warnings)."""
+    from wsseg.pipeline.data import check_data
+
+    result = check_data(load_config(args.config, args.overrides), split_path=args.split, tags_path=args.tags,
+                        progress=sys.stderr.isatty())
+    for problem in result.problems:
+        print(f"{'' if problem.blocking else 'warning: '}{problem.line()}")
+    print(result.summary())
+    return 1 if result.blocking else 0
+
+
 def _synth(args) -> int:
     from wsseg.datasets.synthetic_aerial import generate_synthetic_vaihingen
 
@@ -318,20 +356,25 @@ def main(argv: list[str] | None = None) -> int:
     sy.add_argument("--tiles", type=int, default=33, help="number of tiles (default 33, the real area numbers)")
     sy.add_argument("--size", type=int, nargs=2, default=[384, 384], metavar=("H", "W"), help="tile size in px")
     sy.add_argument("--seed", type=int, default=0)
+    cd = sub.add_parser("check-data", help="check a dataset before training: every problem, one line each "
+                                           "(exit code 1 if any)")
+    cd.add_argument("--config", required=True, help="YAML file in configs/ (its data and split sections)")
+    cd.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config value, e.g. --set data.root=/data/vaihingen (repeatable)")
+    cd.add_argument("--split", help="also check a split file (a run's split.json) against the data")
+    cd.add_argument("--tags", help="also check a crop tag file (a run's crop_tags.json) against the data")
     _add_predict_args(sub.add_parser("predict", help="segment new images, folders and GeoTIFFs with a checkpoint"))
     _add_export_args(sub.add_parser("export", help="export a checkpoint as ONNX, TorchScript or safetensors"))
     args = parser.parse_args(argv)
-    handler = {"train": _train, "eval": _eval, "publish": _publish, "synth": _synth, "predict": _predict,
-               "export": _export}[args.command]
+    handler = {"train": _train, "eval": _eval, "check-data": _check_data, "publish": _publish, "synth": _synth,
+               "predict": _predict, "export": _export}[args.command]
     try:
         from wsseg.core.progress import progress_enabled
 
         progress_enabled()  # a wrong $WSSEG_PROGRESS is one error line now, not a traceback mid-run
         return handler(args)
-    except (ValueError, FileNotFoundError, ImportError, CheckpointError, FloatingPointError, RunFolderInUse) as err:
-        # Bad input gets one clear line, not a traceback; the message names the file or key.
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    except KNOWN_ERRORS as err:
+        return report_error(err)
 
 
 if __name__ == "__main__":

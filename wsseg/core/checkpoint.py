@@ -10,6 +10,8 @@ from __future__ import annotations
 import pickle
 import random
 import re
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -70,10 +72,26 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
                               f"folder's permissions) and continue the run with --resume") from err
 
 
+def _check_member_checksums(path: Path) -> None:
+    """torch.load does not check the CRC-32 that the zip format keeps of every member, so a byte
+    changed inside a tensor would load as a silently different weight: check them here."""
+    if not zipfile.is_zipfile(path):
+        return  # truncated, legacy or foreign: torch.load says what it is
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError) as err:  # a broken member
+        raise CheckpointError(f"cannot load checkpoint {path}: broken zip archive ({type(err).__name__}: {err})") from None
+    if damaged is not None:
+        raise CheckpointError(f"cannot load checkpoint {path}: its member {damaged} does not match the checksum "
+                              f"written with it: the file was changed or damaged after it was saved")
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    _check_member_checksums(path)
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:

@@ -27,6 +27,10 @@ class DataConfig:
     options: dict[str, Any] = field(default_factory=dict)
     # Decode every tile at this scale (e.g. 0.25 for large imagery on a CPU); 1 keeps full size.
     scale: float = 1.0
+    # Tiles whose files are broken (unreadable, a missing or mis-sized mask, unknown mask values: what
+    # `wsseg check-data` reports) refuse the run, all listed; true trains without them instead, each
+    # logged and listed in the run folder's skipped_files.json.
+    skip_bad_files: bool = False
 
 
 @dataclass

@@ -148,6 +148,10 @@ def write_report(
         triptychs.append((tile_id, name))
 
     md = [f"# {title}", "", *metrics_summary(metrics)]
+    if metrics.get("skipped_tiles"):
+        skipped = metrics["skipped_tiles"]
+        md += ["", (f"{len(skipped)} tile(s) were left out of this run for bad files (`data.skip_bad_files`; "
+                    f"their problems are in the run folder's skipped_files.json): {', '.join(skipped)}.")]
     md += ["", "## Per class", "", per_class_table(metrics, class_names), "",
            "Scores are fractions (0–1) from one confusion matrix over all evaluated pixels; "
            "overall accuracy includes classes outside the mean; – marks a class absent from "

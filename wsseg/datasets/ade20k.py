@@ -26,8 +26,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from wsseg.datasets.base import IGNORE_INDEX, ClassSpec, DatasetError, Tile, TileSource, check_unique_ids
-from wsseg.datasets.colour import check_same_size, default_palette, read_array, read_index_png, read_rgb
+from wsseg.datasets.base import (IGNORE_INDEX, ClassSpec, DataProblem, DatasetError, Tile, TileSource, check_unique_ids,
+                                 missing_file_problem, with_problems)
+from wsseg.datasets.colour import default_palette, read_array, read_index_png, read_rgb, size_problem
 from wsseg.datasets.folder import natural_key
 
 ADE20K_150_NAMES = (
@@ -74,14 +75,15 @@ def ade20k_challenge_source(root: str | Path, split: str | None = None, check_si
     else:
         by_part = {part: name for name, part in CHALLENGE_PARTS.items()}
         folders = [by_part.get(split, split)]
-    tiles = []
+    tiles, problems = [], []
     for folder in folders:
-        tiles += _challenge_tiles(root, folder, check_sizes)
-    return TileSource("ade20k", ADE20K_CLASSES, check_unique_ids(tiles), read_image=read_rgb,
-                      read_label=_read_challenge_label)
+        tiles += _challenge_tiles(root, folder, check_sizes, problems)
+    return with_problems(TileSource("ade20k", ADE20K_CLASSES, check_unique_ids(tiles), read_image=read_rgb,
+                                    read_label=_read_challenge_label), problems)
 
 
-def _challenge_tiles(root: Path, folder: str, check_sizes: bool) -> list[Tile]:
+def _challenge_tiles(root: Path, folder: str, check_sizes: bool, problems: list[DataProblem]) -> list[Tile]:
+    """The tiles of one part; an image without its annotation, or of another size, goes to `problems`."""
     images, labels = root / "images" / folder, root / "annotations" / folder
     for path in (images, labels):
         if not path.is_dir():
@@ -93,9 +95,11 @@ def _challenge_tiles(root: Path, folder: str, check_sizes: bool) -> list[Tile]:
     for image_path in image_paths:
         label_path = labels / f"{image_path.stem}.png"
         if not label_path.is_file():
-            raise DatasetError(f"{image_path}: no annotation {label_path}")
-        if check_sizes:
-            check_same_size(image_path, label_path)
+            problems.append(missing_file_problem(image_path.stem, image_path, label_path, "annotation"))
+            continue
+        if check_sizes and (problem := size_problem(image_path.stem, image_path, label_path)):
+            problems.append(problem)
+            continue
         tiles.append(Tile(image_path.stem, image_path, label_path, None, part=CHALLENGE_PARTS.get(folder)))
     return tiles
 
@@ -151,21 +155,23 @@ def ade20k_full_source(root: str | Path, classes: Mapping[str, Sequence[int]] | 
     seg_paths = sorted(root.rglob("*_seg.png"), key=lambda p: natural_key(p.name))
     if not seg_paths:
         raise DatasetError(f"{root}: no *_seg.png files (ADE20K full format)")
-    tiles = []
+    tiles, problems = [], []
     for seg_path in seg_paths:
         stem = seg_path.name[: -len("_seg.png")]
         image_path = seg_path.with_name(f"{stem}.jpg")
         if not image_path.is_file():
-            raise DatasetError(f"{seg_path}: no image {image_path}")
-        if check_sizes:
-            check_same_size(image_path, seg_path)
+            problems.append(missing_file_problem(stem, seg_path, image_path, "image"))
+            continue
+        if check_sizes and (problem := size_problem(stem, image_path, seg_path)):
+            problems.append(problem)
+            continue
         part = next((CHALLENGE_PARTS[p] for p in seg_path.relative_to(root).parts if p in CHALLENGE_PARTS), None)
         tiles.append(Tile(stem, image_path, seg_path, None, part=part))
     spec = ClassSpec(names, default_palette(len(names)))
     keys = np.array(sorted(table), dtype=np.int64)
     values = np.array([table[k] for k in sorted(table)], dtype=np.uint8)
-    return TileSource("ade20k_full", spec, check_unique_ids(tiles), read_image=read_rgb,
-                      read_label=partial(_read_full_label, keys=keys, values=values))
+    return with_problems(TileSource("ade20k_full", spec, check_unique_ids(tiles), read_image=read_rgb,
+                                    read_label=partial(_read_full_label, keys=keys, values=values)), problems)
 
 
 def _read_full_label(path: Path, keys: np.ndarray, values: np.ndarray) -> np.ndarray:

@@ -6,6 +6,7 @@ Loaders only list tiles and decode files; cropping, splitting and tagging work o
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,61 @@ OFFICIAL_PARTS = ("train", "val", "test")
 
 class DatasetError(ValueError):
     """Bad input data: the message names the file, the key or the value."""
+
+
+def printable(text: str | Path) -> str:
+    """`text` safe to print or log anywhere: a file name that is not UTF-8 (held by Python as
+    surrogate escapes) shows its raw bytes as \\xNN instead of failing the output stream."""
+    text = str(text)
+    try:
+        return os.fsencode(text).decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that no file name decodes to
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+@dataclass(frozen=True)
+class DataProblem:
+    """One thing wrong with a dataset: where (a file, or a config key), what, and how to fix it.
+
+    `tile_id` is the tile it makes unusable, if any (`data.skip_bad_files` leaves that tile out);
+    `blocking=False` marks a warning, which is reported but stops nothing."""
+
+    where: str
+    problem: str
+    fix: str
+    tile_id: str | None = None
+    blocking: bool = True
+
+    def line(self) -> str:
+        """One line: `where: problem; fix: fix` (printable whatever the file names hold)."""
+        head = f"{self.where}: " if self.where else ""
+        return printable(f"{head}{self.problem}; fix: {self.fix}")
+
+    def as_dict(self) -> dict:
+        return {"where": printable(self.where), "problem": printable(self.problem), "fix": self.fix,
+                "tile_id": None if self.tile_id is None else printable(self.tile_id), "blocking": self.blocking}
+
+
+class DataProblemsError(DatasetError):
+    """Several problems found at once, each a `DataProblem`, so that one pass shows them all.
+
+    `usable` is the dataset without the tiles the problems concern, where a loader could still
+    list the rest (a caller that chose to skip bad tiles goes on with it); `hint` says what the
+    caller can do about all of them at once."""
+
+    def __init__(self, problems, usable: TileSource | None = None, hint: str = ""):
+        self.problems = list(problems)
+        self.usable = usable
+        self.hint = hint
+        first = self.problems[0].line() if self.problems else "no problem"
+        more = f" (and {len(self.problems) - 1} more problem(s))" if len(self.problems) > 1 else ""
+        super().__init__(f"{first}{more}{f'; {hint}' if hint else ''}")
+
+
+def missing_file_problem(tile_id: str, present: Path, expected: Path, what: str) -> DataProblem:
+    """A file (an image) whose partner (its mask: `what`) is not where the layout puts it."""
+    return DataProblem(str(present), f"no {what} {expected}",
+                       f"add {expected.name} to {expected.parent}, or remove {present.name}", tile_id)
 
 
 @dataclass(frozen=True)
@@ -98,6 +154,14 @@ class TileSource:
         if path is None:
             raise DatasetError(f"tile {tile_id!r} of {self.name!r} has no {'eroded ' if eroded else ''}ground truth")
         return self.read_label(path)
+
+
+def with_problems(source: TileSource, problems: list[DataProblem]) -> TileSource:
+    """What a loader returns: `source`, unless listing found problems; then a DataProblemsError
+    naming all of them and carrying `source`, which holds only the tiles listed without one."""
+    if problems:
+        raise DataProblemsError(problems, usable=source)
+    return source
 
 
 def rescaled(source: TileSource, scale: float) -> TileSource:

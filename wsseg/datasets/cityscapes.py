@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from wsseg.datasets.base import (IGNORE_INDEX, OFFICIAL_PARTS, ClassSpec, DatasetError, Tile, TileSource,
-                                 check_unique_ids)
-from wsseg.datasets.colour import check_indices, check_same_size, read_index_png, read_rgb
+from wsseg.datasets.base import (IGNORE_INDEX, OFFICIAL_PARTS, ClassSpec, DataProblem, DatasetError, Tile, TileSource,
+                                 check_unique_ids, missing_file_problem, with_problems)
+from wsseg.datasets.colour import check_indices, read_index_png, read_rgb, size_problem
 from wsseg.datasets.folder import natural_key
 
 CITYSCAPES_CLASSES = ClassSpec(
@@ -56,14 +56,17 @@ def cityscapes_source(root: str | Path, split: str | None = None, label: str = "
             raise DatasetError(f"{root}: no leftImg8bit/train, val or test folder (Cityscapes layout)")
     else:
         parts = [split]
-    tiles = []
+    tiles, problems = [], []
     for part in parts:
-        tiles += _frames(root, part, _SUFFIX[label], labelled=part != "test" or test_labels, check_sizes=check_sizes)
-    return TileSource("cityscapes", CITYSCAPES_CLASSES, check_unique_ids(tiles), read_image=read_rgb,
-                      read_label=partial(_read_cityscapes_label, mapped=label == "labelIds"))
+        tiles += _frames(root, part, _SUFFIX[label], labelled=part != "test" or test_labels, check_sizes=check_sizes,
+                         problems=problems)
+    return with_problems(TileSource("cityscapes", CITYSCAPES_CLASSES, check_unique_ids(tiles), read_image=read_rgb,
+                                    read_label=partial(_read_cityscapes_label, mapped=label == "labelIds")), problems)
 
 
-def _frames(root: Path, part: str, suffix: str, labelled: bool, check_sizes: bool) -> list[Tile]:
+def _frames(root: Path, part: str, suffix: str, labelled: bool, check_sizes: bool,
+            problems: list[DataProblem]) -> list[Tile]:
+    """The frames of one part; one without its ground truth, or of another size, goes to `problems`."""
     images, labels = root / "leftImg8bit" / part, root / "gtFine" / part
     for folder in (images, labels) if labelled else (images,):
         if not folder.is_dir():
@@ -78,9 +81,11 @@ def _frames(root: Path, part: str, suffix: str, labelled: bool, check_sizes: boo
         if labelled:
             label_path = labels / image_path.parent.name / f"{frame}{suffix}"
             if not label_path.is_file():
-                raise DatasetError(f"{image_path}: no ground truth {label_path}")
-            if check_sizes:
-                check_same_size(image_path, label_path)
+                problems.append(missing_file_problem(frame, image_path, label_path, "ground truth"))
+                continue
+            if check_sizes and (problem := size_problem(frame, image_path, label_path)):
+                problems.append(problem)
+                continue
         tiles.append(Tile(frame, image_path, label_path, None, part=part if part in OFFICIAL_PARTS else None))
     return tiles
 

@@ -7,13 +7,14 @@ once instead of surfacing later as a shape error deep inside a training step.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 from PIL import Image, ImageFile
 
-from wsseg.datasets.base import IGNORE_INDEX, DatasetError
+from wsseg.datasets.base import IGNORE_INDEX, DataProblem, DatasetError
 
 # A truncated file must fail loudly, never come back half grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -100,7 +101,8 @@ def read_rgb(path: str | Path) -> np.ndarray:
         # Palette PNGs (Dubai tiles 2 and 4), RGBA and bilevel images go through Pillow's conversion.
         array = _read_pil(path, None, convert_unless=("RGB", "L", "I", "I;16", "I;16B", "I;16L", "F"))
     if array.dtype != np.uint8:
-        raise DatasetError(f"{path}: expected an 8-bit image, found dtype {array.dtype}")
+        raise DatasetError(f"{path}: expected an 8-bit image, found dtype {array.dtype}: training reads 8 bits "
+                           f"per band (convert it; `wsseg predict` alone stretches other types)")
     if array.ndim == 2:
         array = np.repeat(array[:, :, None], 3, axis=2)
     if array.ndim != 3 or array.shape[2] not in (3, 4):
@@ -125,30 +127,93 @@ class _opened:
         self.image.close()
 
 
-def image_size(path: str | Path) -> tuple[int, int]:
-    """(height, width) from the file header, without decoding the pixels."""
+# EXIF / TIFF orientation values that turn the stored grid by 90° for display (width ↔ height).
+_TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
+_ORIENTATION_TAG = 0x0112
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What a file's header says, without decoding the pixels: size, bands, orientation.
+
+    `bands` counts the colours as decoded (a palette image has the 3 of its palette); `orientation`
+    is the EXIF (or TIFF) orientation, 1 when absent: the stored grid is the one shown."""
+
+    height: int
+    width: int
+    bands: int
+    orientation: int = 1
+
+    @property
+    def transposed_for_display(self) -> bool:
+        return self.orientation in _TRANSPOSING_ORIENTATIONS
+
+
+def image_header(path: str | Path) -> ImageHeader:
+    """The header of an image file (TIFF via tifffile, others via Pillow); DatasetError naming it."""
     path = _require_file(Path(path))
     if path.suffix.lower() in _TIFF_SUFFIXES:
         import tifffile
 
         try:
             with tifffile.TiffFile(path) as tiff:
-                shape = tiff.pages[0].shape
-                planar = tiff.pages[0].planarconfig == tifffile.PLANARCONFIG.SEPARATE
+                page = tiff.pages[0]
+                shape, bands = page.shape, int(page.samplesperpixel)
+                planar = page.planarconfig == tifffile.PLANARCONFIG.SEPARATE
+                orientation = page.tags.get(274)
+                orientation = int(orientation.value) if orientation is not None else 1
         except Exception as error:
             raise DatasetError(f"{path}: cannot read TIFF header ({type(error).__name__}: {error})") from error
-        return (int(shape[1]), int(shape[2])) if planar and len(shape) == 3 else (int(shape[0]), int(shape[1]))
+        height, width = (shape[1], shape[2]) if planar and len(shape) == 3 else (shape[0], shape[1])
+        return ImageHeader(int(height), int(width), bands, orientation)
     with _opened(path) as image:
         width, height = image.size
-    return height, width
+        bands = 3 if image.mode == "P" else 4 if image.mode == "PA" else len(image.getbands())
+        try:
+            orientation = int(image.getexif().get(_ORIENTATION_TAG, 1))
+        except Exception:  # noqa: BLE001 -- a malformed EXIF block (any of Pillow's parse errors) says nothing
+            # reliable about orientation: the stored grid it is
+            orientation = 1
+    return ImageHeader(int(height), int(width), bands, orientation)
 
 
-def check_same_size(image_path: Path, label_path: Path) -> None:
-    """A mask must cover its image pixel for pixel; catches mismatched pairs before training."""
-    image_hw, label_hw = image_size(image_path), image_size(label_path)
-    if image_hw != label_hw:
-        raise DatasetError(f"{label_path}: mask is {label_hw[0]}×{label_hw[1]} (H×W) but its image "
-                           f"{image_path} is {image_hw[0]}×{image_hw[1]}")
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) from the file header, without decoding the pixels."""
+    header = image_header(path)
+    return header.height, header.width
+
+
+UNREADABLE_FIX = "re-export or replace the file, or remove its tile"
+
+
+def without_path(error: Exception, path: str | Path) -> str:
+    """The message of an error about `path`, without the leading "path: " that a problem record
+    keeps apart."""
+    return str(error).removeprefix(f"{path}: ")
+
+
+def size_problem(tile_id: str | None, image_path: Path, label_path: Path) -> DataProblem | None:
+    """None if the headers of a mask and its image give one size; else the problem, naming the mask.
+
+    An image whose EXIF orientation turns it by 90° for display, with a mask of the turned size,
+    had its mask drawn on the displayed view: the fix says so."""
+    headers = []
+    for path in (image_path, label_path):
+        try:
+            headers.append(image_header(path))
+        except DatasetError as error:
+            return DataProblem(str(path), without_path(error, path), UNREADABLE_FIX, tile_id)
+    image, label = headers
+    if (image.height, image.width) == (label.height, label.width):
+        return None
+    problem = (f"mask is {label.height}×{label.width} (H×W) but its image {image_path} is "
+               f"{image.height}×{image.width}")
+    fix = "give the image and its mask one size (crop or re-export the mask), or remove the tile"
+    if image.transposed_for_display and (image.width, image.height) == (label.height, label.width):
+        problem += f" (the size shown after the image's EXIF orientation {image.orientation})"
+        fix = ("wsseg reads pixels as stored, not turned by EXIF orientation: save the image with its rotation "
+               "applied (PIL.ImageOps.exif_transpose), so that it matches the mask drawn on the turned view")
+    return DataProblem(str(label_path), problem, fix, tile_id)
 
 
 # --------------------------------------------------------------------------------- colour masks

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from wsseg.datasets.base import ClassSpec, DatasetError, Tile, TileSource
-from wsseg.datasets.colour import check_same_size, decode_colour_mask, read_rgb
+from wsseg.datasets.base import ClassSpec, DatasetError, Tile, TileSource, missing_file_problem, with_problems
+from wsseg.datasets.colour import decode_colour_mask, read_rgb, size_problem
 
 
 def _hex(code: str) -> tuple[int, int, int]:
@@ -55,7 +55,7 @@ def dubai_source(root: str | Path, colour_tolerance: float = 0.0, check_sizes: b
     if not folders:
         raise DatasetError(f"{root}: no 'Tile <k>' folders (expected the 'Semantic segmentation dataset' layout)")
 
-    tiles = []
+    tiles, problems = [], []
     for k, folder in folders:
         images, masks = folder / "images", folder / "masks"
         for sub in (images, masks):
@@ -66,15 +66,16 @@ def dubai_source(root: str | Path, colour_tolerance: float = 0.0, check_sizes: b
         if not parts:
             raise DatasetError(f"{images}: no image_part_<n>.jpg images")
         for n, image_path in parts:
-            mask_path = masks / f"{image_path.stem}.png"
+            mask_path, tile_id = masks / f"{image_path.stem}.png", f"tile{k}_part{n:03d}"
             if not mask_path.is_file():
-                raise DatasetError(f"{image_path}: no mask {mask_path}")
-            if check_sizes:
-                check_same_size(image_path, mask_path)
-            tiles.append(Tile(f"tile{k}_part{n:03d}", image_path, mask_path, None))
+                problems.append(missing_file_problem(tile_id, image_path, mask_path, "mask"))
+            elif check_sizes and (problem := size_problem(tile_id, image_path, mask_path)):
+                problems.append(problem)
+            else:
+                tiles.append(Tile(tile_id, image_path, mask_path, None))
 
-    return TileSource("dubai", DUBAI_CLASSES, tiles, read_image=read_rgb,
-                      read_label=partial(_read_dubai_label, tolerance=colour_tolerance))
+    return with_problems(TileSource("dubai", DUBAI_CLASSES, tiles, read_image=read_rgb,
+                                    read_label=partial(_read_dubai_label, tolerance=colour_tolerance)), problems)
 
 
 def _read_dubai_label(path: Path, tolerance: float) -> np.ndarray:

@@ -19,10 +19,9 @@ from typing import Sequence
 
 import numpy as np
 
-from wsseg.datasets.base import (IGNORE_INDEX, OFFICIAL_PARTS, ClassSpec, DatasetError, Tile, TileSource,
-                                 check_unique_ids)
-from wsseg.datasets.colour import (check_indices, check_same_size, decode_colour_mask, default_palette,
-                                   read_index_png, read_rgb)
+from wsseg.datasets.base import (IGNORE_INDEX, OFFICIAL_PARTS, ClassSpec, DataProblem, DatasetError, Tile,
+                                 TileSource, check_unique_ids, missing_file_problem, with_problems)
+from wsseg.datasets.colour import check_indices, decode_colour_mask, default_palette, read_index_png, read_rgb, size_problem
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 MASK_SUFFIXES = (".png", ".tif", ".tiff", ".bmp")
@@ -47,10 +46,11 @@ def folder_source(root: str | Path, image_dir: str, mask_dir: str, class_names: 
     "ann_dir/{part}", every part of `parts` is read (default: those of train, val, test that
     exist), each tile knowing its part; images of a "test" part may lack masks. Ids are then
     "<part>_<stem>", since parts often reuse file names; `prefix_part=False` keeps bare stems
-    (an error if two parts share one).
+    (an error if two parts share one). Images without a mask, or of another size than theirs, are
+    all reported in one DataProblemsError.
 
     `masks_optional`: images without a mask are listed, unlabelled (the tagged images of
-    `weak.tags_file`, say); otherwise a missing mask is an error.
+    `weak.tags_file`, say); otherwise a missing mask is a problem.
     """
     if mask_format not in ("index", "colour"):
         raise DatasetError(f"mask_format must be 'index' or 'colour', got {mask_format!r}")
@@ -69,6 +69,7 @@ def folder_source(root: str | Path, image_dir: str, mask_dir: str, class_names: 
     if not root.is_dir():
         raise DatasetError(f"{root}: dataset root folder not found")
     suffixes = {s.lower() if s.startswith(".") else f".{s.lower()}" for s in image_suffixes}
+    problems: list[DataProblem] = []
     if PART in image_dir:
         if parts is None:
             parts = [part for part in OFFICIAL_PARTS if (root / image_dir.replace(PART, part)).is_dir()]
@@ -80,13 +81,13 @@ def folder_source(root: str | Path, image_dir: str, mask_dir: str, class_names: 
         tiles = []
         for part in parts:
             tiles += _folder_tiles(root, image_dir.replace(PART, part), mask_dir.replace(PART, part), suffixes,
-                                   mask_stem_suffix, check_sizes, part, id_prefix=f"{part}_" if prefix_part else "",
-                                   masks_optional=masks_optional)
+                                   mask_stem_suffix, check_sizes, problems, part,
+                                   id_prefix=f"{part}_" if prefix_part else "", masks_optional=masks_optional)
         tiles = check_unique_ids(tiles)
     elif parts is not None:
         raise DatasetError(f"parts={list(parts)} needs {PART} in image_dir (e.g. 'images/{PART}'), got {image_dir!r}")
     else:
-        tiles = _folder_tiles(root, image_dir, mask_dir, suffixes, mask_stem_suffix, check_sizes,
+        tiles = _folder_tiles(root, image_dir, mask_dir, suffixes, mask_stem_suffix, check_sizes, problems,
                               masks_optional=masks_optional)
 
     if mask_format == "colour":
@@ -94,12 +95,13 @@ def folder_source(root: str | Path, image_dir: str, mask_dir: str, class_names: 
                              tolerance=colour_tolerance)
     else:
         read_label = partial(_read_index_label, num_classes=len(class_names), stored_ignore=ignore_index)
-    return TileSource(name, classes, tiles, read_image=read_rgb, read_label=read_label)
+    return with_problems(TileSource(name, classes, tiles, read_image=read_rgb, read_label=read_label), problems)
 
 
 def _folder_tiles(root: Path, image_dir: str, mask_dir: str, suffixes: set[str], mask_stem_suffix: str,
-                  check_sizes: bool, part: str | None = None, id_prefix: str = "",
-                  masks_optional: bool = False) -> list[Tile]:
+                  check_sizes: bool, problems: list[DataProblem], part: str | None = None,
+                  id_prefix: str = "", masks_optional: bool = False) -> list[Tile]:
+    """The tiles of one image folder; an image without a mask, or of another size, goes to `problems`."""
     # Official test parts often ship without ground truth: their images are listed, unlabelled.
     masks_optional = masks_optional or part == "test"
     images, masks = root / image_dir, root / mask_dir
@@ -124,13 +126,15 @@ def _folder_tiles(root: Path, image_dir: str, mask_dir: str, suffixes: set[str],
         if stem in seen:
             raise DatasetError(f"{image_path}: two images with stem {stem!r} (also {seen[stem]})")
         seen[stem] = image_path
-        mask_path = mask_by_stem.get(stem)
+        mask_path, tile_id = mask_by_stem.get(stem), id_prefix + stem
         if mask_path is None and not masks_optional:
-            raise DatasetError(f"{image_path}: no mask {masks / (stem + mask_stem_suffix)}"
-                               f"{{{','.join(MASK_SUFFIXES)}}}")
-        if check_sizes and mask_path is not None:
-            check_same_size(image_path, mask_path)
-        tiles.append(Tile(id_prefix + stem, image_path, mask_path, None, part=part))
+            problems.append(missing_file_problem(tile_id, image_path, masks / f"{stem}{mask_stem_suffix}"
+                                                 f"{{{','.join(MASK_SUFFIXES)}}}", "mask"))
+            continue
+        if check_sizes and mask_path is not None and (problem := size_problem(tile_id, image_path, mask_path)):
+            problems.append(problem)
+            continue
+        tiles.append(Tile(tile_id, image_path, mask_path, None, part=part))
     return tiles
 
 

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from wsseg.datasets.base import IGNORE_INDEX, OFFICIAL_PARTS, ClassSpec, DatasetError, Tile, TileSource
-from wsseg.datasets.colour import check_same_size, decode_colour_mask, read_index_png, read_rgb
+from wsseg.datasets.base import (IGNORE_INDEX, OFFICIAL_PARTS, ClassSpec, DataProblem, DatasetError, Tile, TileSource,
+                                 missing_file_problem, with_problems)
+from wsseg.datasets.colour import decode_colour_mask, read_index_png, read_rgb, size_problem
 
 # Clutter is trained as a class but left out of the 5-class mean, as the benchmark reports it.
 VAIHINGEN_CLASSES = ClassSpec(
@@ -64,7 +65,8 @@ def vaihingen_source(root: str | Path, image_dir: str = "top", label_dir: str = 
     The eroded folder is optional; when it holds any file it must cover every tile, so that evaluating
     on eroded ground truth never silently skips tiles. `require_labels=False` lists images that
     have no ground truth (e.g. the test tiles before the full ground truth was released) with
-    `label_path=None`. Folder arguments may be absolute or relative to `root`.
+    `label_path=None`. Folder arguments may be absolute or relative to `root`. Every missing or
+    mis-sized mask is reported in one DataProblemsError.
     """
     root = Path(root)
     if not root.is_dir():
@@ -83,30 +85,38 @@ def vaihingen_source(root: str | Path, image_dir: str = "top", label_dir: str = 
     if not found:
         raise DatasetError(f"{images}: no images named top_mosaic_09cm_area<N>.tif")
 
-    tiles, eroded_paths = [], set()
+    tiles, eroded_paths, problems = [], set(), []
     for area, image_path in found:
-        label_path = labels / image_name(area)
+        tile_id, label_path = f"area{area}", labels / image_name(area)
         if not label_path.is_file():
             if require_labels:
-                raise DatasetError(f"{image_path}: no ground truth {label_path}")
+                problems.append(missing_file_problem(tile_id, image_path, label_path, "ground truth"))
+                continue
             label_path = None
         eroded_path = None
         if eroded is not None:
             eroded_path = eroded / eroded_name(area)
             if not eroded_path.is_file():
-                raise DatasetError(f"{image_path}: no eroded ground truth {eroded_path} although {eroded} exists "
-                                   f"(pass eroded_dir=None to use the full ground truth only)")
-            eroded_paths.add(eroded_path)
+                problems.append(DataProblem(
+                    str(image_path), f"no eroded ground truth {eroded_path} although {eroded} exists",
+                    f"add {eroded_path.name}, or pass data.options.eroded_dir=null to use the full ground "
+                    "truth only", tile_id))
+                continue
         if check_sizes:
-            for path in (label_path, eroded_path):
-                if path is not None:
-                    check_same_size(image_path, path)
+            mismatch = [p for path in (label_path, eroded_path)
+                        if path is not None and (p := size_problem(tile_id, image_path, path))]
+            if mismatch:
+                problems += mismatch
+                continue
+        if eroded_path is not None:
+            eroded_paths.add(eroded_path)
         part = "train" if area in OFFICIAL_TRAIN_AREAS else "test" if area in OFFICIAL_TEST_AREAS else None
-        tiles.append(Tile(f"area{area}", image_path, label_path, eroded_path, part=part))
+        tiles.append(Tile(tile_id, image_path, label_path, eroded_path, part=part))
 
     # A partial of a module function (not a closure) keeps the source picklable for spawned workers.
     read_label = partial(_read_colour_label, eroded_paths=frozenset(eroded_paths), tolerance=colour_tolerance)
-    return TileSource("vaihingen", VAIHINGEN_CLASSES, tiles, read_image=read_rgb, read_label=read_label)
+    return with_problems(TileSource("vaihingen", VAIHINGEN_CLASSES, tiles, read_image=read_rgb,
+                                    read_label=read_label), problems)
 
 
 def _read_colour_label(path: Path, eroded_paths: frozenset, tolerance: float) -> np.ndarray:
@@ -138,21 +148,23 @@ def isprs_mmseg_source(root: str | Path, split: str | None = None, name: str = "
     image_paths = sorted(images.rglob("*.png"), key=lambda p: _natural_key(p.relative_to(images).as_posix()))
     if not image_paths:
         raise DatasetError(f"{images}: no .png images")
-    tiles, seen = [], {}
+    tiles, seen, problems = [], {}, []
     for image_path in image_paths:
-        label_path = annotations / image_path.relative_to(images)
-        if not label_path.is_file():
-            raise DatasetError(f"{image_path}: no annotation {label_path}")
-        tile_id = image_path.stem
+        label_path, tile_id = annotations / image_path.relative_to(images), image_path.stem
         if tile_id in seen:
             raise DatasetError(f"{image_path}: tile id {tile_id!r} also used by {seen[tile_id]}; pass split=...")
         seen[tile_id] = image_path
-        if check_sizes:
-            check_same_size(image_path, label_path)
+        if not label_path.is_file():
+            problems.append(missing_file_problem(tile_id, image_path, label_path, "annotation"))
+            continue
+        if check_sizes and (problem := size_problem(tile_id, image_path, label_path)):
+            problems.append(problem)
+            continue
         folder = image_path.relative_to(images).parts[0] if split is None else split
         tiles.append(Tile(tile_id, image_path, label_path, None, part=folder if folder in OFFICIAL_PARTS else None))
 
-    return TileSource(name, VAIHINGEN_CLASSES, tiles, read_image=read_rgb, read_label=_read_mmseg_label)
+    return with_problems(TileSource(name, VAIHINGEN_CLASSES, tiles, read_image=read_rgb,
+                                    read_label=_read_mmseg_label), problems)
 
 
 # Stored value v → class v-1; 0 marks the eroded boundary (mmseg's reduce_zero_label).

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from wsseg.datasets.base import ClassSpec, DatasetError, Tile, TileSource, check_unique_ids
-from wsseg.datasets.colour import check_same_size, decode_colour_mask, read_rgb
+from wsseg.datasets.base import (ClassSpec, DatasetError, Tile, TileSource, check_unique_ids, missing_file_problem,
+                                 with_problems)
+from wsseg.datasets.colour import decode_colour_mask, read_rgb, size_problem
 
 KITTI_ROAD_CLASSES = ClassSpec(names=("non_road", "road"), palette=((255, 0, 0), (255, 0, 255)))
 _INVALID_COLOURS = ((0, 0, 0),)
@@ -44,7 +45,7 @@ def kitti_road_source(root: str | Path, categories: list[str] | None = None, che
     if not any((root / folder / "image_2").is_dir() for folder in _PARTS):
         raise DatasetError(f"{root}: no training/image_2 or testing/image_2 folder (expected the data_road layout)")
 
-    tiles = []
+    tiles, problems = [], []
     for folder, part in _PARTS.items():
         images = root / folder / "image_2"
         if not images.is_dir():
@@ -52,19 +53,21 @@ def kitti_road_source(root: str | Path, categories: list[str] | None = None, che
         frames = sorted((m.group(1), int(m.group(2)), path) for path in images.glob("*.png")
                         if (m := _FRAME.match(path.stem)) and m.group(1) in wanted)
         for category, number, image_path in frames:
+            tile_id = image_path.stem if part == "train" else f"test_{image_path.stem}"
             mask_path = None
             if part == "train":
                 mask_path = root / folder / "gt_image_2" / f"{category}_road_{image_path.stem.split('_')[1]}.png"
                 if not mask_path.is_file():
-                    raise DatasetError(f"{image_path}: no road mask {mask_path}")
-                if check_sizes:
-                    check_same_size(image_path, mask_path)
-            tiles.append(Tile(image_path.stem if part == "train" else f"test_{image_path.stem}", image_path,
-                              mask_path, part=part))
-    if not tiles:
+                    problems.append(missing_file_problem(tile_id, image_path, mask_path, "road mask"))
+                    continue
+                if check_sizes and (problem := size_problem(tile_id, image_path, mask_path)):
+                    problems.append(problem)
+                    continue
+            tiles.append(Tile(tile_id, image_path, mask_path, part=part))
+    if not tiles and not problems:
         raise DatasetError(f"{root}: no {'/'.join(wanted)}_<n>.png frames in training/image_2 or testing/image_2")
-    return TileSource("kitti_road", KITTI_ROAD_CLASSES, check_unique_ids(tiles), read_image=read_rgb,
-                      read_label=_read_road_mask)
+    return with_problems(TileSource("kitti_road", KITTI_ROAD_CLASSES, check_unique_ids(tiles), read_image=read_rgb,
+                                    read_label=_read_road_mask), problems)
 
 
 def _read_road_mask(path: Path) -> np.ndarray:

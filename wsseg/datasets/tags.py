@@ -114,12 +114,14 @@ def save_crop_tags(path: str | Path, tags: Sequence[CropTag], crop_px: int | Non
 
 
 def load_crop_tags(path: str | Path, expected_tile_ids: Iterable[str] | None = None,
-                   num_classes: int | None = None, expected_mode: str | None = None) -> list[CropTag]:
+                   num_classes: int | None = None, expected_mode: str | None = None,
+                   class_names: Sequence[str] | None = None) -> list[CropTag]:
     """Read tags back, checking they belong to this split, these classes and this `weak.tags` mode.
 
     Errors: tags made in another mode than `expected_mode`, a tile not in `expected_tile_ids`, an
     expected tile missing, a class index outside 0..num_classes-1 (or a class-name count that
-    differs), malformed crops, an image-tag tile with other than one crop at (0, 0), and a tile
+    differs), class names other than `class_names` (indices mean classes by position, so other
+    names or another order would teach the wrong class), malformed crops, an image-tag tile with other than one crop at (0, 0), and a tile
     whose crops carry no tag at all (nothing for the classifier to learn from: almost certainly a
     bug). Files written before the mode was recorded are grid tags.
     """
@@ -141,11 +143,18 @@ def load_crop_tags(path: str | Path, expected_tile_ids: Iterable[str] | None = N
     for key in ("crop_px",) * (mode == "grid") + ("class_names", "tiles"):
         if key not in data:
             raise DatasetError(f"{path}: missing key {key!r}")
-    class_names = data["class_names"]
-    if num_classes is not None and len(class_names) != num_classes:
-        raise DatasetError(f"{path}: tags were made for {len(class_names)} classes {class_names}, "
+    tagged_names = data["class_names"]
+    if not isinstance(tagged_names, list) or not all(isinstance(name, str) for name in tagged_names):
+        raise DatasetError(f"{path}: 'class_names' must be a list of class name strings")
+    if class_names is not None and tagged_names != list(class_names):
+        unknown = [name for name in tagged_names if name not in class_names]
+        what = f"classes {unknown} that the dataset does not have" if unknown else "the classes in another order"
+        raise DatasetError(f"{path}: the tags name {what} (tags: {', '.join(tagged_names)}; dataset: "
+                           f"{', '.join(class_names)})")
+    if num_classes is not None and len(tagged_names) != num_classes:
+        raise DatasetError(f"{path}: tags were made for {len(tagged_names)} classes {tagged_names}, "
                            f"the dataset has {num_classes}")
-    limit = num_classes if num_classes is not None else len(class_names)
+    limit = num_classes if num_classes is not None else len(tagged_names)
     tiles = data["tiles"]
     if not isinstance(tiles, dict):
         raise DatasetError(f"{path}: 'tiles' must map tile ids to crop lists")

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from wsseg.datasets.base import ClassSpec, DatasetError, Tile, TileSource
-from wsseg.datasets.colour import check_indices, check_same_size, default_palette, read_index_png, read_rgb
+from wsseg.datasets.base import ClassSpec, DatasetError, Tile, TileSource, missing_file_problem, with_problems
+from wsseg.datasets.colour import check_indices, default_palette, read_index_png, read_rgb, size_problem
 from wsseg.datasets.folder import natural_key
 
 VOC_CLASSES = ClassSpec(
@@ -61,18 +61,20 @@ def voc_source(root: str | Path, split: str | None = None, label_dir: str = "Seg
             raise DatasetError(f"{labels}: no .png masks")
     val_ids = set(_read_list(lists / "val.txt")) if (lists / "val.txt").is_file() else None
     train_ids = set(_read_list(lists / "train.txt")) if (lists / "train.txt").is_file() else None
-    tiles = []
+    tiles, problems = [], []
     for image_id in ids:
         image_path, label_path = images / f"{image_id}.jpg", labels / f"{image_id}.png"
         if not image_path.is_file():
-            raise DatasetError(f"{image_path}: image of {image_id!r} not found")
-        if not label_path.is_file():
-            raise DatasetError(f"{image_path}: no mask {label_path}")
-        if check_sizes:
-            check_same_size(image_path, label_path)
-        tiles.append(Tile(image_id, image_path, label_path, None, part=_part(image_id, train_ids, val_ids)))
-    return TileSource("voc", VOC_CLASSES, tiles, read_image=read_rgb,
-                      read_label=partial(_read_voc_label, num_classes=VOC_CLASSES.num_classes))
+            problems.append(missing_file_problem(image_id, label_path, image_path, "image"))
+        elif not label_path.is_file():
+            problems.append(missing_file_problem(image_id, image_path, label_path, "mask"))
+        elif check_sizes and (problem := size_problem(image_id, image_path, label_path)):
+            problems.append(problem)
+        else:
+            tiles.append(Tile(image_id, image_path, label_path, None, part=_part(image_id, train_ids, val_ids)))
+    return with_problems(TileSource("voc", VOC_CLASSES, tiles, read_image=read_rgb,
+                                    read_label=partial(_read_voc_label, num_classes=VOC_CLASSES.num_classes)),
+                         problems)
 
 
 def _read_list(path: Path) -> list[str]:

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from wsseg.datasets.base import IGNORE_INDEX, ClassSpec, DatasetError, Tile, TileSource, check_unique_ids
+from wsseg.datasets.base import (IGNORE_INDEX, ClassSpec, DatasetError, Tile, TileSource, check_unique_ids,
+                                 missing_file_problem, with_problems)
 from wsseg.datasets.colour import image_size, read_rgb
 
 LOCALISATION_CLASSES = ClassSpec(names=("background", "building"), palette=((0, 0, 0), (255, 255, 255)))
@@ -49,24 +50,25 @@ def xview2_source(root: str | Path, target: str = "damage", parts: list[str] | N
     if not wanted:
         raise DatasetError(f"{root}: no <part>/images folder for any of {', '.join(PARTS)} (the xView2 layout)")
     when = "pre" if target == "localisation" else "post"
-    tiles = []
+    tiles, problems = [], []
     for part in wanted:
         images = root / part / "images"
         if not images.is_dir():
             raise DatasetError(f"{images}: folder not found")
         for image_path in sorted(images.glob(f"*_{when}_disaster.png")):
+            tile_id = f"{part}_{_IMAGE.match(image_path.stem).group(1)}"
             label_path = root / part / "labels" / f"{image_path.stem}.json"
             if not label_path.is_file():
                 if PARTS[part] != "test":
-                    raise DatasetError(f"{image_path}: no label file {label_path}")
+                    problems.append(missing_file_problem(tile_id, image_path, label_path, "label file"))
+                    continue
                 label_path = None
-            scene = _IMAGE.match(image_path.stem).group(1)
-            tiles.append(Tile(f"{part}_{scene}", image_path, label_path, part=PARTS[part]))
-    if not tiles:
+            tiles.append(Tile(tile_id, image_path, label_path, part=PARTS[part]))
+    if not tiles and not problems:
         raise DatasetError(f"{root}: no *_{when}_disaster.png images in {', '.join(p + '/images' for p in wanted)}")
     classes = LOCALISATION_CLASSES if target == "localisation" else DAMAGE_CLASSES
-    return TileSource(f"xview2_{target}", classes, check_unique_ids(tiles), read_image=read_rgb,
-                      read_label=partial(read_building_mask, target=target))
+    return with_problems(TileSource(f"xview2_{target}", classes, check_unique_ids(tiles), read_image=read_rgb,
+                                    read_label=partial(read_building_mask, target=target)), problems)
 
 
 def read_building_mask(path: Path, target: str = "damage") -> np.ndarray:

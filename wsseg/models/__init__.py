@@ -46,6 +46,16 @@ def build_segmenter(name: str, num_classes: int, **kwargs) -> nn.Module:
     return constructor(num_classes=num_classes, **kwargs)
 
 
+def min_input_px(name: str, options: dict) -> int:
+    """The least side of an input segmenter `name` built with `options` takes (its docstring's
+    "any H, W ≥ ..."): a window or crop below it fails inside the network's pooling."""
+    if name == "unet":
+        return 2 ** int(options.get("depth", 4))
+    if name == "encdec_unpool":
+        return 32
+    return 1
+
+
 def untrained_options(options: dict) -> dict:
     """Constructor `options` with ImageNet loading off (`pretrained`), for a segmenter whose every
     weight then comes from a checkpoint: the ImageNet weights are not loaded to be overwritten."""

@@ -16,16 +16,20 @@ from wsseg.core.checkpoint import CheckpointError
 from wsseg.core.config import Config, ConfigError, config_to_dict, save_config
 from wsseg.core.determinism import use_deterministic_algorithms
 from wsseg.core.distributed import DistInfo
+from wsseg.core.io import atomic_write_json
 from wsseg.core.metrics import XVIEW2_CLASSES
 from wsseg.core.progress import progress_bar
 from wsseg.core.provenance import describe, record_run_start
 from wsseg.core.stage import Stage
 from wsseg.datasets import build_source
-from wsseg.datasets.base import ClassSpec, DatasetError, TileSource, rescaled
+from wsseg.datasets.base import (ClassSpec, DataProblem, DataProblemsError, DatasetError, TileSource, printable,
+                                 rescaled)
+from wsseg.datasets.check import check_crop_tag_file, check_split, check_tiles
 from wsseg.datasets.splits import (Split, format_split, group_by_part, load_split, make_split, official_split,
                                    save_split, sort_tile_ids)
 from wsseg.datasets.tags import CropTag, compute_crop_tags, load_crop_tags, save_crop_tags
 from wsseg.datasets.user_tags import read_user_tags
+from wsseg.models import min_input_px
 from wsseg.models.single_stage import ClassLayout
 
 log = logging.getLogger(__name__)
@@ -41,6 +45,8 @@ class Run:
     run_dir: Path
     resume: bool = False
     dist: DistInfo = DistInfo()
+    # Tiles left out for bad files (`data.skip_bad_files`), listed in the run's skipped_files.json.
+    skipped_tiles: tuple[str, ...] = ()
 
     def stage(self, stage_dir: Path, precision: str, channels_last: bool) -> Stage:
         """The training skeleton for a stage of this run, in `stage_dir`; its checkpoints carry the
@@ -89,18 +95,107 @@ def make_split_for(cfg: Config, source: TileSource) -> Split:
     return split
 
 
-def verify_tiles(source: TileSource, tile_ids) -> None:
-    """Decode every image and label once before training, so a truncated or mismatched file is
-    reported up front, naming the file, and not hours later from inside a DataLoader worker."""
-    tile_ids = list(tile_ids)
-    for tile_id in progress_bar(tile_ids, desc="checking tiles", leave=False):
-        image = source.image(tile_id)
-        tile = source.tile(tile_id)
-        for eroded, path in ((False, tile.label_path), (True, tile.eroded_label_path)):
-            if path is not None and source.label(tile_id, eroded=eroded).shape != image.shape[:2]:
-                raise DatasetError(f"{path}: mask size differs from its image {tile.image_path}")
-    # The bar is gone when it ends (and never drawn into a log file): this line says it happened.
-    log.info("checked %d tiles: every image and mask decodes, sizes match", len(tile_ids))
+SKIPPED_FILES = "skipped_files.json"
+SKIP_HINT = "`wsseg check-data` lists every problem; data.skip_bad_files: true trains without the tiles at fault"
+
+
+def _checking_bar(enabled: bool):
+    return lambda tile_ids: progress_bar(tile_ids, enabled=enabled, desc="checking tiles", unit="tile", leave=False)
+
+
+def listed_source(cfg: Config) -> tuple[TileSource, list[DataProblem]]:
+    """The configured dataset, and the problems its loader found listing it (a missing or
+    mis-sized mask), whose tiles it leaves out; a layout it cannot read at all raises."""
+    try:
+        return load_source(cfg), []
+    except DataProblemsError as error:
+        if error.usable is None:
+            raise
+        return rescaled(error.usable, cfg.data.scale), error.problems
+
+
+@dataclass(frozen=True)
+class DataCheck:
+    """What `check_data` found: every problem (warnings among them) and how many tiles it checked."""
+
+    dataset: str
+    tiles_checked: int
+    problems: tuple[DataProblem, ...]
+
+    @property
+    def blocking(self) -> list[DataProblem]:
+        return [p for p in self.problems if p.blocking]
+
+    @property
+    def warnings(self) -> list[DataProblem]:
+        return [p for p in self.problems if not p.blocking]
+
+    def summary(self) -> str:
+        bad_tiles = len({p.tile_id for p in self.blocking if p.tile_id is not None})
+        found = (f"{len(self.blocking)} problem(s) in {bad_tiles} tile(s)" if bad_tiles
+                 else f"{len(self.blocking)} problem(s)" if self.blocking else "no problems")
+        warned = f", {len(self.warnings)} warning(s)" if self.warnings else ""
+        return f"checked {self.tiles_checked} tiles of {self.dataset!r}: {found}{warned}"
+
+
+def check_data(cfg: Config, split_path: str | Path | None = None, tags_path: str | Path | None = None,
+               progress: bool = True) -> DataCheck:
+    """Every problem of the configured dataset, before any training (`wsseg check-data`): its
+    layout, every tile's files (`datasets.check.check_tiles`), the split the config draws or the
+    split file `split_path` names, and the crop tag file `tags_path`. A config that is wrong in
+    itself raises ConfigError; a wrong dataset is reported, not raised."""
+    check_config(cfg)
+    try:
+        source, problems = listed_source(cfg)
+    except DatasetError as error:  # nothing to list: no root, no image folder, no images
+        return DataCheck(cfg.data.kind, 0, (DataProblem("", str(error), f"point data.root (now {cfg.data.root!r}) "
+                                                        f"and data.options at a {cfg.data.kind!r} dataset"),))
+    check_config(cfg, source, weak=False)
+    if split_path is not None:
+        try:
+            problems += check_split(load_split(split_path), source, str(split_path))
+        except DatasetError as error:
+            problems.append(DataProblem("", str(error), "write the split again, or leave it out"))
+    else:
+        try:
+            make_split_for(cfg, source)
+        except DatasetError as error:
+            left_out = f" (without the {len(problems)} tile problem(s) above)" if problems else ""
+            problems.append(DataProblem(f"split (kind {cfg.split.kind})", f"{error}{left_out}",
+                                        "ask for fewer tiles (split.n_labelled, n_tagged, n_val, n_test), or add tiles"))
+    problems += check_tiles(source, [t.tile_id for t in source.tiles], _checking_bar(progress))
+    if tags_path is not None:
+        problems += check_crop_tag_file(tags_path, source)
+    checked = len(source.tiles) + len({p.tile_id for p in problems if p.tile_id is not None} - {
+        t.tile_id for t in source.tiles})
+    return DataCheck(source.name, checked, tuple(problems))
+
+
+def refuse_or_skip(cfg: Config, problems: list[DataProblem], split: Split, source: TileSource, run_dir: Path,
+                   is_main: bool = True) -> tuple[Split, TileSource, tuple[str, ...]]:
+    """Training's answer to the problems of its data: warnings are logged; a blocking problem
+    refuses the run, listing all of them, unless `data.skip_bad_files`, which takes the tiles at
+    fault out of the split and the dataset (logged, and listed in the run's skipped_files.json).
+    A problem of no single tile (a split that cannot be drawn) refuses the run in any case."""
+    for warning in (p for p in problems if not p.blocking):
+        log.warning("warning: %s", warning.line())
+    blocking = [p for p in problems if p.blocking]
+    if not blocking:
+        return split, source, ()
+    if not cfg.data.skip_bad_files or any(p.tile_id is None for p in blocking):
+        raise DataProblemsError(blocking, hint="" if cfg.data.skip_bad_files else SKIP_HINT)
+    bad = sorted({p.tile_id for p in blocking})
+    log.warning("data.skip_bad_files: %d tile(s) left out of the run for bad files (%s):", len(bad),
+                run_dir / SKIPPED_FILES)
+    for problem in blocking:
+        log.warning("  %s", problem.line())
+    kept = {part: [t for t in getattr(split, part) if t not in bad] for part in ("labelled", "tagged", "val", "test")}
+    split = Split(**kept, seed=split.seed, kind=split.kind, info=split.info).check("split without the skipped tiles")
+    source = dataclasses.replace(source, tiles=[t for t in source.tiles if t.tile_id not in bad])
+    if is_main:  # one process of a distributed run writes the record
+        atomic_write_json(run_dir / SKIPPED_FILES, {"skipped_tiles": [printable(t) for t in bad],
+                                                    "problems": [p.as_dict() for p in blocking]})
+    return split, source, tuple(bad)
 
 
 def class_layout(cfg: Config, source: TileSource) -> ClassLayout:
@@ -115,9 +210,38 @@ def class_layout(cfg: Config, source: TileSource) -> ClassLayout:
     return ClassLayout(source.classes.num_classes, source.classes.names.index(ss.background_class))
 
 
+def _check_sizes(cfg: Config) -> None:
+    """Sizes and counts that typecheck but cannot work: each fails only deep inside a training step
+    or, worse, after training, when the evaluation windows (or their gaps) meet the tiles."""
+    t, e, ss = cfg.train, cfg.eval, cfg.weak.single_stage
+    at_least_one = {"train.crop_px": t.crop_px, "train.batch_size": t.batch_size,
+                    "train.iters_per_epoch": t.iters_per_epoch, "eval.window_px": e.window_px,
+                    "eval.stride_px": e.stride_px, "eval.batch_size": e.batch_size, "eval.every_epochs": e.every_epochs,
+                    "weak.tag_crop_px": cfg.weak.tag_crop_px, "weak.single_stage.crop_px": ss.crop_px,
+                    "weak.single_stage.batch_size": ss.batch_size, "weak.single_stage.iters_per_epoch": ss.iters_per_epoch}
+    at_least_zero = {"train.epochs": t.epochs, "train.workers": t.workers, "train.lr": t.lr,
+                     "weak.single_stage.epochs": ss.epochs, "weak.finetune_epochs": cfg.weak.finetune_epochs}
+    for key, value in at_least_one.items():
+        if value < 1:
+            raise ConfigError(f"{key} must be at least 1, got {value}")
+    for key, value in at_least_zero.items():
+        if value < 0:
+            raise ConfigError(f"{key} must be at least 0, got {value}")
+    least = min_input_px(cfg.model.name, cfg.model.options)
+    model = f"{cfg.model.name} {cfg.model.options}" if cfg.model.options else cfg.model.name
+    for key, value in (("train.crop_px", t.crop_px), ("eval.window_px", e.window_px)):
+        if value < least:
+            raise ConfigError(f"{key} {value} is smaller than {least} px, the least input {model} takes "
+                              f"(its pooling halves it to nothing)")
+    if e.stride_px > e.window_px:
+        raise ConfigError(f"eval.stride_px {e.stride_px} is larger than eval.window_px {e.window_px}: the pixels "
+                          f"between two windows would never be predicted")
+
+
 def check_config(cfg: Config, source: TileSource | None = None, weak: bool = True) -> None:
     """Settings that are valid one by one but not with each other or with the dataset, caught
     before anything trains: a wrong class name must not surface after task i has trained."""
+    _check_sizes(cfg)
     if not 0.0 <= cfg.weak.pseudo.segmenter_weight <= 1.0:
         raise ConfigError(f"weak.pseudo.segmenter_weight must be in [0, 1], got {cfg.weak.pseudo.segmenter_weight}")
     if not 0.0 <= cfg.weak.pseudo_ratio < 1.0:
@@ -158,11 +282,12 @@ def prepare_run(cfg: Config, run_dir: Path, resume: bool = False, dist: DistInfo
     """Check the config, load and verify the data, fix the split; record config, split and where
     the run came from (`run_info.json`, `core.provenance`) in `run_dir`.
 
-    `weak`: the run has a weak stage (task ii), whose settings are then checked against the data."""
+    `weak`: the run has a weak stage (task ii), whose settings are then checked against the data.
+    The data is checked as `wsseg check-data` checks it, on the split's tiles (`refuse_or_skip`)."""
     check_config(cfg)
     if (run_dir / "config.yaml").exists() and not resume:
         raise CheckpointError(f"{run_dir} already holds a run: pass --resume to continue it, or choose another --out")
-    source = load_source(cfg)
+    source, problems = listed_source(cfg)
     check_config(cfg, source, weak)
     # Before any model is built or reaches a GPU: it decides which kernels every stage uses.
     use_deterministic_algorithms(cfg.train.deterministic)
@@ -171,8 +296,21 @@ def prepare_run(cfg: Config, run_dir: Path, resume: bool = False, dist: DistInfo
                  "without autotuning)")
     split_path = run_dir / "split.json"
     # A resumed run keeps the split it started with, whatever the config says now.
-    split = load_split(split_path) if split_path.exists() else make_split_for(cfg, source)
-    verify_tiles(source, [*split.labelled, *split.tagged, *split.val, *split.test])
+    if split_path.exists():
+        split = load_split(split_path)
+        problems += check_split(split, source, str(split_path))
+    else:
+        try:
+            split = make_split_for(cfg, source)
+        except DatasetError as error:
+            if not problems:
+                raise
+            # Too few tiles left because of the problems: report those, not only the count.
+            raise DataProblemsError([*problems, DataProblem("split", str(error), "fix the tiles above")],
+                                    hint=SKIP_HINT) from None
+    known = {t.tile_id for t in source.tiles}
+    problems += check_tiles(source, [t for t in split.all_tiles() if t in known], _checking_bar(True))
+    split, source, skipped = refuse_or_skip(cfg, problems, split, source, run_dir, dist.is_main)
     if dist.is_main:
         save_config(cfg, run_dir / "config.yaml")
         save_split(split_path, split)
@@ -180,7 +318,7 @@ def prepare_run(cfg: Config, run_dir: Path, resume: bool = False, dist: DistInfo
         info = record_run_start(run_dir, resume, dist.world_size)
         log.info("run_info.json: %s", describe(info["resumed"][-1] if info["resumed"] else info))
     log.info("split (%s):\n%s", split_path, format_split(split))
-    return Run(cfg, source, split, run_dir, resume, dist)
+    return Run(cfg, source, split, run_dir, resume, dist, skipped)
 
 
 def tag_grid_px(cfg: Config) -> int | None:
@@ -208,4 +346,4 @@ def crop_tags_of(run: Run) -> list[CropTag]:
             tags = compute_crop_tags(source, tile_ids, tag_grid_px(cfg), cfg.weak.tag_min_fraction)
         save_crop_tags(path, tags, tag_grid_px(cfg), source.classes.names)
     return load_crop_tags(path, expected_tile_ids=tile_ids, num_classes=source.classes.num_classes,
-                          expected_mode=cfg.weak.tags)
+                          expected_mode=cfg.weak.tags, class_names=source.classes.names)

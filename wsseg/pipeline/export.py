@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from wsseg.core.io import atomic_write, to_jsonable
-from wsseg.pipeline.predict import PredictError, TrainedModel, min_window_px
+from wsseg.models import min_input_px
+from wsseg.pipeline.predict import PredictError, TrainedModel
 
 FORMATS = ("onnx", "torchscript", "safetensors")
 # Opset 17: every operator these graphs use (Conv, ConvTranspose, Pad with computed pads, Resize,
@@ -64,7 +65,7 @@ def export_metadata(trained: TrainedModel) -> dict[str, str]:
 
 def example_sizes(trained: TrainedModel) -> tuple[tuple[int, int], tuple[int, int]]:
     """The tracing size (the evaluation window, capped) and a second, odd one to check it."""
-    least = min_window_px(trained.model_name, trained.options)
+    least = min_input_px(trained.model_name, trained.options)
     side = max(least, min(int(trained.config.get("eval", {}).get("window_px") or 256), 512))
     return (side, side), (side + 5, side + 11)
 

@@ -37,6 +37,7 @@ from wsseg.core.progress import progress_bar
 from wsseg.datasets.base import IGNORE_INDEX
 from wsseg.datasets.colour import encode_colour_mask, save_index_png
 from wsseg.datasets.crops import image_to_tensor
+from wsseg.models import min_input_px
 from wsseg.pipeline import geotiff
 from wsseg.pipeline.release import TrainedModel
 
@@ -133,17 +134,8 @@ class PredictOptions:
     progress: bool = True
 
 
-# Least window side each segmenter takes (its docstring's "any H, W ≥ ..."); others take any.
-def min_window_px(model_name: str, options: dict) -> int:
-    if model_name == "unet":
-        return 2 ** int(options.get("depth", 4))
-    if model_name == "encdec_unpool":
-        return 32
-    return 1
-
-
 def check_window(trained: TrainedModel, opts: PredictOptions) -> None:
-    least = min_window_px(trained.model_name, trained.options)
+    least = min_input_px(trained.model_name, trained.options)
     if opts.window_px < least:
         raise PredictError(f"--window {opts.window_px} px is smaller than {least} px, the least input "
                            f"{trained.model_name} takes")

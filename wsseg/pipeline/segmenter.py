@@ -27,7 +27,7 @@ from wsseg.core.metrics import class_pixel_counts, class_weights, majority_basel
 from wsseg.core.report import write_report
 from wsseg.core.stage import Stage
 from wsseg.core.train import build_optimizer, build_scheduler, weighted_cross_entropy
-from wsseg.datasets.base import IGNORE_INDEX, TileSource
+from wsseg.datasets.base import IGNORE_INDEX, TileSource, printable
 from wsseg.datasets.colour import encode_colour_mask
 from wsseg.datasets.crops import OnlineCrops, RandomCropDataset
 from wsseg.datasets.tags import CropTag, TagGrid
@@ -394,6 +394,8 @@ def evaluate_model(run: Run, out_dir: Path, model: torch.nn.Module, checkpoint_i
                        for t in train_ids)
     metrics["baseline_majority_miou"] = majority_baseline_miou(train_counts, result.cm, classes.names, classes.in_mean)
     metrics["checkpoint"] = checkpoint_info
+    if run.skipped_tiles:
+        metrics["skipped_tiles"] = [printable(t) for t in run.skipped_tiles]
     samples = [(t, source.image(t), source.label(t), result.predictions[t]) for t in shown]
     write_report(out_dir, metrics, classes.names, classes.palette, history or [], samples, title=title)
     return metrics
