@@ -43,7 +43,7 @@ class Run:
         dataset's classes, so that a model is usable without the data it was trained on."""
         return Stage(stage_dir, device=self.cfg.device, precision=precision, channels_last=channels_last,
                      seed=self.cfg.train.seed, workers=self.cfg.train.workers, dist=self.dist,
-                     config=config_to_dict(self.cfg), resume=self.resume,
+                     config=config_to_dict(self.cfg), resume=self.resume, sync_bn=self.cfg.train.sync_bn,
                      checkpoint_extras={"classes": class_record(self.source.classes)})
 
 
