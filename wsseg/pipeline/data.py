@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from wsseg.core.checkpoint import CheckpointError
 from wsseg.core.config import Config, ConfigError, config_to_dict, save_config
-from wsseg.core.distributed import DistInfo
+from wsseg.core.distributed import DistInfo, barrier, main_process_first
 from wsseg.core.stage import Stage
 from wsseg.datasets import build_source
 from wsseg.datasets.base import ClassSpec, DatasetError, TileSource, rescaled
@@ -74,10 +74,10 @@ def make_split_for(cfg: Config, source: TileSource) -> Split:
                       n_test=s.n_test)
 
 
-def verify_tiles(source: TileSource, tile_ids) -> None:
+def verify_tiles(source: TileSource, tile_ids, progress: bool = True) -> None:
     """Decode every image and label once before training, so a truncated or mismatched file is
     reported up front, naming the file, and not hours later from inside a DataLoader worker."""
-    for tile_id in tqdm(list(tile_ids), desc="checking tiles", leave=False, dynamic_ncols=True):
+    for tile_id in tqdm(list(tile_ids), desc="checking tiles", leave=False, dynamic_ncols=True, disable=not progress):
         image = source.image(tile_id)
         tile = source.tile(tile_id)
         for eroded, path in ((False, tile.label_path), (True, tile.eroded_label_path)):
@@ -133,17 +133,22 @@ def prepare_run(cfg: Config, run_dir: Path, resume: bool = False, dist: DistInfo
 
     `weak`: the run has a weak stage (task ii), whose settings are then checked against the data."""
     check_config(cfg)
-    if (run_dir / "config.yaml").exists() and not resume:
+    holds_a_run = (run_dir / "config.yaml").exists()
+    # Every process looks before rank 0 writes config.yaml, or a slower one would take this run for an old one.
+    barrier(dist)
+    if holds_a_run and not resume:
         raise CheckpointError(f"{run_dir} already holds a run: pass --resume to continue it, or choose another --out")
-    source = load_source(cfg)
-    check_config(cfg, source, weak)
-    split_path = run_dir / "split.json"
-    # A resumed run keeps the split it started with, whatever the config says now.
-    split = load_split(split_path) if split_path.exists() else make_split_for(cfg, source)
-    verify_tiles(source, [*split.labelled, *split.tagged, *split.val, *split.test])
-    if dist.is_main:
-        save_config(cfg, run_dir / "config.yaml")
-        save_split(split_path, split)
+    # Rank 0 first: it generates a synthetic dataset and writes the split; the others read them.
+    with main_process_first(dist):
+        source = load_source(cfg)
+        check_config(cfg, source, weak)
+        split_path = run_dir / "split.json"
+        # A resumed run keeps the split it started with, whatever the config says now.
+        split = load_split(split_path) if split_path.exists() else make_split_for(cfg, source)
+        verify_tiles(source, [*split.labelled, *split.tagged, *split.val, *split.test], progress=dist.is_main)
+        if dist.is_main:
+            save_config(cfg, run_dir / "config.yaml")
+            save_split(split_path, split)
     log.info("split (%s):\n%s", split_path, format_split(split))
     return Run(cfg, source, split, run_dir, resume, dist)
 
@@ -159,8 +164,9 @@ def crop_tags_of(run: Run) -> list[CropTag]:
     cfg, source, split = run.cfg, run.source, run.split
     path = run.run_dir / "crop_tags.json"
     tile_ids = list(split.labelled) + list(split.tagged)
-    if not path.exists():
+    if run.dist.is_main and not path.exists():
         tags = compute_crop_tags(source, tile_ids, tag_grid_px(cfg), cfg.weak.tag_min_fraction)
         save_crop_tags(path, tags, tag_grid_px(cfg), source.classes.names)
+    barrier(run.dist)  # rank 0 writes the file, then every process reads it
     return load_crop_tags(path, expected_tile_ids=tile_ids, num_classes=source.classes.num_classes,
                           expected_mode=cfg.weak.tags)
