@@ -111,12 +111,14 @@ def _collective_device() -> torch.device:
 
 
 def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    """`tensor` summed over the processes, on the device it came on."""
+    """`tensor` summed over the processes, in place (and returned), whatever device it is on."""
     if not info.enabled:
         return tensor
     moved = tensor.to(_collective_device())
     dist.all_reduce(moved, op=dist.ReduceOp.SUM)
-    return moved.to(tensor.device)
+    if moved is not tensor:
+        tensor.copy_(moved)
+    return tensor
 
 
 def sum_over_ranks(array: np.ndarray, info: DistInfo) -> np.ndarray:
@@ -125,7 +127,7 @@ def sum_over_ranks(array: np.ndarray, info: DistInfo) -> np.ndarray:
         return array
     if not np.issubdtype(array.dtype, np.integer):
         raise TypeError(f"sum_over_ranks sums integer counts exactly; got {array.dtype}")
-    return all_reduce_sum(torch.from_numpy(np.ascontiguousarray(array, dtype=np.int64)), info).numpy()
+    return all_reduce_sum(torch.from_numpy(np.array(array, dtype=np.int64)), info).numpy()  # a copy: `array` stays
 
 
 def merge_over_ranks(part: dict, info: DistInfo) -> dict:
