@@ -120,7 +120,8 @@ def main() -> int:
         return history
 
     stage.Stage.fit = fit_and_hash
-    report["exit_codes"] = [wsseg_main(["train", "--task", "i", "--config", str(args.config), "--out", str(args.new_run)])]
+    train = ["train", "--task", "i", "--config", str(args.config), "--out", str(args.new_run)]
+    report["exit_codes"] = [wsseg_main(train)]
     report["written"] = sorted(recorder.written)
     args.report_dir.mkdir(parents=True, exist_ok=True)
     (args.report_dir / f"rank{info.rank}.json").write_text(json.dumps(report, indent=1))
