@@ -155,6 +155,15 @@ def test_effnet_backbone_matches_the_stride_8_grid():
     assert out["logits"].shape == (1, 3, 17, 17)
 
 
+@pytest.mark.parametrize("backbone", ["resnet38", "effnet_lite0"])
+def test_every_trainable_parameter_gets_a_gradient(backbone):
+    # DistributedDataParallel fails on a trainable parameter left without a gradient (torchrun runs).
+    model = SingleStageSegmenter(num_classes=3, backbone=backbone, width=WIDTH).train()
+    out = model(torch.rand(2, 3, 48, 48), refine=False)
+    model.classification_loss(out["cls"], torch.ones_like(out["cls"])).backward()
+    assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
+
+
 def test_unknown_backbone_is_an_error():
     with pytest.raises(ValueError, match="unknown backbone"):
         build_backbone("resnet18")

@@ -54,6 +54,32 @@ def test_resumed_run_ends_with_the_same_weights(tmp_path):
     assert [h["train_loss"] for h in history] == [h["train_loss"] for h in resumed_history]
 
 
+@pytest.mark.parametrize("batch_size, resumed_batch_size", [(4, 2), (2, 4)])
+def test_a_resume_with_other_steps_per_epoch_continues_the_schedule_by_epoch(tmp_path, batch_size,
+                                                                            resumed_batch_size):
+    # Under torchrun the processes share an epoch's crops: resumed under another number of them,
+    # an epoch has another number of steps, as here with another batch size.
+    messages = []
+
+    def fit_poly(epochs, batch_size, resume=False):
+        torch.manual_seed(0)
+        model = tiny_model()
+        optimizer = build_optimizer(model.parameters(), "adam", 1e-2)
+        loader = DataLoader(NoisyCrops(), batch_size=batch_size)
+        scheduler = build_scheduler(optimizer, "poly", 4 * len(loader), len(loader))
+        fit(model=model, loader=loader, optimizer=optimizer, scheduler=scheduler, epochs=epochs, run_dir=tmp_path,
+            compute_loss=lambda model, batch, epoch: (weighted_cross_entropy(model(batch[0]), batch[1]), {}),
+            device=torch.device("cpu"), resume=resume, log=messages.append, show_progress=False)
+        return scheduler, len(loader)
+
+    fit_poly(2, batch_size)
+    scheduler, steps_per_epoch = fit_poly(3, resumed_batch_size, resume=True)
+    # Three of four epochs done in the resumed run's steps: poly (1 - 3/4)^0.9.
+    assert scheduler.last_epoch == 3 * steps_per_epoch
+    assert scheduler.get_last_lr()[0] == pytest.approx(1e-2 * 0.25 ** 0.9)
+    assert any("another number of processes" in message for message in messages)
+
+
 def test_checkpoints_hold_the_full_state_and_best_follows_validation(tmp_path):
     run(tmp_path, epochs=4)
     last, best = load_checkpoint(tmp_path / "last.pt"), load_checkpoint(tmp_path / "best.pt")

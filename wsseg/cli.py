@@ -24,13 +24,15 @@ from wsseg.datasets.base import DataProblemsError, printable
 log = logging.getLogger(__name__)
 
 
-def _setup_logging(run_dir: Path | None = None) -> None:
+def _setup_logging(run_dir: Path | None = None, quiet: bool = False) -> None:
+    """Log to stdout, and to `run_dir/log.txt` when given; `quiet`: warnings and errors only
+    (the processes other than rank 0 under torchrun, which would repeat its every line)."""
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(run_dir / "log.txt"))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
-                        handlers=handlers, force=True)
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(asctime)s %(message)s",
+                        datefmt="%H:%M:%S", handlers=handlers, force=True)
 
 
 def add_train_args(parser: argparse.ArgumentParser) -> None:
@@ -105,8 +107,9 @@ def _train(args) -> int:
         print("error: --resume needs --out naming the run folder to continue", file=sys.stderr)
         return 2
     run_dir = Path(args.out) if args.out else Path(cfg.out_root) / f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    dist_info = init_distributed()
-    _setup_logging(run_dir if dist_info.is_main else None)
+    dist_info = init_distributed(cfg.device)
+    # Rank 0 alone writes log.txt: the others' warnings and errors go to their stdout.
+    _setup_logging(run_dir if dist_info.is_main else None, quiet=not dist_info.is_main)
     log.info(f"run folder: {run_dir}")
     previous_sigterm = _sigterm_as_interrupt()
     try:

@@ -84,6 +84,9 @@ class TrainConfig:
     # auto: float16 + GradScaler on CUDA, float32 on CPU. bf16 pays off on CPUs with AMX.
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: bool = False
+    # Under torchrun: BatchNorm statistics over the batches of all processes (torch's SyncBatchNorm),
+    # in every stage of the run. CUDA only; an error on CPU. No effect in one process.
+    sync_bn: bool = False
     workers: int = 2
     # Fixes the initialisation, the data order, the crops and the augmentations of every stage
     # (the split has its own, split.seed).

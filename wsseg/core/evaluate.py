@@ -3,7 +3,8 @@
 As in the ISPRS 2D semantic labelling benchmark (Rottensteiner et al., ISPRS Annals 2012), tiles are
 evaluated whole, edges included, by overlapping windows; the scores come from
 a single confusion matrix summed over every evaluated tile (full ground truth, and the eroded
-one where the dataset has it).
+one where the dataset has it). Under torchrun each process predicts its share of the tiles and the
+matrices are summed over the processes, so every process gets the one-process matrix exactly.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from wsseg.core.distributed import DistInfo, merge_over_ranks, sum_over_ranks
 from wsseg.core.metrics import SCORE_BINS, confusion_matrix, max_f_measure, score_histograms, segmentation_metrics
 from wsseg.core.progress import progress_bar
 from wsseg.datasets.crops import image_to_tensor
@@ -175,11 +177,17 @@ def evaluate_tiles(
     keep_predictions: Iterable[str] = (),
     progress: bool = True,
     score_class: str | None = None,
+    dist: DistInfo = DistInfo(),
 ) -> EvalResult:
     """Predict whole tiles of a TileSource and accumulate their confusion matrices.
 
     `score_class` (a class name) also scores that class's softmax probability at every threshold
     (`max_f` in the metrics: KITTI Road's MaxF, precision, recall, average precision).
+
+    Under torchrun (`dist`) every process must call this with the same tiles and the same model:
+    each predicts every `world_size`-th tile, and each gets the confusion matrices (and score
+    histograms) summed over all and the kept predictions of all. Integer counts sum exactly, so
+    the result is that of one process, whatever the number of processes.
 
     Eroded ground truth is scored when the source has it for every evaluated tile; if only some
     tiles have it, a warning is given and no eroded scores are made, because a mean over a subset
@@ -208,7 +216,9 @@ def evaluate_tiles(
     cm_eroded = np.zeros_like(cm) if use_eroded else None
     histograms = np.zeros((2, SCORE_BINS), np.int64) if score_class is not None else None
     predictions: dict[str, np.ndarray] = {}
-    for tile_id in progress_bar(tile_ids, enabled=progress, desc="evaluate", unit="tile"):
+    # Round robin: neighbouring tiles, often of similar size, go to different processes.
+    own_tiles = tile_ids[dist.rank::dist.world_size]
+    for tile_id in progress_bar(own_tiles, enabled=progress, desc="evaluate", unit="tile"):
         if score_class is None:
             pred = predict_tile(model, source.image(tile_id), num_classes, window_px, stride_px,
                                 batch_size, device, amp_dtype)
@@ -231,5 +241,12 @@ def evaluate_tiles(
                 cm += tile_cm
         if tile_id in keep:
             predictions[tile_id] = pred
+    cm = sum_over_ranks(cm, dist)
+    if cm_eroded is not None:
+        cm_eroded = sum_over_ranks(cm_eroded, dist)
+    if histograms is not None:
+        histograms = sum_over_ranks(histograms, dist)
+    if keep:
+        predictions = merge_over_ranks(predictions, dist)
     return EvalResult(cm=cm, cm_eroded=cm_eroded, predictions=predictions, tile_ids=tile_ids,
                       score_class=score_class, score_histograms=histograms)

@@ -4,8 +4,8 @@
 A stage (the segmenter, the single-stage model, a fine-tune) states only what is its own: its
 dataset, model, loss, optimizer and validation. `Stage` does the rest the same way for all:
 device and autocast precision, seeds, channels-last, the DistributedDataParallel wrap under
-torchrun, the DataLoader (with a DistributedSampler), TensorBoard and the `fit` loop with its
-checkpoints and resume.
+torchrun (with SyncBatchNorm if asked), the DataLoader (with a DistributedSampler), TensorBoard
+and the `fit` loop with its checkpoints and resume.
 
     with Stage(stage_dir, device="auto", precision="fp32", seed=0, dist=dist) as stage:
         loader = stage.loader(dataset, batch_size)                          # data
@@ -25,7 +25,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
-from wsseg.core.distributed import DistInfo, autocast_dtype, choose_device
+from wsseg.core.checkpoint import unwrap
+from wsseg.core.distributed import DistInfo, autocast_dtype, barrier, broadcast_buffers, choose_device
 from wsseg.core.train import LossFn, fit
 
 log = logging.getLogger(__name__)
@@ -36,12 +37,13 @@ class Stage:
 
     Seeds torch and numpy with `seed` when created: build the model inside the stage, so that
     its initialisation, and every random draw after it, follow from the seed alone.
+    `sync_bn`: under torchrun, BatchNorm statistics over the batches of all processes (CUDA only).
     """
 
     def __init__(self, stage_dir: Path, *, device: str = "auto", precision: str = "auto",
                  channels_last: bool = False, seed: int = 0, workers: int = 2, dist: DistInfo = DistInfo(),
                  config: dict | None = None, resume: bool = False, checkpoint_extras: dict | None = None,
-                 on_nonfinite: str = "stop"):
+                 on_nonfinite: str = "stop", sync_bn: bool = False):
         self.stage_dir = Path(stage_dir)
         self.stage_dir.mkdir(parents=True, exist_ok=True)
         self.name = self.stage_dir.name
@@ -49,6 +51,7 @@ class Stage:
         self.device = choose_device(device, dist)
         self.amp_dtype = autocast_dtype(precision, self.device)
         self.channels_last = channels_last
+        self.sync_bn = sync_bn
         self.seed = seed
         self.workers = workers
         self.config = config or {}
@@ -79,7 +82,16 @@ class Stage:
 
     # ------------------------------------------------------------------------------ model
     def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
-        """`model` on the device, channels-last if asked, wrapped in DDP under torchrun."""
+        """`model` on the device, channels-last if asked, wrapped in DDP under torchrun (its
+        BatchNorms synchronised with `sync_bn`)."""
+        if self.sync_bn and self.dist.enabled:
+            if self.device.type != "cuda":
+                # torch's SyncBatchNorm raises only at the first training step, deep in the stack.
+                raise ValueError(f"train.sync_bn needs CUDA devices (torch's SyncBatchNorm does not run on "
+                                 f"{self.device.type}); set train.sync_bn: false")
+            # The same weights and running statistics under other class names: checkpoints still
+            # load into the plain model.
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = model.to(self.device)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -102,12 +114,22 @@ class Stage:
             epochs: int, validate: Callable[[torch.nn.Module, int], dict] | None = None,
             run_dir: Path | None = None, desc: str | None = None) -> list[dict]:
         """`core.train.fit` with this stage's device, precision, processes, config and resume;
-        checkpoints go to `run_dir` (default: the stage folder), with the stage's `checkpoint_extras`."""
-        return fit(model=model, loader=loader, optimizer=optimizer, scheduler=scheduler, compute_loss=compute_loss,
-                   epochs=epochs, run_dir=run_dir or self.stage_dir, device=self.device, amp_dtype=self.amp_dtype,
-                   validate=validate, config=self.config, resume=self.resume, dist_info=self.dist,
-                   writer=self.writer, desc=desc or self.name, log=log.info,
-                   checkpoint_extras=self.checkpoint_extras, on_nonfinite=self.on_nonfinite)
+        checkpoints go to `run_dir` (default: the stage folder), with the stage's `checkpoint_extras`.
+
+        Under torchrun every process validates, and ends holding, the weights rank 0 saves, and
+        returns only once rank 0 has written its checkpoints, so that any process may read them."""
+        def validate_rank0_weights(model, epoch):
+            broadcast_buffers(unwrap(model), self.dist)
+            return validate(model, epoch)
+
+        history = fit(model=model, loader=loader, optimizer=optimizer, scheduler=scheduler, compute_loss=compute_loss,
+                      epochs=epochs, run_dir=run_dir or self.stage_dir, device=self.device, amp_dtype=self.amp_dtype,
+                      validate=validate_rank0_weights if validate is not None else None, config=self.config,
+                      resume=self.resume, dist_info=self.dist, writer=self.writer, desc=desc or self.name,
+                      log=log.info, checkpoint_extras=self.checkpoint_extras, on_nonfinite=self.on_nonfinite)
+        broadcast_buffers(unwrap(model), self.dist)
+        barrier(self.dist)
+        return history
 
     def close(self) -> None:
         if self._writer is not None:

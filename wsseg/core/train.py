@@ -14,6 +14,7 @@ import math
 import signal
 import threading
 import time
+import warnings
 from collections import deque
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -281,6 +282,24 @@ def _set_epoch(loader, epoch: int) -> None:
             obj.set_epoch(epoch)
 
 
+def _rebase_schedule(scheduler, steps_done: int, log: Callable[[str], None]) -> None:
+    """Move a per-step schedule to `steps_done`, where a resumed run stands in this run's steps.
+
+    An epoch has another number of steps when a run resumes under another number of processes
+    (torchrun: the epoch's crops are shared among them), so the saved step count would put the
+    learning rate elsewhere in its schedule than the epochs done. build_scheduler's schedules
+    are closed-form in the step, so setting the step sets the learning rate."""
+    if scheduler.last_epoch == steps_done:
+        return
+    log(f"resumed with {steps_done} steps in the epochs done, where the checkpoint counted {scheduler.last_epoch} "
+        f"(another number of processes): the learning-rate schedule continues from step {steps_done}")
+    scheduler.last_epoch = steps_done - 1
+    with warnings.catch_warnings():
+        # "lr_scheduler.step() before optimizer.step()": true, and meant.
+        warnings.simplefilter("ignore", UserWarning)
+        scheduler.step()
+
+
 def fit(*, model: torch.nn.Module, loader, optimizer, scheduler, compute_loss: LossFn, epochs: int,
         run_dir: Path, device: torch.device, amp_dtype: torch.dtype | None = None,
         validate: Callable[[torch.nn.Module, int], dict] | None = None, select_key: str = "miou",
@@ -318,6 +337,7 @@ def fit(*, model: torch.nn.Module, loader, optimizer, scheduler, compute_loss: L
             log(f"{desc}: resumed from {last_path} in epoch {start_epoch + 1}, after step {partial.steps_done}")
         else:
             log(f"{desc}: resumed from {last_path} after epoch {start_epoch}")
+        _rebase_schedule(scheduler, start_epoch * len(loader) + (partial.steps_done if partial else 0), log)
 
     def checkpoint(epoch_done: int, progress: EpochProgress | None = None) -> dict:
         return {

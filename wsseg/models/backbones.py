@@ -168,6 +168,11 @@ class EfficientNetLiteBackbone(_FrozenBatchNorms):
         self.shallow_channels = effnet.FEATURE_CHANNELS[self.shallow_index]
         self.deep_channels = effnet.FEATURE_CHANNELS[self.deep_index]
         self.encoder._conv_stem.requires_grad_(False)
+        # The blocks after the deep stage feed no output: frozen, they are no dead weights in the
+        # optimizer, and DistributedDataParallel (which fails on a parameter left without a
+        # gradient) can wrap the model. Kept, so that checkpoints keep their keys.
+        for block in self.encoder._blocks[self.encoder.feature_blocks[self.deep_index] + 1:]:
+            block.requires_grad_(False)
         self._freeze_batch_norms()
 
     def forward(self, image):

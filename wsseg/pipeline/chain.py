@@ -9,6 +9,10 @@
 
 A stage writes `done.json` when it finishes; a rerun of the chain with `resume` skips finished
 stages and continues unfinished ones from their last checkpoint.
+
+Under torchrun every process walks the same chain: all train and evaluate together, rank 0
+alone writes files and makes the pseudo masks, and every process waits for it at the end of a
+stage, so that all see the same finished stages and the same files.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import logging
 from pathlib import Path
 
 from wsseg.core.config import Config
-from wsseg.core.distributed import DistInfo
+from wsseg.core.distributed import DistInfo, barrier, run_on_main
 from wsseg.core.io import atomic_write_json, score_or_nan
 from wsseg.core.report import write_comparison_report
 from wsseg.core.run_lock import RunLock
@@ -41,6 +45,8 @@ def _stage_done(stage_dir: Path) -> dict | None:
 def _finish_stage(run: Run, stage_dir: Path, result: dict) -> dict:
     if run.dist.is_main:
         atomic_write_json(stage_dir / "done.json", result)
+    # No process looks for this done.json before it exists: one that did would run the stage alone.
+    barrier(run.dist)
     return result
 
 
@@ -107,25 +113,48 @@ def _weak_stage(run: Run, crop_tags, pm_dir: Path, segmenter_checkpoint: Path | 
     calibration tiles is replaced by a model with every class learned, trained in
     `single_stage_learned/` (the reason in `single_stage/background_rejected.json`)."""
     ss_dir, rejected_file = run.run_dir / "single_stage", run.run_dir / "single_stage" / "background_rejected.json"
-    if not rejected_file.exists():
+    if rejected_file.exists():
+        note = json.loads(rejected_file.read_text())
+    else:
         if _stage_done(ss_dir) is None:
             train_single_stage(run, crop_tags, ss_dir)
             _finish_stage(run, ss_dir, {"checkpoint": "last.pt"})
-        try:
-            return make_pseudo_masks(run, crop_tags, ss_dir / "last.pt", pm_dir, segmenter_checkpoint)
-        except BackgroundRejected as rejection:
-            log.warning(f"single-stage: {rejection}; retraining it with every class learned "
-                        f"(weak.single_stage.background: learned)")
-            if run.dist.is_main:
-                atomic_write_json(rejected_file, rejection.note)
-    note = json.loads(rejected_file.read_text())
+        report, note = _pseudo_masks_on_main(run, crop_tags, ss_dir / "last.pt", pm_dir, segmenter_checkpoint,
+                                             rejected_file=rejected_file)
+        if report is not None:
+            return report
     learned = _with_learned_background(run)
     learned_dir = run.run_dir / "single_stage_learned"
     if _stage_done(learned_dir) is None:
         train_single_stage(learned, crop_tags, learned_dir)
         _finish_stage(run, learned_dir, {"checkpoint": "last.pt"})
-    return make_pseudo_masks(learned, crop_tags, learned_dir / "last.pt", pm_dir, segmenter_checkpoint,
-                             background_rejected=note)
+    report, _ = _pseudo_masks_on_main(learned, crop_tags, learned_dir / "last.pt", pm_dir, segmenter_checkpoint,
+                                      background_rejected=note)
+    return report
+
+
+def _pseudo_masks_on_main(run: Run, crop_tags, checkpoint: Path, pm_dir: Path, segmenter_checkpoint: Path | None,
+                          rejected_file: Path | None = None,
+                          background_rejected: dict | None = None) -> tuple[dict | None, dict | None]:
+    """Rank 0 makes the pseudo masks (`make_pseudo_masks`) while the other processes wait: the
+    masks are files, and their calibration decides settings once, tile after tile.
+
+    Every process gets the outcome: (the quality report, None), or, when the constant background
+    is rejected, (None, the rejection note), which rank 0 also writes to `rejected_file`. Without
+    `rejected_file` (a model with every class learned) a rejection is raised."""
+    def make() -> tuple[dict | None, dict | None]:
+        try:
+            return make_pseudo_masks(run, crop_tags, checkpoint, pm_dir, segmenter_checkpoint,
+                                     background_rejected=background_rejected), None
+        except BackgroundRejected as rejection:
+            if rejected_file is None:
+                raise
+            log.warning(f"single-stage: {rejection}; retraining it with every class learned "
+                        f"(weak.single_stage.background: learned)")
+            atomic_write_json(rejected_file, rejection.note)
+            return None, rejection.note
+
+    return run_on_main(make, run.dist)
 
 
 def _with_learned_background(run: Run) -> Run:

@@ -15,7 +15,7 @@ from pathlib import Path
 from wsseg.core.checkpoint import CheckpointError
 from wsseg.core.config import Config, ConfigError, config_to_dict, save_config
 from wsseg.core.determinism import use_deterministic_algorithms
-from wsseg.core.distributed import DistInfo
+from wsseg.core.distributed import DistInfo, barrier, main_process_first
 from wsseg.core.io import atomic_write_json
 from wsseg.core.metrics import XVIEW2_CLASSES
 from wsseg.core.progress import progress_bar
@@ -53,7 +53,7 @@ class Run:
         dataset's classes, so that a model is usable without the data it was trained on."""
         return Stage(stage_dir, device=self.cfg.device, precision=precision, channels_last=channels_last,
                      seed=self.cfg.train.seed, workers=self.cfg.train.workers, dist=self.dist,
-                     config=config_to_dict(self.cfg), resume=self.resume,
+                     config=config_to_dict(self.cfg), resume=self.resume, sync_bn=self.cfg.train.sync_bn,
                      checkpoint_extras={"classes": class_record(self.source.classes)},
                      on_nonfinite=self.cfg.train.on_nonfinite)
 
@@ -285,38 +285,43 @@ def prepare_run(cfg: Config, run_dir: Path, resume: bool = False, dist: DistInfo
     `weak`: the run has a weak stage (task ii), whose settings are then checked against the data.
     The data is checked as `wsseg check-data` checks it, on the split's tiles (`refuse_or_skip`)."""
     check_config(cfg)
-    if (run_dir / "config.yaml").exists() and not resume:
+    holds_a_run = (run_dir / "config.yaml").exists()
+    # Every process looks before rank 0 writes config.yaml, or a slower one would take this run for an old one.
+    barrier(dist)
+    if holds_a_run and not resume:
         raise CheckpointError(f"{run_dir} already holds a run: pass --resume to continue it, or choose another --out")
-    source, problems = listed_source(cfg)
-    check_config(cfg, source, weak)
-    # Before any model is built or reaches a GPU: it decides which kernels every stage uses.
-    use_deterministic_algorithms(cfg.train.deterministic)
-    if cfg.train.deterministic:
-        log.info("train.deterministic: deterministic kernels only (torch.use_deterministic_algorithms, cuDNN "
-                 "without autotuning)")
-    split_path = run_dir / "split.json"
-    # A resumed run keeps the split it started with, whatever the config says now.
-    if split_path.exists():
-        split = load_split(split_path)
-        problems += check_split(split, source, str(split_path))
-    else:
-        try:
-            split = make_split_for(cfg, source)
-        except DatasetError as error:
-            if not problems:
-                raise
-            # Too few tiles left because of the problems: report those, not only the count.
-            raise DataProblemsError([*problems, DataProblem("split", str(error), "fix the tiles above")],
-                                    hint=SKIP_HINT) from None
-    known = {t.tile_id for t in source.tiles}
-    problems += check_tiles(source, [t for t in split.all_tiles() if t in known], _checking_bar(True))
-    split, source, skipped = refuse_or_skip(cfg, problems, split, source, run_dir, dist.is_main)
-    if dist.is_main:
-        save_config(cfg, run_dir / "config.yaml")
-        save_split(split_path, split)
-        # Versions, commit, command, machine: what the config cannot say; a resume is appended.
-        info = record_run_start(run_dir, resume, dist.world_size)
-        log.info("run_info.json: %s", describe(info["resumed"][-1] if info["resumed"] else info))
+    # Rank 0 first: it generates a synthetic dataset and writes the split; the others read them.
+    with main_process_first(dist):
+        source, problems = listed_source(cfg)
+        check_config(cfg, source, weak)
+        # Before any model is built or reaches a GPU: it decides which kernels every stage uses.
+        use_deterministic_algorithms(cfg.train.deterministic)
+        if cfg.train.deterministic:
+            log.info("train.deterministic: deterministic kernels only (torch.use_deterministic_algorithms, cuDNN "
+                     "without autotuning)")
+        split_path = run_dir / "split.json"
+        # A resumed run keeps the split it started with, whatever the config says now.
+        if split_path.exists():
+            split = load_split(split_path)
+            problems += check_split(split, source, str(split_path))
+        else:
+            try:
+                split = make_split_for(cfg, source)
+            except DatasetError as error:
+                if not problems:
+                    raise
+                # Too few tiles left because of the problems: report those, not only the count.
+                raise DataProblemsError([*problems, DataProblem("split", str(error), "fix the tiles above")],
+                                        hint=SKIP_HINT) from None
+        known = {t.tile_id for t in source.tiles}
+        problems += check_tiles(source, [t for t in split.all_tiles() if t in known], _checking_bar(dist.is_main))
+        split, source, skipped = refuse_or_skip(cfg, problems, split, source, run_dir, dist.is_main)
+        if dist.is_main:
+            save_config(cfg, run_dir / "config.yaml")
+            save_split(split_path, split)
+            # Versions, commit, command, machine: what the config cannot say; a resume is appended.
+            info = record_run_start(run_dir, resume, dist.world_size)
+            log.info("run_info.json: %s", describe(info["resumed"][-1] if info["resumed"] else info))
     log.info("split (%s):\n%s", split_path, format_split(split))
     return Run(cfg, source, split, run_dir, resume, dist, skipped)
 
@@ -332,7 +337,7 @@ def crop_tags_of(run: Run) -> list[CropTag]:
     cfg, source, split = run.cfg, run.source, run.split
     path = run.run_dir / "crop_tags.json"
     tile_ids = list(split.labelled) + list(split.tagged)
-    if not path.exists():
+    if run.dist.is_main and not path.exists():
         if cfg.weak.tags_file:
             # N1's tags from its masks, as always; N2's are the user's, and every N2 image needs some.
             tags = compute_crop_tags(source, split.labelled, tag_grid_px(cfg), cfg.weak.tag_min_fraction)
@@ -345,5 +350,6 @@ def crop_tags_of(run: Run) -> list[CropTag]:
         else:
             tags = compute_crop_tags(source, tile_ids, tag_grid_px(cfg), cfg.weak.tag_min_fraction)
         save_crop_tags(path, tags, tag_grid_px(cfg), source.classes.names)
+    barrier(run.dist)  # rank 0 writes the file, then every process reads it
     return load_crop_tags(path, expected_tile_ids=tile_ids, num_classes=source.classes.num_classes,
                           expected_mode=cfg.weak.tags, class_names=source.classes.names)

@@ -21,7 +21,7 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from wsseg.core.checkpoint import CheckpointError, load_checkpoint, load_weights, unwrap
 from wsseg.core.config import Config
-from wsseg.core.distributed import autocast_dtype, choose_device
+from wsseg.core.distributed import autocast_dtype, barrier, choose_device
 from wsseg.core.evaluate import evaluate_tiles
 from wsseg.core.metrics import class_pixel_counts, class_weights, majority_baseline_miou, xview2_score
 from wsseg.core.report import write_report
@@ -242,8 +242,6 @@ def train_segmenter(run: Run, stage_dir: Path, *, pseudo_masks: dict[str, Path] 
             warn_if_consistency_idle(history, cfg.weak.consistency_threshold)
         if cfg.weak.finetune_epochs and pseudo_masks:
             history += _finetune_on_labels(run, stage, model, compute_loss, validate)
-    if not run.dist.is_main:
-        return {}
     return evaluate_checkpoint(run, stage_dir, stage_dir / "best.pt", history, title=title,
                                train_tile_ids=split.labelled)
 
@@ -319,9 +317,10 @@ def _validation(run: Run, stage: Stage):
     def validate(model, epoch):
         if (epoch + 1) % cfg.eval.every_epochs and epoch + 1 != cfg.train.epochs:
             return {}
+        # Every process scores its share of the tiles and gets the same sums: the same best checkpoint.
         result = evaluate_tiles(unwrap(model), source, split.val, cfg.eval.window_px, cfg.eval.stride_px,
                                 cfg.eval.batch_size, stage.device, stage.amp_dtype, keep_predictions=[shown],
-                                progress=False)
+                                progress=False, dist=run.dist)
         metrics = result.metrics(classes)
         if stage.writer is not None:
             # One validation tile as image | ground truth | prediction, to watch the masks form.
@@ -350,8 +349,10 @@ def _finetune_on_labels(run: Run, stage: Stage, model, compute_loss, validate) -
     history = stage.fit(model, loader, optimizer, scheduler, compute_loss, cfg.weak.finetune_epochs, validate,
                         run_dir=ft_dir, desc="finetune")
     # The fine-tuned model competes with the mixed one on validation: keep whichever is better.
-    if load_checkpoint(ft_dir / "best.pt")["best_score"] > state["best_score"]:
+    # Rank 0 alone moves the file; the others wait until it has, to read the winner.
+    if run.dist.is_main and load_checkpoint(ft_dir / "best.pt")["best_score"] > state["best_score"]:
         (ft_dir / "best.pt").replace(stage.stage_dir / "best.pt")
+    barrier(run.dist)
     return history
 
 
@@ -377,7 +378,10 @@ def check_classes(model_classes, dataset_classes, source: str) -> None:
 def evaluate_model(run: Run, out_dir: Path, model: torch.nn.Module, checkpoint_info: dict,
                    history: list[dict] | None = None, title: str = "Evaluation", train_tile_ids=None) -> dict:
     """Whole-tile sliding-window evaluation of a loaded segmenter on the test tiles, with the full
-    report; `checkpoint_info` says in metrics.json which model it was."""
+    report; `checkpoint_info` says in metrics.json which model it was.
+
+    Under torchrun every process scores its share of the tiles and returns the same metrics;
+    rank 0 writes the report."""
     cfg, source, split = run.cfg, run.source, run.split
     device = choose_device(cfg.device, run.dist)
     amp_dtype = autocast_dtype(cfg.train.precision, device)
@@ -385,7 +389,8 @@ def evaluate_model(run: Run, out_dir: Path, model: torch.nn.Module, checkpoint_i
     model = model.to(device).eval()
     shown = list(split.test)[: cfg.eval.num_triptychs]
     result = evaluate_tiles(model, source, split.test, cfg.eval.window_px, cfg.eval.stride_px, cfg.eval.batch_size,
-                            device, amp_dtype, keep_predictions=shown, score_class=cfg.eval.max_f_class)
+                            device, amp_dtype, keep_predictions=shown, score_class=cfg.eval.max_f_class,
+                            progress=run.dist.is_main, dist=run.dist)
     metrics = result.metrics(classes)
     if cfg.eval.xview2_score:
         metrics["xview2"] = xview2_score(result.cm)
@@ -396,6 +401,7 @@ def evaluate_model(run: Run, out_dir: Path, model: torch.nn.Module, checkpoint_i
     metrics["checkpoint"] = checkpoint_info
     if run.skipped_tiles:
         metrics["skipped_tiles"] = [printable(t) for t in run.skipped_tiles]
-    samples = [(t, source.image(t), source.label(t), result.predictions[t]) for t in shown]
-    write_report(out_dir, metrics, classes.names, classes.palette, history or [], samples, title=title)
+    if run.dist.is_main:
+        samples = [(t, source.image(t), source.label(t), result.predictions[t]) for t in shown]
+        write_report(out_dir, metrics, classes.names, classes.palette, history or [], samples, title=title)
     return metrics
