@@ -98,3 +98,20 @@ def test_image_tags_are_predicted_at_the_training_size_with_the_aspect_kept():
     assert seen == [(2, 3, 16, 32), (2, 3, 8, 16)]
     assert probs.shape == (3, 40, 80) and np.allclose(probs.sum(0), 1.0, atol=1e-5)
     assert (probs[2] == 0).all()  # not tagged
+
+
+def test_a_dropped_class_unlabels_the_crops_tagged_with_it_when_asked():
+    from wsseg.datasets.tags import CropTag
+
+    # Calibration: road's confident labels are right 1 time in 4, so it is dropped.
+    truth = np.array([[0, 0, 0, 1]], np.uint8)
+    calibration = np.array([[1, 1, 1, 1]], np.uint8)
+    # An N2 tile of two 1×2 crops: the left one tagged land + road, the right one land only.
+    # Its road pixel was labelled land (wrong), its other pixels land.
+    tags = [CropTag("t", 0, 0, 1, 2, (0, 1)), CropTag("t", 0, 2, 1, 2, (0,))]
+    mask = np.array([[0, 1, 0, 0]], np.uint8)
+    for whole_crops, expected in ((False, [[0, 255, 0, 0]]), (True, [[255, 255, 0, 0]])):
+        quality = PseudoMaskQuality(CLASSES, min_class_precision=0.5, unlabel_dropped_class_crops=whole_crops)
+        quality.calibrate(calibration, truth, np.zeros((3, 1, 4)), np.zeros((3, 1, 4)))
+        assert quality.drop_unreliable(mask.copy(), tags).tolist() == expected
+        assert quality.dropped == [1]

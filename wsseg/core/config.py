@@ -186,6 +186,11 @@ class PseudoMaskConfig:
     # segmenter takes part), whose pixel labels measure each class's precision: a class below
     # this precision is left unlabelled in every N2 pseudo mask (0 keeps all).
     min_class_precision: float = 0.5
+    # A dropped class is only unlabelled: its pixels that the masks give to another class keep
+    # that wrong label (on Dubai, roads labelled land). true: every tag crop tagged with a dropped
+    # class is left unlabelled whole, so that its pixels teach nothing false; crops without the
+    # tag cannot hold the class. Off until measured over split seeds.
+    unlabel_dropped_class_crops: bool = False
     # w in p ∝ p_single_stage^(1−w) · p_task_i_segmenter^w, restricted to the crop's tags. 0 uses
     # the single-stage model alone, as in the paper; > 0 needs task i's segmenter (run first).
     segmenter_weight: float = 0.0

@@ -79,7 +79,7 @@ def make_pseudo_masks(run: Run, crop_tags: list[CropTag], checkpoint: Path, out_
     calibration = list(split.val) if segmenter is not None else list(split.labelled)
     calibration_crops = _crops_in_order(cfg, source, crop_tags, calibration)
     n2_crops = _crops_in_order(cfg, source, crop_tags, list(split.tagged))
-    quality = PseudoMaskQuality(classes, pm.min_class_precision)
+    quality = PseudoMaskQuality(classes, pm.min_class_precision, pm.unlabel_dropped_class_crops)
     predictor = CropPredictor(cfg, source, model, layout, segmenter)
 
     crf_params = None
@@ -120,8 +120,11 @@ def make_pseudo_masks(run: Run, crop_tags: list[CropTag], checkpoint: Path, out_
                 log.warning("pseudo masks: the single-stage model finds %s on the calibration tiles with recall "
                             "below %.2f: task i's segmenter alone decides %s", _names(classes, predictor.abstain),
                             pm.abstain_below_recall, "it" if predictor.abstain.sum() == 1 else "them")
+        tags_of_tile: dict[str, list[CropTag]] = {}
+        for tag in n2_crops:
+            tags_of_tile.setdefault(tag.tile_id, []).append(tag)
         for tile_id, raw, crf, labels in tile_masks(n2_crops):
-            labels = quality.drop_unreliable(labels)
+            labels = quality.drop_unreliable(labels, tags_of_tile[tile_id])
             # Atomic: a run killed here leaves whole masks or none, never half a PNG.
             atomic_write(out_dir / f"{tile_id}.png", lambda tmp: save_index_png(tmp, labels, classes.palette))
             ground_truth = source.label(tile_id) if source.tile(tile_id).label_path is not None else None
