@@ -49,6 +49,33 @@ def _pamr_by_loops(image, masks, dilations, num_iter):
     return torch.tensor(m, dtype=torch.float64).unsqueeze(0)
 
 
+def _pamr_by_stacking(image, masks, dilations, num_iter):
+    """PAMR as wsseg computed it before the one-offset-at-a-time rewrite: every shifted copy
+    stacked into one N×C×P×H×W tensor, weighted by α and summed. Returns (refined masks, α)."""
+    pad = max(dilations)
+    height, width = image.shape[-2:]
+
+    def stacked(x, include_centre):
+        padded = F.pad(x, (pad, pad, pad, pad), mode="replicate")
+        return torch.stack(
+            [
+                padded[..., pad + dy * d : pad + dy * d + height, pad + dx * d : pad + dx * d + width]
+                for d in dilations
+                for dy in (-1, 0, 1)
+                for dx in (-1, 0, 1)
+                if include_centre or (dy, dx) != (0, 0)
+            ],
+            dim=2,
+        )
+
+    sigma = stacked(image, True).std(dim=2, keepdim=True)
+    kappa = -(image.unsqueeze(2) - stacked(image, False)).abs() / (1e-8 + 0.1 * sigma)
+    alpha = F.softmax(kappa.mean(dim=1), dim=1)
+    for _ in range(num_iter):
+        masks = (stacked(masks, False) * alpha.unsqueeze(1)).sum(dim=2)
+    return masks, alpha
+
+
 def test_pamr_matches_per_pixel_loop_evaluation():
     gen = torch.Generator().manual_seed(0)
     image = torch.rand(1, 3, 9, 11, generator=gen, dtype=torch.float64)
@@ -109,3 +136,54 @@ def test_pamr_rejects_mismatched_sizes():
         pamr(torch.rand(1, 3, 8, 8), torch.rand(1, 2, 4, 4))
     with pytest.raises(ValueError, match="dilations"):
         pamr(torch.rand(1, 3, 8, 8), torch.rand(1, 2, 8, 8), dilations=())
+
+
+@pytest.mark.parametrize(
+    "batch, num_masks, height, width, dilations, num_iter, blocky",
+    [
+        (1, 21, 81, 81, (1, 2, 4, 8, 12, 24), 3, False),
+        (2, 5, 31, 29, (1, 2, 4, 8, 12, 24), 3, False),
+        (2, 4, 17, 23, (1, 2, 4, 8, 12, 24), 3, True),  # smaller than the largest dilation
+        (1, 3, 7, 5, (1, 3, 9), 3, False),
+        (2, 6, 40, 33, (1, 2, 4, 8, 12, 24), 3, True),
+        (2, 3, 13, 19, (1, 2, 4, 8, 12, 24), 0, False),
+    ],
+)
+def test_pamr_matches_the_stacking_implementation(
+    batch, num_masks, height, width, dilations, num_iter, blocky
+):
+    gen = torch.Generator().manual_seed(height * width + batch)
+    if blocky:
+        # Flat patches make σ small or zero, where κ is largest and most sensitive to rounding.
+        coarse = torch.rand(batch, 3, height // 4 + 1, width // 4 + 1, generator=gen)
+        image = F.interpolate(coarse, size=(height, width), mode="nearest")
+    else:
+        image = torch.rand(batch, 3, height, width, generator=gen)
+    masks = torch.softmax(3 * torch.randn(batch, num_masks, height, width, generator=gen), dim=1)
+    expected, expected_alpha = _pamr_by_stacking(image, masks, dilations, num_iter)
+    torch.testing.assert_close(pamr_affinity(image, dilations), expected_alpha, rtol=0, atol=1e-5)
+    torch.testing.assert_close(pamr(image, masks, dilations, num_iter), expected, rtol=0, atol=1e-5)
+
+
+def test_gradients_flow_through_pamr():
+    gen = torch.Generator().manual_seed(4)
+    image = torch.rand(1, 2, 5, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    masks = torch.rand(1, 2, 5, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda i, m: pamr(i, m, dilations=(1, 2), num_iter=2), (image, masks), fast_mode=True
+    )
+
+
+def test_refine_with_pamr_is_float32_under_bf16_autocast():
+    gen = torch.Generator().manual_seed(5)
+    image_full = torch.rand(2, 3, 40, 36, generator=gen)
+    masks = torch.softmax(2 * torch.randn(2, 5, 20, 18, generator=gen), dim=1)
+    expected = refine_with_pamr(image_full, masks, num_iter=3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        result = refine_with_pamr(image_full, masks, num_iter=3)
+        from_bf16 = refine_with_pamr(image_full.bfloat16(), masks.bfloat16(), num_iter=3)
+    assert result.dtype == from_bf16.dtype == torch.float32
+    torch.testing.assert_close(result, expected, rtol=0, atol=0)
+    # bf16 inputs are widened first, so only their own rounding differs from the float32 run.
+    widened = refine_with_pamr(image_full.bfloat16().float(), masks.bfloat16().float(), num_iter=3)
+    torch.testing.assert_close(from_bf16, widened, rtol=0, atol=0)

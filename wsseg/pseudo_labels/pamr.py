@@ -11,9 +11,29 @@ the weights being an image-dependent affinity that is computed once:
     α_ij        = softmax over j of mean_k κ_ijk;
     m_i        ← Σ_j α_ij m_j.
 
-Neighbours are gathered by replicate padding and slicing into one N×C×P×H×W tensor, so each
-step is a handful of tensor operations (measured faster on CPU than one-hot convolutions or
-index_select gathering).
+Neighbours are views into one replicate-padded copy of the input, taken one offset at a time:
+σ is a running sum and then a running sum of squared deviations, κ is written offset by offset
+into its N×P×H×W plane, and each step accumulates `step.addcmul_(shifted, α_p)` over the P
+offsets. Nothing of size P×C×H×W (nor K×P×H×W) is ever built, so the working set stays a few
+mask-sized maps; the stacked N×C×P×H×W tensor this replaced was ~400 MB per step at 12×360×480
+and made every step memory-bound.
+
+Measured on 2 CPU threads (a shared 2-core Xeon, fastest of 3 calls), 10 steps, dilations
+1–24, masks 1×21×81×81 / 2×21×81×81 / 1×12×360×480. The steps alone: one offset at a time
+10 / 22 / 280 ms; stacking (the code this replaced) 45 / 300 / ≈2400 ms (one step ×10);
+per-dilation `F.unfold` 98 / 190 / 4900 ms; per-dilation one-hot grouped convolutions (the
+published module's gathering) 80 / 145 / 5000 ms; classes innermost (channels-last) 1.6–2.7×
+slower than one offset at a time; bands of 64 rows (to stay in cache) 20% faster on the frame
+but 1.6× slower on the crops, not worth the extra loop. The affinity one offset at a time:
+2.5 / 3.7 / 36 ms, against 9 / 18 / 330 ms stacked. Whole `pamr` calls: 13 / 25 / 240 ms,
+that is ≈10× and ≈24× faster than the published module (visinf/1-stage-wseg,
+`models/mods/pamr.py`: 137 / 590 ms on the crops) and ≈11× faster than the previous wsseg code
+on the frame (≈2.7 s). benchmarks/bench_pseudo_labels.py --published times the two side by
+side. Outputs agree with the stacking code and the published module to float32 rounding
+(≤ 3e-6). The price is ~900 short operations per call: on an oversubscribed machine (load ≈ 4
+on the 2 cores) each can wait for a descheduled sibling thread, and with 2 threads a crop then
+took 0.1–5 s, no faster than the published module; with 1 thread, under the same load, all
+three cases still ran 12–22× faster than it (25 / 71 / 514 ms against 297 / 910 / 11 600 ms).
 """
 
 from __future__ import annotations
@@ -27,30 +47,29 @@ DEFAULT_DILATIONS = (1, 2, 4, 8, 12, 24)
 DEFAULT_NUM_ITER = 10
 
 
-def _stencil_offsets(dilations: Sequence[int], include_centre: bool) -> list[tuple[int, int]]:
-    """(dy, dx) of the 3×3 stencil at each dilation, dilation-major."""
-    offsets = []
-    for d in dilations:
-        for dy in (-d, 0, d):
-            for dx in (-d, 0, d):
-                if include_centre or (dy, dx) != (0, 0):
-                    offsets.append((dy, dx))
-    return offsets
+def _neighbour_offsets(dilations: Sequence[int]) -> list[tuple[int, int]]:
+    """(dy, dx) of the 3×3 stencil at each dilation, centre excluded, dilation-major (the
+    published order, so α's P axis lines up with the published module's)."""
+    return [
+        (dy, dx)
+        for d in dilations
+        for dy in (-d, 0, d)
+        for dx in (-d, 0, d)
+        if (dy, dx) != (0, 0)
+    ]
 
 
-def _stencil_values(x: torch.Tensor, offsets: Sequence[tuple[int, int]]) -> torch.Tensor:
-    """N×C×H×W → N×C×P×H×W: the value at each (dy, dx) offset, replicate padding at the border.
+def _shifted_views(x: torch.Tensor, offsets: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
+    """N×C×H×W → one N×C×H×W view per (dy, dx) offset, replicate padding at the border.
 
-    One replicate pad by the largest offset serves every dilation: replicate padding clamps
-    coordinates to the image, and a clamp does not depend on how wide the pad is.
+    The views share one replicate pad by the largest offset, which serves every dilation:
+    replicate padding clamps coordinates to the image, and a clamp does not depend on how wide
+    the pad is. Nothing is copied but the pad.
     """
     pad = max(max(abs(dy), abs(dx)) for dy, dx in offsets)
     height, width = x.shape[-2:]
     padded = F.pad(x, (pad, pad, pad, pad), mode="replicate")
-    return torch.stack(
-        [padded[..., pad + dy : pad + dy + height, pad + dx : pad + dx + width] for dy, dx in offsets],
-        dim=2,
-    )
+    return [padded[..., pad + dy : pad + dy + height, pad + dx : pad + dx + width] for dy, dx in offsets]
 
 
 def _check_dilations(dilations: Sequence[int]) -> tuple[int, ...]:
@@ -70,11 +89,28 @@ def pamr_affinity(image: torch.Tensor, dilations: Sequence[int] = DEFAULT_DILATI
             f"image must be a floating N×K×H×W tensor, got {tuple(image.shape)} {image.dtype}"
         )
     dilations = _check_dilations(dilations)
-    # Unbiased std over all 9·len(dilations) stencil values, the centre once per dilation.
-    sigma = _stencil_values(image, _stencil_offsets(dilations, True)).std(dim=2, keepdim=True)
-    neighbours = _stencil_values(image, _stencil_offsets(dilations, False))
-    kappa = -(image.unsqueeze(2) - neighbours).abs() / (1e-8 + 0.1 * sigma)
-    return F.softmax(kappa.mean(dim=1), dim=1)
+    batch, channels, height, width = image.shape
+    neighbours = _shifted_views(image, _neighbour_offsets(dilations))
+    # Unbiased std over all 9·len(dilations) stencil values, the centre once per dilation, in
+    # two passes (mean, then squared deviations): one pass of Σv² − n·mean² would cancel
+    # catastrophically in flat regions, where σ is small and κ most sensitive to it.
+    centre_count = len(dilations)
+    count = len(neighbours) + centre_count
+    total = image * centre_count
+    for shifted in neighbours:
+        total.add_(shifted)
+    mean = total / count
+    squares = (image - mean).square() * centre_count
+    for shifted in neighbours:
+        deviation = shifted - mean
+        squares.addcmul_(deviation, deviation)
+    scale = 1e-8 + 0.1 * (squares / (count - 1)).sqrt()
+    # Σ_k |I_ik − I_jk| / scale_ik per offset, written straight into its N×H×W plane, so no
+    # K×P×H×W difference stack exists; dividing by −K then gives mean_k κ_ijk.
+    kappa = image.new_empty(batch, len(neighbours), height, width)
+    for p, shifted in enumerate(neighbours):
+        kappa[:, p] = ((image - shifted).abs() / scale).sum(dim=1)
+    return F.softmax(kappa.div_(-channels), dim=1)
 
 
 def pamr(
@@ -99,11 +135,17 @@ def pamr(
         raise ValueError(f"num_iter must be >= 0, got {num_iter}")
     dilations = _check_dilations(dilations)
     # α stays fixed over the iterations: it depends on the image only.
-    alpha = pamr_affinity(image.to(masks.dtype), dilations).unsqueeze(1)
-    offsets = _stencil_offsets(dilations, False)
+    alpha = pamr_affinity(image.to(masks.dtype), dilations)
+    offsets = _neighbour_offsets(dilations)
     refined = masks
     for _ in range(num_iter):
-        refined = (_stencil_values(refined, offsets) * alpha).sum(dim=2)
+        neighbours = _shifted_views(refined, offsets)
+        # One offset at a time into one accumulator: the working set stays at two C×H×W maps
+        # and an N×1×H×W plane of α, broadcast over the classes.
+        step = neighbours[0] * alpha[:, :1]
+        for p in range(1, len(neighbours)):
+            step.addcmul_(neighbours[p], alpha[:, p : p + 1])
+        refined = step
     return refined
 
 
@@ -116,10 +158,13 @@ def refine_with_pamr(
     """PAMR as used in training: the image resized to the masks (bilinear, align_corners=True).
 
     The refined masks only feed pseudo labels, never a gradient, so the masks are detached and
-    no graph is recorded.
+    no graph is recorded. Computed and returned in float32 whatever autocast or the inputs say.
     """
-    with torch.no_grad():
+    # float32 even in a bf16 mixed-precision step: the affinity softmax and ten repeated
+    # averages lose too much in bf16 (8 mantissa bits), and bf16 elementwise ops are slower on
+    # CPU than float32 ones.
+    with torch.no_grad(), torch.autocast(device_type=masks.device.type, enabled=False):
         image = F.interpolate(
-            image_full.to(masks.dtype), size=masks.shape[-2:], mode="bilinear", align_corners=True
+            image_full.float(), size=masks.shape[-2:], mode="bilinear", align_corners=True
         )
-        return pamr(image, masks.detach(), dilations=dilations, num_iter=num_iter)
+        return pamr(image, masks.detach().float(), dilations=dilations, num_iter=num_iter)
