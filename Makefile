@@ -1,6 +1,7 @@
 # `make demo`: set up .venv and run tasks i and ii end to end on the synthetic aerial dataset.
 # `make test`: set up .venv and run the test suite (real-data tests need WSSEG_SHARED=../shared).
-# `make bench`: speed and memory benchmarks → benchmarks/results/*.json.
+# `make bench`: speed and memory benchmarks → benchmarks/results/*.json (PUBLISHED=DIR: also time
+# the training step of a visinf/1-stage-wseg checkout beside wsseg's); `benchmarks/table.py` tabulates them.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -27,7 +28,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python benchmarks/run_all.py $(if $(PUBLISHED),--published $(PUBLISHED))
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -1,21 +1,33 @@
 #!/usr/bin/env python
 """`make bench`: run every benchmark one after the other (never in parallel: they time the CPU)
-and write benchmarks/results/*.json. Each benchmark records its machine, threads and load."""
+and write benchmarks/results/*.json. Each benchmark records its machine, threads and load.
 
+    python benchmarks/run_all.py [--published DIR]
+
+`--published`: a checkout of github.com/visinf/1-stage-wseg, whose training step
+bench_single_stage.py then times beside wsseg's (`make bench PUBLISHED=DIR`).
+"""
+
+import argparse
 import subprocess
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["bench_models.py", "bench_sliding_window.py", "bench_pseudo_labels.py", "bench_single_stage.py",
-              "bench_predict_geotiff.py"]
+# The machine's limits first: every later figure is read against them.
+BENCHMARKS = ["bench_machine.py", "bench_models.py", "bench_sliding_window.py", "bench_pseudo_labels.py",
+              "bench_single_stage.py", "bench_predict_geotiff.py", "bench_loader.py"]
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--published", type=Path, help="a checkout of visinf/1-stage-wseg for bench_single_stage.py")
+    args = parser.parse_args()
     failed = []
     for name in BENCHMARKS:
         print(f"== {name}", flush=True)
-        if subprocess.run([sys.executable, str(HERE / name)]).returncode != 0:
+        extra = ["--published", str(args.published)] if name == "bench_single_stage.py" and args.published else []
+        if subprocess.run([sys.executable, str(HERE / name), *extra]).returncode != 0:
             failed.append(name)
     for path in sorted((HERE / "results").glob("*.json")):
         print(f"wrote {path.relative_to(HERE.parent)}")
