@@ -59,11 +59,14 @@ def sharded_evaluation(config: Path, rank_info) -> dict:
     """The same tiles and model evaluated split among the processes and in this process alone."""
     from wsseg.core import evaluate
     from wsseg.core.config import load_config
-    from wsseg.core.distributed import DistInfo
+    from wsseg.core.distributed import DistInfo, main_process_first
     from wsseg.pipeline.data import load_source
 
     cfg = load_config(config)
-    source = load_source(cfg)
+    # Rank 0 generates the synthetic tiles, the other finds them (as the command line does): two
+    # processes generating into one folder read each other's half-written files.
+    with main_process_first(rank_info):
+        source = load_source(cfg)
     # Three tiles: the processes get unequal shares (2 and 1), as they do on real test sets.
     tile_ids = [tile.tile_id for tile in source.tiles][:3]
     torch.manual_seed(0)  # the same model in every process

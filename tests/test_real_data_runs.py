@@ -16,12 +16,13 @@ def dubai_config(shared_data, tmp_path_factory):
         "split": {"n_labelled": 3, "n_tagged": 8, "n_val": 2, "n_test": 6, "seed": 0},
         "model": {"name": "effnet_lite0_unet", "options": {"pretrained": True}},
         "train": {"epochs": 3, "iters_per_epoch": 15, "batch_size": 8, "crop_px": 128, "optimizer": "adamw",
-                  "lr": 2e-3, "schedule": "poly", "workers": 0, "channels_last": True},
+                  "lr": 2e-3, "schedule": "poly", "workers": 0, "channels_last": True, "precision": "fp32"},
         "eval": {"window_px": 256, "stride_px": 192, "batch_size": 4, "num_triptychs": 1},
         "weak": {"tag_crop_px": 128,
                  "single_stage": {"backbone": "effnet_lite0", "pretrained": "imagenet", "epochs": 2,
                                   "iters_per_epoch": 8, "batch_size": 4, "crop_px": 128,
-                                  "background_class": "unlabeled", "self_supervised_from_epoch": 2},
+                                  "background_class": "unlabeled", "self_supervised_from_epoch": 2,
+                                  "precision": "fp32"},
                  "pseudo": {"scales": [1.0], "flip": False, "workers": 2}},
     }
     path = tmp_path_factory.mktemp("dubai") / "dubai.yaml"

@@ -24,12 +24,14 @@ def tiny_config(tmp_path: Path, data_root: Path, **sections) -> Path:
         "split": {"n_labelled": 3, "n_tagged": 6, "n_val": 2},
         "model": {"name": "effnet_lite0_unet", "options": {"pretrained": True}},
         "train": {"epochs": 3, "iters_per_epoch": 15, "batch_size": 8, "crop_px": 96, "optimizer": "adamw",
-                  "lr": 2e-3, "schedule": "poly", "workers": 0, "channels_last": True},
+                  "lr": 2e-3, "schedule": "poly", "workers": 0, "channels_last": True,
+                  # fp32, not auto: the same numbers on every machine (auto has tests of its own).
+                  "precision": "fp32"},
         "eval": {"window_px": 160, "stride_px": 96, "batch_size": 4, "num_triptychs": 1},
         "weak": {"tag_crop_px": 80,
                  "single_stage": {"backbone": "effnet_lite0", "pretrained": "imagenet", "epochs": 2,
                                   "iters_per_epoch": 6, "batch_size": 4, "crop_px": 80,
-                                  "self_supervised_from_epoch": 2},
+                                  "self_supervised_from_epoch": 2, "precision": "fp32"},
                  "pseudo": {"scales": [1.0], "flip": False, "workers": 1}},
     }
     for section, values in sections.items():

@@ -127,7 +127,8 @@ def _reference_training(run, stage_dir, pseudo):
             WeightedCrops(RandomCropDataset(run.source, split.tagged, t.crop_px, n2, label_override=pseudo,
                                             seed=t.seed + 1), cfg.weak.pseudo_weight)])
         loader = stage.loader(crops, t.batch_size)
-        model = stage.prepare(build_model(cfg, run.source.classes.num_classes))
+        model = stage.prepare(build_model(cfg, run.source.classes.num_classes),
+                              input_shape=(t.batch_size, 3, t.crop_px, t.crop_px))
 
         def compute_loss(model, batch, epoch):
             images, masks, weights = batch

@@ -81,9 +81,14 @@ class TrainConfig:
     class_weight_cap: float | None = None
     # Learning rate of the pretrained encoder relative to `lr` (mmsegmentation's lr_mult).
     encoder_lr_mult: float = 1.0
-    # auto: float16 + GradScaler on CUDA, float32 on CPU. bf16 pays off on CPUs with AMX.
+    # auto: the faster of fp32 and bf16 (CPU with AVX512-BF16 or AMX; CUDA Ampere and later) or
+    # fp16 + GradScaler (older CUDA), timed on this model at the start of the stage and cached in
+    # the run folder (precision.json); bf16 must be 1.1× faster to be chosen.
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: bool = False
+    # torch.compile every model of the run (its first steps then take longer: graphs are compiled,
+    # again for each new input size). See the README's benchmark table for which models gain.
+    compile: bool = False
     # Under torchrun: BatchNorm statistics over the batches of all processes (torch's SyncBatchNorm),
     # in every stage of the run. CUDA only; an error on CPU. No effect in one process.
     sync_bn: bool = False

@@ -27,6 +27,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from wsseg.core.checkpoint import unwrap
 from wsseg.core.distributed import DistInfo, autocast_dtype, barrier, broadcast_buffers, choose_device
+from wsseg.core.precision import resolve_precision
 from wsseg.core.train import LossFn, fit
 
 log = logging.getLogger(__name__)
@@ -38,20 +39,28 @@ class Stage:
     Seeds torch and numpy with `seed` when created: build the model inside the stage, so that
     its initialisation, and every random draw after it, follow from the seed alone.
     `sync_bn`: under torchrun, BatchNorm statistics over the batches of all processes (CUDA only).
+    `compile`: the model runs through torch.compile.
+    `precision` "auto" is decided in `prepare`, by timing the model (`core.precision`); the
+    decision is cached in `precision_cache_dir` (default: the stage folder).
     """
 
-    def __init__(self, stage_dir: Path, *, device: str = "auto", precision: str = "auto",
+    def __init__(self, stage_dir: Path, *, device: str = "auto", precision: str = "fp32",
                  channels_last: bool = False, seed: int = 0, workers: int = 2, dist: DistInfo = DistInfo(),
                  config: dict | None = None, resume: bool = False, checkpoint_extras: dict | None = None,
-                 on_nonfinite: str = "stop", sync_bn: bool = False):
+                 on_nonfinite: str = "stop", sync_bn: bool = False, precision_cache_dir: Path | None = None,
+                 compile: bool = False):
         self.stage_dir = Path(stage_dir)
         self.stage_dir.mkdir(parents=True, exist_ok=True)
         self.name = self.stage_dir.name
         self.dist = dist
         self.device = choose_device(device, dist)
-        self.amp_dtype = autocast_dtype(precision, self.device)
+        self.precision = precision
+        self.precision_cache_dir = Path(precision_cache_dir) if precision_cache_dir is not None else self.stage_dir
+        # Known once `prepare` has timed the model when the precision is "auto".
+        self.amp_dtype = autocast_dtype(precision, self.device) if precision != "auto" else None
         self.channels_last = channels_last
         self.sync_bn = sync_bn
+        self.compile = compile
         self.seed = seed
         self.workers = workers
         self.config = config or {}
@@ -81,9 +90,18 @@ class Stage:
         return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
 
     # ------------------------------------------------------------------------------ model
-    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+    def prepare(self, model: torch.nn.Module, input_shape: tuple[int, ...] | None = None) -> torch.nn.Module:
         """`model` on the device, channels-last if asked, wrapped in DDP under torchrun (its
-        BatchNorms synchronised with `sync_bn`)."""
+        BatchNorms synchronised with `sync_bn`). `input_shape` (N×C×H×W of a training batch) is
+        what `precision: auto` times the model on."""
+        if self.precision == "auto":
+            if input_shape is None:
+                raise ValueError(f"{self.name}: precision auto times the model on its training input; "
+                                 f"pass input_shape to Stage.prepare")
+            self.precision = resolve_precision("auto", model, tuple(input_shape), self.device,
+                                               cache_dir=self.precision_cache_dir, channels_last=self.channels_last,
+                                               dist=self.dist, what=self.name)
+            self.amp_dtype = autocast_dtype(self.precision, self.device)
         if self.sync_bn and self.dist.enabled:
             if self.device.type != "cuda":
                 # torch's SyncBatchNorm raises only at the first training step, deep in the stack.
@@ -95,6 +113,10 @@ class Stage:
         model = model.to(self.device)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
+        if self.compile:
+            # In place (nn.Module.compile): the state dict keeps its keys, so checkpoints do not
+            # depend on whether the run compiled.
+            model.compile()
         if self.dist.enabled:
             model = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
@@ -118,6 +140,9 @@ class Stage:
 
         Under torchrun every process validates, and ends holding, the weights rank 0 saves, and
         returns only once rank 0 has written its checkpoints, so that any process may read them."""
+        if self.precision == "auto":
+            raise RuntimeError(f"{self.name}: precision auto is decided in Stage.prepare; prepare the model first")
+
         def validate_rank0_weights(model, epoch):
             broadcast_buffers(unwrap(model), self.dist)
             return validate(model, epoch)

@@ -55,7 +55,8 @@ class Run:
                      seed=self.cfg.train.seed, workers=self.cfg.train.workers, dist=self.dist,
                      config=config_to_dict(self.cfg), resume=self.resume, sync_bn=self.cfg.train.sync_bn,
                      checkpoint_extras={"classes": class_record(self.source.classes)},
-                     on_nonfinite=self.cfg.train.on_nonfinite)
+                     on_nonfinite=self.cfg.train.on_nonfinite, precision_cache_dir=self.run_dir,
+                     compile=self.cfg.train.compile)
 
 
 def class_record(classes: ClassSpec) -> dict:

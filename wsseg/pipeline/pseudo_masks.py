@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from wsseg.core.checkpoint import CheckpointError, load_checkpoint
 from wsseg.core.config import Config
+from wsseg.core.distributed import choose_device
 from wsseg.core.evaluate import sliding_window_logits
 from wsseg.core.io import atomic_write, atomic_write_json
 from wsseg.core.metrics import confusion_matrix, segmentation_metrics, unlearned_classes
@@ -67,10 +68,12 @@ def make_pseudo_masks(run: Run, crop_tags: list[CropTag], checkpoint: Path, out_
     pm, classes = cfg.weak.pseudo, source.classes
     out_dir.mkdir(parents=True, exist_ok=True)
     layout = class_layout(cfg, source)
+    # The training device: on a GPU machine the networks and PAMR run there, the CRF on the CPU.
+    device = choose_device(cfg.device, run.dist)
     model = build_single_stage(cfg, layout, pretrained=False)
     model.load_state_dict(load_checkpoint(checkpoint)["model"])
-    model.eval()
-    segmenter = _task_i_segmenter(cfg, classes, segmenter_checkpoint) if pm.segmenter_weight > 0 else None
+    model.to(device).eval()
+    segmenter = _task_i_segmenter(cfg, classes, segmenter_checkpoint, device) if pm.segmenter_weight > 0 else None
 
     # Calibration tiles go first: their pseudo masks are never used, but measured against their
     # pixel labels they tell which classes and refinements come out wrong, before any N2 mask is
@@ -80,7 +83,7 @@ def make_pseudo_masks(run: Run, crop_tags: list[CropTag], checkpoint: Path, out_
     calibration_crops = _crops_in_order(cfg, source, crop_tags, calibration)
     n2_crops = _crops_in_order(cfg, source, crop_tags, list(split.tagged))
     quality = PseudoMaskQuality(classes, pm.min_class_precision, pm.unlabel_dropped_class_crops)
-    predictor = CropPredictor(cfg, source, model, layout, segmenter)
+    predictor = CropPredictor(cfg, source, model, layout, segmenter, device)
 
     crf_params = None
     if pm.crf.enabled:
@@ -181,11 +184,12 @@ def _counted(results, progress):
         yield result
 
 
-def _task_i_segmenter(cfg: Config, classes: ClassSpec, checkpoint: Path | None) -> torch.nn.Module:
+def _task_i_segmenter(cfg: Config, classes: ClassSpec, checkpoint: Path | None,
+                      device: torch.device) -> torch.nn.Module:
     if checkpoint is None or not Path(checkpoint).exists():
         raise CheckpointError(f"weak.pseudo.segmenter_weight is {cfg.weak.pseudo.segmenter_weight} but task i's "
                               f"segmenter checkpoint {checkpoint} does not exist: run task i first")
-    return load_segmenter(cfg, classes.num_classes, checkpoint, torch.device("cpu"))
+    return load_segmenter(cfg, classes.num_classes, checkpoint, device)
 
 
 def _crops_in_order(cfg: Config, source: TileSource, crop_tags: list[CropTag], tile_order: list[str]) -> list[CropTag]:
@@ -212,11 +216,16 @@ def inference_scales(cfg: Config, height: int, width: int) -> tuple[float, ...]:
 
 class CropPredictor:
     """Class probabilities of the N2 grid crops: the single-stage model, fused with task i's
-    segmenter when it takes part (with the classes in `abstain` left to the segmenter)."""
+    segmenter when it takes part (with the classes in `abstain` left to the segmenter).
+
+    The networks and PAMR run on `device`, in float32 (the confidence threshold and the fusion
+    work on probabilities that 16-bit rounding would move); the probabilities come back to the
+    CPU for the fusion and the CRF."""
 
     def __init__(self, cfg: Config, source: TileSource, model: SingleStageSegmenter, layout: ClassLayout,
-                 segmenter: torch.nn.Module | None):
+                 segmenter: torch.nn.Module | None, device: torch.device = torch.device("cpu")):
         self.cfg, self.source, self.model, self.layout, self.segmenter = cfg, source, model, layout, segmenter
+        self.device = device
         self.abstain = np.zeros(source.classes.num_classes, bool)
         self.use_pamr = cfg.weak.pseudo.use_pamr is True
 
@@ -230,17 +239,18 @@ class CropPredictor:
 
     def _weak_scores(self, crop: torch.Tensor, tags: torch.Tensor) -> torch.Tensor:
         pm = self.cfg.weak.pseudo
-        probs = self.model.predict_masks(crop, tags=self.layout.scored_tags(tags),
+        probs = self.model.predict_masks(crop.to(self.device), tags=self.layout.scored_tags(tags),
                                          scales=inference_scales(self.cfg, *crop.shape[-2:]), flip=pm.flip,
                                          bg_pow=pm.bg_pow)
         return probs / probs.sum(0, keepdim=True).clamp(min=1e-8)
 
     def _refine(self, crop: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
         ss = self.cfg.weak.single_stage
-        return refine_with_pamr(crop[None], probs[None], dilations=ss.pamr_dilations, num_iter=ss.pamr_iter)[0]
+        return refine_with_pamr(crop[None].to(self.device), probs[None], dilations=ss.pamr_dilations,
+                                num_iter=ss.pamr_iter)[0]
 
     def _restricted(self, probs: torch.Tensor, tags: torch.Tensor) -> np.ndarray:
-        probs = self.layout.to_dataset_order(probs, dim=0)
+        probs = self.layout.to_dataset_order(probs.cpu(), dim=0)
         # Classes the crop is not tagged with stay impossible, whatever PAMR smeared into them.
         probs = probs * allowed_classes(tags, self.layout)[:, None, None]
         return (probs / probs.sum(0, keepdim=True).clamp(min=1e-8)).numpy()
@@ -249,7 +259,7 @@ class CropPredictor:
         """Softmax C×H×W of task i's segmenter on a whole tile (H×W×3 uint8), by sliding window."""
         ev = self.cfg.eval
         logits = sliding_window_logits(self.segmenter, image_to_tensor(image), self.source.classes.num_classes,
-                                       ev.window_px, ev.stride_px, ev.batch_size)
+                                       ev.window_px, ev.stride_px, ev.batch_size, self.device)
         return logits.softmax(0).numpy()
 
     def _crops(self, crops: list[CropTag], with_labels: bool):

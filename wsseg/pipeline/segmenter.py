@@ -24,6 +24,7 @@ from wsseg.core.config import Config
 from wsseg.core.distributed import autocast_dtype, barrier, choose_device
 from wsseg.core.evaluate import evaluate_tiles
 from wsseg.core.metrics import class_pixel_counts, class_weights, majority_baseline_miou, xview2_score
+from wsseg.core.precision import resolve_precision
 from wsseg.core.report import write_report
 from wsseg.core.stage import Stage
 from wsseg.core.train import build_optimizer, build_scheduler, weighted_cross_entropy
@@ -215,7 +216,7 @@ def train_segmenter(run: Run, stage_dir: Path, *, pseudo_masks: dict[str, Path] 
             origin = init_from_trained(cfg, classes.names, model)
             log.info(f"{stage_dir.name}: initialised from {origin}"
                      f"{', classifier learnt afresh' if cfg.model.reset_head else ''}")
-        model = stage.prepare(model)
+        model = stage.prepare(model, input_shape=(loader.batch_size, 3, cfg.train.crop_px, cfg.train.crop_px))
 
         weights = segmenter_class_weights(cfg, source, split.labelled)
         if weights is not None:
@@ -384,9 +385,13 @@ def evaluate_model(run: Run, out_dir: Path, model: torch.nn.Module, checkpoint_i
     rank 0 writes the report."""
     cfg, source, split = run.cfg, run.source, run.split
     device = choose_device(cfg.device, run.dist)
-    amp_dtype = autocast_dtype(cfg.train.precision, device)
     classes = source.classes
     model = model.to(device).eval()
+    precision = resolve_precision(cfg.train.precision, model, (cfg.eval.batch_size, 3, cfg.eval.window_px,
+                                                               cfg.eval.window_px), device,
+                                  cache_dir=run.run_dir, training=False,
+                                  dist=run.dist, what="evaluation")
+    amp_dtype = autocast_dtype(precision, device)
     shown = list(split.test)[: cfg.eval.num_triptychs]
     result = evaluate_tiles(model, source, split.test, cfg.eval.window_px, cfg.eval.stride_px, cfg.eval.batch_size,
                             device, amp_dtype, keep_predictions=shown, score_class=cfg.eval.max_f_class,

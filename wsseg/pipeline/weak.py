@@ -47,7 +47,7 @@ def train_single_stage(run: Run, crop_tags: list[CropTag], stage_dir: Path) -> l
                  f"background {ss.background}" + (f" = {ss.background_class}" if ss.background == "constant" else ""))
 
         layout = class_layout(cfg, source)
-        model = stage.prepare(build_single_stage(cfg, layout))
+        model = stage.prepare(build_single_stage(cfg, layout), input_shape=(ss.batch_size, 3, ss.crop_px, ss.crop_px))
 
         def compute_loss(model, batch, epoch):
             images, tags, _ = batch
