@@ -45,6 +45,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import machine_info  # noqa: E402
 from wsseg.core.io import atomic_write_json  # noqa: E402
 from wsseg.pseudo_labels.crf import dense_crf  # noqa: E402
 from wsseg.pseudo_labels.pamr import DEFAULT_DILATIONS, pamr  # noqa: E402
@@ -160,7 +161,7 @@ def main(argv=None) -> dict:
         "load_average_1_5_15_after": [round(v, 2) for v in os.getloadavg()],
         "numpy": np.__version__,
         "python": platform.python_version(),
-        "machine": platform.machine(),
+        "machine": machine_info(),
         "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     atomic_write_json(args.out, result)

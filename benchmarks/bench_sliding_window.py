@@ -23,6 +23,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import machine_info  # noqa: E402
 from wsseg.core.evaluate import sliding_window_logits, window_starts  # noqa: E402
 from wsseg.core.io import atomic_write_json  # noqa: E402
 
@@ -109,7 +110,7 @@ def main(argv=None) -> dict:
         "load_average_1_5_15_before": [round(v, 2) for v in load_before],
         "load_average_1_5_15_after": [round(v, 2) for v in os.getloadavg()],
         "python": platform.python_version(),
-        "machine": platform.machine(),
+        "machine": machine_info(),
         "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     atomic_write_json(args.out, result)

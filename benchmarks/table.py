@@ -131,13 +131,23 @@ def sliding_window_rows(report: dict) -> list[Row]:
 
 
 def pseudo_labels_rows(report: dict) -> list[Row]:
-    pamr, crf = report["pamr"], report["crf"]
+    crf = report["crf"]
     load = load_span(report["load_average_1_5_15_before"][0], report["load_average_1_5_15_after"][0])
-    shape = "×".join(str(d) for d in pamr["masks_shape"])
-    return [(f"PAMR {shape}, {pamr['num_iter']} iterations, {report['threads']} thread(s)",
-             f"median {num(pamr['median_ms'])} ms (fastest {num(pamr['min_ms'])})", NONE, load),
-            (f"dense CRF {crf['crop_hw'][0]}², {crf['num_classes']} classes, {crf['n_iter']} iterations",
-             f"median {num(crf['median_ms'])} ms/crop (fastest {num(crf['min_ms'])})", NONE, load)]
+    rows = []
+    for pamr in report["pamr"]:
+        shape = "×".join(str(d) for d in pamr["masks_shape"])
+        ours = pamr["wsseg"]
+        published = pamr.get("published")
+        absolute = f"median {num(ours['median_ms'])} ms (fastest {num(ours['min_ms'])})"
+        ratio = NONE
+        if published:
+            absolute += f"; published {num(published['median_ms'])} ms"
+            ratio = f"{times(pamr['published_over_wsseg_median'])} faster than published"
+        rows.append((f"PAMR {shape}, {pamr['num_iter']} iterations, {report['threads']} thread(s)", absolute, ratio,
+                     load))
+    rows.append((f"dense CRF {crf['crop_hw'][0]}², {crf['num_classes']} classes, {crf['n_iter']} iterations",
+                 f"median {num(crf['median_ms'])} ms/crop (fastest {num(crf['min_ms'])})", NONE, load))
+    return rows
 
 
 def predict_geotiff_rows(report: dict) -> list[Row]:
@@ -157,10 +167,32 @@ def baseline_rows(report: dict) -> list[Row]:
              NONE, NONE)]
 
 
+def compile_rows(report: dict) -> list[Row]:
+    return [(f"torch.compile, training step {c['model']} {c['batch']}×{c['crop_px']}², {c['precision']}, "
+             f"{c['threads']} thread(s)",
+             f"eager {num(c['eager_step_s'])} s, compiled {num(c['compiled_step_s'])} s (first compiled step "
+             f"{num(c['compiled_first_step_s'])} s)", f"compiled {times(c['speedup_compiled'])} faster",
+             NONE) for c in report["cases"]]
+
+
+def scaling_rows(report: dict) -> list[Row]:
+    measured, *estimates = report["cases"]
+    one, many = measured["step_s_best"].items()
+    rows = [(f"data-parallel step {measured['model']}, global batch {measured['global_batch']}×{measured['crop_px']}²: "
+             f"{one[0]} × {measured['one_process_threads']} threads vs {many[0]} × 1 thread (gloo)",
+             f"{num(one[1])} vs {num(many[1])} s/step", f"processes {times(measured['speedup_processes_over_threads'])}",
+             load_span(measured["load_avg_1min_before"], measured["load_avg_1min_after"]))]
+    rows += [(f"estimate: all-reduce of {e['model']} gradients over {e['gpus']} GPUs, {e['link']} "
+              f"(assumed {num(e['assumed_bus_gb_s'])} GB/s)", f"{num(e['gradient_mib'])} MiB, "
+              f"{num(1e3 * e['allreduce_s_per_step'])} ms/step", NONE, NONE) for e in estimates]
+    return rows
+
+
 RENDERERS: dict[str, Callable[[dict], list[Row]]] = {
     "machine": machine_rows, "models": models_rows, "single_stage": single_stage_rows, "loader": loader_rows,
     "sliding_window": sliding_window_rows, "pseudo_labels": pseudo_labels_rows,
-    "predict_geotiff": predict_geotiff_rows, "baseline": baseline_rows,
+    "predict_geotiff": predict_geotiff_rows, "compile": compile_rows, "scaling": scaling_rows,
+    "baseline": baseline_rows,
 }
 # machine.json first: the other rows are read against it.
 ORDER = list(RENDERERS)

@@ -124,3 +124,13 @@ def test_stage_decides_auto_in_prepare(monkeypatch, tmp_path):
     stage.prepare(small_net(), input_shape=(4, 3, 16, 16))
     assert stage.precision == "bf16" and stage.amp_dtype == torch.bfloat16
     assert (tmp_path / prec.CACHE_NAME).exists()
+
+
+def test_a_candidate_that_fails_to_run_leaves_fp32(monkeypatch, tmp_path):
+    monkeypatch.setattr(prec, "cpu_flags", lambda: {"avx512_bf16"})
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("no bf16 kernel")
+
+    monkeypatch.setattr(prec, "_measure", failing)
+    assert prec.resolve_precision("auto", small_net(), (2, 3, 16, 16), torch.device("cpu"), cache_dir=tmp_path) == "fp32"

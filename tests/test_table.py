@@ -103,3 +103,32 @@ def test_a_file_from_before_the_peak_was_measured_shows_no_ratio(tmp_path):
     row = next(line for line in render(tmp_path).splitlines() if line.startswith("| `models.json`"))
     assert row == ("| `models.json` training step encdec_w1_2x256_fp32, 1 thread(s) | 5.74 s/step, 0.35 img/s | — "
                    "| 1.00–1.50 |")
+
+
+def test_pamr_against_the_published_module_compile_and_scaling_rows(tmp_path):
+    timing = {"median_ms": 20.0, "min_ms": 18.0, "repeats": 10}
+    write(tmp_path, "pseudo_labels.json", {
+        "machine": MACHINE, "threads": 2, "load_average_1_5_15_before": [0.5, 0, 0],
+        "load_average_1_5_15_after": [0.7, 0, 0],
+        "pamr": [{"masks_shape": [1, 21, 81, 81], "num_iter": 10, "wsseg": timing,
+                  "published": {"median_ms": 180.0, "min_ms": 170.0, "repeats": 10},
+                  "published_over_wsseg_median": 9.0},
+                 {"masks_shape": [1, 12, 360, 480], "num_iter": 10, "wsseg": timing}],
+        "crf": {"crop_hw": [512, 512], "num_classes": 6, "n_iter": 10, "median_ms": 500.0, "min_ms": 490.0}})
+    write(tmp_path, "compile.json", {"machine": MACHINE, "cases": [
+        {"model": "encdec_unpool", "batch": 8, "crop_px": 192, "precision": "bf16", "threads": 2,
+         "eager_step_s": 0.48, "compiled_step_s": 0.4, "speedup_compiled": 1.2, "compiled_first_step_s": 5.7}]})
+    write(tmp_path, "scaling.json", {"machine": MACHINE, "cases": [
+        {"model": "effnet_lite0_unet", "global_batch": 8, "crop_px": 160, "one_process_threads": 2,
+         "step_s_best": {"1 process": 0.3, "2 processes": 0.25}, "speedup_processes_over_threads": 1.2,
+         "load_avg_1min_before": 0.5, "load_avg_1min_after": 0.6},
+        {"model": "fcn8s", "gradient_mib": 512.0, "link": "NVLink", "assumed_bus_gb_s": 150.0, "gpus": 8,
+         "allreduce_s_per_step": 0.0063}]})
+    table = render(tmp_path)
+    assert "PAMR 1×21×81×81, 10 iterations, 2 thread(s) | median 20 ms (fastest 18); published 180 ms | " \
+           "9× faster than published | 0.50–0.70 |" in table
+    assert "PAMR 1×12×360×480, 10 iterations, 2 thread(s) | median 20 ms (fastest 18) | — |" in table
+    assert "compiled 1.2× faster" in table and "first compiled step 5.7 s" in table
+    assert "0.3 vs 0.25 s/step | processes 1.2× |" in table
+    assert "512 MiB, 6.3 ms/step" in table
+    assert "Not tabulated" not in table

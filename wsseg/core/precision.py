@@ -111,8 +111,9 @@ def _step_function(model: torch.nn.Module, images: torch.Tensor, device: torch.d
         if training:
             model.zero_grad(set_to_none=True)
             with autocast:
-                outputs = _floating_outputs(model(images))
-            sum(out.float().mean() for out in outputs if out.requires_grad).backward()
+                outputs = [out for out in _floating_outputs(model(images)) if out.requires_grad]
+            if outputs:
+                sum(out.float().mean() for out in outputs).backward()
         else:
             with torch.no_grad(), autocast:
                 model(images)
@@ -177,7 +178,11 @@ def resolve_precision(precision: str, model: torch.nn.Module, input_shape: tuple
         cache = _load_cache(cache_path) if cache_path is not None else {}
         if key in cache and cache[key].get("choice") in ("fp32", candidate):
             return cache[key]["choice"]
-        step_s = _measure(model, shape, device, channels_last, training, ["fp32", candidate])
+        try:
+            step_s = _measure(model, shape, device, channels_last, training, ["fp32", candidate])
+        except RuntimeError as exc:  # an op without a 16-bit kernel on this device, say
+            log.warning(f"precision auto for {what}: fp32 ({candidate} failed to run: {exc})")
+            return "fp32"
         choice = choose(step_s)
         ratio = step_s["fp32"] / step_s[candidate]
         log.info(f"precision auto for {what}: {choice} ({candidate} step {1e3 * step_s[candidate]:.0f} ms, "
