@@ -5,7 +5,7 @@ from wsseg.models import SEGMENTERS, build_segmenter
 
 
 def test_known_names():
-    assert {"encdec_unpool", "effnet_lite0_unet", "unet", "fcn8s"} <= SEGMENTERS.keys()
+    assert {"encdec_unpool", "effnet_lite0_unet", "unet", "fcn8s", "zoomout"} <= SEGMENTERS.keys()
 
 
 @pytest.mark.parametrize("name, kwargs", [
@@ -13,6 +13,7 @@ def test_known_names():
     ("effnet_lite0_unet", {"pretrained": False, "decoder_channels": (16, 16, 8, 8)}),
     ("unet", {"base_channels": 4, "depth": 3}),
     ("fcn8s", {"width": 0.0625}),
+    ("zoomout", {"width": 0.125, "hidden": [8, 8]}),
 ])
 def test_every_segmenter_keeps_the_contract(name, kwargs):
     model = build_segmenter(name, 4, **kwargs)
@@ -34,6 +35,7 @@ def test_unknown_argument_is_named():
     ("effnet_lite0_unet", {"pretrained": False}),
     ("unet", {"base_channels": 4, "depth": 2}),
     ("fcn8s", {"width": 0.0625}),
+    ("zoomout", {"width": 0.125, "hidden": [8, 8]}),
 ])
 def test_the_registered_head_is_exactly_what_the_class_count_shapes(name, kwargs):
     """`--reset-head` learns afresh the weights under HEAD_PREFIXES: those, and only those, change

@@ -1,5 +1,5 @@
-"""Command line: `wsseg train | eval | check-data | publish | predict | export | synth` (`run_training.py`
-is `wsseg train`).
+"""Command line: `wsseg train | eval | check-data | publish | predict | export | synth | zoomout`
+(`run_training.py` is `wsseg train`).
 
 Exit codes: 0 done; 1 `wsseg check-data` found problems in the data; 2 bad input (a config, a file,
 an option, a checkpoint), reported as one `error: ...` line naming it, never a traceback.
@@ -170,6 +170,35 @@ def resume_command(args, run_dir: Path) -> str:
     if args.reset_head:
         words.append("--reset-head")
     return shlex.join(words)
+
+
+def _zoomout(args) -> int:
+    """One step of the zoom-out model (`pipeline.chain.run_zoomout_step`) in the run folder --out."""
+    from wsseg.core.distributed import init_distributed
+    from wsseg.core.train import TrainingInterrupted
+    from wsseg.pipeline.chain import run_zoomout_step
+
+    cfg = load_config(args.config, args.overrides)
+    run_dir = Path(args.out)
+    dist_info = init_distributed(cfg.device)
+    _setup_logging(run_dir if dist_info.is_main else None, quiet=not dist_info.is_main)
+    try:
+        result = run_zoomout_step(cfg, args.step, run_dir, args.resume, dist_info)
+    except TrainingInterrupted as stop:
+        words = ["wsseg", "zoomout", args.step, "--config", args.config, "--out", str(run_dir), "--resume"]
+        print(f"interrupted by {stop}. To continue where it stopped:\n  "
+              f"{shlex.join(words + [w for o in args.overrides for w in ('--set', o)])}", file=sys.stderr)
+        signum = getattr(signal.Signals, stop.signal_name, None) if stop.signal_name.startswith("SIG") else None
+        return 128 + int(signum) if signum is not None else 1
+    if args.step == "sample":
+        print(f"sampled {result['samples']} hypercolumns of {result['channels']} channels from {result['tiles']} "
+              f"N1 tiles → {run_dir / 'zoomout' / 'samples'}")
+    elif args.step == "fit":
+        print(f"FC classifier: loss {result['train_loss']:.4f}, accuracy on the samples "
+              f"{result['train_accuracy']:.4f} → {run_dir / 'zoomout' / 'classifier'}")
+    else:
+        _print_scores(result, run_dir / "task_i")
+    return 0
 
 
 def _eval(args) -> int:
@@ -368,9 +397,19 @@ def main(argv: list[str] | None = None) -> int:
     cd.add_argument("--tags", help="also check a crop tag file (a run's crop_tags.json) against the data")
     _add_predict_args(sub.add_parser("predict", help="segment new images, folders and GeoTIFFs with a checkpoint"))
     _add_export_args(sub.add_parser("export", help="export a checkpoint as ONNX, TorchScript or safetensors"))
+    zo = sub.add_parser("zoomout", help="the zoom-out model's steps one at a time (model.name: zoomout): sample "
+                                        "hypercolumns, fit the FC classifier, dense fine-tuning and task i's report")
+    zo.add_argument("step", choices=["sample", "fit", "dense"],
+                    help="sample: N1 pixels → RUN/zoomout/samples; fit: → RUN/zoomout/classifier; dense: FC → 1×1 "
+                         "conv, fine-tuned on N1 crops → RUN/task_i")
+    zo.add_argument("--config", required=True, help="YAML file in configs/ (model.name: zoomout)")
+    zo.add_argument("--out", required=True, help="the run folder, the same for the three steps")
+    zo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config value (repeatable)")
+    zo.add_argument("--resume", action="store_true", help="continue this step from what it left in --out")
     args = parser.parse_args(argv)
     handler = {"train": _train, "eval": _eval, "check-data": _check_data, "publish": _publish, "synth": _synth,
-               "predict": _predict, "export": _export}[args.command]
+               "predict": _predict, "export": _export, "zoomout": _zoomout}[args.command]
     try:
         from wsseg.core.progress import progress_enabled
 

@@ -51,7 +51,8 @@ class ModelConfig:
     name: str = "encdec_unpool"
     # Constructor keyword arguments of the segmenter (width, decoder_dropout, pretrained ...).
     options: dict[str, Any] = field(default_factory=dict)
-    # Optional ImageNet VGG16/VGG16-BN state dict for the EncDecUnpool encoder (local file).
+    # Optional ImageNet VGG state dict (local file) for the VGG encoder: VGG16/VGG16-BN for encdec_unpool
+    # and fcn8s, VGG11 or VGG16 (its `backbone`) for zoomout.
     encoder_weights: str | None = None
     # Start the segmenters from a trained model (`wsseg train --init-from`): a run checkpoint .pt,
     # a folder written by `wsseg publish`, an http(s) URL of its zip, or a name in the registry
@@ -256,6 +257,26 @@ class WeakConfig:
 
 
 @dataclass
+class ZoomOutConfig:
+    """`model.name: zoomout`: the steps before dense training (`wsseg zoomout sample | fit | dense`)."""
+
+    # Sparse sampling: each N1 tile is cut into a fixed grid of `sample_crop_px` crops (a 1024 px
+    # xView2 image into the seed's 16 × 256 px; a VOC photo stays whole), each run through the
+    # network alone, and each gives `pixels_per_class` random pixels of every class it holds.
+    pixels_per_class: int = 3
+    sample_crop_px: int = 256
+    # The fully connected classifier on the sampled hypercolumns (Adam, constant rate).
+    epochs: int = 40
+    batch_size: int = 128
+    lr: float = 1.0e-3
+    weight_decay: float = 0.0
+    # Loss weights per class: a list, "inverse" frequency of the sampled labels, or none.
+    class_weights: Union[list[float], Literal["inverse", "none"]] = "inverse"
+    # FC → 1×1 conv: fold the feature normalisation into the first conv, or keep it as fixed buffers.
+    fold_normalisation: bool = False
+
+
+@dataclass
 class Config:
     name: str = "run"
     data: DataConfig = field(default_factory=DataConfig)
@@ -264,6 +285,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     weak: WeakConfig = field(default_factory=WeakConfig)
+    zoomout: ZoomOutConfig = field(default_factory=ZoomOutConfig)
     # Folder of run folders; `--out` overrides the run folder itself.
     out_root: str = "runs"
     device: str = "auto"

@@ -16,6 +16,7 @@ from wsseg.models.efficientnet_lite import EfficientNetLite0UNet
 from wsseg.models.encdec_unpool import EncDecUnpool, load_vgg16_imagenet
 from wsseg.models.fcn import FCN8s, load_fcn8s_vgg16_imagenet
 from wsseg.models.unet import UNet
+from wsseg.models.zoomout import ZoomOut, load_zoomout_vgg_imagenet
 
 # name → constructor taking num_classes plus keyword arguments. Other model families
 # (resnet38.py, single_stage.py, ...) register their segmenters here the same way.
@@ -24,12 +25,15 @@ SEGMENTERS: dict[str, Callable[..., nn.Module]] = {
     "effnet_lite0_unet": EfficientNetLite0UNet,
     "unet": UNet,
     "fcn8s": FCN8s,
+    "zoomout": ZoomOut,
 }
 
-# Segmenters with an ImageNet VGG16 encoder, and how its weights go in (`model.encoder_weights`).
-VGG16_ENCODER_LOADERS: dict[str, Callable[[nn.Module, object], nn.Module]] = {
+# Segmenters with an ImageNet VGG encoder, and how its weights go in (`model.encoder_weights`):
+# VGG16 for all but zoomout, whose weights are those of its `backbone` (VGG11 or VGG16).
+VGG_ENCODER_LOADERS: dict[str, Callable[[nn.Module, object], nn.Module]] = {
     "encdec_unpool": load_vgg16_imagenet,
     "fcn8s": load_fcn8s_vgg16_imagenet,
+    "zoomout": load_zoomout_vgg_imagenet,
 }
 
 
@@ -63,11 +67,11 @@ def untrained_options(options: dict) -> dict:
 
 
 def load_encoder_weights(name: str, model: nn.Module, weights) -> nn.Module:
-    """Load ImageNet VGG16 weights (a local state dict file) into the encoder of segmenter `name`."""
-    if name not in VGG16_ENCODER_LOADERS:
-        raise ValueError(f"model.encoder_weights: segmenter {name!r} has no VGG16 encoder to load them into "
-                         f"(those that have: {', '.join(sorted(VGG16_ENCODER_LOADERS))})")
-    return VGG16_ENCODER_LOADERS[name](model, weights)
+    """Load ImageNet VGG weights (a local state dict file) into the encoder of segmenter `name`."""
+    if name not in VGG_ENCODER_LOADERS:
+        raise ValueError(f"model.encoder_weights: segmenter {name!r} has no VGG encoder to load them into "
+                         f"(those that have: {', '.join(sorted(VGG_ENCODER_LOADERS))})")
+    return VGG_ENCODER_LOADERS[name](model, weights)
 
 
 # The ImageNet-initialised part of each segmenter (state-dict key prefixes), whose learning rate
@@ -78,6 +82,7 @@ ENCODER_PREFIXES: dict[str, tuple[str, ...]] = {
     "effnet_lite0_unet": ("encoder.",),
     "fcn8s": ("blocks.", "fc6.", "fc7."),
     "unet": ("stem.", "down."),
+    "zoomout": ("features.",),
 }
 
 
@@ -89,6 +94,7 @@ HEAD_PREFIXES: dict[str, tuple[str, ...]] = {
     "unet": ("classifier.",),
     # FCN-8s scores every skip and upsamples class maps: all of that has num_classes channels.
     "fcn8s": ("score_fr.", "score_pool4.", "score_pool3.", "upscore2.", "upscore_pool4.", "upscore8."),
+    "zoomout": ("classifier.score.",),
 }
 
 

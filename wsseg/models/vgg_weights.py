@@ -1,4 +1,4 @@
-"""torchvision VGG16 / VGG16-BN ImageNet weights, read by structure.
+"""torchvision VGG16 / VGG16-BN (and VGG11) ImageNet weights, read by structure.
 
 torchvision names VGG layers by their position in `features` (`features.0.weight`,
 `features.1.running_mean`, ...), and the positions differ between VGG16 and VGG16-BN. Our models
@@ -7,9 +7,9 @@ goes to our k-th conv, the k-th BN to our k-th BN. Every tensor is shape-checked
 that does not fit is an error naming the offending key: a silently half-loaded backbone is the
 failure this module exists to prevent.
 
-The VGG-based models (encdec_unpool.py, fcn.py) also share through this module the channel plan
-and width scaling those weights must fit, the normalisation they were trained with, and the fresh
-init used when they are not loaded.
+The VGG-based models (encdec_unpool.py, fcn.py, zoomout.py) also share through this module the
+channel plan and width scaling those weights must fit, the normalisation they were trained with,
+and the fresh init used when they are not loaded.
 """
 
 from __future__ import annotations
@@ -25,6 +25,9 @@ from torch import Tensor, nn
 # Output channels of the 13 VGG16 convolutions, block by block (3×3, padding 1).
 VGG16_BLOCK_CHANNELS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
 NUM_VGG16_CONVS = sum(len(block) for block in VGG16_BLOCK_CHANNELS)
+# VGG11 ("configuration A" of Simonyan & Zisserman): 8 convolutions, one or two per block.
+VGG11_BLOCK_CHANNELS = ((64,), (128,), (256, 256), (512, 512), (512, 512))
+VGG_BLOCK_CHANNELS = {"vgg11": VGG11_BLOCK_CHANNELS, "vgg16": VGG16_BLOCK_CHANNELS}
 
 
 def scale_channels(channels: int, width: float) -> int:
@@ -69,13 +72,14 @@ class VGG16Tensors:
 
 
 def resolve_vgg16_state_dict(weights) -> Mapping[str, Tensor]:
-    """A state dict from a file path, a state dict, or a torchvision VGG16(_BN)_Weights enum.
+    """A state dict from a file path, a state dict, or a torchvision VGG16(_BN)_Weights enum
+    (VGG11(_BN)_Weights too: `read_vgg_tensors` then checks which network it is).
 
     Only the enum downloads (torchvision caches it under $TORCH_HOME); paths and dicts never do.
     """
-    from torchvision.models import VGG16_BN_Weights, VGG16_Weights
+    from torchvision.models import VGG11_BN_Weights, VGG11_Weights, VGG16_BN_Weights, VGG16_Weights
 
-    if isinstance(weights, (VGG16_Weights, VGG16_BN_Weights)):
+    if isinstance(weights, (VGG16_Weights, VGG16_BN_Weights, VGG11_Weights, VGG11_BN_Weights)):
         return weights.get_state_dict(progress=True, check_hash=True)
     if isinstance(weights, (str, os.PathLike)):
         state = torch.load(weights, map_location="cpu", weights_only=True)
@@ -92,6 +96,13 @@ def resolve_vgg16_state_dict(weights) -> Mapping[str, Tensor]:
 
 def read_vgg16_tensors(state_dict: Mapping[str, Tensor]) -> VGG16Tensors:
     """Group a torchvision VGG16 or VGG16-BN state dict into its 13 convs (and 13 BNs)."""
+    return read_vgg_tensors(state_dict, "vgg16")
+
+
+def read_vgg_tensors(state_dict: Mapping[str, Tensor], network: str) -> VGG16Tensors:
+    """Group a torchvision VGG state dict of `network` ("vgg11", "vgg16"; with or without BN)
+    into its convs (and BNs); a state dict of another depth is an error."""
+    num_convs = sum(len(block) for block in VGG_BLOCK_CHANNELS[network])
     layers: dict[int, dict[str, Tensor]] = {}
     classifier: dict[str, Tensor] = {}
     for key, tensor in state_dict.items():
@@ -123,12 +134,12 @@ def read_vgg16_tensors(state_dict: Mapping[str, Tensor]) -> VGG16Tensors:
         if unexpected:
             raise KeyError(f"unexpected key(s) {sorted(f'{prefix}.{p}' for p in unexpected)}")
 
-    if len(convs) != NUM_VGG16_CONVS:
+    if len(convs) != num_convs:
         raise ValueError(f"found {len(convs)} convs in features.* "
-                         f"({[p for p, _ in convs]}), VGG16 has {NUM_VGG16_CONVS}")
+                         f"({[p for p, _ in convs]}), {network.upper()} has {num_convs}")
     if bns and len(bns) != len(convs):
         raise ValueError(f"found {len(bns)} BatchNorms for {len(convs)} convs; "
-                         "VGG16-BN has one after every conv")
+                         f"{network.upper()}-BN has one after every conv")
     return VGG16Tensors(convs=convs, bns=bns, classifier=classifier)
 
 

@@ -5,6 +5,8 @@
     train_single_stage  N1 + N2 crop tags → single-stage weakly supervised model      (task ii)
     make_pseudo_masks   single-stage model → PAMR → CRF → thresholds → N2 pseudo masks (task ii);
                         a constant background that never wins there → retrained with it learned
+    initial_segmenter   zoom-out only: sampled hypercolumns → FC classifier → 1×1 convs, where
+                        its segmenter starts (pipeline.zoomout; one step at a time: run_zoomout_step)
     run_task            wires the stages; `all` runs both tasks on one split and compares them
 
 A stage writes `done.json` when it finishes; a rerun of the chain with `resume` skips finished
@@ -22,7 +24,8 @@ import json
 import logging
 from pathlib import Path
 
-from wsseg.core.config import Config
+from wsseg.core.checkpoint import CheckpointError
+from wsseg.core.config import Config, ConfigError
 from wsseg.core.distributed import DistInfo, barrier, run_on_main
 from wsseg.core.io import atomic_write_json, score_or_nan
 from wsseg.core.report import write_comparison_report
@@ -31,6 +34,8 @@ from wsseg.pipeline.data import Run, crop_tags_of, prepare_run
 from wsseg.pipeline.pseudo_masks import BackgroundRejected, make_pseudo_masks, pseudo_mask_samples
 from wsseg.pipeline.segmenter import check_init_from, train_segmenter
 from wsseg.pipeline.weak import train_single_stage
+from wsseg.pipeline.zoomout import (ZOOMOUT, check_zoomout_config, classifier_dir, finished, fit_classifier,
+                                    initial_segmenter, sample_hypercolumns, samples_dir)
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +60,8 @@ def run_task_i(run: Run) -> dict:
     if (done := _stage_done(stage_dir)) is not None:
         log.info(f"task i already finished in {stage_dir}: mIoU {done['miou']:.4f}")
         return done
-    metrics = train_segmenter(run, stage_dir, title="Task i: pixel labels only (N1)")
+    metrics = train_segmenter(run, stage_dir, title="Task i: pixel labels only (N1)",
+                              init_checkpoint=initial_segmenter(run))
     log.info(f"task i: test mIoU {metrics.get('miou', float('nan')):.4f}")
     return _finish_stage(run, stage_dir, metrics)
 
@@ -101,9 +107,10 @@ def _task_ii_round(run: Run, crop_tags, folder: Path, fusion_segmenter: Path | N
     if (done := _stage_done(stage_dir)) is not None:
         log.info(f"{title}: already finished in {stage_dir}: mIoU {done['miou']:.4f}")
         return done, quality
+    # From task i's segmenter if asked; a zoom-out segmenter otherwise from its converted N1 classifier.
+    init = task_i_best if run.cfg.weak.init_from_task_i else initial_segmenter(run)
     metrics = train_segmenter(run, stage_dir, pseudo_masks={t: pm_dir / f"{t}.png" for t in run.split.tagged},
-                              init_checkpoint=task_i_best if run.cfg.weak.init_from_task_i else None,
-                              title=title, crop_tags=crop_tags)
+                              init_checkpoint=init, title=title, crop_tags=crop_tags)
     log.info(f"{stage_dir.relative_to(run.run_dir)}: test mIoU {metrics.get('miou', float('nan')):.4f}")
     return _finish_stage(run, stage_dir, metrics), quality
 
@@ -169,7 +176,8 @@ def run_oracle(run: Run) -> dict:
     stage_dir = run.run_dir / "oracle"
     if (done := _stage_done(stage_dir)) is not None:
         return done
-    metrics = train_segmenter(run, stage_dir, oracle=True, title="Oracle: N1 + N2 pixel labels (experiments only)")
+    metrics = train_segmenter(run, stage_dir, oracle=True, title="Oracle: N1 + N2 pixel labels (experiments only)",
+                              init_checkpoint=initial_segmenter(run))
     log.info(f"oracle: test mIoU {metrics.get('miou', float('nan')):.4f}")
     return _finish_stage(run, stage_dir, metrics)
 
@@ -209,3 +217,37 @@ def _run_task(cfg: Config, task: str, run_dir: Path, resume: bool, dist: DistInf
                                   cfg.eval.num_triptychs)
     return write_comparison_report(run_dir, task_i, task_ii, quality, classes.names, classes.palette, samples,
                                    oracle=oracle_metrics)
+
+
+ZOOMOUT_STEPS = ("sample", "fit", "dense")
+
+
+def run_zoomout_step(cfg: Config, step: str, run_dir: Path, resume: bool = False, dist: DistInfo = DistInfo()) -> dict:
+    """One step of the zoom-out model in `run_dir` (`wsseg zoomout STEP`): `sample` starts the run
+    (or continues it with `resume`); `fit`, then `dense`, continue the run it started, each from
+    its own last checkpoint with `resume`. `dense` is task i's segmenter stage, report included.
+    Returns the step's `done.json` (task i's metrics for `dense`)."""
+    if step not in ZOOMOUT_STEPS:
+        raise ValueError(f"unknown zoom-out step {step!r} ({', '.join(ZOOMOUT_STEPS)})")
+    if cfg.model.name != ZOOMOUT:
+        raise ConfigError(f"wsseg zoomout needs model.name: {ZOOMOUT}; the config has {cfg.model.name!r}")
+    if step != "sample" and not (run_dir / "config.yaml").exists():
+        raise CheckpointError(f"{run_dir} holds no run: start it with `wsseg zoomout sample --out {run_dir}`")
+    lock = RunLock(run_dir).acquire() if dist.is_main else None
+    try:
+        # The later steps continue the run folder that `sample` made; `resume` then concerns their own checkpoints.
+        run = prepare_run(cfg, run_dir, resume or step != "sample", dist, weak=False)
+        run = dataclasses.replace(run, resume=resume)
+        check_zoomout_config(cfg, run.source.classes)
+        if step == "sample":
+            return sample_hypercolumns(run)
+        if step == "fit":
+            if finished(samples_dir(run_dir)) is None:
+                raise CheckpointError(f"no finished samples in {samples_dir(run_dir)}: run `wsseg zoomout sample` first")
+            return fit_classifier(run)
+        if finished(classifier_dir(run_dir)) is None:
+            raise CheckpointError(f"no finished classifier in {classifier_dir(run_dir)}: run `wsseg zoomout fit` first")
+        return run_task_i(run)
+    finally:
+        if lock is not None:
+            lock.release()

@@ -48,11 +48,13 @@ class Run:
     # Tiles left out for bad files (`data.skip_bad_files`), listed in the run's skipped_files.json.
     skipped_tiles: tuple[str, ...] = ()
 
-    def stage(self, stage_dir: Path, precision: str, channels_last: bool) -> Stage:
+    def stage(self, stage_dir: Path, precision: str, channels_last: bool, workers: int | None = None) -> Stage:
         """The training skeleton for a stage of this run, in `stage_dir`; its checkpoints carry the
-        dataset's classes, so that a model is usable without the data it was trained on."""
+        dataset's classes, so that a model is usable without the data it was trained on.
+        `workers`: DataLoader processes, default `train.workers` (0 for data already in memory)."""
         return Stage(stage_dir, device=self.cfg.device, precision=precision, channels_last=channels_last,
-                     seed=self.cfg.train.seed, workers=self.cfg.train.workers, dist=self.dist,
+                     seed=self.cfg.train.seed, workers=self.cfg.train.workers if workers is None else workers,
+                     dist=self.dist,
                      config=config_to_dict(self.cfg), resume=self.resume, sync_bn=self.cfg.train.sync_bn,
                      checkpoint_extras={"classes": class_record(self.source.classes)},
                      on_nonfinite=self.cfg.train.on_nonfinite, precision_cache_dir=self.run_dir,
