@@ -8,6 +8,7 @@ run can always be reproduced from its own folder.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -67,10 +68,17 @@ class TrainConfig:
     iters_per_epoch: int = 1000
     batch_size: int = 10
     crop_px: int = 200
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
     lr: float = 1e-3
-    weight_decay: float = 0.0
+    # One decay for every optimizer, or one per optimizer name, the others 0 ({adamw: 0.004}):
+    # a sweep over train.optimizer then gives each its own, as Keras' defaults do (its AdamW
+    # decays by 0.004, its Adam and RMSprop not at all), where one value would make AdamW Adam.
+    weight_decay: Union[float, dict[str, float]] = 0.0
+    # SGD's momentum. RMSprop takes none: torch's and Keras' RMSprop default to 0, and the 0.9
+    # meant for SGD would silently change it.
     momentum: float = 0.9
+    # RMSprop's smoothing constant of the squared gradients: torch's default (Keras' rho is 0.9).
+    rmsprop_alpha: float = 0.99
     schedule: Literal["constant", "poly", "step"] = "constant"
     poly_power: float = 0.9
     step_epochs: int = 10
@@ -267,6 +275,18 @@ class Config:
     # Folder of run folders; `--out` overrides the run folder itself.
     out_root: str = "runs"
     device: str = "auto"
+
+
+def optimizer_names() -> tuple[str, ...]:
+    """The optimizers `train.optimizer` takes."""
+    return typing.get_args(typing.get_type_hints(TrainConfig)["optimizer"])
+
+
+def weight_decay_of(train: TrainConfig) -> float:
+    """The weight decay of `train.optimizer`: `train.weight_decay`, or its entry when that is a mapping by optimizer."""
+    if isinstance(train.weight_decay, dict):
+        return float(train.weight_decay.get(train.optimizer, 0.0))
+    return float(train.weight_decay)
 
 
 def config_from_dict(values: dict) -> Config:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wsseg.core.checkpoint import CheckpointError
-from wsseg.core.config import Config, ConfigError, config_to_dict, save_config
+from wsseg.core.config import Config, ConfigError, config_to_dict, optimizer_names, save_config
 from wsseg.core.determinism import use_deterministic_algorithms
 from wsseg.core.distributed import DistInfo, barrier, main_process_first
 from wsseg.core.io import atomic_write_json
@@ -239,10 +239,27 @@ def _check_sizes(cfg: Config) -> None:
                           f"between two windows would never be predicted")
 
 
+def _check_optimizer(cfg: Config) -> None:
+    """A weight decay for an optimizer that does not exist is a typo that would silently decay nothing."""
+    t = cfg.train
+    decays = t.weight_decay if isinstance(t.weight_decay, dict) else {"train.weight_decay": t.weight_decay}
+    unknown = sorted(set(decays) - set(optimizer_names())) if isinstance(t.weight_decay, dict) else []
+    if unknown:
+        raise ConfigError(f"train.weight_decay names no optimizer {unknown[0]!r} (optimizers: "
+                          f"{', '.join(optimizer_names())})")
+    for name, value in decays.items():
+        if value < 0:
+            key = name if name == "train.weight_decay" else f"train.weight_decay.{name}"
+            raise ConfigError(f"{key} must be at least 0, got {value}")
+    if not 0.0 <= t.rmsprop_alpha < 1.0:
+        raise ConfigError(f"train.rmsprop_alpha must be in [0, 1), got {t.rmsprop_alpha}")
+
+
 def check_config(cfg: Config, source: TileSource | None = None, weak: bool = True) -> None:
     """Settings that are valid one by one but not with each other or with the dataset, caught
     before anything trains: a wrong class name must not surface after task i has trained."""
     _check_sizes(cfg)
+    _check_optimizer(cfg)
     if not 0.0 <= cfg.weak.pseudo.segmenter_weight <= 1.0:
         raise ConfigError(f"weak.pseudo.segmenter_weight must be in [0, 1], got {cfg.weak.pseudo.segmenter_weight}")
     if not 0.0 <= cfg.weak.pseudo_ratio < 1.0:

@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import ConcatDataset, Dataset
 
 from wsseg.core.checkpoint import CheckpointError, load_checkpoint, load_weights, unwrap
-from wsseg.core.config import Config
+from wsseg.core.config import Config, weight_decay_of
 from wsseg.core.distributed import autocast_dtype, barrier, choose_device
 from wsseg.core.evaluate import evaluate_tiles
 from wsseg.core.metrics import class_pixel_counts, class_weights, majority_baseline_miou, xview2_score
@@ -233,7 +233,8 @@ def train_segmenter(run: Run, stage_dir: Path, *, pseudo_masks: dict[str, Path] 
             return weighted_cross_entropy(logits, masks, weights, pixel_weights, classes.ignore_index), {}
 
         optimizer = build_optimizer(parameter_groups(cfg.model.name, unwrap(model), cfg.train.encoder_lr_mult),
-                                    cfg.train.optimizer, cfg.train.lr, cfg.train.weight_decay, cfg.train.momentum)
+                                    cfg.train.optimizer, cfg.train.lr, weight_decay_of(cfg.train), cfg.train.momentum,
+                                    cfg.train.rmsprop_alpha)
         scheduler = build_scheduler(optimizer, cfg.train.schedule, cfg.train.epochs * len(loader), len(loader),
                                     cfg.train.poly_power, cfg.train.step_epochs, cfg.train.step_gamma)
 
@@ -345,7 +346,8 @@ def _finetune_on_labels(run: Run, stage: Stage, model, compute_loss, validate) -
                                                           augment=cfg.train.augment, seed=cfg.train.seed + 2), 1.0),
                           cfg.train.batch_size)
     optimizer = build_optimizer(parameter_groups(cfg.model.name, unwrap(model), cfg.train.encoder_lr_mult),
-                                cfg.train.optimizer, cfg.train.lr * 0.1, cfg.train.weight_decay, cfg.train.momentum)
+                                cfg.train.optimizer, cfg.train.lr * 0.1, weight_decay_of(cfg.train),
+                                cfg.train.momentum, cfg.train.rmsprop_alpha)
     scheduler = build_scheduler(optimizer, "constant", 1, len(loader))
     history = stage.fit(model, loader, optimizer, scheduler, compute_loss, cfg.weak.finetune_epochs, validate,
                         run_dir=ft_dir, desc="finetune")
