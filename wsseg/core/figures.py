@@ -15,6 +15,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
 from wsseg.core.io import score_or_nan
 from wsseg.datasets.colour import encode_colour_mask
@@ -138,4 +139,24 @@ def plot_curves(path: Path, history: Sequence[dict]) -> Path:
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_sweep_curves(path: Path, series: Sequence[tuple[str, Sequence[tuple[int, float]]]], title: str) -> Path:
+    """Validation mIoU against epoch, one line per run of a sweep; `series` = (legend label, [(epoch, mIoU)])."""
+    fig = _figure(7.5, 4.5)
+    ax = fig.subplots()
+    for label, points in series:
+        points = [(e, score_or_nan(v)) for e, v in points if not math.isnan(score_or_nan(v))]
+        if points:
+            ax.plot(*zip(*points), marker="o", markersize=3, label=label)
+        else:  # no validation tiles: the run still belongs in the legend, with its test score
+            ax.plot([], [], label=f"{label}, not validated")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation mIoU")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if series:
+        ax.legend(fontsize=8, loc="best")
     return _save(fig, path)

@@ -34,7 +34,7 @@ from wsseg.datasets.crops import OnlineCrops, RandomCropDataset
 from wsseg.datasets.tags import CropTag, TagGrid
 from wsseg.models import build_segmenter, load_encoder_weights, parameter_groups, untrained_options
 from wsseg.models.tag_loss import partial_tag_loss
-from wsseg.pipeline.data import Run
+from wsseg.pipeline.data import Run, encoder_weights_file
 from wsseg.pipeline.release import initialise_from, resolve_checkpoint
 from wsseg.pseudo_labels.consistency import consistency_loss, consistency_targets
 
@@ -157,7 +157,9 @@ def build_model(cfg: Config, num_classes: int, pretrained: bool = True) -> torch
         return build_segmenter(cfg.model.name, num_classes, **untrained_options(cfg.model.options))
     model = build_segmenter(cfg.model.name, num_classes, **cfg.model.options)
     if cfg.model.encoder_weights:
-        load_encoder_weights(cfg.model.name, model, cfg.model.encoder_weights)
+        weights = encoder_weights_file(cfg.model.encoder_weights)
+        load_encoder_weights(cfg.model.name, model, weights)
+        log.info(f"{cfg.model.name}: ImageNet encoder weights from {weights}")
     return model
 
 
