@@ -37,10 +37,15 @@ class DataConfig:
 @dataclass
 class SplitConfig:
     # seeded: drawn from every tile; official: kept within the dataset's own train / val / test
-    # parts (wsseg.datasets.splits.official_split says which part plays which role).
+    # parts (wsseg.datasets.splits.official_split says which part plays which role). Both draw
+    # fixed counts with `seed`; with official, n_labelled, n_tagged (and n_val, where the test part
+    # has no labels) come from the train folder and n_test from the part scored as test, so a
+    # reduced benchmark is a few counts (configs/cityscapes_reduced_fcn8s.yaml: 900 frames of
+    # train, 100 of val).
     kind: Literal["seeded", "official"] = "seeded"
     seed: int = 0
     n_labelled: int = 3
+    # With official: more than the train tiles left means all of them (logged).
     n_tagged: int = 21
     n_val: int = 2
     # At most this many test tiles (default: every tile not in another part).
@@ -52,7 +57,10 @@ class ModelConfig:
     name: str = "encdec_unpool"
     # Constructor keyword arguments of the segmenter (width, decoder_dropout, pretrained ...).
     options: dict[str, Any] = field(default_factory=dict)
-    # Optional ImageNet VGG16/VGG16-BN state dict for the EncDecUnpool encoder (local file).
+    # ImageNet weights of a VGG16 encoder (EncDecUnpool: VGG16-BN or VGG16; FCN-8s: VGG16, fc6/fc7
+    # included), torchvision's state dict file, loaded by structure (models/vgg_weights.py). A path
+    # (resnet_weights/vgg16-397923af.pth), else a file of that name in $WSSEG_CACHE or torch's
+    # cache (torch.hub.get_dir()/checkpoints); never downloaded. null: from scratch.
     encoder_weights: str | None = None
     # Start the segmenters from a trained model (`wsseg train --init-from`): a run checkpoint .pt,
     # a folder written by `wsseg publish`, an http(s) URL of its zip, or a name in the registry
