@@ -149,7 +149,8 @@ def _camvid(tmp, shared, cfg):
     for part, names in frames.items():
         for name in names:
             _copy_array(tmp / part / f"{name}.png", _rgb(rng))
-            _copy_array(tmp / f"{part}annot" / f"{name}.png", rng.integers(0, CAMVID_VOID + 1, (48, 64), dtype=np.uint8))
+            annotation = rng.integers(0, CAMVID_VOID + 1, (48, 64), dtype=np.uint8)
+            _copy_array(tmp / f"{part}annot" / f"{name}.png", annotation)
     return tmp, []
 
 
@@ -230,7 +231,8 @@ def test_documented_commands_follow_the_header():
     assert documented_commands(REPO / "configs" / "kitti_road_fcn8s.yaml") == ["train"]
     assert set(documented_commands(REPO / "configs" / "ade20k_fcn128.yaml")) == {"sweep", "train"}
     assert documented_commands(REPO / "configs" / "demo.yaml") == []
-    assert documented_commands(REPO / "configs" / "kitti_semantic.yaml") == ["train"]  # not its `wsseg check-data` aside
+    # Not the `wsseg check-data` in the middle of one of its lines.
+    assert documented_commands(REPO / "configs" / "kitti_semantic.yaml") == ["train"]
 
 
 def test_every_fcn8s_starts_from_imagenet_vgg16():

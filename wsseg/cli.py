@@ -411,8 +411,8 @@ def main(argv: list[str] | None = None) -> int:
     _add_predict_args(sub.add_parser("predict", help="segment new images, folders and GeoTIFFs with a checkpoint"))
     _add_export_args(sub.add_parser("export", help="export a checkpoint as ONNX, TorchScript or safetensors"))
     args = parser.parse_args(argv)
-    handler = {"train": _train, "sweep": _sweep, "eval": _eval, "check-data": _check_data, "publish": _publish, "synth": _synth,
-               "predict": _predict, "export": _export}[args.command]
+    handler = {"train": _train, "sweep": _sweep, "eval": _eval, "check-data": _check_data, "publish": _publish,
+               "synth": _synth, "predict": _predict, "export": _export}[args.command]
     try:
         from wsseg.core.progress import progress_enabled
 

@@ -46,8 +46,8 @@ def _rgb01(colour) -> tuple[float, float, float]:
 
 def _legend_handles(class_names, palette, shown: set[int] | None = None):
     """A patch per class (per class in `shown`, when given) and one for ignore."""
-    handles = [Patch(facecolor=_rgb01(c), edgecolor="black", label=n) for k, (n, c) in enumerate(zip(class_names, palette))
-               if shown is None or k in shown]
+    handles = [Patch(facecolor=_rgb01(c), edgecolor="black", label=n)
+               for k, (n, c) in enumerate(zip(class_names, palette)) if shown is None or k in shown]
     handles.append(Patch(facecolor=_rgb01(IGNORE_COLOUR), edgecolor="black", label="ignore"))
     return handles
 

@@ -1,8 +1,9 @@
 """Run reports: metrics JSON, a markdown summary and the figures a reader checks first.
 
 One evaluated run (`write_report`), task i against task ii (`write_comparison_report`), the
-mean ± std over split seeds (`write_seed_summary`) and the runs of a grid sweep (`write_sweep_report`). JSON is written atomically (`core.io`), NaN
-scores (classes absent from the evaluated pixels, see `core.metrics`) as null.
+mean ± std over split seeds (`write_seed_summary`) and the runs of a grid sweep
+(`write_sweep_report`). JSON is written atomically (`core.io`), NaN scores (classes absent from
+the evaluated pixels, see `core.metrics`) as null.
 """
 
 from __future__ import annotations

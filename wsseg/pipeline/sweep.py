@@ -243,7 +243,8 @@ def _run_one(run: SweepRun, task: str, dist: DistInfo) -> None:
     finally:
         if dist.is_main:
             record = {"combination": run.name, "overrides": dict(run.overrides), "task": task, "finished": finished,
-                      "wall_s": earlier_s + time.perf_counter() - started, "attempts": int(record.get("attempts", 0)) + 1}
+                      "wall_s": earlier_s + time.perf_counter() - started,
+                      "attempts": int(record.get("attempts", 0)) + 1}
             if finished:
                 record["history"] = {label: _validation_history(folder)
                                      for label, folder in stage_dirs(run.cfg, task, run.run_dir).items()}
