@@ -96,6 +96,7 @@ def time_step(cfg, run, warmup: int, steps: int) -> dict:
     """The demo's segmenter step (`pipeline.segmenter.train_segmenter`'s, without the loader)."""
     import torch
 
+    from wsseg.core.config import weight_decay_of
     from wsseg.core.distributed import autocast_dtype
     from wsseg.core.train import build_optimizer, weighted_cross_entropy
     from wsseg.models import parameter_groups
@@ -107,7 +108,8 @@ def time_step(cfg, run, warmup: int, steps: int) -> dict:
     memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     optimizer = build_optimizer(parameter_groups(cfg.model.name, model, cfg.train.encoder_lr_mult),
-                                cfg.train.optimizer, cfg.train.lr, cfg.train.weight_decay, cfg.train.momentum)
+                                cfg.train.optimizer, cfg.train.lr, weight_decay_of(cfg.train), cfg.train.momentum,
+                                cfg.train.rmsprop_alpha)
     class_weights = segmenter_class_weights(cfg, run.source, run.split.labelled)
     images, masks, sample_weights = next(iter(torch.utils.data.DataLoader(
         task_i_dataset(cfg, run), batch_size=cfg.train.batch_size, shuffle=True, drop_last=True)))

@@ -41,8 +41,8 @@ def test_unknown_key_is_an_error_naming_it(tmp_path):
 
 
 def test_wrong_type_and_choice_are_errors():
-    with pytest.raises(ConfigError, match="train.optimizer: 'rmsprop' is not one of"):
-        load_config(None, ["train.optimizer=rmsprop"])
+    with pytest.raises(ConfigError, match="train.optimizer: 'adagrad' is not one of"):
+        load_config(None, ["train.optimizer=adagrad"])
     with pytest.raises(ConfigError, match="train.augment: expected true or false"):
         load_config(None, ["train.augment=yes please"])
     with pytest.raises(ConfigError, match="not of the form key=value"):
@@ -62,3 +62,24 @@ def test_saved_config_loads_back_identically(tmp_path):
     cfg = load_config(CONFIGS / "vaihingen_task1.yaml", ["train.epochs=7"])
     save_config(cfg, tmp_path / "config.yaml")
     assert load_config(tmp_path / "config.yaml") == cfg
+
+
+def test_weight_decay_per_optimizer():
+    from wsseg.core.config import optimizer_names, weight_decay_of
+    from wsseg.pipeline.data import check_config
+
+    assert optimizer_names() == ("adam", "adamw", "sgd", "rmsprop")
+    assert weight_decay_of(load_config(None, ["train.optimizer=adamw", "train.weight_decay=1e-4"]).train) == 1e-4
+    # A mapping gives each optimizer its own decay (ints widen), the ones it leaves out none.
+    per = ["train.weight_decay={adamw: 0.004, sgd: 1}"]
+    assert weight_decay_of(load_config(None, per + ["train.optimizer=adamw"]).train) == 0.004
+    assert weight_decay_of(load_config(None, per + ["train.optimizer=sgd"]).train) == 1.0
+    assert weight_decay_of(load_config(None, per + ["train.optimizer=rmsprop"]).train) == 0.0
+    with pytest.raises(ConfigError, match=r"train.weight_decay.adamw: expected a number, got 'lots'"):
+        load_config(None, ["train.weight_decay={adamw: lots}"])
+    with pytest.raises(ConfigError, match="train.weight_decay names no optimizer 'adamax'"):
+        check_config(load_config(None, ["train.weight_decay={adamax: 0.1}"]))
+    with pytest.raises(ConfigError, match="train.weight_decay.adam must be at least 0"):
+        check_config(load_config(None, ["train.weight_decay={adam: -0.1}"]))
+    with pytest.raises(ConfigError, match=r"train.rmsprop_alpha must be in \[0, 1\)"):
+        check_config(load_config(None, ["train.rmsprop_alpha=1"]))

@@ -80,3 +80,43 @@ def test_check_data_finds_what_training_refuses_and_counts_the_tiles(root):
     result = check_data(cfg_for(root), progress=False)
     assert sorted(p.tile_id for p in result.blocking) == ["t2", "t5", "t7"] and not result.warnings
     assert result.summary() == "checked 10 tiles of 'folder': 3 problem(s) in 3 tile(s)"
+
+
+def test_encoder_weights_are_looked_up_in_the_caches_never_downloaded(tmp_path, monkeypatch):
+    from wsseg.core.typed import ConfigError
+    from wsseg.pipeline.data import check_weight_files, encoder_weights_file
+
+    monkeypatch.setenv("WSSEG_CACHE", str(tmp_path / "wsseg_cache"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.chdir(tmp_path)
+    given = "resnet_weights/vgg16-397923af.pth"
+    with pytest.raises(ConfigError, match=r"model.encoder_weights 'resnet_weights/vgg16-397923af.pth': no such file, "
+                                          r"nor vgg16-397923af.pth in .*wsseg_cache or .*torch_home/hub/checkpoints"):
+        encoder_weights_file(given)
+    # torchvision's own download of the weights, where `VGG16_Weights.IMAGENET1K_V1` puts it.
+    in_torch = tmp_path / "torch_home" / "hub" / "checkpoints" / "vgg16-397923af.pth"
+    in_torch.parent.mkdir(parents=True)
+    in_torch.write_bytes(b"weights")
+    assert encoder_weights_file(given) == in_torch
+    in_wsseg = tmp_path / "wsseg_cache" / "vgg16-397923af.pth"
+    in_wsseg.parent.mkdir(parents=True)
+    in_wsseg.write_bytes(b"weights")
+    assert encoder_weights_file(given) == in_wsseg
+    (tmp_path / "resnet_weights").mkdir()
+    (tmp_path / given).write_bytes(b"weights")
+    assert encoder_weights_file(given) == Path(given)
+    with pytest.raises(ConfigError, match="segmenter 'unet' has no VGG16 encoder"):
+        check_weight_files(config_from_dict({"model": {"name": "unet", "encoder_weights": given}}))
+    check_weight_files(config_from_dict({"model": {"name": "fcn8s", "encoder_weights": given}}))
+
+
+def test_missing_encoder_weights_stop_the_run_before_it_writes_anything(root, tmp_path, monkeypatch):
+    from wsseg.core.typed import ConfigError
+
+    monkeypatch.setenv("WSSEG_CACHE", str(tmp_path / "empty_cache"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch"))
+    cfg = cfg_for(root, skip_bad_files=True)
+    cfg.model.name, cfg.model.options, cfg.model.encoder_weights = "fcn8s", {"width": 0.125}, "nowhere/vgg16.pth"
+    with pytest.raises(ConfigError, match="model.encoder_weights 'nowhere/vgg16.pth': no such file"):
+        prepare_run(cfg, tmp_path / "run", weak=False)
+    assert not (tmp_path / "run" / "config.yaml").exists()

@@ -100,7 +100,8 @@ def test_the_kitti_config_trains_and_reports_road_max_f(data_road, tmp_path):
                  "--set", f"data.root={data_road}", "--set", "data.scale=1.0", "--set", "split.n_labelled=2",
                  "--set", "split.n_tagged=0", "--set", "split.n_val=1", "--set", "train.epochs=1",
                  "--set", "train.iters_per_epoch=2", "--set", "train.batch_size=2", "--set", "train.crop_px=48",
-                 "--set", "model.options.width=0.125", "--set", "eval.window_px=48", "--set", "eval.stride_px=32",
+                 "--set", "model.options.width=0.125",
+                 "--set", "model.encoder_weights=null", "--set", "eval.window_px=48", "--set", "eval.stride_px=32",
                  "--set", "train.workers=0"])
     assert code == 0
     metrics = json.loads((out / "task_i" / "metrics.json").read_text())

@@ -1,13 +1,14 @@
 """`split.kind: official` on datasets written in their real on-disk layouts."""
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
 from PIL import Image
 
-from wsseg.core.config import config_from_dict
+from wsseg.core.config import config_from_dict, load_config
 from wsseg.datasets import build_source
 from wsseg.datasets.base import DatasetError
 from wsseg.datasets.colour import encode_colour_mask
@@ -203,3 +204,22 @@ def test_real_ade20k_images_in_both_challenge_parts(shared_data, tmp_path):
     assert (len(split.labelled), len(split.tagged), len(split.val)) == (2, 3, 1)
     for tile_id in split.test + split.labelled:
         assert source.label(tile_id).shape == source.image(tile_id).shape[:2]
+
+
+def test_the_reduced_cityscapes_config_draws_its_counts_from_the_official_folders(tmp_path):
+    """configs/cityscapes_reduced_fcn8s.yaml on a Cityscapes copy of 950 train, 120 val and 5 test
+    frames: 900 frames of train (850 N1 + 50 validation) and 100 of val (the test set), by seed."""
+    root = _cityscapes(tmp_path / "cityscapes", counts=(("train", "aachen", 500), ("train", "bochum", 450),
+                                                        ("val", "lindau", 120), ("test", "berlin", 5)))
+    config = Path(__file__).resolve().parents[1] / "configs" / "cityscapes_reduced_fcn8s.yaml"
+    cfg = load_config(config, [f"data.root={root}"])
+    source = load_source(cfg)
+    split = make_split_for(cfg, source)
+    part = _parts(source)
+    assert (len(split.labelled), len(split.tagged), len(split.val), len(split.test)) == (850, 0, 50, 100)
+    assert {part[t] for t in split.labelled + split.val} == {"train"} and {part[t] for t in split.test} == {"val"}
+    assert {t.split("_")[0] for t in split.labelled} == {"aachen", "bochum"}
+    assert split.info["parts"] == {"train": 950, "val": 120, "test": 5}
+    assert make_split_for(cfg, source) == split
+    other = make_split_for(load_config(config, [f"data.root={root}", "split.seed=1"]), source)
+    assert other.labelled != split.labelled and other.test != split.test

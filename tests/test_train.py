@@ -177,3 +177,14 @@ def test_a_scalar_is_averaged_over_the_steps_that_reported_it():
     stats, *_ = train_one_epoch(model, loader, optimizer, scheduler, compute_loss, 0, torch.device("cpu"), None, None,
                                 show_progress=False)
     assert stats["every"] == 1.0 and stats["odd"] == (1 + 3) / 2
+
+
+def test_rmsprop_takes_its_alpha_and_decay_but_not_sgds_momentum():
+    model = tiny_model()
+    optimizer = build_optimizer(model.parameters(), "rmsprop", 1e-3, weight_decay=0.01, momentum=0.9,
+                                rmsprop_alpha=0.9)
+    assert isinstance(optimizer, torch.optim.RMSprop)
+    group = optimizer.param_groups[0]
+    assert (group["lr"], group["alpha"], group["weight_decay"], group["momentum"]) == (1e-3, 0.9, 0.01, 0)
+    with pytest.raises(ValueError, match="unknown optimizer 'adagrad'"):
+        build_optimizer(model.parameters(), "adagrad", 1e-3)

@@ -1,4 +1,4 @@
-"""Command line: `wsseg train | eval | check-data | publish | predict | export | synth | zoomout`
+"""Command line: `wsseg train | sweep | eval | check-data | publish | predict | export | synth | zoomout`
 (`run_training.py` is `wsseg train`).
 
 Exit codes: 0 done; 1 `wsseg check-data` found problems in the data; 2 bad input (a config, a file,
@@ -87,7 +87,6 @@ def train_main(argv: list[str] | None = None) -> int:
 
 def _train(args) -> int:
     from wsseg.core.distributed import init_distributed
-    from wsseg.core.train import TrainingInterrupted
     from wsseg.pipeline.chain import run_task
     from wsseg.pipeline.seeds import run_split_seeds
 
@@ -111,31 +110,44 @@ def _train(args) -> int:
     # Rank 0 alone writes log.txt: the others' warnings and errors go to their stdout.
     _setup_logging(run_dir if dist_info.is_main else None, quiet=not dist_info.is_main)
     log.info(f"run folder: {run_dir}")
-    previous_sigterm = _sigterm_as_interrupt()
-    try:
+    if args.split_seeds and args.task != "all":
+        print("error: --split-seeds repeats the comparison: use it with --task all", file=sys.stderr)
+        return 2
+
+    def train():
         if args.split_seeds:
-            if args.task != "all":
-                print("error: --split-seeds repeats the comparison: use it with --task all", file=sys.stderr)
-                return 2
             seeds = [int(s) for s in args.split_seeds.split(",") if s.strip()]
             run_split_seeds(cfg, seeds, run_dir, args.resume, dist_info, oracle=args.oracle)
         else:
             run_task(cfg, args.task, run_dir, args.resume, dist_info, oracle=args.oracle)
+
+    code = _until_interrupted(train, resume_command(args, run_dir))
+    if code == 0:
+        log.info(f"done: reports in {run_dir}")
+    return code
+
+
+def _until_interrupted(work, continue_command: str) -> int:
+    """Run `work()`; Ctrl-C or SIGTERM end it with the command that continues it and the exit code
+    of that signal (128 + its number) instead of a traceback."""
+    from wsseg.core.train import TrainingInterrupted
+
+    previous_sigterm = _sigterm_as_interrupt()
+    try:
+        work()
     except TrainingInterrupted as stop:
-        print(f"interrupted by {stop}. To continue where it stopped:\n  {resume_command(args, run_dir)}",
-              file=sys.stderr)
+        print(f"interrupted by {stop}. To continue where it stopped:\n  {continue_command}", file=sys.stderr)
         signum = getattr(signal.Signals, stop.signal_name, None) if stop.signal_name.startswith("SIG") else None
         return 128 + int(signum) if signum is not None else 1
     except KeyboardInterrupt as stop:
         # Outside the training steps (evaluation, pseudo masks): the stage in progress starts over.
         name = "SIGTERM" if isinstance(stop, _Terminated) else "Ctrl-C"
         print(f"interrupted by {name} between training steps; finished stages and the last checkpoint are kept. "
-              f"To continue:\n  {resume_command(args, run_dir)}", file=sys.stderr)
+              f"To continue:\n  {continue_command}", file=sys.stderr)
         return 128 + int(signal.SIGTERM if isinstance(stop, _Terminated) else signal.SIGINT)
     finally:
         if previous_sigterm is not None:
             signal.signal(signal.SIGTERM, previous_sigterm)
-    log.info(f"done: reports in {run_dir}")
     return 0
 
 
@@ -175,21 +187,19 @@ def resume_command(args, run_dir: Path) -> str:
 def _zoomout(args) -> int:
     """One step of the zoom-out model (`pipeline.chain.run_zoomout_step`) in the run folder --out."""
     from wsseg.core.distributed import init_distributed
-    from wsseg.core.train import TrainingInterrupted
     from wsseg.pipeline.chain import run_zoomout_step
 
     cfg = load_config(args.config, args.overrides)
     run_dir = Path(args.out)
     dist_info = init_distributed(cfg.device)
     _setup_logging(run_dir if dist_info.is_main else None, quiet=not dist_info.is_main)
-    try:
-        result = run_zoomout_step(cfg, args.step, run_dir, args.resume, dist_info)
-    except TrainingInterrupted as stop:
-        words = ["wsseg", "zoomout", args.step, "--config", args.config, "--out", str(run_dir), "--resume"]
-        print(f"interrupted by {stop}. To continue where it stopped:\n  "
-              f"{shlex.join(words + [w for o in args.overrides for w in ('--set', o)])}", file=sys.stderr)
-        signum = getattr(signal.Signals, stop.signal_name, None) if stop.signal_name.startswith("SIG") else None
-        return 128 + int(signum) if signum is not None else 1
+    words = ["wsseg", "zoomout", args.step, "--config", args.config, "--out", str(run_dir), "--resume"]
+    results = []
+    code = _until_interrupted(lambda: results.append(run_zoomout_step(cfg, args.step, run_dir, args.resume, dist_info)),
+                              shlex.join(words + [w for o in args.overrides for w in ("--set", o)]))
+    if code != 0:
+        return code
+    (result,) = results
     if args.step == "sample":
         print(f"sampled {result['samples']} hypercolumns of {result['channels']} channels from {result['tiles']} "
               f"N1 tiles → {run_dir / 'zoomout' / 'samples'}")
@@ -199,6 +209,27 @@ def _zoomout(args) -> int:
     else:
         _print_scores(result, run_dir / "task_i")
     return 0
+
+
+def _sweep(args) -> int:
+    """`wsseg sweep`: every combination planned and validated first, then run one after the other."""
+    from wsseg.core.distributed import init_distributed
+    from wsseg.pipeline.sweep import parse_grid, plan_sweep, run_sweep
+
+    out = Path(args.out)
+    # Every combination's config and data are checked before the first trains, and before any log is written.
+    sweep = plan_sweep(args.config, parse_grid(args.grid), out, args.overrides, args.task)
+    dist_info = init_distributed(sweep.runs[0].cfg.device)
+    _setup_logging(out if dist_info.is_main else None, quiet=not dist_info.is_main)
+    words = ["wsseg", "sweep", "--config", args.config, "--task", args.task, "--out", args.out]
+    for item in args.grid:
+        words += ["--grid", item]
+    for item in args.overrides:
+        words += ["--set", item]
+    code = _until_interrupted(lambda: run_sweep(sweep, dist_info), shlex.join(words))
+    if code == 0 and dist_info.is_main:
+        print(f"sweep done: {out / 'sweep.md'}")
+    return code
 
 
 def _eval(args) -> int:
@@ -369,6 +400,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="wsseg", description="weakly semi-supervised semantic segmentation")
     sub = parser.add_subparsers(dest="command", required=True)
     add_train_args(sub.add_parser("train", help="train and evaluate task i, ii or both"))
+    sw = sub.add_parser("sweep", help="train a task once per combination of config values, then tabulate them "
+                                      "(rerun: finished combinations are skipped)")
+    sw.add_argument("--config", required=True, help="YAML file in configs/")
+    sw.add_argument("--grid", action="append", default=[], required=True, metavar="KEY=V1,V2,...",
+                    help="a config key and its values, parsed as --set values (repeatable: the cartesian product)")
+    sw.add_argument("--out", required=True, help="sweep folder: one run folder per combination, sweep.md/.json/.png")
+    sw.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config value in every combination (repeatable)")
+    sw.add_argument("--task", choices=["i", "ii", "all"], default="i", help="the task each combination runs")
     ev = sub.add_parser("eval", help="re-evaluate a saved checkpoint on the test tiles of its run")
     ev.add_argument("--checkpoint", required=True,
                     help="a run checkpoint .pt, a stage or release folder, a model.zip, its URL or a registry name")
@@ -408,8 +448,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="override a config value (repeatable)")
     zo.add_argument("--resume", action="store_true", help="continue this step from what it left in --out")
     args = parser.parse_args(argv)
-    handler = {"train": _train, "eval": _eval, "check-data": _check_data, "publish": _publish, "synth": _synth,
-               "predict": _predict, "export": _export, "zoomout": _zoomout}[args.command]
+    handler = {"train": _train, "sweep": _sweep, "eval": _eval, "check-data": _check_data, "publish": _publish,
+               "synth": _synth, "predict": _predict, "export": _export, "zoomout": _zoomout}[args.command]
     try:
         from wsseg.core.progress import progress_enabled
 

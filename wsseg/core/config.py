@@ -8,6 +8,7 @@ run can always be reproduced from its own folder.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -36,10 +37,15 @@ class DataConfig:
 @dataclass
 class SplitConfig:
     # seeded: drawn from every tile; official: kept within the dataset's own train / val / test
-    # parts (wsseg.datasets.splits.official_split says which part plays which role).
+    # parts (wsseg.datasets.splits.official_split says which part plays which role). Both draw
+    # fixed counts with `seed`; with official, n_labelled, n_tagged (and n_val, where the test part
+    # has no labels) come from the train folder and n_test from the part scored as test, so a
+    # reduced benchmark is a few counts (configs/cityscapes_reduced_fcn8s.yaml: 900 frames of
+    # train, 100 of val).
     kind: Literal["seeded", "official"] = "seeded"
     seed: int = 0
     n_labelled: int = 3
+    # With official: more than the train tiles left means all of them (logged).
     n_tagged: int = 21
     n_val: int = 2
     # At most this many test tiles (default: every tile not in another part).
@@ -51,8 +57,11 @@ class ModelConfig:
     name: str = "encdec_unpool"
     # Constructor keyword arguments of the segmenter (width, decoder_dropout, pretrained ...).
     options: dict[str, Any] = field(default_factory=dict)
-    # Optional ImageNet VGG state dict (local file) for the VGG encoder: VGG16/VGG16-BN for encdec_unpool
-    # and fcn8s, VGG11 or VGG16 (its `backbone`) for zoomout.
+    # ImageNet weights of the VGG encoder (EncDecUnpool: VGG16-BN or VGG16; FCN-8s: VGG16, fc6/fc7
+    # included; zoomout: VGG11 or VGG16, its `backbone`), torchvision's state dict file, loaded by
+    # structure (models/vgg_weights.py). A path (resnet_weights/vgg16-397923af.pth), else a file of
+    # that name in $WSSEG_CACHE or torch's cache (torch.hub.get_dir()/checkpoints); never
+    # downloaded. null: from scratch.
     encoder_weights: str | None = None
     # Start the segmenters from a trained model (`wsseg train --init-from`): a run checkpoint .pt,
     # a folder written by `wsseg publish`, an http(s) URL of its zip, or a name in the registry
@@ -68,10 +77,17 @@ class TrainConfig:
     iters_per_epoch: int = 1000
     batch_size: int = 10
     crop_px: int = 200
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
     lr: float = 1e-3
-    weight_decay: float = 0.0
+    # One decay for every optimizer, or one per optimizer name, the others 0 ({adamw: 0.004}):
+    # a sweep over train.optimizer then gives each its own, as Keras' defaults do (its AdamW
+    # decays by 0.004, its Adam and RMSprop not at all), where one value would make AdamW Adam.
+    weight_decay: Union[float, dict[str, float]] = 0.0
+    # SGD's momentum. RMSprop takes none: torch's and Keras' RMSprop default to 0, and the 0.9
+    # meant for SGD would silently change it.
     momentum: float = 0.9
+    # RMSprop's smoothing constant of the squared gradients: torch's default (Keras' rho is 0.9).
+    rmsprop_alpha: float = 0.99
     schedule: Literal["constant", "poly", "step"] = "constant"
     poly_power: float = 0.9
     step_epochs: int = 10
@@ -289,6 +305,18 @@ class Config:
     # Folder of run folders; `--out` overrides the run folder itself.
     out_root: str = "runs"
     device: str = "auto"
+
+
+def optimizer_names() -> tuple[str, ...]:
+    """The optimizers `train.optimizer` takes."""
+    return typing.get_args(typing.get_type_hints(TrainConfig)["optimizer"])
+
+
+def weight_decay_of(train: TrainConfig) -> float:
+    """The weight decay of `train.optimizer`: `train.weight_decay`, or its entry when that is a mapping by optimizer."""
+    if isinstance(train.weight_decay, dict):
+        return float(train.weight_decay.get(train.optimizer, 0.0))
+    return float(train.weight_decay)
 
 
 def config_from_dict(values: dict) -> Config:

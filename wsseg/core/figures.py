@@ -15,11 +15,18 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
 from wsseg.core.io import score_or_nan
 from wsseg.datasets.colour import encode_colour_mask
 
 IGNORE_COLOUR = (0, 0, 0)
+# Above this many classes (ADE20K's 150) a figure drops what would cover it: the numbers in each
+# bar and confusion cell, the legend entries of classes absent from the panels. Its size is
+# capped too: a 150-class confusion matrix at the few-class scale is an 18,000 px square that
+# takes minutes to draw.
+MANY_CLASSES = 25
+MAX_SIDE_IN = 18.0
 
 
 def _figure(width_in: float, height_in: float) -> Figure:
@@ -37,10 +44,16 @@ def _rgb01(colour) -> tuple[float, float, float]:
     return tuple(c / 255.0 for c in colour)
 
 
-def _legend_handles(class_names, palette):
-    handles = [Patch(facecolor=_rgb01(c), edgecolor="black", label=n) for n, c in zip(class_names, palette)]
+def _legend_handles(class_names, palette, shown: set[int] | None = None):
+    """A patch per class (per class in `shown`, when given) and one for ignore."""
+    handles = [Patch(facecolor=_rgb01(c), edgecolor="black", label=n)
+               for k, (n, c) in enumerate(zip(class_names, palette)) if shown is None or k in shown]
     handles.append(Patch(facecolor=_rgb01(IGNORE_COLOUR), edgecolor="black", label="ignore"))
     return handles
+
+
+def _tick_fontsize(count: int) -> float:
+    return 10.0 if count <= MANY_CLASSES else max(3.0, 250.0 / count)
 
 
 def plot_triptych(path: Path, panels: Sequence[tuple[str, np.ndarray]], class_names, palette, title: str) -> Path:
@@ -56,8 +69,12 @@ def plot_triptych(path: Path, panels: Sequence[tuple[str, np.ndarray]], class_na
         ax.set_title(name)
         ax.set_axis_off()
     fig.suptitle(title)
-    fig.legend(handles=_legend_handles(class_names, palette), loc="outside lower center",
-               ncol=min(len(class_names) + 1, 7), frameon=False)
+    shown = None
+    if len(class_names) > MANY_CLASSES:
+        shown = {int(k) for _, data in panels if data.ndim == 2 for k in np.unique(data) if k < len(class_names)}
+    handles = _legend_handles(class_names, palette, shown)
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 7), frameon=False,
+               fontsize=8 if len(handles) > 14 else None)
     return _save(fig, path)
 
 
@@ -68,13 +85,16 @@ def plot_class_bars(path: Path, series: Sequence[tuple[str, Sequence[float]]], c
     x = np.arange(len(class_names))
     width = 0.8 / n
     hatches = ["", "//", "..", "xx"]
-    fig = _figure(max(6.0, 1.1 * len(class_names) * max(1, n * 0.7)), 4.2)
+    many = len(class_names) > MANY_CLASSES
+    fig = _figure(min(MAX_SIDE_IN, max(6.0, 1.1 * len(class_names) * max(1, n * 0.7))), 4.2)
     ax = fig.subplots()
     for k, (label, values) in enumerate(series):
         values = np.array([score_or_nan(v) for v in values])
         bars = ax.bar(x + (k - (n - 1) / 2) * width, np.nan_to_num(values), width,
-                      color=[_rgb01(c) for c in palette], edgecolor="black", hatch=hatches[k % len(hatches)],
-                      label=label)
+                      color=[_rgb01(c) for c in palette], edgecolor="black", linewidth=0.3 if many else None,
+                      hatch=hatches[k % len(hatches)], label=label)
+        if many:
+            continue
         for bar, v in zip(bars, values):
             ax.annotate("–" if math.isnan(v) else f"{v:.2f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                         ha="center", va="bottom", fontsize=8, xytext=(0, 2), textcoords="offset points")
@@ -82,7 +102,8 @@ def plot_class_bars(path: Path, series: Sequence[tuple[str, Sequence[float]]], c
     for k, (label, value) in enumerate(mean_lines):
         if not math.isnan(score_or_nan(value)):
             ax.axhline(score_or_nan(value), color="grey", linestyle=line_styles[k % 3], label=f"{label} {score_or_nan(value):.3f}")
-    ax.set_xticks(x, class_names, rotation=20, ha="right")
+    ax.set_xticks(x, class_names, rotation=90 if many else 20, ha="center" if many else "right",
+                  fontsize=_tick_fontsize(len(class_names)))
     ax.set_ylim(0, 1.08)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -97,16 +118,18 @@ def plot_confusion(path: Path, cm: np.ndarray, class_names, title: str) -> Path:
     rows = cm.sum(axis=1, keepdims=True)
     norm = np.divide(cm, rows, out=np.full_like(cm, np.nan), where=rows > 0)
     c = len(class_names)
-    fig = _figure(1.1 * c + 2.5, 1.0 * c + 2.0)
+    many = c > MANY_CLASSES
+    fig = _figure(min(MAX_SIDE_IN, 1.1 * c + 2.5), min(MAX_SIDE_IN, 1.0 * c + 2.0))
     ax = fig.subplots()
     image = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    for i in range(c):
+    for i in range(0 if many else c):
         for j in range(c):
             if not math.isnan(norm[i, j]):
                 ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=9,
                         color="white" if norm[i, j] > 0.5 else "black")
-    ax.set_xticks(range(c), class_names, rotation=30, ha="right")
-    ax.set_yticks(range(c), class_names)
+    ax.set_xticks(range(c), class_names, rotation=90 if many else 30, ha="center" if many else "right",
+                  fontsize=_tick_fontsize(c))
+    ax.set_yticks(range(c), class_names, fontsize=_tick_fontsize(c))
     ax.set_xlabel("prediction")
     ax.set_ylabel("ground truth")
     ax.set_title(title)
@@ -138,4 +161,24 @@ def plot_curves(path: Path, history: Sequence[dict]) -> Path:
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_sweep_curves(path: Path, series: Sequence[tuple[str, Sequence[tuple[int, float]]]], title: str) -> Path:
+    """Validation mIoU against epoch, one line per run of a sweep; `series` = (legend label, [(epoch, mIoU)])."""
+    fig = _figure(7.5, 4.5)
+    ax = fig.subplots()
+    for label, points in series:
+        points = [(e, score_or_nan(v)) for e, v in points if not math.isnan(score_or_nan(v))]
+        if points:
+            ax.plot(*zip(*points), marker="o", markersize=3, label=label)
+        else:  # no validation tiles: the run still belongs in the legend, with its test score
+            ax.plot([], [], label=f"{label}, not validated")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation mIoU")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if series:
+        ax.legend(fontsize=8, loc="best")
     return _save(fig, path)

@@ -1,8 +1,9 @@
 """Run reports: metrics JSON, a markdown summary and the figures a reader checks first.
 
-One evaluated run (`write_report`), task i against task ii (`write_comparison_report`) and the
-mean ± std over split seeds (`write_seed_summary`). JSON is written atomically (`core.io`), NaN
-scores (classes absent from the evaluated pixels, see `core.metrics`) as null.
+One evaluated run (`write_report`), task i against task ii (`write_comparison_report`), the
+mean ± std over split seeds (`write_seed_summary`) and the runs of a grid sweep
+(`write_sweep_report`). JSON is written atomically (`core.io`), NaN scores (classes absent from
+the evaluated pixels, see `core.metrics`) as null.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from wsseg.core.figures import plot_class_bars, plot_confusion, plot_curves, plot_triptych
+from wsseg.core.figures import plot_class_bars, plot_confusion, plot_curves, plot_sweep_curves, plot_triptych
 from wsseg.core.io import atomic_write_json, atomic_write_text, score_or_nan
 from wsseg.core.metrics import MIN_GAP, gap_closed
 from wsseg.datasets.splits import abbreviated
@@ -319,3 +320,58 @@ def write_seed_summary(run_dir: str | Path, summary: dict, seeds: Sequence[int] 
         title = f"{title} ({', '.join(str(s) for s in seeds)})"
     return {"seed_summary.json": atomic_write_json(run_dir / "seed_summary.json", summary),
             "seed_summary.md": atomic_write_text(run_dir / "seed_summary.md", aggregate_markdown(summary, title))}
+
+
+# ---------------------------------------------------------------- a grid sweep
+
+def _duration(seconds) -> str:
+    if seconds is None:
+        return "–"
+    seconds = int(round(float(seconds)))
+    if seconds >= 3600:
+        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
+
+
+def sweep_markdown(summary: dict) -> str:
+    """The table of a sweep: one row per combination (and stage, for `--task all`)."""
+    several = summary["task"] == "all"
+    header = ["combination"] + (["task"] if several else []) + ["test mIoU", "mean F1", "best val mIoU",
+                                                                 "best epoch", "wall time"]
+    cells = [(run, label, stage) for run in summary["runs"] for label, stage in run["stages"].items()]
+    best_val = max((score_or_nan(s["best_val_miou"]) for _, _, s in cells
+                    if not math.isnan(score_or_nan(s["best_val_miou"]))), default=None)
+    rows = []
+    for run, label, stage in cells:
+        val = _fmt(stage["best_val_miou"])
+        if best_val is not None and score_or_nan(stage["best_val_miou"]) == best_val:
+            val = f"**{val}**"
+        wall = _duration(run["wall_s"])
+        if (run.get("attempts") or 1) > 1:
+            wall += f" ({run['attempts']} attempts)"
+        rows.append([f"`{run['combination']}`"] + ([label] if several else [])
+                    + [_fmt(stage["miou"]), _fmt(stage["mean_f1"]), val,
+                       "–" if stage["best_val_epoch"] is None else str(stage["best_val_epoch"]), wall])
+    grid = "; ".join(f"`{key}` ∈ {{{', '.join(values)}}}" for key, values in summary["grid"].items())
+    sets = ", ".join(f"`{item}`" for item in summary["overrides"]) or "none"
+    md = [f"# Sweep of {summary['config']}, task {summary['task']}", "", f"Grid: {grid}. Other overrides: {sets}.",
+          "", _md_table(header, rows), "",
+          "Test scores are on the held-out test tiles; choose among the combinations by validation mIoU (in "
+          "bold, the best), never by test. A combination's wall time covers its training and evaluation, summed "
+          "over attempts when it was resumed. Each row's folder holds its full run (report.md, metrics.json).",
+          "", "![validation mIoU per epoch](sweep.png)"]
+    return "\n".join(md) + "\n"
+
+
+def write_sweep_report(out_dir: str | Path, summary: dict) -> dict[str, Path]:
+    """sweep.json (as given), sweep.md (the table) and sweep.png (every run's validation mIoU per
+    epoch, its test mIoU in the legend) in `out_dir`."""
+    out_dir = Path(out_dir)
+    several = summary["task"] == "all"
+    series = [(f"{run['combination']}{f' {label}' if several else ''} (test mIoU {_fmt(stage['miou'])})",
+               [(row["epoch"], row["val_miou"]) for row in stage["history"]])
+              for run in summary["runs"] for label, stage in run["stages"].items()]
+    return {"sweep.json": atomic_write_json(out_dir / "sweep.json", summary),
+            "sweep.md": atomic_write_text(out_dir / "sweep.md", sweep_markdown(summary)),
+            "sweep.png": plot_sweep_curves(out_dir / "sweep.png", series,
+                                           f"sweep of {Path(summary['config']).name}: validation mIoU")}

@@ -146,8 +146,10 @@ class EpochProgress:
                    int(state.get("skipped_nonfinite", 0)))
 
 
-def build_optimizer(params: Iterable, name: str, lr: float, weight_decay: float = 0.0, momentum: float = 0.9):
-    """`params`: parameters, or groups (dicts) whose optional `lr_mult` scales `lr` for that group."""
+def build_optimizer(params: Iterable, name: str, lr: float, weight_decay: float = 0.0, momentum: float = 0.9,
+                    rmsprop_alpha: float = 0.99):
+    """`params`: parameters, or groups (dicts) whose optional `lr_mult` scales `lr` for that group.
+    `momentum` is SGD's; `rmsprop_alpha` RMSprop's smoothing of the squared gradients."""
     params = list(params)
     if params and isinstance(params[0], dict):
         params = [{**group, "lr": lr * group["lr_mult"]} if "lr_mult" in group else group for group in params]
@@ -157,7 +159,9 @@ def build_optimizer(params: Iterable, name: str, lr: float, weight_decay: float 
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    raise ValueError(f"unknown optimizer {name!r} (adam, adamw, sgd)")
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, alpha=rmsprop_alpha, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r} (adam, adamw, sgd, rmsprop)")
 
 
 def build_scheduler(optimizer, schedule: str, total_iters: int, iters_per_epoch: int,

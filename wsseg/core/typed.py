@@ -52,7 +52,9 @@ def _coerce(value: Any, tp, key: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        return dict(value)
+        if not args or args[1] is Any:
+            return dict(value)
+        return {_coerce(k, args[0], f"{key} (a key)"): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
     if tp is float:
         if isinstance(value, str):
             # YAML 1.1 reads "5e-4" (no dot) as a string; accept what float() accepts.

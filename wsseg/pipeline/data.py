@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wsseg.core.checkpoint import CheckpointError
-from wsseg.core.config import Config, ConfigError, config_to_dict, save_config
+from wsseg.core.config import Config, ConfigError, config_to_dict, optimizer_names, save_config
 from wsseg.core.determinism import use_deterministic_algorithms
 from wsseg.core.distributed import DistInfo, barrier, main_process_first
+from wsseg.core.hub import cache_dir
 from wsseg.core.io import atomic_write_json
 from wsseg.core.metrics import XVIEW2_CLASSES
 from wsseg.core.progress import progress_bar
@@ -29,7 +30,7 @@ from wsseg.datasets.splits import (Split, format_split, group_by_part, load_spli
                                    save_split, sort_tile_ids)
 from wsseg.datasets.tags import CropTag, compute_crop_tags, load_crop_tags, save_crop_tags
 from wsseg.datasets.user_tags import read_user_tags
-from wsseg.models import min_input_px
+from wsseg.models import VGG16_ENCODER_LOADERS, min_input_px
 from wsseg.models.single_stage import ClassLayout
 
 log = logging.getLogger(__name__)
@@ -241,10 +242,27 @@ def _check_sizes(cfg: Config) -> None:
                           f"between two windows would never be predicted")
 
 
+def _check_optimizer(cfg: Config) -> None:
+    """A weight decay for an optimizer that does not exist is a typo that would silently decay nothing."""
+    t = cfg.train
+    decays = t.weight_decay if isinstance(t.weight_decay, dict) else {"train.weight_decay": t.weight_decay}
+    unknown = sorted(set(decays) - set(optimizer_names())) if isinstance(t.weight_decay, dict) else []
+    if unknown:
+        raise ConfigError(f"train.weight_decay names no optimizer {unknown[0]!r} (optimizers: "
+                          f"{', '.join(optimizer_names())})")
+    for name, value in decays.items():
+        if value < 0:
+            key = name if name == "train.weight_decay" else f"train.weight_decay.{name}"
+            raise ConfigError(f"{key} must be at least 0, got {value}")
+    if not 0.0 <= t.rmsprop_alpha < 1.0:
+        raise ConfigError(f"train.rmsprop_alpha must be in [0, 1), got {t.rmsprop_alpha}")
+
+
 def check_config(cfg: Config, source: TileSource | None = None, weak: bool = True) -> None:
     """Settings that are valid one by one but not with each other or with the dataset, caught
     before anything trains: a wrong class name must not surface after task i has trained."""
     _check_sizes(cfg)
+    _check_optimizer(cfg)
     if not 0.0 <= cfg.weak.pseudo.segmenter_weight <= 1.0:
         raise ConfigError(f"weak.pseudo.segmenter_weight must be in [0, 1], got {cfg.weak.pseudo.segmenter_weight}")
     if not 0.0 <= cfg.weak.pseudo_ratio < 1.0:
@@ -280,6 +298,33 @@ def check_config(cfg: Config, source: TileSource | None = None, weak: bool = Tru
             read_user_tags(cfg.weak.tags_file, source, cfg.weak.tags, cfg.data.scale)
 
 
+def encoder_weights_file(value: str) -> Path:
+    """`model.encoder_weights` as a file: the path as given (`resnet_weights/vgg16-397923af.pth`), else
+    a file of that name in wsseg's cache (`$WSSEG_CACHE`) or in torch's, where torchvision's own
+    download of the same weights lands. Looked up, never downloaded: a missing file is an error
+    naming every place looked in."""
+    import torch
+
+    given = Path(value).expanduser()
+    places = [given, cache_dir() / given.name, Path(torch.hub.get_dir()) / "checkpoints" / given.name]
+    for place in places:
+        if place.is_file():
+            return place
+    raise ConfigError(f"model.encoder_weights {value!r}: no such file, nor {given.name} in {places[1].parent} or "
+                      f"{places[2].parent}; resnet_weights/README.md says where the ImageNet files come from "
+                      f"(or set model.encoder_weights: null to train from scratch)")
+
+
+def check_weight_files(cfg: Config) -> None:
+    """The ImageNet files the run loads, found before it starts: a missing one must not surface
+    when the segmenter is built, after the data has been checked and the split written."""
+    if cfg.model.encoder_weights:
+        if cfg.model.name not in VGG16_ENCODER_LOADERS:
+            raise ConfigError(f"model.encoder_weights: segmenter {cfg.model.name!r} has no VGG16 encoder to load "
+                              f"them into (those that have: {', '.join(sorted(VGG16_ENCODER_LOADERS))})")
+        encoder_weights_file(cfg.model.encoder_weights)
+
+
 def prepare_run(cfg: Config, run_dir: Path, resume: bool = False, dist: DistInfo = DistInfo(),
                 weak: bool = True) -> Run:
     """Check the config, load and verify the data, fix the split; record config, split and where
@@ -297,6 +342,7 @@ def prepare_run(cfg: Config, run_dir: Path, resume: bool = False, dist: DistInfo
     with main_process_first(dist):
         source, problems = listed_source(cfg)
         check_config(cfg, source, weak)
+        check_weight_files(cfg)
         # Before any model is built or reaches a GPU: it decides which kernels every stage uses.
         use_deterministic_algorithms(cfg.train.deterministic)
         if cfg.train.deterministic:

@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import ConcatDataset, Dataset
 
 from wsseg.core.checkpoint import CheckpointError, load_checkpoint, load_weights, unwrap
-from wsseg.core.config import Config
+from wsseg.core.config import Config, weight_decay_of
 from wsseg.core.distributed import autocast_dtype, barrier, choose_device
 from wsseg.core.evaluate import evaluate_tiles
 from wsseg.core.metrics import class_pixel_counts, class_weights, majority_baseline_miou, xview2_score
@@ -34,7 +34,7 @@ from wsseg.datasets.crops import OnlineCrops, RandomCropDataset
 from wsseg.datasets.tags import CropTag, TagGrid
 from wsseg.models import build_segmenter, load_encoder_weights, parameter_groups, untrained_options
 from wsseg.models.tag_loss import partial_tag_loss
-from wsseg.pipeline.data import Run
+from wsseg.pipeline.data import Run, encoder_weights_file
 from wsseg.pipeline.release import initialise_from, resolve_checkpoint
 from wsseg.pseudo_labels.consistency import consistency_loss, consistency_targets
 
@@ -157,7 +157,9 @@ def build_model(cfg: Config, num_classes: int, pretrained: bool = True) -> torch
         return build_segmenter(cfg.model.name, num_classes, **untrained_options(cfg.model.options))
     model = build_segmenter(cfg.model.name, num_classes, **cfg.model.options)
     if cfg.model.encoder_weights:
-        load_encoder_weights(cfg.model.name, model, cfg.model.encoder_weights)
+        weights = encoder_weights_file(cfg.model.encoder_weights)
+        load_encoder_weights(cfg.model.name, model, weights)
+        log.info(f"{cfg.model.name}: ImageNet encoder weights from {weights}")
     return model
 
 
@@ -233,7 +235,8 @@ def train_segmenter(run: Run, stage_dir: Path, *, pseudo_masks: dict[str, Path] 
             return weighted_cross_entropy(logits, masks, weights, pixel_weights, classes.ignore_index), {}
 
         optimizer = build_optimizer(parameter_groups(cfg.model.name, unwrap(model), cfg.train.encoder_lr_mult),
-                                    cfg.train.optimizer, cfg.train.lr, cfg.train.weight_decay, cfg.train.momentum)
+                                    cfg.train.optimizer, cfg.train.lr, weight_decay_of(cfg.train), cfg.train.momentum,
+                                    cfg.train.rmsprop_alpha)
         scheduler = build_scheduler(optimizer, cfg.train.schedule, cfg.train.epochs * len(loader), len(loader),
                                     cfg.train.poly_power, cfg.train.step_epochs, cfg.train.step_gamma)
 
@@ -345,7 +348,8 @@ def _finetune_on_labels(run: Run, stage: Stage, model, compute_loss, validate) -
                                                           augment=cfg.train.augment, seed=cfg.train.seed + 2), 1.0),
                           cfg.train.batch_size)
     optimizer = build_optimizer(parameter_groups(cfg.model.name, unwrap(model), cfg.train.encoder_lr_mult),
-                                cfg.train.optimizer, cfg.train.lr * 0.1, cfg.train.weight_decay, cfg.train.momentum)
+                                cfg.train.optimizer, cfg.train.lr * 0.1, weight_decay_of(cfg.train),
+                                cfg.train.momentum, cfg.train.rmsprop_alpha)
     scheduler = build_scheduler(optimizer, "constant", 1, len(loader))
     history = stage.fit(model, loader, optimizer, scheduler, compute_loss, cfg.weak.finetune_epochs, validate,
                         run_dir=ft_dir, desc="finetune")
