@@ -30,7 +30,7 @@ from wsseg.datasets.splits import (Split, format_split, group_by_part, load_spli
                                    save_split, sort_tile_ids)
 from wsseg.datasets.tags import CropTag, compute_crop_tags, load_crop_tags, save_crop_tags
 from wsseg.datasets.user_tags import read_user_tags
-from wsseg.models import VGG16_ENCODER_LOADERS, min_input_px
+from wsseg.models import VGG_ENCODER_LOADERS, min_input_px
 from wsseg.models.single_stage import ClassLayout
 
 log = logging.getLogger(__name__)
@@ -319,9 +319,9 @@ def check_weight_files(cfg: Config) -> None:
     """The ImageNet files the run loads, found before it starts: a missing one must not surface
     when the segmenter is built, after the data has been checked and the split written."""
     if cfg.model.encoder_weights:
-        if cfg.model.name not in VGG16_ENCODER_LOADERS:
-            raise ConfigError(f"model.encoder_weights: segmenter {cfg.model.name!r} has no VGG16 encoder to load "
-                              f"them into (those that have: {', '.join(sorted(VGG16_ENCODER_LOADERS))})")
+        if cfg.model.name not in VGG_ENCODER_LOADERS:
+            raise ConfigError(f"model.encoder_weights: segmenter {cfg.model.name!r} has no VGG encoder to load "
+                              f"them into (those that have: {', '.join(sorted(VGG_ENCODER_LOADERS))})")
         encoder_weights_file(cfg.model.encoder_weights)
 
 
