@@ -105,7 +105,7 @@ def test_encoder_weights_are_looked_up_in_the_caches_never_downloaded(tmp_path, 
     (tmp_path / "resnet_weights").mkdir()
     (tmp_path / given).write_bytes(b"weights")
     assert encoder_weights_file(given) == Path(given)
-    with pytest.raises(ConfigError, match="segmenter 'unet' has no VGG16 encoder"):
+    with pytest.raises(ConfigError, match="segmenter 'unet' has no VGG encoder"):
         check_weight_files(config_from_dict({"model": {"name": "unet", "encoder_weights": given}}))
     check_weight_files(config_from_dict({"model": {"name": "fcn8s", "encoder_weights": given}}))
 

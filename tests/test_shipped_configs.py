@@ -92,10 +92,14 @@ def _isprs_mmseg(sample):
 
 
 def _voc(tmp, shared, cfg):
-    """The three real VOCdevkit photos, with an official list that makes one of them val."""
+    """The three real VOCdevkit photos, with an official list that makes one of them val; their
+    masks also stand in for SegmentationClassAug when the config reads that folder."""
     real, voc = shared / "voc" / "VOCdevkit" / "VOC2012", tmp / "VOCdevkit" / "VOC2012"
     shutil.copytree(real / "JPEGImages", voc / "JPEGImages")
     shutil.copytree(real / "SegmentationClass", voc / "SegmentationClass")
+    label_dir = cfg.data.options.get("label_dir", "SegmentationClass")
+    if label_dir != "SegmentationClass":
+        shutil.copytree(real / "SegmentationClass", voc / label_dir)
     ids = sorted(p.stem for p in (voc / "SegmentationClass").glob("*.png"))
     (voc / "ImageSets" / "Segmentation").mkdir(parents=True)
     (voc / "ImageSets" / "Segmentation" / "train.txt").write_text("\n".join(ids[:-1]) + "\n")
