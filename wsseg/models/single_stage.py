@@ -168,10 +168,9 @@ class SingleStageSegmenter(nn.Module):
         return out
 
     def refine_masks(self, image, masks):
-        """PAMR on the detached masks with the image resized to mask size (fp32 always)."""
-        with torch.no_grad(), torch.autocast(image.device.type, enabled=False):
-            return refine_with_pamr(image.float(), masks.detach().float(),
-                                    dilations=self.pamr_dilations, num_iter=self.pamr_iter)
+        """PAMR on the detached masks with the image resized to mask size (refine_with_pamr runs
+        it in fp32, outside autocast and the graph)."""
+        return refine_with_pamr(image, masks, dilations=self.pamr_dilations, num_iter=self.pamr_iter)
 
     @staticmethod
     def classification_loss(cls, tags):

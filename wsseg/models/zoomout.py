@@ -140,10 +140,14 @@ class ZoomOutMLP(nn.Module):
         super().__init__()
         widths = [in_features, *hidden]
         self.norm = FeatureStandardisation(in_features)
-        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths, widths[1:]))
-        self.score = nn.Linear(widths[-1], num_classes)
+        self.hidden = nn.ModuleList(self.layer(a, b) for a, b in zip(widths, widths[1:]))
+        self.score = self.layer(widths[-1], num_classes)
         self.relu = nn.ReLU(inplace=True)
         self.dropout = nn.Dropout(dropout)
+
+    @staticmethod
+    def layer(in_features: int, out_features: int) -> nn.Module:
+        return nn.Linear(in_features, out_features)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.norm(x)
@@ -152,27 +156,15 @@ class ZoomOutMLP(nn.Module):
         return self.score(x)
 
 
-class ZoomOutConvClassifier(nn.Module):
+class ZoomOutConvClassifier(ZoomOutMLP):
     """The same classifier as 1×1 convolutions, on a dense hypercolumn N×Z×h×w → logits N×C×h×w.
 
     Its dropout is element-wise (`nn.Dropout`, not `Dropout2d`): each cell's features drop
     independently, as each sampled descriptor's did in the fully connected form."""
 
-    def __init__(self, in_features: int, num_classes: int, hidden: Sequence[int] = (1024, 1024),
-                 dropout: float = 0.0) -> None:
-        super().__init__()
-        widths = [in_features, *hidden]
-        self.norm = FeatureStandardisation(in_features)
-        self.hidden = nn.ModuleList(nn.Conv2d(a, b, 1) for a, b in zip(widths, widths[1:]))
-        self.score = nn.Conv2d(widths[-1], num_classes, 1)
-        self.relu = nn.ReLU(inplace=True)
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.norm(x)
-        for layer in self.hidden:
-            x = self.dropout(self.relu(layer(x)))
-        return self.score(x)
+    @staticmethod
+    def layer(in_features: int, out_features: int) -> nn.Module:
+        return nn.Conv2d(in_features, out_features, 1)
 
 
 def fc_to_conv(mlp: ZoomOutMLP, fold_normalisation: bool = False) -> ZoomOutConvClassifier:
