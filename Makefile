@@ -1,7 +1,8 @@
 # `make demo`: set up .venv and run tasks i and ii end to end on the synthetic aerial dataset.
 # `make test`: set up .venv and run the test suite (real-data tests need WSSEG_SHARED=../shared).
 # `make bench`: speed and memory benchmarks → benchmarks/results/*.json (PUBLISHED=DIR: also time
-# the training step of a visinf/1-stage-wseg checkout beside wsseg's); `benchmarks/table.py` tabulates them.
+# the training step of a visinf/1-stage-wseg checkout beside wsseg's; SKIP_DEMO=1: without the ~12-min timing of
+# make demo from a fresh clone); `benchmarks/table.py` tabulates them.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -28,7 +29,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/run_all.py $(if $(PUBLISHED),--published $(PUBLISHED))
+	$(BIN)/python benchmarks/run_all.py $(if $(PUBLISHED),--published $(PUBLISHED)) $(if $(SKIP_DEMO),--skip-demo)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

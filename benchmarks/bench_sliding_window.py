@@ -4,7 +4,10 @@ Times `wsseg.core.evaluate.sliding_window_logits` on one synthetic Vaihingen-siz
 (2000×2500, window 256, stride 192 by default) and writes benchmarks/results/sliding_window.json.
 Pixel content does not change the cost of a conv net, so a random tile stands in for real data.
 
-    python benchmarks/bench_sliding_window.py [--model encdec_unpool] [--amp bf16] [--threads 2]
+    python benchmarks/bench_sliding_window.py [--model encdec_unpool] [--precision auto] [--threads 2]
+
+`--precision` as the config's: auto takes the faster of fp32 and the CPU's bf16, timed by
+`wsseg.core.precision` on a few window batches first, as evaluation does.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import machine_info  # noqa: E402
+from wsseg.core.distributed import autocast_dtype  # noqa: E402
 from wsseg.core.evaluate import sliding_window_logits, window_starts  # noqa: E402
+from wsseg.core.precision import resolve_precision  # noqa: E402
 from wsseg.core.io import atomic_write_json  # noqa: E402
 
 RESULT = Path(__file__).resolve().parent / "results" / "sliding_window.json"
@@ -61,7 +66,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--stride", type=int, default=192)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--amp", choices=["none", "bf16"], default="none")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
     parser.add_argument("--out", type=Path, default=RESULT)
     args = parser.parse_args(argv)
 
@@ -70,7 +75,9 @@ def main(argv=None) -> dict:
     torch.manual_seed(0)
     model, model_note = build_model(args.model, args.num_classes)
     model.eval()
-    amp_dtype = torch.bfloat16 if args.amp == "bf16" else None
+    precision = resolve_precision(args.precision, model, (args.batch_size, 3, args.window, args.window),
+                                  torch.device("cpu"), cache_dir=None, training=False, what="sliding window")
+    amp_dtype = autocast_dtype(precision, torch.device("cpu"))
     image = torch.rand(3, args.height, args.width)
     num_windows = len(window_starts(args.height, args.window, args.stride)) * len(
         window_starts(args.width, args.window, args.stride))
@@ -101,6 +108,7 @@ def main(argv=None) -> dict:
         "windows_per_s": round(num_windows / seconds, 4),
         # the evaluated megapixels per second count each tile pixel once, however many windows overlap it
         "dtype": "bfloat16 autocast" if amp_dtype else "float32",
+        "precision_setting": args.precision,
         "device": "cpu",
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),

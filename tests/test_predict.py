@@ -76,7 +76,7 @@ def test_geotiff_blockwise_equals_whole_image_and_keeps_the_georeference(checkpo
     image[:20, :30] = 0  # nodata in every band
     tif = write_geotiff(tmp_path / "scene.tif", image)
     code, err = predict(capsys, "--checkpoint", checkpoint, tif, "--out", tmp_path / "out", "--block", 160,
-                        "--probabilities")
+                        "--probabilities", "--precision", "fp32")
     assert code == 0, err
 
     # The in-memory prediction of evaluation (`predict_tile` is the argmax of these logits).
@@ -153,7 +153,7 @@ def test_probabilities_sum_to_one_and_tta_flip_is_the_manual_average(checkpoint,
     np.testing.assert_array_equal(mask, probs.argmax(axis=0))
 
     assert predict(capsys, "--checkpoint", checkpoint, tmp_path / "photo.png", "--out", tmp_path / "tta",
-                   "--probabilities", "--tta", "flip")[0] == 0
+                   "--probabilities", "--tta", "flip", "--precision", "fp32")[0] == 0
     model = resolve_checkpoint(checkpoint).model
     x = image_to_tensor(image)
     plain = sliding_window_logits(model, x, 6, 32, 24, 3).softmax(0)
@@ -162,6 +162,21 @@ def test_probabilities_sum_to_one_and_tta_flip_is_the_manual_average(checkpoint,
     np.testing.assert_allclose(tta, ((plain + flipped) / 2).numpy(), rtol=0, atol=1e-6)
     assert not np.allclose(tta, probs, atol=1e-3)
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "tta" / "photo_mask.png")), tta.argmax(0))
+
+
+def test_bf16_prediction_is_fp32_to_bf16_rounding_and_auto_says_what_it_chose(checkpoint, tmp_path, capsys, caplog):
+    image = smooth_image(45, 70, 5)
+    Image.fromarray(image).save(tmp_path / "photo.png")
+    for precision in ("fp32", "bf16"):
+        assert predict(capsys, "--checkpoint", checkpoint, tmp_path / "photo.png", "--out", tmp_path / precision,
+                       "--probabilities", "--precision", precision)[0] == 0
+    fp32, bf16 = (np.load(tmp_path / p / "photo_probabilities.npy") for p in ("fp32", "bf16"))
+    # bf16 keeps 8 bits of mantissa: probabilities move by a few 1e-3, never by a class's worth.
+    assert 0 < np.abs(bf16 - fp32).max() < 0.05
+    np.testing.assert_allclose(bf16.sum(axis=0), 1.0, atol=1e-5)
+    with caplog.at_level("INFO", logger="wsseg.core.precision"):
+        assert predict(capsys, "--checkpoint", checkpoint, tmp_path / "photo.png", "--out", tmp_path / "auto")[0] == 0
+    assert "precision auto for prediction: " in caplog.text
 
 
 def one_error_line(err: str) -> str:

@@ -118,6 +118,10 @@ def test_pamr_against_the_published_module_compile_and_scaling_rows(tmp_path):
     write(tmp_path, "compile.json", {"machine": MACHINE, "cases": [
         {"model": "encdec_unpool", "batch": 8, "crop_px": 192, "precision": "bf16", "threads": 2,
          "eager_step_s": 0.48, "compiled_step_s": 0.4, "speedup_compiled": 1.2, "compiled_first_step_s": 5.7}]})
+    write(tmp_path, "demo.json", {"machine": MACHINE, "cases": [
+        {"commit": "abc1234", "pip_cache": "off", "install_s": 80.0, "demo_s": 580.0, "total_s": 660.0,
+         "total_over_target": 0.917, "task_i_miou": 0.7561, "task_ii_miou": 0.7774,
+         "load_avg_1min_before": 0.1, "load_avg_1min_after": 1.9}]})
     write(tmp_path, "scaling.json", {"machine": MACHINE, "cases": [
         {"model": "effnet_lite0_unet", "global_batch": 8, "crop_px": 160, "one_process_threads": 2,
          "step_s_best": {"1 process": 0.3, "2 processes": 0.25}, "speedup_processes_over_threads": 1.2,
@@ -131,4 +135,6 @@ def test_pamr_against_the_published_module_compile_and_scaling_rows(tmp_path):
     assert "compiled 1.2× faster" in table and "first compiled step 5.7 s" in table
     assert "0.3 vs 0.25 s/step | processes 1.2× |" in table
     assert "512 MiB, 6.3 ms/step" in table
+    assert ("| `demo.json` `make demo` from a fresh clone at abc1234, install included (pip cache off) | install 80 s "
+            "+ demo 580 s = 11 min; task i mIoU 0.756, task ii 0.777 | 0.917× the 12-min target | 0.10–1.90 |") in table
     assert "Not tabulated" not in table

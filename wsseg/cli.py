@@ -353,7 +353,7 @@ def _predict(args) -> int:
                           stride_px=given_or_eval(args.stride, "stride_px", 384),
                           batch_size=given_or_eval(args.batch_size, "batch_size", 4), block_px=args.block,
                           bands=bands, value_range=value_range, tta=tta, crf=args.crf,
-                          probabilities=args.probabilities, force=args.force)
+                          probabilities=args.probabilities, force=args.force, precision=args.precision)
     plan = predict_paths(trained, args.inputs, args.out, opts, pattern=args.glob)
     print(f"predicted {len(plan)} image(s) with {args.checkpoint} → {args.out}")
     return 0
@@ -386,6 +386,9 @@ def _add_predict_args(pr: argparse.ArgumentParser) -> None:
     pr.add_argument("--batch-size", type=int, help="windows per forward pass (default: eval.batch_size)")
     pr.add_argument("--block", type=int, default=2048, help="GeoTIFF block px read and written at a time")
     pr.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    pr.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                    help="auto (default): the faster of fp32 and 16-bit autocast on this device, timed when "
+                         "prediction starts; fp16 on CUDA only")
     pr.add_argument("--force", action="store_true", help="overwrite existing outputs")
 
 

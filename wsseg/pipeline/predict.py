@@ -16,6 +16,10 @@ inputs keep their sub-folders):
 TIFF inputs are read with rasterio block by block (`block_px` plus a halo, see
 `geotiff.block_spans`), so memory follows the block, not the raster, and without TTA the mask is
 the whole-image sliding window's exactly. Other images are decoded whole with Pillow.
+
+`precision` as the config's `train.precision`: fp32, bf16, fp16 (CUDA), or auto, the faster of
+fp32 and the device's 16-bit autocast, timed on a few window batches when prediction starts
+(`core.precision`); 16-bit logits may flip the class of a pixel near a tie.
 """
 
 from __future__ import annotations
@@ -31,7 +35,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from wsseg.core.distributed import autocast_dtype
 from wsseg.core.evaluate import sliding_window_logits
+from wsseg.core.precision import resolve_precision
 from wsseg.core.io import atomic_write
 from wsseg.core.progress import progress_bar
 from wsseg.datasets.base import IGNORE_INDEX
@@ -132,6 +138,7 @@ class PredictOptions:
     probabilities: bool = False
     force: bool = False
     progress: bool = True
+    precision: str = "fp32"
 
 
 def check_window(trained: TrainedModel, opts: PredictOptions) -> None:
@@ -197,15 +204,15 @@ def plan_outputs(inputs: list[tuple[Path, Path]], out_dir: Path, opts: PredictOp
 
 # --------------------------------------------------------------------------- the prediction
 def class_scores(model: torch.nn.Module, image: torch.Tensor, num_classes: int, opts: PredictOptions,
-                 need_probabilities: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+                 need_probabilities: bool, amp_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """uint8 H×W classes and, when asked (or with TTA), float32 C×H×W probabilities of a 3×H×W image.
 
     Without TTA the classes are the argmax of the averaged logits, as `core.evaluate.predict_tile`
     gives them; with TTA, of the softmax averaged over the scales and flips. The model runs on
-    its own device.
+    its own device, under autocast to `amp_dtype` if given.
     """
     run = dict(num_classes=num_classes, window_px=opts.window_px, stride_px=opts.stride_px,
-               batch_size=opts.batch_size)
+               batch_size=opts.batch_size, amp_dtype=amp_dtype)
     if not opts.tta.active:
         logits = sliding_window_logits(model, image, **run)
         return logits.argmax(dim=0).to(torch.uint8), logits.softmax(dim=0) if need_probabilities else None
@@ -275,13 +282,14 @@ def to_uint8_rgb(image: torch.Tensor) -> np.ndarray:
     return (image * 255).round().byte().permute(1, 2, 0).numpy()
 
 
-def predict_image(trained: TrainedModel, path: Path, outputs: dict[str, Path], opts: PredictOptions) -> None:
+def predict_image(trained: TrainedModel, path: Path, outputs: dict[str, Path], opts: PredictOptions,
+                  amp_dtype: torch.dtype | None = None) -> None:
     """An ordinary image, whole: palette PNG mask, overlay, optionally probabilities (.npy)."""
     values = read_image_bands(path)
     bands = image_bands(len(values), opts.bands, path)
     image = image_tensor(values[[b - 1 for b in bands]], opts.value_range)
     need_probabilities = opts.probabilities or opts.crf
-    mask, probs = class_scores(trained.model, image, len(trained.class_names), opts, need_probabilities)
+    mask, probs = class_scores(trained.model, image, len(trained.class_names), opts, need_probabilities, amp_dtype)
     if opts.crf:
         from wsseg.pseudo_labels.crf import dense_crf
 
@@ -295,7 +303,8 @@ def predict_image(trained: TrainedModel, path: Path, outputs: dict[str, Path], o
         np.save(outputs["probabilities"], probs.numpy().astype(np.float32))
 
 
-def predict_raster(trained: TrainedModel, path: Path, outputs: dict[str, Path], opts: PredictOptions) -> None:
+def predict_raster(trained: TrainedModel, path: Path, outputs: dict[str, Path], opts: PredictOptions,
+                   amp_dtype: torch.dtype | None = None) -> None:
     """A (Geo)TIFF block by block: uint8 mask GeoTIFF on its grid, preview overlay, optionally a
     float32 probabilities GeoTIFF. With `crf` a warning: the dense CRF needs the whole image."""
     if opts.crf:
@@ -321,7 +330,7 @@ def predict_raster(trained: TrainedModel, path: Path, outputs: dict[str, Path], 
             for block, read, inside in progress_bar(blocks, enabled=opts.progress, desc=path.name, unit="block",
                                                     leave=False):
                 image = geotiff.to_image_tensor(src.read(list(bands), window=read), scaling)
-                mask, probs = class_scores(trained.model, image, len(names), opts, prob_dst is not None)
+                mask, probs = class_scores(trained.model, image, len(names), opts, prob_dst is not None, amp_dtype)
                 mask = mask[inside].numpy()
                 probs = probs[(slice(None), *inside)].numpy() if probs is not None else None
                 if masked:
@@ -345,9 +354,13 @@ def predict_paths(trained: TrainedModel, inputs: Sequence[str | Path], out_dir: 
     plan = plan_outputs(find_inputs(inputs, pattern, exclude=out_dir), out_dir, opts)
     for path, _ in plan:
         check_input(path, opts)
+    device = next(trained.model.parameters()).device
+    precision = resolve_precision(opts.precision, trained.model, (opts.batch_size, 3, opts.window_px, opts.window_px),
+                                  device, cache_dir=None, training=False, what="prediction")
+    amp_dtype = autocast_dtype(precision, device)
     # A bar over the files, and one over the blocks of each GeoTIFF.
     for path, outputs in progress_bar(plan, enabled=opts.progress and len(plan) > 1, desc="predict", unit="image"):
-        (predict_raster if is_raster(path) else predict_image)(trained, path, outputs, opts)
+        (predict_raster if is_raster(path) else predict_image)(trained, path, outputs, opts, amp_dtype)
     return plan
 
 
