@@ -232,6 +232,7 @@ class CropPredictor:
     def weak_probabilities(self, crop: torch.Tensor, tags: torch.Tensor, pamr: bool | None = None) -> np.ndarray:
         """Multi-scale + flip softmax restricted to the tags, background power, PAMR (unless
         `pamr` or `use_pamr` says no); dataset class order."""
+        crop = crop.to(self.device)  # once: the network and PAMR both read it there
         probs = self._weak_scores(crop, tags)
         if self.use_pamr if pamr is None else pamr:
             probs = self._refine(crop, probs)
@@ -239,14 +240,14 @@ class CropPredictor:
 
     def _weak_scores(self, crop: torch.Tensor, tags: torch.Tensor) -> torch.Tensor:
         pm = self.cfg.weak.pseudo
-        probs = self.model.predict_masks(crop.to(self.device), tags=self.layout.scored_tags(tags),
+        probs = self.model.predict_masks(crop, tags=self.layout.scored_tags(tags),
                                          scales=inference_scales(self.cfg, *crop.shape[-2:]), flip=pm.flip,
                                          bg_pow=pm.bg_pow)
         return probs / probs.sum(0, keepdim=True).clamp(min=1e-8)
 
     def _refine(self, crop: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
         ss = self.cfg.weak.single_stage
-        return refine_with_pamr(crop[None].to(self.device), probs[None], dilations=ss.pamr_dilations,
+        return refine_with_pamr(crop[None], probs[None], dilations=ss.pamr_dilations,
                                 num_iter=ss.pamr_iter)[0]
 
     def _restricted(self, probs: torch.Tensor, tags: torch.Tensor) -> np.ndarray:
@@ -305,6 +306,7 @@ class CropPredictor:
         for index, crop, tensor, tags, segmenter_probs, label in self._crops(crops, with_labels=True):
             if progress is not None:
                 progress.update()
+            tensor = tensor.to(self.device)
             scores = self._weak_scores(tensor, tags)
             for key, probs in (("without", scores), ("with", self._refine(tensor, scores))):
                 fused = self._fused(self._restricted(probs, tags), segmenter_probs, tags)

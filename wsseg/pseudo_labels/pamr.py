@@ -18,22 +18,13 @@ offsets. Nothing of size P×C×H×W (nor K×P×H×W) is ever built, so the worki
 mask-sized maps; the stacked N×C×P×H×W tensor this replaced was ~400 MB per step at 12×360×480
 and made every step memory-bound.
 
-Measured on 2 CPU threads (a shared 2-core Xeon, fastest of 3 calls), 10 steps, dilations
-1–24, masks 1×21×81×81 / 2×21×81×81 / 1×12×360×480. The steps alone: one offset at a time
-10 / 22 / 280 ms; stacking (the code this replaced) 45 / 300 / ≈2400 ms (one step ×10);
-per-dilation `F.unfold` 98 / 190 / 4900 ms; per-dilation one-hot grouped convolutions (the
-published module's gathering) 80 / 145 / 5000 ms; classes innermost (channels-last) 1.6–2.7×
-slower than one offset at a time; bands of 64 rows (to stay in cache) 20% faster on the frame
-but 1.6× slower on the crops, not worth the extra loop. The affinity one offset at a time:
-2.5 / 3.7 / 36 ms, against 9 / 18 / 330 ms stacked. Whole `pamr` calls: 13 / 25 / 240 ms,
-that is ≈10× and ≈24× faster than the published module (visinf/1-stage-wseg,
-`models/mods/pamr.py`: 137 / 590 ms on the crops) and ≈11× faster than the previous wsseg code
-on the frame (≈2.7 s). benchmarks/bench_pseudo_labels.py --published times the two side by
-side. Outputs agree with the stacking code and the published module to float32 rounding
-(≤ 3e-6). The price is ~900 short operations per call: on an oversubscribed machine (load ≈ 4
-on the 2 cores) each can wait for a descheduled sibling thread, and with 2 threads a crop then
-took 0.1–5 s, no faster than the published module; with 1 thread, under the same load, all
-three cases still ran 12–22× faster than it (25 / 71 / 514 ms against 297 / 910 / 11 600 ms).
+Why one offset at a time: on 2 CPU threads it beat, for both an 81² crop and a 360×480 frame,
+stacking the offsets (4–10× slower, memory-bound), per-dilation `F.unfold` or one-hot grouped
+convolutions (the published module's gathering, 8–20× slower) and classes innermost (1.6–2.7×
+slower); bands of 64 rows were 20 % faster on the frame but 1.6× slower on crops. Outputs agree with the published module (visinf/1-stage-wseg) to float32 rounding.
+`benchmarks/bench_pseudo_labels.py --published` times the two side by side (README, Speed).
+The price is ~900 short operations per call: on an oversubscribed machine each can wait for a
+descheduled sibling thread, so PAMR is best run with one thread per process there.
 """
 
 from __future__ import annotations
