@@ -11,12 +11,12 @@ import sys
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from wsseg.core.checkpoint import CheckpointError, load_checkpoint
 from wsseg.core.run_lock import LOCK_NAME, RunFolderInUse, RunLock
-from wsseg.core.train import NonFiniteLoss, TrainingInterrupted, build_optimizer, build_scheduler, fit, \
-    weighted_cross_entropy
+from wsseg.core.train import (NonFiniteLoss, TrainingInterrupted, build_optimizer, build_scheduler, fit,
+                              training_loader, weighted_cross_entropy)
 
 
 class NoisyTiles(Dataset):
@@ -46,7 +46,7 @@ def train(run_dir, epochs=3, resume=False, workers=0, on_step=None, on_nonfinite
     torch.manual_seed(0)
     model = tiny_model()
     optimizer = build_optimizer(model.parameters(), "adam", 1e-2)
-    loader = DataLoader(NoisyTiles(), batch_size=3, shuffle=True, num_workers=workers)
+    loader = training_loader(NoisyTiles(), 3, num_workers=workers, drop_last=False)
     scheduler = build_scheduler(optimizer, "poly", epochs * len(loader), len(loader))
     step = {"n": 0}
     messages = []

@@ -28,7 +28,7 @@ from torch.utils.data.distributed import DistributedSampler
 from wsseg.core.checkpoint import unwrap
 from wsseg.core.distributed import DistInfo, autocast_dtype, barrier, broadcast_buffers, choose_device
 from wsseg.core.precision import resolve_precision
-from wsseg.core.train import LossFn, fit
+from wsseg.core.train import LossFn, fit, training_loader
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +78,8 @@ class Stage:
         A stage that draws its own samples passes `sampler` (seeded per process)."""
         if sampler is None and self.dist.enabled:
             sampler = DistributedSampler(dataset, seed=self.seed)
-        return DataLoader(dataset, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
-                          num_workers=self.workers, drop_last=True, pin_memory=self.device.type == "cuda")
+        return training_loader(dataset, batch_size, sampler, num_workers=self.workers,
+                               pin_memory=self.device.type == "cuda")
 
     def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor.to(self.device, non_blocking=True)

@@ -105,16 +105,14 @@ class _RecordingBatchSampler:
         return len(self.batch_sampler)
 
 
-def recording_batches(loader):
-    """`loader` with its batch sampler wrapped to record indices (the same draws, the same order)."""
-    batch_sampler = getattr(loader, "batch_sampler", None)
-    if batch_sampler is None or isinstance(batch_sampler, _RecordingBatchSampler):
-        return loader
-    return torch.utils.data.DataLoader(
-        loader.dataset, batch_sampler=_RecordingBatchSampler(batch_sampler), num_workers=loader.num_workers,
-        collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, worker_init_fn=loader.worker_init_fn,
-        generator=loader.generator, persistent_workers=loader.persistent_workers,
-        prefetch_factor=loader.prefetch_factor if loader.num_workers > 0 else None)
+def training_loader(dataset, batch_size: int, sampler=None, *, drop_last: bool = True, **loader_options):
+    """A DataLoader whose batch sampler records the indices it hands out, so that `fit` can name
+    the samples of a batch whose loss is not finite. Without `sampler` the samples are reshuffled
+    every epoch from torch's global generator, as `shuffle=True` does; `loader_options` go to the
+    DataLoader (num_workers, pin_memory, ...)."""
+    sampler = sampler if sampler is not None else torch.utils.data.RandomSampler(dataset)
+    batches = torch.utils.data.BatchSampler(sampler, batch_size, drop_last=drop_last)
+    return torch.utils.data.DataLoader(dataset, batch_sampler=_RecordingBatchSampler(batches), **loader_options)
 
 
 def describe_samples(dataset, indices: list[int], limit: int = 8) -> str:
@@ -314,13 +312,13 @@ def fit(*, model: torch.nn.Module, loader, optimizer, scheduler, compute_loss: L
 
     `checkpoint_extras` go into every checkpoint beside the config (the class names, say).
     `on_nonfinite`: "stop" raises NonFiniteLoss at the first non-finite loss, "skip" skips the
-    step (counted per epoch as `skipped_nonfinite_steps`). Ctrl-C / SIGTERM saves the step
+    step (counted per epoch as `skipped_nonfinite_steps`); a `training_loader` lets the message
+    name the batch's samples. Ctrl-C / SIGTERM saves the step
     reached to `last.pt` and raises TrainingInterrupted."""
     run_dir = Path(run_dir)
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
     start_epoch, best_score, history, global_step, partial = 0, -math.inf, [], 0, None
-    loader = recording_batches(loader)
 
     if last_path.exists():
         if not resume:
