@@ -164,7 +164,7 @@ def test_probabilities_sum_to_one_and_tta_flip_is_the_manual_average(checkpoint,
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "tta" / "photo_mask.png")), tta.argmax(0))
 
 
-def test_bf16_prediction_is_fp32_to_bf16_rounding_and_auto_says_what_it_chose(checkpoint, tmp_path, capsys, caplog):
+def test_bf16_prediction_is_fp32_to_bf16_rounding_and_auto_says_what_it_chose(checkpoint, tmp_path, capsys):
     image = smooth_image(45, 70, 5)
     Image.fromarray(image).save(tmp_path / "photo.png")
     for precision in ("fp32", "bf16"):
@@ -174,9 +174,9 @@ def test_bf16_prediction_is_fp32_to_bf16_rounding_and_auto_says_what_it_chose(ch
     # bf16 keeps 8 bits of mantissa: probabilities move by a few 1e-3, never by a class's worth.
     assert 0 < np.abs(bf16 - fp32).max() < 0.05
     np.testing.assert_allclose(bf16.sum(axis=0), 1.0, atol=1e-5)
-    with caplog.at_level("INFO", logger="wsseg.core.precision"):
-        assert predict(capsys, "--checkpoint", checkpoint, tmp_path / "photo.png", "--out", tmp_path / "auto")[0] == 0
-    assert "precision auto for prediction: " in caplog.text
+    assert main(["predict", "--checkpoint", str(checkpoint), str(tmp_path / "photo.png"), "--out",
+                 str(tmp_path / "auto")]) == 0
+    assert "precision auto for prediction: " in capsys.readouterr().out
 
 
 def one_error_line(err: str) -> str:

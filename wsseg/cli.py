@@ -338,6 +338,7 @@ def _predict(args) -> int:
     from wsseg.pipeline.predict import PredictOptions, parse_bands, parse_tta, parse_value_range, predict_paths
     from wsseg.pipeline.release import resolve_checkpoint
 
+    _setup_logging()  # the precision chosen, GeoTIFF warnings
     bands, tta, value_range = parse_bands(args.bands), parse_tta(args.tta), parse_value_range(args.value_range)
     try:
         device = choose_device(args.device)

@@ -27,8 +27,8 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from wsseg.datasets.base import (IGNORE_INDEX, ClassSpec, DataProblem, DatasetError, Tile, TileSource, check_unique_ids,
-                                 missing_file_problem, with_problems)
-from wsseg.datasets.colour import default_palette, read_array, read_index_png, read_rgb, size_problem
+                                 with_problems)
+from wsseg.datasets.colour import default_palette, pair_problem, read_array, read_index_png, read_rgb
 from wsseg.datasets.folder import natural_key
 
 ADE20K_150_NAMES = (
@@ -94,10 +94,7 @@ def _challenge_tiles(root: Path, folder: str, check_sizes: bool, problems: list[
     tiles = []
     for image_path in image_paths:
         label_path = labels / f"{image_path.stem}.png"
-        if not label_path.is_file():
-            problems.append(missing_file_problem(image_path.stem, image_path, label_path, "annotation"))
-            continue
-        if check_sizes and (problem := size_problem(image_path.stem, image_path, label_path)):
+        if problem := pair_problem(image_path.stem, image_path, label_path, "annotation", check_sizes):
             problems.append(problem)
             continue
         tiles.append(Tile(image_path.stem, image_path, label_path, None, part=CHALLENGE_PARTS.get(folder)))
@@ -159,10 +156,7 @@ def ade20k_full_source(root: str | Path, classes: Mapping[str, Sequence[int]] | 
     for seg_path in seg_paths:
         stem = seg_path.name[: -len("_seg.png")]
         image_path = seg_path.with_name(f"{stem}.jpg")
-        if not image_path.is_file():
-            problems.append(missing_file_problem(stem, seg_path, image_path, "image"))
-            continue
-        if check_sizes and (problem := size_problem(stem, image_path, seg_path)):
+        if problem := pair_problem(stem, seg_path, image_path, "image", check_sizes, image_path=image_path):
             problems.append(problem)
             continue
         part = next((CHALLENGE_PARTS[p] for p in seg_path.relative_to(root).parts if p in CHALLENGE_PARTS), None)

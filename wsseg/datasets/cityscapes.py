@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from wsseg.datasets.base import (IGNORE_INDEX, OFFICIAL_PARTS, ClassSpec, DataProblem, DatasetError, Tile, TileSource,
-                                 check_unique_ids, missing_file_problem, with_problems)
-from wsseg.datasets.colour import check_indices, read_index_png, read_rgb, size_problem
+                                 check_unique_ids, with_problems)
+from wsseg.datasets.colour import check_indices, pair_problem, read_index_png, read_rgb
 from wsseg.datasets.folder import natural_key
 
 CITYSCAPES_CLASSES = ClassSpec(
@@ -80,10 +80,7 @@ def _frames(root: Path, part: str, suffix: str, labelled: bool, check_sizes: boo
         label_path = None
         if labelled:
             label_path = labels / image_path.parent.name / f"{frame}{suffix}"
-            if not label_path.is_file():
-                problems.append(missing_file_problem(frame, image_path, label_path, "ground truth"))
-                continue
-            if check_sizes and (problem := size_problem(frame, image_path, label_path)):
+            if problem := pair_problem(frame, image_path, label_path, "ground truth", check_sizes):
                 problems.append(problem)
                 continue
         tiles.append(Tile(frame, image_path, label_path, None, part=part if part in OFFICIAL_PARTS else None))

@@ -14,7 +14,7 @@ from typing import Iterable, Sequence
 import numpy as np
 from PIL import Image, ImageFile
 
-from wsseg.datasets.base import IGNORE_INDEX, DataProblem, DatasetError
+from wsseg.datasets.base import IGNORE_INDEX, DataProblem, DatasetError, missing_file_problem
 
 # A truncated file must fail loudly, never come back half grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -190,6 +190,19 @@ def without_path(error: Exception, path: str | Path) -> str:
     """The message of an error about `path`, without the leading "path: " that a problem record
     keeps apart."""
     return str(error).removeprefix(f"{path}: ")
+
+
+def pair_problem(tile_id: str, present: Path, expected: Path, what: str, check_sizes: bool,
+                 image_path: Path | None = None) -> DataProblem | None:
+    """What keeps a listed file and its partner from making a tile: `expected` (its `what`) is
+    missing, or (with `check_sizes`) the two headers give different sizes. `image_path` is the
+    image of the pair, `present` unless the image is the partner that was looked for."""
+    if not expected.is_file():
+        return missing_file_problem(tile_id, present, expected, what)
+    if not check_sizes:
+        return None
+    image = image_path or present
+    return size_problem(tile_id, image, expected if image == present else present)
 
 
 def size_problem(tile_id: str | None, image_path: Path, label_path: Path) -> DataProblem | None:

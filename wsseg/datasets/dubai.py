@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from wsseg.datasets.base import ClassSpec, DatasetError, Tile, TileSource, missing_file_problem, with_problems
-from wsseg.datasets.colour import decode_colour_mask, read_rgb, size_problem
+from wsseg.datasets.base import ClassSpec, DatasetError, Tile, TileSource, with_problems
+from wsseg.datasets.colour import decode_colour_mask, pair_problem, read_rgb
 
 
 def _hex(code: str) -> tuple[int, int, int]:
@@ -67,9 +67,7 @@ def dubai_source(root: str | Path, colour_tolerance: float = 0.0, check_sizes: b
             raise DatasetError(f"{images}: no image_part_<n>.jpg images")
         for n, image_path in parts:
             mask_path, tile_id = masks / f"{image_path.stem}.png", f"tile{k}_part{n:03d}"
-            if not mask_path.is_file():
-                problems.append(missing_file_problem(tile_id, image_path, mask_path, "mask"))
-            elif check_sizes and (problem := size_problem(tile_id, image_path, mask_path)):
+            if problem := pair_problem(tile_id, image_path, mask_path, "mask", check_sizes):
                 problems.append(problem)
             else:
                 tiles.append(Tile(tile_id, image_path, mask_path, None))

@@ -23,7 +23,7 @@ import numpy as np
 
 from wsseg.datasets.base import (IGNORE_INDEX, OFFICIAL_PARTS, ClassSpec, DataProblem, DatasetError, Tile, TileSource,
                                  missing_file_problem, with_problems)
-from wsseg.datasets.colour import decode_colour_mask, read_index_png, read_rgb, size_problem
+from wsseg.datasets.colour import decode_colour_mask, read_index_png, pair_problem, read_rgb, size_problem
 
 # Clutter is trained as a class but left out of the 5-class mean, as the benchmark reports it.
 VAIHINGEN_CLASSES = ClassSpec(
@@ -154,10 +154,7 @@ def isprs_mmseg_source(root: str | Path, split: str | None = None, name: str = "
         if tile_id in seen:
             raise DatasetError(f"{image_path}: tile id {tile_id!r} also used by {seen[tile_id]}; pass split=...")
         seen[tile_id] = image_path
-        if not label_path.is_file():
-            problems.append(missing_file_problem(tile_id, image_path, label_path, "annotation"))
-            continue
-        if check_sizes and (problem := size_problem(tile_id, image_path, label_path)):
+        if problem := pair_problem(tile_id, image_path, label_path, "annotation", check_sizes):
             problems.append(problem)
             continue
         folder = image_path.relative_to(images).parts[0] if split is None else split

@@ -17,9 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from wsseg.datasets.base import (ClassSpec, DatasetError, Tile, TileSource, check_unique_ids, missing_file_problem,
-                                 with_problems)
-from wsseg.datasets.colour import decode_colour_mask, read_rgb, size_problem
+from wsseg.datasets.base import ClassSpec, DatasetError, Tile, TileSource, check_unique_ids, with_problems
+from wsseg.datasets.colour import decode_colour_mask, pair_problem, read_rgb
 
 KITTI_ROAD_CLASSES = ClassSpec(names=("non_road", "road"), palette=((255, 0, 0), (255, 0, 255)))
 _INVALID_COLOURS = ((0, 0, 0),)
@@ -57,10 +56,7 @@ def kitti_road_source(root: str | Path, categories: list[str] | None = None, che
             mask_path = None
             if part == "train":
                 mask_path = root / folder / "gt_image_2" / f"{category}_road_{image_path.stem.split('_')[1]}.png"
-                if not mask_path.is_file():
-                    problems.append(missing_file_problem(tile_id, image_path, mask_path, "road mask"))
-                    continue
-                if check_sizes and (problem := size_problem(tile_id, image_path, mask_path)):
+                if problem := pair_problem(tile_id, image_path, mask_path, "road mask", check_sizes):
                     problems.append(problem)
                     continue
             tiles.append(Tile(tile_id, image_path, mask_path, part=part))

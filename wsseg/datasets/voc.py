@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from wsseg.datasets.base import ClassSpec, DatasetError, Tile, TileSource, missing_file_problem, with_problems
-from wsseg.datasets.colour import check_indices, default_palette, read_index_png, read_rgb, size_problem
+from wsseg.datasets.colour import check_indices, default_palette, pair_problem, read_index_png, read_rgb
 from wsseg.datasets.folder import natural_key
 
 VOC_CLASSES = ClassSpec(
@@ -66,9 +66,7 @@ def voc_source(root: str | Path, split: str | None = None, label_dir: str = "Seg
         image_path, label_path = images / f"{image_id}.jpg", labels / f"{image_id}.png"
         if not image_path.is_file():
             problems.append(missing_file_problem(image_id, label_path, image_path, "image"))
-        elif not label_path.is_file():
-            problems.append(missing_file_problem(image_id, image_path, label_path, "mask"))
-        elif check_sizes and (problem := size_problem(image_id, image_path, label_path)):
+        elif problem := pair_problem(image_id, image_path, label_path, "mask", check_sizes):
             problems.append(problem)
         else:
             tiles.append(Tile(image_id, image_path, label_path, None, part=_part(image_id, train_ids, val_ids)))

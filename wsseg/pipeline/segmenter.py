@@ -205,8 +205,8 @@ def train_segmenter(run: Run, stage_dir: Path, *, pseudo_masks: dict[str, Path] 
     with run.stage(stage_dir, cfg.train.precision, cfg.train.channels_last) as stage:
         mixed = bool(pseudo_masks) or oracle
         extra = n2_per_batch(cfg) if mixed and cfg.weak.pseudo_mode == "extra" else 0
-        loader = stage.loader(training_crops(cfg, run, pseudo_masks, oracle, crop_tags),
-                              cfg.train.batch_size + extra)
+        batch_size = cfg.train.batch_size + extra
+        loader = stage.loader(training_crops(cfg, run, pseudo_masks, oracle, crop_tags), batch_size)
 
         # A model that starts from trained weights needs no ImageNet weights to overwrite.
         model = build_model(cfg, classes.num_classes, pretrained=init_checkpoint is None and not cfg.model.init_from)
@@ -218,7 +218,7 @@ def train_segmenter(run: Run, stage_dir: Path, *, pseudo_masks: dict[str, Path] 
             origin = init_from_trained(cfg, classes.names, model)
             log.info(f"{stage_dir.name}: initialised from {origin}"
                      f"{', classifier learnt afresh' if cfg.model.reset_head else ''}")
-        model = stage.prepare(model, input_shape=(loader.batch_size, 3, cfg.train.crop_px, cfg.train.crop_px))
+        model = stage.prepare(model, input_shape=(batch_size, 3, cfg.train.crop_px, cfg.train.crop_px))
 
         weights = segmenter_class_weights(cfg, source, split.labelled)
         if weights is not None:
