@@ -11,10 +11,9 @@ tile cache in the main process would be inherited by forked workers) and loader,
 - `first_batch_s`: the time to the first batch, worker start-up and first tile reads included;
 - `samples_per_s`: over `--epochs` whole epochs after the one the first batch opened.
 
-With workers, the loader keeps them between epochs (persistent_workers), so `samples_per_s` is
-the workers' steady rate. Training itself does not keep them: `set_epoch` moves every epoch to
-new crops on the dataset in the main process, which a persistent worker's copy would never see,
-so training pays `first_batch_s` once per epoch on top. With 0 workers the crops are made in
+The loader is training's own (`core.train.training_loader`): its workers persist between epochs
+and keep their tile caches (each sample carries its epoch to them), so `samples_per_s` is the
+workers' steady rate and training pays `first_batch_s` once per stage. With 0 workers the crops are made in
 the main process at its torch thread count (`loading_threads`): on a busy machine two OpenMP
 threads wait for each other at every small op (measured on 2 cores at load ≈ 3: 21 crops/s in
 the main process at 2 threads, 2300 at 1).
@@ -67,9 +66,10 @@ def task_i_dataset(cfg, run):
 def time_loader(cfg, run, workers: int, epochs: int) -> dict:
     import torch
 
+    from wsseg.core.train import set_loader_epoch, training_loader
+
     dataset = task_i_dataset(cfg, run)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=True,
-                                         num_workers=workers, drop_last=True, persistent_workers=workers > 0)
+    loader = training_loader(dataset, cfg.train.batch_size, num_workers=workers)
     load_before = load_avg()
     start = time.perf_counter()
     batches = iter(loader)
@@ -79,7 +79,7 @@ def time_loader(cfg, run, workers: int, epochs: int) -> dict:
         pass
     samples, start = 0, time.perf_counter()
     for epoch in range(1, epochs + 1):
-        dataset.set_epoch(epoch)
+        set_loader_epoch(loader, epoch)
         for images, _, _ in loader:
             samples += images.shape[0]
     seconds = time.perf_counter() - start

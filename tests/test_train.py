@@ -1,10 +1,13 @@
+import os
+
 import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from wsseg.core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from wsseg.core.train import build_optimizer, build_scheduler, fit, train_one_epoch, weighted_cross_entropy
+from wsseg.core.train import (build_optimizer, build_scheduler, fit, set_loader_epoch, train_one_epoch,
+                              training_loader, weighted_cross_entropy)
 
 
 class NoisyCrops(Dataset):
@@ -188,3 +191,47 @@ def test_rmsprop_takes_its_alpha_and_decay_but_not_sgds_momentum():
     assert (group["lr"], group["alpha"], group["weight_decay"], group["momentum"]) == (1e-3, 0.9, 0.01, 0)
     with pytest.raises(ValueError, match="unknown optimizer 'adagrad'"):
         build_optimizer(model.parameters(), "adagrad", 1e-3)
+
+
+class EpochStamped(Dataset):
+    """Each sample: the epoch its copy of the dataset was set to, its index, the process that
+    made it, and a draw from that process's global torch stream (as an augmentation might)."""
+
+    def __init__(self):
+        self.epoch = 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, index):
+        return torch.tensor([self.epoch, index, os.getpid(), torch.rand(()).item()], dtype=torch.float64)
+
+
+def epochs_of(loader, epochs):
+    samples = {}
+    for epoch in epochs:
+        set_loader_epoch(loader, epoch)  # what fit does before each epoch
+        torch.manual_seed(100 + epoch)  # fit's saved stream at the epoch's start: the same data order
+        samples[epoch] = torch.cat(list(loader))
+    return samples
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_training_loader_workers_persist_and_make_each_epochs_samples(workers):
+    torch.manual_seed(0)
+    loader = training_loader(EpochStamped(), 2, num_workers=workers)
+    assert loader.persistent_workers == (workers > 0)
+    seen = epochs_of(loader, [0, 1, 2])
+    for epoch, samples in seen.items():
+        assert samples[:, 0].eq(epoch).all(), f"epoch {epoch}: samples made for epochs {samples[:, 0].tolist()}"
+        assert sorted(samples[:, 1].tolist()) == [0, 1, 2, 3]
+    if workers:
+        assert len({samples[0, 2].item() for samples in seen.values()}) == 1  # one worker process throughout
+        # A run resumed at epoch 2 starts a new worker there: it draws what the persistent one drew.
+        torch.manual_seed(0)
+        resumed = epochs_of(training_loader(EpochStamped(), 2, num_workers=workers), [2])[2]
+        assert resumed[0, 2] != seen[2][0, 2]
+        torch.testing.assert_close(resumed[:, [0, 1, 3]], seen[2][:, [0, 1, 3]])

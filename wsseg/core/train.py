@@ -11,6 +11,7 @@ marked partial) from which a resumed run continues as if it had never stopped.
 from __future__ import annotations
 
 import math
+import random
 import signal
 import threading
 import time
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -87,32 +89,85 @@ def _any_rank(flag: bool, dist_info: DistInfo, device: torch.device) -> bool:
     return bool(value.item())
 
 
-class _RecordingBatchSampler:
-    """A batch sampler that remembers the index lists it hands out, so that the loop can name
-    the samples of the batch it is on: batches come back in the order their indices left."""
+class _EpochBatchSampler:
+    """Batches of (epoch, index) keys: each sample carries the epoch it is drawn for to the
+    process that makes it, so DataLoader workers can persist between epochs (and keep their tile
+    caches) and still make each epoch's crops. It also remembers the index lists it hands out,
+    so that the loop can name the samples of the batch it is on: batches come back in the order
+    their indices left."""
 
     def __init__(self, batch_sampler):
         self.batch_sampler = batch_sampler
+        self.epoch = 0
         self.issued: deque[list[int]] = deque()
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
 
     def __iter__(self):
         self.issued.clear()
         for indices in self.batch_sampler:
             self.issued.append(list(indices))
-            yield indices
+            yield [(self.epoch, index) for index in indices]
 
     def __len__(self) -> int:
         return len(self.batch_sampler)
 
 
+class _EpochKeyed(torch.utils.data.Dataset):
+    """`dataset` read with (epoch, index) keys: moves it to the key's epoch (`set_epoch`) first.
+    Everything else (`tile_id_of`, `set_epoch` in the main process, ...) is the dataset's own."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+        self._epoch = None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        epoch, index = key
+        if epoch != self._epoch:
+            if hasattr(self.dataset, "set_epoch"):
+                self.dataset.set_epoch(epoch)
+            _seed_worker_for_epoch(epoch)
+        self._epoch = epoch
+        return self.dataset[index]
+
+    def __getattr__(self, name):
+        if name == "dataset":  # not yet set while unpickling in a worker
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
+def _seed_worker_for_epoch(epoch: int) -> None:
+    """In a DataLoader worker, global random streams that depend on the worker and the epoch
+    only: what a worker started afresh each epoch would draw, so a dataset that draws from
+    them gives a resumed run the samples of an uninterrupted one. Not in the main process,
+    whose streams `fit` saves and restores."""
+    info = torch.utils.data.get_worker_info()
+    if info is None:
+        return
+    seed = (info.seed + 1_000_003 * epoch) % 2 ** 63
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    random.seed(seed)
+
+
 def training_loader(dataset, batch_size: int, sampler=None, *, drop_last: bool = True, **loader_options):
-    """A DataLoader whose batch sampler records the indices it hands out, so that `fit` can name
-    the samples of a batch whose loss is not finite. Without `sampler` the samples are reshuffled
-    every epoch from torch's global generator, as `shuffle=True` does; `loader_options` go to the
+    """A DataLoader for `fit`: without `sampler` the samples are reshuffled every epoch from
+    torch's global generator, as `shuffle=True` does; workers persist between epochs, each sample
+    made for the epoch `fit` is in (datasets whose crops depend on the epoch have `set_epoch`);
+    a batch whose loss is not finite is named by its samples. `loader_options` go to the
     DataLoader (num_workers, pin_memory, ...)."""
     sampler = sampler if sampler is not None else torch.utils.data.RandomSampler(dataset)
-    batches = torch.utils.data.BatchSampler(sampler, batch_size, drop_last=drop_last)
-    return torch.utils.data.DataLoader(dataset, batch_sampler=_RecordingBatchSampler(batches), **loader_options)
+    batches = _EpochBatchSampler(torch.utils.data.BatchSampler(sampler, batch_size, drop_last=drop_last))
+    loader_options.setdefault("persistent_workers", loader_options.get("num_workers", 0) > 0)
+    # The workers' seeds from a generator of their own, not from torch's global stream: a loader
+    # whose workers start at epoch k of a resumed run then leaves that stream where an
+    # uninterrupted run has it.
+    loader_options.setdefault("generator", torch.Generator().manual_seed(torch.initial_seed()))
+    return torch.utils.data.DataLoader(_EpochKeyed(dataset), batch_sampler=batches, **loader_options)
 
 
 def describe_samples(dataset, indices: list[int], limit: int = 8) -> str:
@@ -212,7 +267,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, compute_loss: LossFn, e
     progress = progress or EpochProgress()
     stop = stop or _StopRequests()
     autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
-    recorder = loader.batch_sampler if isinstance(getattr(loader, "batch_sampler", None), _RecordingBatchSampler) \
+    recorder = loader.batch_sampler if isinstance(getattr(loader, "batch_sampler", None), _EpochBatchSampler) \
         else None
     if progress.steps_done:
         resumed_rng = rng_state()
@@ -275,11 +330,15 @@ def train_one_epoch(model, loader, optimizer, scheduler, compute_loss: LossFn, e
     return stats, global_step, progress, stopped_by
 
 
-def _set_epoch(loader, epoch: int) -> None:
-    # Crops and augmentations are a function of (seed, epoch, index): resumed runs see the same data.
+def set_loader_epoch(loader, epoch: int) -> None:
+    """Move `loader` (its sampler, batch sampler and dataset) to `epoch`, as `fit` does before each.
+
+    Crops and augmentations are a function of (seed, epoch, index): resumed runs see the same data."""
     batch_sampler = getattr(loader, "batch_sampler", None)
     inner = getattr(batch_sampler, "batch_sampler", batch_sampler)
-    for obj in (getattr(loader, "sampler", None), getattr(inner, "sampler", None), getattr(loader, "dataset", None)):
+    # A DistributedSampler reshuffles by epoch; an _EpochBatchSampler tells each sample its epoch.
+    for obj in (getattr(loader, "sampler", None), getattr(inner, "sampler", None), batch_sampler,
+                getattr(loader, "dataset", None)):
         if hasattr(obj, "set_epoch"):
             obj.set_epoch(epoch)
 
@@ -352,7 +411,7 @@ def fit(*, model: torch.nn.Module, loader, optimizer, scheduler, compute_loss: L
 
     with stop_requests() as stop:
         for epoch in range(start_epoch, epochs):
-            _set_epoch(loader, epoch)
+            set_loader_epoch(loader, epoch)
             started = time.perf_counter()
             train_stats, global_step, progress, stopped_by = train_one_epoch(
                 model, loader, optimizer, scheduler, compute_loss, epoch, device, amp_dtype, scaler, writer,
