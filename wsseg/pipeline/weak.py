@@ -12,7 +12,7 @@ from torch.utils.data import RandomSampler
 
 from wsseg.core.checkpoint import unwrap
 from wsseg.core.config import Config
-from wsseg.core.train import build_scheduler
+from wsseg.core.train import build_optimizer, build_scheduler
 from wsseg.datasets.base import IGNORE_INDEX
 from wsseg.datasets.crops import TaggedCropDataset
 from wsseg.datasets.tags import CropTag
@@ -72,7 +72,7 @@ def train_single_stage(run: Run, crop_tags: list[CropTag], stage_dir: Path) -> l
                                 "self_pixels_labelled": (targets != IGNORE_INDEX).float().mean().item()})
             return loss, scalars
 
-        optimizer = torch.optim.SGD(unwrap(model).param_groups(ss.lr, ss.weight_decay), lr=ss.lr,
+        optimizer = build_optimizer(unwrap(model).param_groups(ss.lr, ss.weight_decay), "sgd", ss.lr,
                                     momentum=ss.momentum)
         scheduler = build_scheduler(optimizer, "constant", ss.epochs * len(loader), len(loader))
         history = stage.fit(model, loader, optimizer, scheduler, compute_loss, ss.epochs, desc="single_stage")

@@ -34,7 +34,7 @@ from wsseg.core.distributed import barrier, choose_device, run_on_main
 from wsseg.core.io import atomic_write_json
 from wsseg.core.metrics import class_weights as inverse_frequency_weights
 from wsseg.core.progress import progress_bar
-from wsseg.core.train import build_scheduler, weighted_cross_entropy
+from wsseg.core.train import build_optimizer, build_scheduler, weighted_cross_entropy
 from wsseg.datasets.base import IGNORE_INDEX, ClassSpec
 from wsseg.datasets.crops import image_to_tensor
 from wsseg.datasets.tags import grid_crops
@@ -271,7 +271,7 @@ def fit_classifier(run: Run) -> dict:
             accuracy = (logits.argmax(1) == y).float().mean().item()
             return weighted_cross_entropy(logits, y, weights, ignore_index=classes.ignore_index), {"accuracy": accuracy}
 
-        optimizer = torch.optim.Adam(unwrap(model).parameters(), lr=zo.lr, weight_decay=zo.weight_decay)
+        optimizer = build_optimizer(unwrap(model).parameters(), "adam", zo.lr, zo.weight_decay)
         scheduler = build_scheduler(optimizer, "constant", zo.epochs * len(loader), len(loader))
         log.info(f"zoomout fit: {len(dataset)} samples of {features.shape[1]} channels, batches of {batch_size}, "
                  f"{zo.epochs} epochs")
