@@ -13,14 +13,14 @@ def dubai_config(shared_data, tmp_path_factory):
     cfg = {
         "name": "dubai_short",
         "data": {"kind": "dubai", "root": str(shared_data / "dubai_aerial"), "scale": 0.25},
-        "split": {"n_labelled": 3, "n_tagged": 8, "n_val": 2, "n_test": 6, "seed": 0},
+        "split": {"n_labelled": 3, "n_tagged": 6, "n_val": 2, "n_test": 6, "seed": 0},
         "model": {"name": "effnet_lite0_unet", "options": {"pretrained": True}},
-        "train": {"epochs": 3, "iters_per_epoch": 15, "batch_size": 8, "crop_px": 128, "optimizer": "adamw",
+        "train": {"epochs": 3, "iters_per_epoch": 10, "batch_size": 8, "crop_px": 128, "optimizer": "adamw",
                   "lr": 2e-3, "schedule": "poly", "workers": 0, "channels_last": True, "precision": "fp32"},
         "eval": {"window_px": 256, "stride_px": 192, "batch_size": 4, "num_triptychs": 1},
         "weak": {"tag_crop_px": 128,
                  "single_stage": {"backbone": "effnet_lite0", "pretrained": "imagenet", "epochs": 2,
-                                  "iters_per_epoch": 8, "batch_size": 4, "crop_px": 128,
+                                  "iters_per_epoch": 6, "batch_size": 4, "crop_px": 128,
                                   # learned, not a constant channel: the 16 steps here never find one, and
                                   # retraining after the rejection would double the stage (tested apart).
                                   "background": "learned", "self_supervised_from_epoch": 2,
