@@ -21,7 +21,7 @@ def dubai_config(shared_data, tmp_path_factory):
         "weak": {"tag_crop_px": 128,
                  "single_stage": {"backbone": "effnet_lite0", "pretrained": "imagenet", "epochs": 2,
                                   "iters_per_epoch": 6, "batch_size": 4, "crop_px": 128,
-                                  # learned, not a constant channel: the 16 steps here never find one, and
+                                  # learned, not a constant channel: the 12 steps here never find one, and
                                   # retraining after the rejection would double the stage (tested apart).
                                   "background": "learned", "self_supervised_from_epoch": 2,
                                   "precision": "fp32"},
