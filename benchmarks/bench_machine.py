@@ -10,6 +10,7 @@ there is one):
 - conv: one 3×3 convolution, 8×128×64×64 → 128 channels, forward and backward (gradients of
   input and weight, as in the middle of a network), in fp32 and in bf16 autocast with
   channels-last, the format the bf16 training cases use. FLOPs as FlopCounterMode counts them.
+  Emulated bf16 is timed once after one warm-up call (as the GEMM's).
 
     python benchmarks/bench_machine.py                        # → results/machine.json
     python benchmarks/bench_machine.py --threads 1 --gemm-n 1024 --repeats 2 --out /tmp/machine.json  # smoke
@@ -29,8 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 # Run as a script (run_all.py), only benchmarks/ is on the path.
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import (GEMM_N, count_flops, gemm_rates, load_avg, rate_summary,  # noqa: E402
-                               time_calls, write_report)
+from benchmarks.common import (GEMM_N, bf16_in_hardware, count_flops, gemm_rates, load_avg,  # noqa: E402
+                               rate_summary, time_calls, write_report)
 
 RESULTS = REPO / "benchmarks" / "results" / "machine.json"
 
@@ -61,8 +62,9 @@ def conv_rates(batch: int, channels: int, size_px: int, warmup: int, repeats: in
             out.backward(g.to(out.dtype))
 
         flop = count_flops(forward_backward)
+        calls = (1, 1) if dtype is not None and not bf16_in_hardware(device) else (warmup, repeats)
         result[name] = {"gflop_per_call": round(flop / 1e9, 3),
-                        **rate_summary(flop, time_calls(forward_backward, warmup, repeats, sync))}
+                        **rate_summary(flop, time_calls(forward_backward, *calls, sync))}
     result["load_avg_1min_after"] = load_avg()
     return result
 

@@ -8,6 +8,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks import common  # noqa: E402
 from benchmarks.common import achieved, count_flops, gemm_rates  # noqa: E402
 
 
@@ -29,13 +30,22 @@ def test_a_conv_backward_costs_twice_its_forward_grouped_or_not():
         assert count_flops(lambda: conv(x.detach()).sum().backward()) == 2 * forward
 
 
-def test_gemm_rates_time_both_dtypes_and_name_the_faster_as_peak():
+def test_gemm_rates_time_both_dtypes_and_name_the_faster_as_peak(monkeypatch):
+    monkeypatch.setattr(common, "bf16_in_hardware", lambda device: True)
     rates = gemm_rates(n=64, warmup=1, repeats=2)
     assert rates["n"] == 64 and rates["threads"] == torch.get_num_threads()
     for dtype in ("fp32", "bf16"):
         assert rates[dtype]["calls"] == 2 and rates[dtype]["best_gflop_s"] >= rates[dtype]["median_gflop_s"] > 0
     assert rates["peak_gflop_s"] == max(rates["fp32"]["best_gflop_s"], rates["bf16"]["best_gflop_s"])
-    assert isinstance(rates["bf16"]["bf16_in_hardware"], bool)
+    assert rates["bf16"]["bf16_in_hardware"] is True and "n" not in rates["bf16"]
+
+
+def test_emulated_bf16_is_timed_once_and_at_a_smaller_size(monkeypatch):
+    monkeypatch.setattr(common, "bf16_in_hardware", lambda device: False)
+    monkeypatch.setattr(common, "EMULATED_BF16_N", 32)
+    rates = gemm_rates(n=64, warmup=2, repeats=3)
+    assert rates["fp32"]["calls"] == 3 and "n" not in rates["fp32"]
+    assert rates["bf16"] == {**rates["bf16"], "calls": 1, "n": 32, "bf16_in_hardware": False}
 
 
 def test_achieved_is_a_fraction_of_the_peak_and_of_the_same_precision_gemm():
