@@ -212,8 +212,11 @@ ORDER = list(RENDERERS)
 
 
 def renderer_of(path: Path) -> Callable[[dict], list[Row]] | None:
+    """The renderer of a benchmark's file, also of one saved under another machine's name
+    (`single_stage_amd-epyc-avx512bf16.json`): the longest benchmark name it starts with."""
     stem = path.stem
-    return RENDERERS.get(stem) or RENDERERS.get(stem.split("_", 1)[0])
+    names = [name for name in RENDERERS if stem == name or stem.startswith(name + "_")]
+    return RENDERERS[max(names, key=len)] if names else None
 
 
 def machine_line(report: dict) -> str | None:

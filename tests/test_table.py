@@ -96,6 +96,15 @@ def test_table_renders_every_result_with_its_absolute_figures_and_ratio(tmp_path
     assert "Not tabulated: notes.json." in table
 
 
+def test_a_result_saved_under_a_machine_name_is_rendered_as_its_benchmark(tmp_path):
+    write_results(tmp_path)
+    (tmp_path / "single_stage.json").rename(tmp_path / "single_stage_other-cpu.json")
+    (tmp_path / "loader.json").rename(tmp_path / "loaders.json")
+    table = render(tmp_path)
+    assert "| `single_stage_other-cpu.json` " in table and "published/wsseg 1.5×" in table
+    assert "Not tabulated: loaders.json, notes.json." in table
+
+
 def test_a_file_from_before_the_peak_was_measured_shows_no_ratio(tmp_path):
     old = {"case": "encdec_w1_2x256_fp32", "threads": 1, "step_s_best": 5.74, "train_images_per_s": 0.35,
            "rounds": [{"load_avg_1min_before": 1.0, "load_avg_1min_after": 1.5}]}
