@@ -204,11 +204,24 @@ def test_a_rejected_constant_background_is_retrained_learned(tmp_path, data_root
     assert learned[head].shape[0] == constant[head].shape[0] + 1
 
 
-def test_task_all_runs_the_weak_chain_and_compares(tmp_path, data_root):
+def test_task_all_runs_the_weak_chain_and_compares(tmp_path, data_root, monkeypatch):
+    from wsseg.pipeline import pseudo_masks
+    from wsseg.pipeline.pseudo_quality import PseudoMaskQuality
+
+    # Building falls below the precision bar until the calibration tiles are measured again, so
+    # that unreliable_to_segmenter hands it to task i's segmenter whatever the tiny models learn
+    # (and no class is left to the segmenter for its low recall beforehand).
+    monkeypatch.setattr(pseudo_masks, "unlearned_classes", lambda cm, min_recall: np.zeros(len(cm), bool))
+    real_unreliable, restart = PseudoMaskQuality.unreliable, PseudoMaskQuality.restart_calibration
+    monkeypatch.setattr(PseudoMaskQuality, "unreliable", lambda self: sorted(
+        set(real_unreliable(self)) | ({1} if not getattr(self, "measured_again", False) else set())))
+    monkeypatch.setattr(PseudoMaskQuality, "restart_calibration",
+                        lambda self: (restart(self), setattr(self, "measured_again", True)))
     config = tiny_config(tmp_path, data_root)
     run = tmp_path / "run"
     chain = ["--set", "weak.init_from_task_i=true", "--set", "weak.pseudo.segmenter_weight=0.5",
              "--set", "weak.pseudo.crf.enabled=auto", "--set", "weak.pseudo.use_pamr=auto",
+             "--set", "weak.pseudo.unreliable_to_segmenter=true",
              # The tiny single-stage model never finds clutter, its constant channel: keep it (the
              # rejection has its own test).
              "--set", "weak.single_stage.reject_background_below_recall=0",
@@ -233,6 +246,13 @@ def test_task_all_runs_the_weak_chain_and_compares(tmp_path, data_root):
     assert set(quality) >= {"coverage", "miou_raw", "miou_crf", "miou_final", "per_class"}
     assert 0.0 < quality["coverage"] <= 1.0
     assert isinstance(quality["weak_abstains"], list) and isinstance(quality["classes_never_labelled"], list)
+    # Handed to the segmenter, measured again, and then dropped only if it is still below the bar.
+    handed = quality["unreliable_handed_to_segmenter"]
+    assert "building" in handed and set(handed) == set(quality["weak_abstains"])
+    assert any("building" in line and "below precision 0.50 on the calibration tiles: task i's segmenter alone "
+               "decides" in line for line in log_text.splitlines())
+    precision = quality["calibration_precision"]["building"]
+    assert ("building" in quality["dropped_classes"]) == (precision is not None and precision < 0.5)
     # crf: auto decides on the calibration tiles, and says what it measured.
     measured = quality["crf_calibration"]
     assert quality["crf"] == (measured["miou_with_crf"] > measured["miou_without_crf"])
@@ -287,6 +307,13 @@ def test_segmenter_weight_out_of_range_is_a_config_error(tmp_path, data_root, ca
     assert main(["train", "--task", "ii", "--config", str(config), "--out", str(tmp_path / "run"),
                  "--set", "weak.pseudo.segmenter_weight=1.5"]) != 0
     assert "weak.pseudo.segmenter_weight" in capsys.readouterr().err
+
+
+def test_handing_classes_to_a_segmenter_that_takes_no_part_is_a_config_error(tmp_path, data_root, capsys):
+    config = tiny_config(tmp_path, data_root)
+    assert main(["train", "--task", "ii", "--config", str(config), "--out", str(tmp_path / "run"),
+                 "--set", "weak.pseudo.unreliable_to_segmenter=true"]) != 0
+    assert "weak.pseudo.unreliable_to_segmenter" in capsys.readouterr().err
 
 
 def test_split_seeds_report_mean_and_std(tmp_path, data_root):

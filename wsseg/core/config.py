@@ -219,6 +219,11 @@ class PseudoMaskConfig:
     # With the segmenter: a class the single-stage model finds with a recall below this on the
     # calibration tiles is left to the segmenter alone (`pseudo_labels.fusion`).
     abstain_below_recall: float = 0.05
+    # With the segmenter: a class whose fused pseudo labels fall below `min_class_precision` on the
+    # calibration tiles is first handed to the segmenter alone (the single-stage model abstains on
+    # it, as above) and measured again; only a class still below the bar is dropped. Without it a
+    # class one expert gets wrong is deleted even where the other is right (on Dubai: road).
+    unreliable_to_segmenter: bool = False
     workers: int = 2
 
 

@@ -275,6 +275,9 @@ def check_config(cfg: Config, source: TileSource | None = None, weak: bool = Tru
     if cfg.weak.rounds > 1 and cfg.weak.pseudo.segmenter_weight == 0:
         raise ConfigError(f"weak.rounds is {cfg.weak.rounds}, but later rounds differ from the first only by the "
                           "segmenter fused into the pseudo masks: set weak.pseudo.segmenter_weight > 0")
+    if cfg.weak.pseudo.unreliable_to_segmenter and cfg.weak.pseudo.segmenter_weight == 0:
+        raise ConfigError("weak.pseudo.unreliable_to_segmenter hands a class to task i's segmenter, which takes part "
+                          "only with weak.pseudo.segmenter_weight > 0")
     for key in ("segmenter_tag_loss", "consistency_weight"):
         if getattr(cfg.weak, key) < 0.0:
             raise ConfigError(f"weak.{key} must be at least 0 (0 = off), got {getattr(cfg.weak, key)}")

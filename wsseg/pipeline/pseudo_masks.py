@@ -117,12 +117,25 @@ def make_pseudo_masks(run: Run, crop_tags: list[CropTag], checkpoint: Path, out_
         _check_background(cfg, layout, classes, weak_cm, calibration)
         if pm.crf.enabled == "auto" and crf_params is not None:
             crf_params = quality.crf_decision(crf_params)
+        handed_to_segmenter: list[int] = []
         if segmenter is not None:
             predictor.abstain = unlearned_classes(weak_cm, pm.abstain_below_recall)
             if predictor.abstain.any():
                 log.warning("pseudo masks: the single-stage model finds %s on the calibration tiles with recall "
                             "below %.2f: task i's segmenter alone decides %s", _names(classes, predictor.abstain),
                             pm.abstain_below_recall, "it" if predictor.abstain.sum() == 1 else "them")
+            if pm.unreliable_to_segmenter:
+                handed_to_segmenter = [c for c in quality.unreliable() if not predictor.abstain[c]]
+        if handed_to_segmenter:
+            log.warning("pseudo masks: %s below precision %.2f on the calibration tiles: task i's segmenter alone "
+                        "decides %s, measured on them again (weak.pseudo.unreliable_to_segmenter)",
+                        ", ".join(classes.names[c] for c in handed_to_segmenter), pm.min_class_precision,
+                        "it" if len(handed_to_segmenter) == 1 else "them")
+            predictor.abstain[handed_to_segmenter] = True
+            quality.restart_calibration()
+            progress.total += len(calibration_crops)
+            for tile_id, raw, crf, labels in tile_masks(calibration_crops):
+                quality.calibrate(labels, source.label(tile_id), raw, crf)
         tags_of_tile: dict[str, list[CropTag]] = {}
         for tag in n2_crops:
             tags_of_tile.setdefault(tag.tile_id, []).append(tag)
@@ -140,6 +153,8 @@ def make_pseudo_masks(run: Run, crop_tags: list[CropTag], checkpoint: Path, out_
 
     tagged_classes = sorted({c for tag in n2_crops for c in tag.classes})
     settings = {"pamr": predictor.use_pamr}
+    if pm.unreliable_to_segmenter:
+        settings["unreliable_handed_to_segmenter"] = [classes.names[c] for c in handed_to_segmenter]
     if pamr_calibration is not None:
         settings["pamr_calibration"] = pamr_calibration
     if background_rejected is not None:

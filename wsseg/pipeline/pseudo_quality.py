@@ -44,6 +44,16 @@ class PseudoMaskQuality:
         self.calibration_argmax_cms["raw"] += self._cm(raw.argmax(0), ground_truth)
         self.calibration_argmax_cms["crf"] += self._cm(crf.argmax(0), ground_truth)
 
+    def unreliable(self) -> list[int]:
+        """The classes the calibration so far puts below `min_class_precision` (none when it is 0)."""
+        return unreliable_classes(self.calibration_cm, self.min_class_precision) if self.min_class_precision > 0 else []
+
+    def restart_calibration(self) -> None:
+        """Forget the calibration tiles' masks, to measure them again made another way."""
+        self.calibration_cm[:] = 0
+        for cm in self.calibration_argmax_cms.values():
+            cm[:] = 0
+
     def crf_decision(self, crf_params: dict) -> dict | None:
         """`crf_params` if the CRF raised mIoU on the calibration tiles, else None (CRF off)."""
         raw, crf = (segmentation_metrics(self.calibration_argmax_cms[k], self.classes.names,
@@ -59,8 +69,7 @@ class PseudoMaskQuality:
         call), and with `unlabel_dropped_class_crops` every crop of `tile_tags` (the tile's own
         tags) that is tagged with a dropped class unlabelled too."""
         if self.dropped is None and self.calibration_cm.sum():
-            self.dropped = (unreliable_classes(self.calibration_cm, self.min_class_precision)
-                            if self.min_class_precision > 0 else [])
+            self.dropped = self.unreliable()
             if self.dropped:
                 log.info("pseudo masks: dropping %s (precision on the calibration tiles below %.2f)",
                          ", ".join(self.classes.names[c] for c in self.dropped), self.min_class_precision)
