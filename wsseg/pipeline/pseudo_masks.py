@@ -103,6 +103,10 @@ def make_pseudo_masks(run: Run, crop_tags: list[CropTag], checkpoint: Path, out_
             raw, crf = accumulator.means()
             yield tile_id, raw, crf, confident_labels(raw, crf, pm.confidence_threshold, classes.ignore_index)
 
+    def calibrate(weak_cm=None):
+        for tile_id, raw, crf, labels in tile_masks(calibration_crops, weak_cm):
+            quality.calibrate(labels, source.label(tile_id), raw, crf)
+
     try:
         pamr_calibration = None
         if pm.use_pamr == "auto":
@@ -112,8 +116,7 @@ def make_pseudo_masks(run: Run, crop_tags: list[CropTag], checkpoint: Path, out_
                      "stays on" if predictor.use_pamr else "is switched off", pamr_calibration["miou_without_pamr"],
                      pamr_calibration["miou_with_pamr"])
         weak_cm = np.zeros((classes.num_classes,) * 2, np.int64)
-        for tile_id, raw, crf, labels in tile_masks(calibration_crops, weak_cm):
-            quality.calibrate(labels, source.label(tile_id), raw, crf)
+        calibrate(weak_cm)
         _check_background(cfg, layout, classes, weak_cm, calibration)
         if pm.crf.enabled == "auto" and crf_params is not None:
             crf_params = quality.crf_decision(crf_params)
@@ -134,8 +137,7 @@ def make_pseudo_masks(run: Run, crop_tags: list[CropTag], checkpoint: Path, out_
             predictor.abstain[handed_to_segmenter] = True
             quality.restart_calibration()
             progress.total += len(calibration_crops)
-            for tile_id, raw, crf, labels in tile_masks(calibration_crops):
-                quality.calibrate(labels, source.label(tile_id), raw, crf)
+            calibrate()
         tags_of_tile: dict[str, list[CropTag]] = {}
         for tag in n2_crops:
             tags_of_tile.setdefault(tag.tile_id, []).append(tag)
