@@ -30,8 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 # Run as a script (run_all.py), only benchmarks/ is on the path.
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import (GEMM_N, bf16_in_hardware, count_flops, gemm_rates, load_avg,  # noqa: E402
-                               rate_summary, time_calls, write_report)
+from benchmarks.common import (GEMM_N, count_flops, gemm_rates, load_avg, rate_summary,  # noqa: E402
+                               time_calls, timed_calls, write_report)
 
 RESULTS = REPO / "benchmarks" / "results" / "machine.json"
 
@@ -62,7 +62,7 @@ def conv_rates(batch: int, channels: int, size_px: int, warmup: int, repeats: in
             out.backward(g.to(out.dtype))
 
         flop = count_flops(forward_backward)
-        calls = (1, 1) if dtype is not None and not bf16_in_hardware(device) else (warmup, repeats)
+        calls = timed_calls(dtype is not None, device, warmup, repeats)
         result[name] = {"gflop_per_call": round(flop / 1e9, 3),
                         **rate_summary(flop, time_calls(forward_backward, *calls, sync))}
     result["load_avg_1min_after"] = load_avg()

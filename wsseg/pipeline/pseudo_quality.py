@@ -46,7 +46,7 @@ class PseudoMaskQuality:
 
     def unreliable(self) -> list[int]:
         """The classes the calibration so far puts below `min_class_precision` (none when it is 0)."""
-        return unreliable_classes(self.calibration_cm, self.min_class_precision) if self.min_class_precision > 0 else []
+        return unreliable_classes(self.calibration_cm, self.min_class_precision)
 
     def restart_calibration(self) -> None:
         """Forget the calibration tiles' masks, to measure them again made another way."""
