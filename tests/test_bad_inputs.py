@@ -294,7 +294,9 @@ def test_a_split_naming_a_tile_that_is_not_there(dataset, tmp_path, capsys):
     ({"train": {"crop_px": -16}}, ("train.crop_px must be at least 1, got -16",)),   # a negative crop size
     ({"eval": {"window_px": 2}}, ("eval.window_px 2 is smaller than 4 px", "unet")),  # below what the model takes
     ({"eval": {"stride_px": 32}}, ("eval.stride_px 32 is larger than eval.window_px 16",)),  # gaps between windows
-], ids=["misspelt key", "wrong type", "negative crop", "window below the model's least input", "stride > window"])
+    ({"train": {"max_minutes": 0}}, ("train.max_minutes must be positive", "got 0")),  # a budget of nothing
+], ids=["misspelt key", "wrong type", "negative crop", "window below the model's least input", "stride > window",
+        "zero time budget"])
 def test_a_bad_config_is_one_error_line_naming_the_key(overrides, needles, dataset, tmp_path, capsys):
     path = config(tmp_path, dataset, **overrides)
     code, _, err = run_cli(capsys, "check-data", "--config", path)

@@ -131,3 +131,16 @@ def test_idle_self_supervision_is_a_warning(caplog):
     caplog.clear()
     warn_if_self_supervision_idle(history[2:], "image")
     assert caplog.text == ""
+
+
+def test_a_budget_that_ends_before_self_supervision_is_a_warning(caplog):
+    from wsseg.core.config import SingleStageConfig
+    from wsseg.pipeline.weak import warn_if_budget_left_no_self_supervision
+
+    ss = SingleStageConfig(epochs=6, self_supervised_from_epoch=3, max_minutes=1.5)
+    with caplog.at_level("WARNING"):
+        warn_if_budget_left_no_self_supervision([{"epoch": 1}, {"epoch": 2}], ss)
+    assert "max_minutes 1.5 left 2 of 6 epochs" in caplog.text and "starts in epoch 3: it never ran" in caplog.text
+    caplog.clear()
+    warn_if_budget_left_no_self_supervision([{"epoch": e} for e in (1, 2, 3)], ss)
+    assert caplog.text == ""

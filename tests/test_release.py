@@ -50,7 +50,8 @@ def cached_files(tmp_path) -> list[Path]:
 def run_dir(tmp_path_factory) -> Path:
     """A run folder as training leaves it: task_ii/best.pt as the Stage saves it, metrics, plot, split."""
     run = tmp_path_factory.mktemp("run")
-    cfg = config_from_dict({"data": {"kind": "synthetic_vaihingen", "root": "data/synthetic"}, "model": TINY_MODEL})
+    cfg = config_from_dict({"data": {"kind": "synthetic_vaihingen", "root": "data/synthetic"}, "model": TINY_MODEL,
+                            "train": {"max_minutes": 2.0}})
     torch.manual_seed(0)
     model = build_segmenter("unet", len(NAMES), **TINY_MODEL["options"])
     with torch.no_grad():  # weights and BatchNorm statistics unlike a fresh model's
@@ -59,7 +60,7 @@ def run_dir(tmp_path_factory) -> Path:
                 value.add_(torch.randn_like(value) * 0.1)
     save_checkpoint(run / "task_ii" / "best.pt", {
         "model": model.state_dict(), "optimizer": {}, "lr_scheduler": {}, "scaler": None, "epoch": 2,
-        "best_score": 0.5, "history": [], "global_step": 30, "config": config_to_dict(cfg),
+        "best_score": 0.5, "history": [], "global_step": 30, "config": config_to_dict(cfg), "epochs": 5,
         "classes": class_record(VAIHINGEN_CLASSES)})
     save_split(run / "split.json", Split(labelled=["area1"], tagged=["area2"], val=["area3"], test=["area4", "area5"],
                                          seed=0))
@@ -112,7 +113,8 @@ def test_publish_writes_the_release_and_prints_the_sha256_of_each_file(run_dir, 
     assert meta["split"]["test"] == ["area4", "area5"]
     assert meta["metrics"] == json.loads((run_dir / "task_ii" / "metrics.json").read_text())
     assert meta["weights"]["sha256"] == hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
-    assert meta["trained"] == {"stage": "task_ii", "checkpoint": "best.pt", "epoch": 3, "validation_score": 0.5}
+    assert meta["trained"] == {"stage": "task_ii", "checkpoint": "best.pt", "epoch": 3, "epochs": 5,
+                               "validation_score": 0.5}
     assert meta["wsseg_version"] and "git_commit" in meta
 
     from safetensors import safe_open
@@ -122,6 +124,8 @@ def test_publish_writes_the_release_and_prints_the_sha256_of_each_file(run_dir, 
     card = (out / "README.md").read_text()
     assert "| car | yes | 0.400 |" in card and "![per-class IoU](iou_bars.png)" in card
     assert "resolve_checkpoint(" in card and "--init-from release" in card
+    # The time budget cut the training to 5 of the config's 20 epochs: the card says what ran.
+    assert "- 5 epochs (of 20 asked, within train.max_minutes 2.0) × 1000 steps" in card
     assert (out / "iou_bars.png").read_bytes() == (run_dir / "task_ii" / "iou_bars.png").read_bytes()
     with zipfile.ZipFile(out / "model.zip") as zf:
         assert sorted(zf.namelist()) == sorted(files[:-1])

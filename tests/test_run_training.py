@@ -83,6 +83,7 @@ def test_task_i_learns_and_writes_every_report_file(task_i_run):
     assert "clutter" not in metrics["classes_in_mean"] and len(metrics["classes_in_mean"]) == 5
     assert set(metrics["per_class"]["building"]) >= {"iou", "f1"}
     assert 0.0 <= metrics["baseline_majority_miou"] < 0.15
+    assert metrics["checkpoint"]["epochs_trained"] == 3  # no time budget: all of train.epochs
     # Three labelled 160 px tiles and 45 steps: far from converged, clearly better than a constant.
     assert metrics["miou"] > metrics["baseline_majority_miou"] + 0.1, metrics["miou"]
     split = json.loads((task_i_run / "split.json").read_text())

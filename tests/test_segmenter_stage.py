@@ -181,3 +181,27 @@ def test_online_lever_settings_are_checked(weak, message):
         check_config(config_from_dict({"weak": weak}))
     check_config(config_from_dict({"weak": {"consistency_threshold": 1.0, "segmenter_tag_loss": 0.0}}))
     check_config(config_from_dict({"weak": {"rounds": 2, "pseudo": {"segmenter_weight": 0.5}}}))
+
+
+def test_task_ii_and_the_oracle_train_as_many_epochs_as_task_i(source, tmp_path, monkeypatch):
+    """Where train.max_minutes cut task i, the other arms follow it: the comparison stays at equal steps."""
+    from wsseg.datasets.splits import Split
+    from wsseg.pipeline import chain
+    from wsseg.pipeline.data import Run
+
+    asked = {}
+
+    def fake_training(run, stage_dir, *, epochs=None, **_):
+        asked[stage_dir.name] = epochs
+        return {"miou": 0.5, "checkpoint": {"path": "best.pt", "epoch": 2, "epochs_trained": epochs or 2}}
+
+    monkeypatch.setattr(chain, "train_segmenter", fake_training)
+    monkeypatch.setattr(chain, "_weak_stage", lambda *args: {"miou_final": 0.4})
+    cfg = config_from_dict({"train": {"epochs": 16, "max_minutes": 1.0}})
+    run = Run(cfg, source, Split(labelled=["t"], tagged=["t"], val=[], test=["t"], seed=0), tmp_path)
+    assert chain.epochs_of_task_i(run) is None  # task i not trained yet
+    chain.run_task_i(run)
+    chain.run_oracle(run)
+    chain.run_task_ii(run)
+    # Task i took its budget (2 of 16 epochs, here); the oracle and task ii the epochs it trained.
+    assert asked == {"task_i": None, "oracle": 2, "task_ii": 2}

@@ -6,8 +6,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from wsseg.core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from wsseg.core.train import (build_optimizer, build_scheduler, fit, set_loader_epoch, train_one_epoch,
-                              training_loader, weighted_cross_entropy)
+from wsseg.core import train as train_module
+from wsseg.core.train import (build_optimizer, build_scheduler, epochs_within_budget, fit, set_loader_epoch,
+                              train_one_epoch, training_loader, weighted_cross_entropy)
 
 
 class NoisyCrops(Dataset):
@@ -235,3 +236,103 @@ def test_training_loader_workers_persist_and_make_each_epochs_samples(workers):
         resumed = epochs_of(training_loader(EpochStamped(), 2, num_workers=workers), [2])[2]
         assert resumed[0, 2] != seen[2][0, 2]
         torch.testing.assert_close(resumed[:, [0, 1, 3]], seen[2][:, [0, 1, 3]])
+
+
+# ------------------------------------------------------------------------------ time budgets
+@pytest.mark.parametrize("budget, elapsed, epoch_s, done, asked, expected", [
+    (100, 10, 10, 1, 16, 10),   # 90 s left: 9 more epochs of 10 s
+    (100, 10, 10, 1, 5, 5),     # never more than asked
+    (10, 30, 10, 1, 16, 1),     # over budget after the first epoch: that one stands
+    (100, 95, 10, 3, 16, 3),    # never fewer than done
+])
+def test_epochs_within_budget(budget, elapsed, epoch_s, done, asked, expected):
+    assert epochs_within_budget(budget, elapsed, epoch_s, done, asked) == expected
+
+
+class FakeClock:
+    """Time that passes only when the training says so: one second a step, one a validation."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def budgeted_run(run_dir, clock, budget_s, epochs=4, resume=False, validate_every=1, fail_in_epoch=None,
+                 messages=None):
+    torch.manual_seed(0)
+    model = tiny_model()
+    optimizer = build_optimizer(model.parameters(), "adam", 1e-2)
+    loader = DataLoader(NoisyCrops(), batch_size=4, shuffle=True)  # 2 steps an epoch
+    scheduler = build_scheduler(optimizer, "poly", epochs * len(loader), len(loader))
+    validated = []
+
+    def compute_loss(model, batch, epoch):
+        if epoch == fail_in_epoch:
+            raise RuntimeError("the machine went down")
+        clock.now += 1.0
+        images, masks = batch
+        return weighted_cross_entropy(model(images), masks), {}
+
+    def validate(model, epoch):
+        clock.now += 1.0
+        validated.append(epoch + 1)
+        return {"miou": 0.1 * epoch}
+
+    history = fit(model=model, loader=loader, optimizer=optimizer, scheduler=scheduler, compute_loss=compute_loss,
+                  epochs=epochs, run_dir=run_dir, device=torch.device("cpu"), validate=validate, resume=resume,
+                  log=(messages if messages is not None else []).append, show_progress=False,
+                  validate_every=validate_every, time_budget_s=budget_s)
+    return history, validated, scheduler
+
+
+def test_a_time_budget_cuts_the_epochs_and_ends_the_decay_there(tmp_path, monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(train_module, "_clock", clock)
+    monkeypatch.setattr(train_module.time, "perf_counter", clock)
+    messages = []
+    # Epoch 1: 2 steps + its validation = 3 s of the 7: one more epoch of 2 + 1/3 s fits, not two.
+    history, validated, scheduler = budgeted_run(tmp_path, clock, 7.0, epochs=6, validate_every=3,
+                                                 messages=messages)
+    assert [row["epoch"] for row in history] == [1, 2]
+    # The first epoch is validated to time it, the last because it is the last.
+    assert validated == [1, 2]
+    assert history[-1]["lr"] == pytest.approx(0.0)  # the poly decay reached zero at the planned end
+    last = load_checkpoint(tmp_path / "last.pt")
+    assert last["time_budget"] == {"epochs_asked": 6, "epochs_planned": 2} and last["epochs"] == 2
+    assert any("2 of 6 epochs fit in the time budget" in m for m in messages)
+
+
+def test_a_budget_that_holds_every_epoch_changes_nothing(tmp_path, monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(train_module, "_clock", clock)
+    monkeypatch.setattr(train_module.time, "perf_counter", clock)
+    messages = []
+    budgeted, _, _ = budgeted_run(tmp_path / "budget", clock, 1000.0, messages=messages)
+    plain, _, _ = budgeted_run(tmp_path / "plain", clock, None)
+    assert [row["train_loss"] for row in budgeted] == [row["train_loss"] for row in plain]
+    assert any("all 4 epochs fit in the time budget" in m for m in messages)
+    assert load_checkpoint(tmp_path / "plain" / "last.pt")["time_budget"] is None
+
+
+def test_a_resumed_run_keeps_its_plan(tmp_path, monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(train_module, "_clock", clock)
+    monkeypatch.setattr(train_module.time, "perf_counter", clock)
+    # Planned 3 of 8 epochs (3 s for epoch 1, then 3 s an epoch, budget 9 s), then lost in epoch 3.
+    with pytest.raises(RuntimeError, match="went down"):
+        budgeted_run(tmp_path, clock, 9.0, epochs=8, fail_in_epoch=2)
+    assert load_checkpoint(tmp_path / "last.pt")["time_budget"] == {"epochs_asked": 8, "epochs_planned": 3}
+    messages = []
+    # A new process with a budget that would now allow more: it finishes the plan it had.
+    history, validated, scheduler = budgeted_run(tmp_path, clock, 1000.0, epochs=8, resume=True, messages=messages)
+    assert [row["epoch"] for row in history] == [1, 2, 3] and validated == [3]
+    assert history[-1]["lr"] == pytest.approx(0.0)
+    assert any("keeps the plan of the interrupted run, 3 of 8 epochs" in m for m in messages)
+
+
+def test_validation_every_k_epochs_and_after_the_last(tmp_path):
+    history, validated, _ = budgeted_run(tmp_path, FakeClock(), None, epochs=5, validate_every=2)
+    assert validated == [2, 4, 5]
+    assert [("val_miou" in row) for row in history] == [False, True, False, True, True]

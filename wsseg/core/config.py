@@ -123,6 +123,10 @@ class TrainConfig:
     # A non-finite loss in any stage: "stop" the run at once (the last epoch's checkpoint stays
     # intact), or "skip" the step and count it in the history.
     on_nonfinite: Literal["stop", "skip"] = "stop"
+    # Wall-clock minutes for task i's segmenter: the first epoch is timed and training stops after
+    # as many of `epochs` as fit, with the poly decay ending there. Task ii and the oracle then
+    # train as many epochs as task i did (equal steps). none: all `epochs`.
+    max_minutes: float | None = None
 
 
 @dataclass
@@ -161,6 +165,8 @@ class SingleStageConfig:
     lr: float = 1e-3
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    # Wall-clock minutes for the single-stage model's epochs, as train.max_minutes (none: all of them).
+    max_minutes: float | None = None
     self_supervised_from_epoch: int = 5
     self_supervised_weight: float = 1.0
     # Which crops the self-supervised loss learns from: "image" (the published code) only those

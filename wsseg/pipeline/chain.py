@@ -66,6 +66,17 @@ def run_task_i(run: Run) -> dict:
     return _finish_stage(run, stage_dir, metrics)
 
 
+def epochs_of_task_i(run: Run) -> int | None:
+    """The epochs task i trained, once it has finished (None before): task ii and the oracle train
+    as many, so that the comparison is at equal steps also where `train.max_minutes` cut them."""
+    done = _stage_done(run.run_dir / "task_i")
+    epochs = done.get("checkpoint", {}).get("epochs_trained") if done else None
+    if epochs is not None and epochs != run.cfg.train.epochs:
+        log.info(f"task i trained {epochs} of {run.cfg.train.epochs} epochs within train.max_minutes: "
+                 f"task ii and the oracle train {epochs} too")
+    return epochs
+
+
 def round_dir(run_dir: Path, round_number: int) -> Path:
     """Round 1 lives in the run folder itself (pseudo_masks/, task_ii/); round r > 1 in round_<r>/."""
     return run_dir if round_number == 1 else run_dir / f"round_{round_number}"
@@ -110,7 +121,7 @@ def _task_ii_round(run: Run, crop_tags, folder: Path, fusion_segmenter: Path | N
     # From task i's segmenter if asked; a zoom-out segmenter otherwise from its converted N1 classifier.
     init = task_i_best if run.cfg.weak.init_from_task_i else initial_segmenter(run)
     metrics = train_segmenter(run, stage_dir, pseudo_masks={t: pm_dir / f"{t}.png" for t in run.split.tagged},
-                              init_checkpoint=init, title=title, crop_tags=crop_tags)
+                              init_checkpoint=init, title=title, crop_tags=crop_tags, epochs=epochs_of_task_i(run))
     log.info(f"{stage_dir.relative_to(run.run_dir)}: test mIoU {metrics.get('miou', float('nan')):.4f}")
     return _finish_stage(run, stage_dir, metrics), quality
 
@@ -177,7 +188,7 @@ def run_oracle(run: Run) -> dict:
     if (done := _stage_done(stage_dir)) is not None:
         return done
     metrics = train_segmenter(run, stage_dir, oracle=True, title="Oracle: N1 + N2 pixel labels (experiments only)",
-                              init_checkpoint=initial_segmenter(run))
+                              init_checkpoint=initial_segmenter(run), epochs=epochs_of_task_i(run))
     log.info(f"oracle: test mIoU {metrics.get('miou', float('nan')):.4f}")
     return _finish_stage(run, stage_dir, metrics)
 

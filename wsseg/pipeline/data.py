@@ -231,6 +231,9 @@ def _check_sizes(cfg: Config) -> None:
     for key, value in at_least_zero.items():
         if value < 0:
             raise ConfigError(f"{key} must be at least 0, got {value}")
+    for key, value in (("train.max_minutes", t.max_minutes), ("weak.single_stage.max_minutes", ss.max_minutes)):
+        if value is not None and value <= 0:
+            raise ConfigError(f"{key} must be positive (or null for no time budget), got {value}")
     least = min_input_px(cfg.model.name, cfg.model.options)
     model = f"{cfg.model.name} {cfg.model.options}" if cfg.model.options else cfg.model.name
     for key, value in (("train.crop_px", t.crop_px), ("eval.window_px", e.window_px)):

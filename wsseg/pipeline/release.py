@@ -351,8 +351,10 @@ def publish(checkpoint: str | Path, out_dir: str | Path, *, name: str | None = N
                   "normalised_inside": True},
         "weights": {"file": WEIGHTS_FILE, "sha256": sha256[WEIGHTS_FILE], "format": "safetensors",
                     "tensors": len(tensors), "parameters": sum(p.numel() for p in trained.model.parameters())},
+        # "epochs": what the training ran to, fewer than the config's where a time budget cut it
+        # (None in checkpoints from before wsseg saved it).
         "trained": {"stage": stage, "checkpoint": checkpoint.name, "epoch": int(state.get("epoch", -1)) + 1,
-                    "validation_score": state.get("best_score")},
+                    "epochs": state.get("epochs"), "validation_score": state.get("best_score")},
         "config": cfg,
         "split": asdict(split) if split is not None else None,
         "metrics": metrics,
@@ -431,7 +433,7 @@ def model_card(meta: dict, sha256: dict[str, str]) -> str:
                   f"(N1), {len(split['tagged'])} tagged tiles (N2), {len(split['val'])} validation, "
                   f"{len(split['test'])} test")
     md += [f"- model: `{model['name']}` with options `{json.dumps(model['options'])}`",
-           f"- {train['epochs']} epochs × {train['iters_per_epoch']} steps of {train['batch_size']} crops of "
+           f"- {_epochs_trained(meta['trained'], train)} × {train['iters_per_epoch']} steps of {train['batch_size']} crops of "
            f"{train['crop_px']} px, {train['optimizer']} at lr {train['lr']} ({train['schedule']} schedule), "
            f"precision {train['precision']}, seed {train['seed']}",
            f"- checkpoint: `{meta['trained']['checkpoint']}` of `{stage}`, epoch {meta['trained']['epoch']} "
@@ -458,3 +460,11 @@ def model_card(meta: dict, sha256: dict[str, str]) -> str:
 
 def _floats(values) -> str:
     return "(" + ", ".join(f"{v:.3f}" for v in values) + ")"
+
+
+def _epochs_trained(trained: dict, train: dict) -> str:
+    """"16 epochs", or "9 epochs (of 16 asked, within train.max_minutes 3.0)" where a budget cut them."""
+    epochs = trained.get("epochs") or train["epochs"]
+    if epochs == train["epochs"]:
+        return f"{epochs} epochs"
+    return f"{epochs} epochs (of {train['epochs']} asked, within train.max_minutes {train.get('max_minutes')})"

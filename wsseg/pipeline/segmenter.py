@@ -194,11 +194,17 @@ def load_segmenter(cfg: Config, num_classes: int, checkpoint: Path | dict, devic
 
 def train_segmenter(run: Run, stage_dir: Path, *, pseudo_masks: dict[str, Path] | None = None,
                     oracle: bool = False, init_checkpoint: Path | None = None, title: str = "Task i",
-                    crop_tags: Sequence[CropTag] | None = None) -> dict:
+                    crop_tags: Sequence[CropTag] | None = None, epochs: int | None = None) -> dict:
     """Train a segmenter on N1 (plus N2 pseudo masks when given, or N2's true labels for the
     `oracle`); evaluate the best one on test. `crop_tags` (grid tags of the N2 tiles at least)
-    feed the online levers of task ii, which only a run with pseudo masks uses."""
+    feed the online levers of task ii, which only a run with pseudo masks uses.
+
+    `epochs`: exactly that many (task ii and the oracle train as many as task i did); by default
+    `train.epochs`, or as many of them as fit in `train.max_minutes`. The test metrics say how many
+    were trained (`checkpoint.epochs_trained`)."""
     cfg, source, split = run.cfg, run.source, run.split
+    max_minutes = cfg.train.max_minutes if epochs is None else None
+    epochs = cfg.train.epochs if epochs is None else epochs
     classes = source.classes
     online = bool(pseudo_masks) and online_levers(cfg)
     _log_online_levers(cfg, stage_dir.name, online)
@@ -237,17 +243,19 @@ def train_segmenter(run: Run, stage_dir: Path, *, pseudo_masks: dict[str, Path] 
         optimizer = build_optimizer(parameter_groups(cfg.model.name, unwrap(model), cfg.train.encoder_lr_mult),
                                     cfg.train.optimizer, cfg.train.lr, weight_decay_of(cfg.train), cfg.train.momentum,
                                     cfg.train.rmsprop_alpha)
-        scheduler = build_scheduler(optimizer, cfg.train.schedule, cfg.train.epochs * len(loader), len(loader),
+        scheduler = build_scheduler(optimizer, cfg.train.schedule, epochs * len(loader), len(loader),
                                     cfg.train.poly_power, cfg.train.step_epochs, cfg.train.step_gamma)
 
         validate = _validation(run, stage) if split.val else None
-        history = stage.fit(model, loader, optimizer, scheduler, compute_loss, cfg.train.epochs, validate)
+        history = stage.fit(model, loader, optimizer, scheduler, compute_loss, epochs, validate,
+                            validate_every=cfg.eval.every_epochs, max_minutes=max_minutes)
+        epochs_trained = len(history)
         if online:
             warn_if_consistency_idle(history, cfg.weak.consistency_threshold)
         if cfg.weak.finetune_epochs and pseudo_masks:
             history += _finetune_on_labels(run, stage, model, compute_loss, validate)
     return evaluate_checkpoint(run, stage_dir, stage_dir / "best.pt", history, title=title,
-                               train_tile_ids=split.labelled)
+                               train_tile_ids=split.labelled, epochs_trained=epochs_trained)
 
 
 def _log_online_levers(cfg: Config, stage_name: str, online: bool) -> None:
@@ -313,14 +321,12 @@ def warn_if_consistency_idle(history: list[dict], threshold: float) -> None:
 
 
 def _validation(run: Run, stage: Stage):
-    """Whole-tile validation every `eval.every_epochs` and after the last epoch."""
+    """Whole-tile validation of the val tiles (`fit` calls it every `eval.every_epochs` and after the last epoch)."""
     cfg, source, split = run.cfg, run.source, run.split
     classes = source.classes
     shown = split.val[0]
 
     def validate(model, epoch):
-        if (epoch + 1) % cfg.eval.every_epochs and epoch + 1 != cfg.train.epochs:
-            return {}
         # Every process scores its share of the tiles and gets the same sums: the same best checkpoint.
         result = evaluate_tiles(unwrap(model), source, split.val, cfg.eval.window_px, cfg.eval.stride_px,
                                 cfg.eval.batch_size, stage.device, stage.amp_dtype, keep_predictions=[shown],
@@ -352,7 +358,7 @@ def _finetune_on_labels(run: Run, stage: Stage, model, compute_loss, validate) -
                                 cfg.train.momentum, cfg.train.rmsprop_alpha)
     scheduler = build_scheduler(optimizer, "constant", 1, len(loader))
     history = stage.fit(model, loader, optimizer, scheduler, compute_loss, cfg.weak.finetune_epochs, validate,
-                        run_dir=ft_dir, desc="finetune")
+                        run_dir=ft_dir, desc="finetune", validate_every=cfg.eval.every_epochs)
     # The fine-tuned model competes with the mixed one on validation: keep whichever is better.
     # Rank 0 alone moves the file; the others wait until it has, to read the winner.
     if run.dist.is_main and load_checkpoint(ft_dir / "best.pt")["best_score"] > state["best_score"]:
@@ -362,15 +368,18 @@ def _finetune_on_labels(run: Run, stage: Stage, model, compute_loss, validate) -
 
 
 def evaluate_checkpoint(run: Run, out_dir: Path, checkpoint: Path, history: list[dict] | None = None,
-                        title: str = "Evaluation", train_tile_ids=None) -> dict:
-    """Whole-tile sliding-window evaluation of a checkpoint on the test tiles, with the full report."""
+                        title: str = "Evaluation", train_tile_ids=None, epochs_trained: int | None = None) -> dict:
+    """Whole-tile sliding-window evaluation of a checkpoint on the test tiles, with the full report.
+    `epochs_trained` (the epochs of the training that chose it) goes into `metrics["checkpoint"]`."""
     device = choose_device(run.cfg.device, run.dist)
     state = load_checkpoint(checkpoint, map_location=device)
     check_classes(state.get("classes", {}).get("names"), run.source.classes.names, str(checkpoint))
     model = load_segmenter(run.cfg, run.source.classes.num_classes, state, device)
     log.info(f"evaluating {checkpoint} (epoch {state['epoch'] + 1}) on {len(run.split.test)} test tiles")
-    return evaluate_model(run, out_dir, model, {"path": checkpoint.name, "epoch": state["epoch"] + 1},
-                          history or state.get("history", []), title, train_tile_ids)
+    info = {"path": checkpoint.name, "epoch": state["epoch"] + 1}
+    if epochs_trained is not None:
+        info["epochs_trained"] = int(epochs_trained)
+    return evaluate_model(run, out_dir, model, info, history or state.get("history", []), title, train_tile_ids)
 
 
 def check_classes(model_classes, dataset_classes, source: str) -> None:

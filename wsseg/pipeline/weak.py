@@ -75,9 +75,20 @@ def train_single_stage(run: Run, crop_tags: list[CropTag], stage_dir: Path) -> l
         optimizer = build_optimizer(unwrap(model).param_groups(ss.lr, ss.weight_decay), "sgd", ss.lr,
                                     momentum=ss.momentum)
         scheduler = build_scheduler(optimizer, "constant", ss.epochs * len(loader), len(loader))
-        history = stage.fit(model, loader, optimizer, scheduler, compute_loss, ss.epochs, desc="single_stage")
+        history = stage.fit(model, loader, optimizer, scheduler, compute_loss, ss.epochs, desc="single_stage",
+                            max_minutes=ss.max_minutes)
+    warn_if_budget_left_no_self_supervision(history, ss)
     warn_if_self_supervision_idle(history, ss.self_supervised_gating)
     return history
+
+
+def warn_if_budget_left_no_self_supervision(history: list[dict], ss) -> None:
+    """A time budget that ends training before the self-supervised epochs leaves a classifier only."""
+    if len(history) < min(ss.epochs, ss.self_supervised_from_epoch):
+        log.warning(f"single-stage: weak.single_stage.max_minutes {ss.max_minutes} left {len(history)} of "
+                    f"{ss.epochs} epochs, and the self-supervised loss starts in epoch "
+                    f"{ss.self_supervised_from_epoch}: it never ran (raise the budget or lower "
+                    f"self_supervised_from_epoch)")
 
 
 def warn_if_self_supervision_idle(history: list[dict], gating: str) -> None:
