@@ -242,7 +242,13 @@ def test_task_all_runs_the_weak_chain_and_compares(tmp_path, data_root, monkeypa
                  "single_stage/last.pt", "pseudo_masks/pseudo_quality.json", "task_ii/metrics.json"):
         assert (run / name).is_file(), name
     comparison = json.loads((run / "comparison.json").read_text())
-    assert set(comparison) == {"task_i", "task_ii", "pseudo_masks"}
+    # `all` adds the tag-free arm to the finished tasks i and ii, at task i's epochs.
+    assert set(comparison) == {"task_i", "semi", "task_ii", "pseudo_masks", "tags_bought"}
+    assert comparison["semi"] == json.loads((run / "semi" / "done.json").read_text())
+    assert comparison["tags_bought"]["miou"] == pytest.approx(comparison["task_ii"]["miou"] - comparison["semi"]["miou"])
+    report = (run / "comparison.md").read_text()
+    assert "What the tags bought (task ii − semi" in report and "## Minutes per arm" in report
+    assert "| semi |" in report and "weak stage (single-stage model, pseudo masks)" in report
     quality = comparison["pseudo_masks"]
     assert set(quality) >= {"coverage", "miou_raw", "miou_crf", "miou_final", "per_class"}
     assert 0.0 < quality["coverage"] <= 1.0
@@ -280,8 +286,8 @@ def test_task_all_runs_the_weak_chain_and_compares(tmp_path, data_root, monkeypa
                  *chain]) == 0
     assert {name: (run / name).stat().st_mtime_ns for name in mtimes} == mtimes
     comparison = json.loads((run / "comparison.json").read_text())
-    assert set(comparison) == {"task_i", "task_ii", "pseudo_masks", "oracle", "gap_closed"}
-    assert comparison["oracle"] == json.loads((run / "oracle" / "metrics.json").read_text())
+    assert set(comparison) == {"task_i", "semi", "task_ii", "pseudo_masks", "tags_bought", "oracle", "gap_closed"}
+    assert comparison["oracle"] == json.loads((run / "oracle" / "done.json").read_text())
     i, ii, oracle = (comparison[k]["miou"] for k in ("task_i", "task_ii", "oracle"))
     gap = comparison["gap_closed"]["miou"]
     assert gap is None if oracle <= i else gap == pytest.approx((ii - i) / (oracle - i))

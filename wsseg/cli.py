@@ -36,8 +36,9 @@ def _setup_logging(run_dir: Path | None = None, quiet: bool = False) -> None:
 
 
 def add_train_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--task", choices=["i", "ii", "all"], default="i",
-                        help="i: pixel labels only; ii: pixel labels + crop tags; all: both, compared")
+    parser.add_argument("--task", choices=["i", "semi", "ii", "all"], default="i",
+                        help="i: pixel labels only; semi: pixel labels + the tagged images without their tags; "
+                             "ii: pixel labels + tags; all: the three, compared")
     parser.add_argument("--config", required=True, help="YAML file in configs/")
     parser.add_argument("--out", help="run folder (default: <out_root>/<config name>-<time>)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -412,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     sw.add_argument("--out", required=True, help="sweep folder: one run folder per combination, sweep.md/.json/.png")
     sw.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config value in every combination (repeatable)")
-    sw.add_argument("--task", choices=["i", "ii", "all"], default="i", help="the task each combination runs")
+    sw.add_argument("--task", choices=["i", "semi", "ii", "all"], default="i", help="the task each combination runs")
     ev = sub.add_parser("eval", help="re-evaluate a saved checkpoint on the test tiles of its run")
     ev.add_argument("--checkpoint", required=True,
                     help="a run checkpoint .pt, a stage or release folder, a model.zip, its URL or a registry name")

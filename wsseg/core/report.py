@@ -193,16 +193,37 @@ def _pseudo_tables(pseudo_quality: dict, class_names) -> list[str]:
     return md
 
 
-def _iou_diff_table(task_i: dict, task_ii: dict, class_names) -> str:
+def _iou_diff_table(task_i: dict, task_ii: dict, class_names, semi: dict | None = None) -> str:
+    """Per-class IoU and the means of task i, (semi,) task ii, with ii − i (and ii − semi: what the tags bought)."""
     in_mean = set(task_i.get("classes_in_mean", class_names))
-    rows = []
-    for name in class_names:
-        a, b = score_or_nan(task_i["per_class"][name]["iou"]), score_or_nan(task_ii["per_class"][name]["iou"])
-        rows.append([name if name in in_mean else f"{name} (not in mean)", _fmt(a), _fmt(b), _fmt_signed(b - a)])
+    arms = [task_i] + ([semi] if semi is not None else []) + [task_ii]
+
+    def row(label, values):
+        a, b = values[0], values[-1]
+        cells = [label, *(_fmt(v) for v in values), _fmt_signed(b - a)]
+        return cells + ([_fmt_signed(b - values[1])] if semi is not None else [])
+
+    rows = [row(name if name in in_mean else f"{name} (not in mean)",
+                [score_or_nan(m["per_class"][name]["iou"]) for m in arms]) for name in class_names]
     for key, label in (("miou", "**mIoU**"), ("mean_f1", "mean F1"), ("overall_accuracy", "OA")):
-        a, b = score_or_nan(task_i[key]), score_or_nan(task_ii[key])
-        rows.append([label, _fmt(a), _fmt(b), _fmt_signed(b - a)])
-    return _md_table(["class", "task i", "task ii", "difference (ii − i)"], rows)
+        rows.append(row(label, [score_or_nan(m[key]) for m in arms]))
+    header = ["class", "task i"] + (["semi"] if semi is not None else []) + ["task ii", "ii − i"]
+    return _md_table(header + (["ii − semi (what the tags bought)"] if semi is not None else []), rows)
+
+
+def _minutes_table(arms: Sequence[tuple[str, dict]], pseudo_quality: dict | None) -> str:
+    """Wall minutes of each arm's stages (those recorded in their done.json)."""
+    rows = []
+    for name, metrics in arms:
+        minutes = metrics.get("minutes")
+        if name == "task ii" and pseudo_quality is not None and pseudo_quality.get("minutes") is not None:
+            weak, segmenter = pseudo_quality["minutes"], minutes
+            total = weak + segmenter if segmenter is not None else None
+            rows.append([name, _fmt(total, 1), f"weak stage (single-stage model, pseudo masks) {weak:.1f} + segmenter "
+                                                 f"{_fmt(segmenter, 1)}"])
+        else:
+            rows.append([name, _fmt(minutes, 1), "segmenter"])
+    return _md_table(["arm", "minutes", "of which"], rows)
 
 
 def _gap_closed(task_i: dict, task_ii: dict, oracle: dict, class_names) -> dict:
@@ -228,11 +249,14 @@ def write_comparison_report(
     palette: Sequence[Sequence[int]],
     samples: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray]],
     oracle: dict | None = None,
+    semi: dict | None = None,
 ) -> dict:
     """Compare task i (pixel labels only) with task ii (plus tags): comparison.json/.md and figures.
 
     `oracle` (optional, same schema): the segmenter trained on N2's true labels; the report then
     adds it and the gap task ii closes, (ii − i) / (oracle − i), per class and for mIoU.
+    `semi` (optional, same schema): the tag-free arm, N1 + the N2 images without tags; the report
+    then adds what the tags bought, ii − semi.
 
     `task_i`, `task_ii` follow the `segmentation_metrics` schema ("eroded" optional).
     `pseudo_quality` (or None) has scalars such as coverage, miou_raw, miou_crf, miou_final and a
@@ -244,7 +268,12 @@ def write_comparison_report(
     run_dir.mkdir(parents=True, exist_ok=True)
     class_names = list(class_names)
     comparison = {"task_i": task_i, "task_ii": task_ii, "pseudo_masks": pseudo_quality}
-    arms = [("task i", task_i), ("task ii", task_ii)]
+    arms = [("task i", task_i)] + ([("semi", semi)] if semi is not None else []) + [("task ii", task_ii)]
+    if semi is not None:
+        comparison["semi"] = semi
+        comparison["tags_bought"] = {"miou": score_or_nan(task_ii["miou"]) - score_or_nan(semi["miou"]),
+                                     "per_class": {n: score_or_nan(task_ii["per_class"][n]["iou"])
+                                                   - score_or_nan(semi["per_class"][n]["iou"]) for n in class_names}}
     if oracle is not None:
         comparison["oracle"] = oracle
         comparison["gap_closed"] = _gap_closed(task_i, task_ii, oracle, class_names)
@@ -256,16 +285,22 @@ def write_comparison_report(
         class_names, palette, "IoU", f"per-class IoU: {' vs '.join(name for name, _ in arms)}",
         [(f"mIoU {name}", m["miou"]) for name, m in arms])
 
-    md = ["# Task i vs task ii", "", f"- task i: {_summary_line(task_i)}", f"- task ii: {_summary_line(task_ii)}",
-          "", "## Per-class IoU (full ground truth)", "", _iou_diff_table(task_i, task_ii, class_names)]
-    if task_i.get("eroded") and task_ii.get("eroded"):
+    title = "# Task i vs semi vs task ii" if semi is not None else "# Task i vs task ii"
+    md = [title, "", *(f"- {name}: {_summary_line(m)}" for name, m in arms)]
+    if semi is not None:
+        md += ["", f"What the tags bought (task ii − semi, which used the same N2 images without tags): "
+                   f"**{_fmt_signed(comparison['tags_bought']['miou'])}** mIoU; task ii − task i: "
+                   f"{_fmt_signed(score_or_nan(task_ii['miou']) - score_or_nan(task_i['miou']))}."]
+    md += ["", "## Per-class IoU (full ground truth)", "", _iou_diff_table(task_i, task_ii, class_names, semi)]
+    if task_i.get("eroded") and task_ii.get("eroded") and (semi is None or semi.get("eroded")):
         md += ["", "## Per-class IoU (eroded ground truth)", "",
-               _iou_diff_table(task_i["eroded"], task_ii["eroded"], class_names)]
+               _iou_diff_table(task_i["eroded"], task_ii["eroded"], class_names, semi["eroded"] if semi else None)]
+    md += ["", "## Minutes per arm", "", _minutes_table(arms, pseudo_quality)]
     if oracle is not None:
         md += ["", "## Against the oracle (N2 with its true pixel labels, experiments only)", "",
                f"- oracle: {_summary_line(oracle)}", "", _oracle_table(task_i, task_ii, oracle, comparison["gap_closed"],
                                                                       class_names)]
-    md += ["", "![IoU task i vs task ii](comparison_iou.png)"]
+    md += ["", f"![IoU {' vs '.join(name for name, _ in arms)}](comparison_iou.png)"]
     if pseudo_quality is not None:
         md += ["", "## Pseudo-mask quality", ""]
         md += _pseudo_tables(pseudo_quality, class_names)
@@ -302,6 +337,11 @@ def aggregate_markdown(aggregate: dict, title: str = "Task i vs task ii over spl
           f"mean over {', '.join(aggregate['classes_in_mean'])}.", "", "## Full ground truth", "", table(aggregate)]
     if "eroded" in aggregate:
         md += ["", "## Eroded ground truth", "", table(aggregate["eroded"])]
+    if "semi" in aggregate:
+        semi = aggregate["semi"]
+        md += ["", "## The tag-free arm (N1 + the N2 images without their tags)", "",
+               f"Semi mIoU {_pm(semi['miou'])}; semi − task i {_pm(semi['semi_minus_task_i'], signed=True)}; "
+               f"what the tags bought, task ii − semi: {_pm(semi['tags_bought'], signed=True)}."]
     if "oracle" in aggregate:
         md += ["", "## Against the oracle (N2 with its true pixel labels)", "",
                f"Oracle mIoU {_pm(aggregate['oracle']['miou'])}; gap closed by task ii, (ii − i) / (oracle − i): "

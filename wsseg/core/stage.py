@@ -135,7 +135,7 @@ class Stage:
     def fit(self, model: torch.nn.Module, loader: DataLoader, optimizer, scheduler, compute_loss: LossFn,
             epochs: int, validate: Callable[[torch.nn.Module, int], dict] | None = None,
             run_dir: Path | None = None, desc: str | None = None, validate_every: int = 1,
-            max_minutes: float | None = None) -> list[dict]:
+            max_minutes: float | None = None, companions: dict[str, torch.nn.Module] | None = None) -> list[dict]:
         """`core.train.fit` with this stage's device, precision, processes, config and resume;
         checkpoints go to `run_dir` (default: the stage folder), with the stage's `checkpoint_extras`.
         `max_minutes`: train only as many of the `epochs` as fit in that time (`fit`'s time budget).
@@ -154,7 +154,8 @@ class Stage:
                       validate=validate_rank0_weights if validate is not None else None, config=self.config,
                       resume=self.resume, dist_info=self.dist, writer=self.writer, desc=desc or self.name,
                       log=log.info, checkpoint_extras=self.checkpoint_extras, on_nonfinite=self.on_nonfinite,
-                      validate_every=validate_every, time_budget_s=max_minutes * 60 if max_minutes is not None else None)
+                      validate_every=validate_every, time_budget_s=max_minutes * 60 if max_minutes is not None else None,
+                      companions=companions)
         broadcast_buffers(unwrap(model), self.dist)
         barrier(self.dist)
         return history

@@ -422,7 +422,7 @@ def fit(*, model: torch.nn.Module, loader, optimizer, scheduler, compute_loss: L
         config: dict | None = None, resume: bool = False, dist_info: DistInfo = DistInfo(), writer=None,
         desc: str = "train", log: Callable[[str], None] = print, show_progress: bool = True,
         checkpoint_extras: dict | None = None, on_nonfinite: str = "stop", validate_every: int = 1,
-        time_budget_s: float | None = None) -> list[dict]:
+        time_budget_s: float | None = None, companions: dict[str, torch.nn.Module] | None = None) -> list[dict]:
     """Train for `epochs`, validating every `validate_every` epochs and after the last; returns
     the per-epoch history.
 
@@ -431,6 +431,8 @@ def fit(*, model: torch.nn.Module, loader, optimizer, scheduler, compute_loss: L
     from the start of the call; a poly schedule then decays to zero at that epoch instead. The
     plan is saved in the checkpoints (`time_budget`), and a resumed run with the same `epochs`
     keeps it. `checkpoint_extras` go into every checkpoint beside the config (the class names, say).
+    `companions`: modules that train beside the model without the optimizer (a mean teacher), saved
+    in every checkpoint and restored on resume.
     `on_nonfinite`: "stop" raises NonFiniteLoss at the first non-finite loss, "skip" skips the
     step (counted per epoch as `skipped_nonfinite_steps`); a `training_loader` lets the message
     name the batch's samples. Ctrl-C / SIGTERM saves the step
@@ -452,6 +454,10 @@ def fit(*, model: torch.nn.Module, loader, optimizer, scheduler, compute_loss: L
         state = load_checkpoint(last_path, map_location=device)
         unwrap(model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        for name, module in (companions or {}).items():
+            if name not in state.get("companions", {}):
+                raise CheckpointError(f"{last_path} has no state of the {name} this run trains beside the model")
+            module.load_state_dict(state["companions"][name])
         # The decay lengths the caller built in this run's steps, not the saved ones, which count the
         # steps of the interrupted run's processes (another number of them under torchrun).
         decay_lengths = [decay.total_iters for decay in _poly_decays(scheduler)]
@@ -485,6 +491,7 @@ def fit(*, model: torch.nn.Module, loader, optimizer, scheduler, compute_loss: L
             "rng": rng_state(), "config": config or {}, **(checkpoint_extras or {}),
             "partial_epoch": progress.as_dict() if progress is not None else None,
             "epochs": epochs_planned, "time_budget": plan,
+            **({"companions": {name: m.state_dict() for name, m in companions.items()}} if companions else {}),
         }
 
     with stop_requests() as stop:

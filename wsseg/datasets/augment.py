@@ -123,3 +123,29 @@ def strong_photometric(image: torch.Tensor, rng: np.random.Generator) -> torch.T
         noise = torch.from_numpy(rng.random((image.shape[0], h, w), dtype=np.float32))
         strong = F.erase(strong, top, left, h, w, noise)
     return strong.as_subclass(torch.Tensor).clamp_(0.0, 1.0).contiguous()
+
+
+# The strong view of the tag-free semi-supervised arm, UniMatch's (Yang et al. 2023): its colour
+# jitter on 80 % of the crops, greyscale on 20 %, a Gaussian blur of σ in [0.1, 2] on half.
+# CutMix (its other strong perturbation) mixes two crops of a batch, so it happens on the batch.
+GREYSCALE_P = 0.2
+BLUR_P = 0.5
+BLUR_SIGMA = (0.1, 2.0)
+
+
+def strong_colour_view(image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """A strongly augmented copy of a float 3×H×W image in [0, 1] whose pixels stay where they are.
+
+    Every draw is made whether or not it is applied, so that one crop's later draws (its CutMix
+    box) do not depend on the outcome of these."""
+    jitter, grey, blur, sigma = rng.random(), rng.random(), rng.random(), rng.uniform(*BLUR_SIGMA)
+    strong = tv_tensors.Image(image.clone())
+    if jitter < STRONG_COLOUR_P:
+        strong = random_colour_jitter(strong, rng, STRONG_COLOUR_JITTER)
+    if grey < GREYSCALE_P:
+        strong = F.rgb_to_grayscale(strong, num_output_channels=3)
+    if blur < BLUR_P:
+        kernel = 2 * math.ceil(3 * sigma) + 1
+        strong = F.gaussian_blur(strong, [kernel, kernel], [sigma, sigma])
+    # Not in place: greyscale returns one channel expanded to three.
+    return strong.as_subclass(torch.Tensor).clamp(0.0, 1.0).contiguous()

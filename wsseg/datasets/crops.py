@@ -139,15 +139,19 @@ class RandomCropDataset(Dataset):
     uniform position inside it. Tiles smaller than `crop_px` are padded: image 0, mask ignore.
     `label_override` maps a tile to an index PNG (255 = ignore), e.g. a pseudo mask, used instead
     of its ground truth; when given it must cover every tile, so that a tagged tile's real labels
-    can never slip into training.
+    can never slip into training. `images_only`: no label file is read, every mask is all ignore
+    (the unlabelled images of a semi-supervised arm, which may have no labels at all).
     """
 
     def __init__(self, source: TileSource, tile_ids: Sequence[str], crop_px: int, samples_per_epoch: int,
                  augment: bool | Sequence[str] = True, label_override: dict[str, Path] | None = None,
                  seed: int = 0, *, colour_jitter: Sequence[float] | None = None,
-                 cache_bytes: int = DEFAULT_CACHE_BYTES):
+                 cache_bytes: int = DEFAULT_CACHE_BYTES, images_only: bool = False):
         self.source = source
         self.tile_ids = _check_tiles(source, tile_ids, "RandomCropDataset")
+        self.images_only = bool(images_only)
+        if self.images_only and label_override is not None:
+            raise DatasetError("RandomCropDataset: images_only reads no labels, label_override gives some")
         if crop_px <= 0 or samples_per_epoch < 0:
             raise DatasetError(f"RandomCropDataset: crop_px must be positive and samples_per_epoch non-negative, "
                                f"got {crop_px} and {samples_per_epoch}")
@@ -181,6 +185,8 @@ class RandomCropDataset(Dataset):
 
     def _load(self, tile_id: str) -> tuple[np.ndarray, np.ndarray]:
         image = self.source.image(tile_id)
+        if self.images_only:
+            return image, np.full(image.shape[:2], IGNORE_INDEX, dtype=np.uint8)
         if self.label_override is not None:
             path = self.label_override[tile_id]
             label = check_indices(read_index_png(path), self.source.classes.num_classes, path)

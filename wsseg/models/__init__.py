@@ -50,6 +50,15 @@ def build_segmenter(name: str, num_classes: int, **kwargs) -> nn.Module:
     return constructor(num_classes=num_classes, **kwargs)
 
 
+# Segmenters whose forward takes `perturb_from` (`models.feature_perturbation`): those whose
+# encoder features are all at hand before the decoder starts.
+FEATURE_PERTURBABLE = ("effnet_lite0_unet", "unet")
+
+
+def supports_feature_perturbation(name: str) -> bool:
+    return name in FEATURE_PERTURBABLE
+
+
 def min_input_px(name: str, options: dict) -> int:
     """The least side of an input segmenter `name` built with `options` takes (its docstring's
     "any H, W ≥ ..."): a window or crop below it fails inside the network's pooling."""

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from wsseg.models.feature_perturbation import perturb_rows
 from wsseg.models.normalization import register_normalisation
 
 # (kernel, stride, expand ratio, in channels, out channels, repeats) per stage.
@@ -275,8 +276,10 @@ class EfficientNetLite0UNet(nn.Module):
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
 
-    def forward(self, x: Tensor) -> Tensor:
-        *skips, y = self.encoder.encoder_features(x)
+    def forward(self, x: Tensor, perturb_from: int | None = None) -> Tensor:
+        """Logits at the input size; samples from `perturb_from` on decode dropped-out encoder
+        features (`models.feature_perturbation`)."""
+        *skips, y = (perturb_rows(f, perturb_from) for f in self.encoder.encoder_features(x))
         for block, skip in zip(self.decoder, reversed(skips)):
             y = block(y, skip)
         y = self.classifier(y)

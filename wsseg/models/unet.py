@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from wsseg.models.feature_perturbation import perturb_rows
 from wsseg.models.normalization import register_normalisation
 
 
@@ -80,12 +81,16 @@ class UNet(nn.Module):
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, perturb_from: int | None = None) -> Tensor:
+        """Logits at the input size; samples from `perturb_from` on decode dropped-out encoder
+        features (`models.feature_perturbation`)."""
         x = self.stem((x - self.mean) / self.std)
         skips = []
         for down in self.down:
             skips.append(x)
             x = down(self.pool(x))
+        x = perturb_rows(x, perturb_from)
+        skips = [perturb_rows(skip, perturb_from) for skip in skips]
         for up, skip in zip(self.up, reversed(skips)):
             x = up(x, skip)
         return self.classifier(x)

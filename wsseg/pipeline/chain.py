@@ -7,7 +7,9 @@
                         a constant background that never wins there → retrained with it learned
     initial_segmenter   zoom-out only: sampled hypercolumns → FC classifier → 1×1 convs, where
                         its segmenter starts (pipeline.zoomout; one step at a time: run_zoomout_step)
-    run_task            wires the stages; `all` runs both tasks on one split and compares them
+    run_semi            N1 pixel labels + N2 images without tags (weak-to-strong consistency)
+    run_task            wires the stages; `all` runs task i, semi and task ii on one split and
+                        compares them
 
 A stage writes `done.json` when it finishes; a rerun of the chain with `resume` skips finished
 stages and continues unfinished ones from their last checkpoint.
@@ -22,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import time
 from pathlib import Path
 
 from wsseg.core.checkpoint import CheckpointError
@@ -39,7 +42,7 @@ from wsseg.pipeline.zoomout import (ZOOMOUT, check_zoomout_config, classifier_di
 
 log = logging.getLogger(__name__)
 
-TASKS = ("i", "ii", "all")
+TASKS = ("i", "semi", "ii", "all")
 
 
 def _stage_done(stage_dir: Path) -> dict | None:
@@ -47,7 +50,10 @@ def _stage_done(stage_dir: Path) -> dict | None:
     return json.loads(done.read_text()) if done.exists() else None
 
 
-def _finish_stage(run: Run, stage_dir: Path, result: dict) -> dict:
+def _finish_stage(run: Run, stage_dir: Path, result: dict, started: float | None = None) -> dict:
+    """Write the stage's done.json; `started` (time.monotonic() when it began) adds its wall minutes."""
+    if started is not None:
+        result = {**result, "minutes": (time.monotonic() - started) / 60}
     if run.dist.is_main:
         atomic_write_json(stage_dir / "done.json", result)
     # No process looks for this done.json before it exists: one that did would run the stage alone.
@@ -60,10 +66,28 @@ def run_task_i(run: Run) -> dict:
     if (done := _stage_done(stage_dir)) is not None:
         log.info(f"task i already finished in {stage_dir}: mIoU {done['miou']:.4f}")
         return done
+    started = time.monotonic()
     metrics = train_segmenter(run, stage_dir, title="Task i: pixel labels only (N1)",
                               init_checkpoint=initial_segmenter(run))
     log.info(f"task i: test mIoU {metrics.get('miou', float('nan')):.4f}")
-    return _finish_stage(run, stage_dir, metrics)
+    return _finish_stage(run, stage_dir, metrics, started)
+
+
+def run_semi(run: Run) -> dict:
+    """The tag-free arm: task i's segmenter, steps and N1 batches, plus the N2 images without their
+    tags (`pipeline.semi`). It trains as many epochs as task i did (run first if it has not)."""
+    stage_dir = run.run_dir / "semi"
+    if (done := _stage_done(stage_dir)) is not None:
+        log.info(f"semi already finished in {stage_dir}: mIoU {done['miou']:.4f}")
+        return done
+    if run.cfg.train.max_minutes is not None and _stage_done(run.run_dir / "task_i") is None:
+        log.info("semi trains as many epochs as task i within train.max_minutes: running task i first")
+        run_task_i(run)
+    started = time.monotonic()
+    metrics = train_segmenter(run, stage_dir, title="Semi: N1 pixel labels + N2 images without tags",
+                              init_checkpoint=initial_segmenter(run), epochs=epochs_of_task_i(run), unlabelled=True)
+    log.info(f"semi: test mIoU {metrics.get('miou', float('nan')):.4f}")
+    return _finish_stage(run, stage_dir, metrics, started)
 
 
 def epochs_of_task_i(run: Run) -> int | None:
@@ -113,17 +137,18 @@ def _task_ii_round(run: Run, crop_tags, folder: Path, fusion_segmenter: Path | N
                    title: str) -> tuple[dict, dict]:
     pm_dir, stage_dir = folder / "pseudo_masks", folder / "task_ii"
     if (quality := _stage_done(pm_dir)) is None:
-        quality = _weak_stage(run, crop_tags, pm_dir, fusion_segmenter)
-        _finish_stage(run, pm_dir, quality)
+        started = time.monotonic()
+        quality = _finish_stage(run, pm_dir, _weak_stage(run, crop_tags, pm_dir, fusion_segmenter), started)
     if (done := _stage_done(stage_dir)) is not None:
         log.info(f"{title}: already finished in {stage_dir}: mIoU {done['miou']:.4f}")
         return done, quality
     # From task i's segmenter if asked; a zoom-out segmenter otherwise from its converted N1 classifier.
     init = task_i_best if run.cfg.weak.init_from_task_i else initial_segmenter(run)
+    started = time.monotonic()
     metrics = train_segmenter(run, stage_dir, pseudo_masks={t: pm_dir / f"{t}.png" for t in run.split.tagged},
                               init_checkpoint=init, title=title, crop_tags=crop_tags, epochs=epochs_of_task_i(run))
     log.info(f"{stage_dir.relative_to(run.run_dir)}: test mIoU {metrics.get('miou', float('nan')):.4f}")
-    return _finish_stage(run, stage_dir, metrics), quality
+    return _finish_stage(run, stage_dir, metrics, started), quality
 
 
 def _weak_stage(run: Run, crop_tags, pm_dir: Path, segmenter_checkpoint: Path | None) -> dict:
@@ -187,10 +212,11 @@ def run_oracle(run: Run) -> dict:
     stage_dir = run.run_dir / "oracle"
     if (done := _stage_done(stage_dir)) is not None:
         return done
+    started = time.monotonic()
     metrics = train_segmenter(run, stage_dir, oracle=True, title="Oracle: N1 + N2 pixel labels (experiments only)",
                               init_checkpoint=initial_segmenter(run), epochs=epochs_of_task_i(run))
     log.info(f"oracle: test mIoU {metrics.get('miou', float('nan')):.4f}")
-    return _finish_stage(run, stage_dir, metrics)
+    return _finish_stage(run, stage_dir, metrics, started)
 
 
 def run_task(cfg: Config, task: str, run_dir: Path, resume: bool = False, dist: DistInfo = DistInfo(),
@@ -212,13 +238,16 @@ def run_task(cfg: Config, task: str, run_dir: Path, resume: bool = False, dist: 
 
 
 def _run_task(cfg: Config, task: str, run_dir: Path, resume: bool, dist: DistInfo, oracle: bool) -> dict:
-    run = prepare_run(cfg, run_dir, resume, dist, weak=task != "i")
+    run = prepare_run(cfg, run_dir, resume, dist, weak=task not in ("i", "semi"))
     check_init_from(run)
     if task == "i":
         return run_task_i(run)
+    if task == "semi":
+        return run_semi(run)
     if task == "ii":
         return run_task_ii(run)[0]
     task_i = run_task_i(run)
+    semi = run_semi(run)
     task_ii, quality = run_task_ii(run)
     oracle_metrics = run_oracle(run) if oracle else None
     if not dist.is_main:
@@ -227,7 +256,7 @@ def _run_task(cfg: Config, task: str, run_dir: Path, resume: bool, dist: DistInf
     samples = pseudo_mask_samples(run.source, run.split, round_dir(run_dir, cfg.weak.rounds) / "pseudo_masks",
                                   cfg.eval.num_triptychs)
     return write_comparison_report(run_dir, task_i, task_ii, quality, classes.names, classes.palette, samples,
-                                   oracle=oracle_metrics)
+                                   oracle=oracle_metrics, semi=semi)
 
 
 ZOOMOUT_STEPS = ("sample", "fit", "dense")

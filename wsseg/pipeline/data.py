@@ -30,7 +30,7 @@ from wsseg.datasets.splits import (Split, format_split, group_by_part, load_spli
                                    save_split, sort_tile_ids)
 from wsseg.datasets.tags import CropTag, compute_crop_tags, load_crop_tags, save_crop_tags
 from wsseg.datasets.user_tags import read_user_tags
-from wsseg.models import VGG_ENCODER_LOADERS, min_input_px
+from wsseg.models import FEATURE_PERTURBABLE, VGG_ENCODER_LOADERS, min_input_px, supports_feature_perturbation
 from wsseg.models.single_stage import ClassLayout
 
 log = logging.getLogger(__name__)
@@ -261,6 +261,20 @@ def _check_optimizer(cfg: Config) -> None:
         raise ConfigError(f"train.rmsprop_alpha must be in [0, 1), got {t.rmsprop_alpha}")
 
 
+def _check_semi(cfg: Config) -> None:
+    semi = cfg.semi
+    for key, value, low, high in (("threshold", semi.threshold, 0.0, 1.0), ("ema_decay", semi.ema_decay, 0.0, 1.0),
+                                  ("rampup", semi.rampup, 0.0, 1.0), ("cutmix_p", semi.cutmix_p, 0.0, 1.0)):
+        if not low <= value <= high:
+            raise ConfigError(f"semi.{key} must be in [{low:g}, {high:g}], got {value}")
+    for key in ("weight", "feature_perturbation"):
+        if getattr(semi, key) < 0.0:
+            raise ConfigError(f"semi.{key} must be at least 0 (0 = off), got {getattr(semi, key)}")
+    if semi.feature_perturbation > 0 and not supports_feature_perturbation(cfg.model.name):
+        raise ConfigError(f"semi.feature_perturbation: segmenter {cfg.model.name!r} does not expose its encoder "
+                          f"features (those that do: {', '.join(FEATURE_PERTURBABLE)}); set it to 0")
+
+
 def check_config(cfg: Config, source: TileSource | None = None, weak: bool = True) -> None:
     """Settings that are valid one by one but not with each other or with the dataset, caught
     before anything trains: a wrong class name must not surface after task i has trained."""
@@ -286,6 +300,7 @@ def check_config(cfg: Config, source: TileSource | None = None, weak: bool = Tru
             raise ConfigError(f"weak.{key} must be at least 0 (0 = off), got {getattr(cfg.weak, key)}")
     if not 0.0 < cfg.weak.consistency_threshold <= 1.0:
         raise ConfigError(f"weak.consistency_threshold must be in (0, 1], got {cfg.weak.consistency_threshold}")
+    _check_semi(cfg)
     if source is None:
         return
     names = source.classes.names

@@ -79,6 +79,11 @@ def aggregate_seeds(comparisons: Sequence[dict]) -> dict:
     result.update(_aggregate_pairs(pairs, class_names))
     if all(i.get("eroded") and ii.get("eroded") for i, ii in pairs):
         result["eroded"] = _aggregate_pairs([(i["eroded"], ii["eroded"]) for i, ii in pairs], class_names)
+    if all(c.get("semi") for c in comparisons):
+        result["semi"] = {"miou": _mean_std([c["semi"]["miou"] for c in comparisons]),
+                          "tags_bought": _mean_std([c["tags_bought"]["miou"] for c in comparisons]),
+                          "semi_minus_task_i": _mean_std([score_or_nan(c["semi"]["miou"])
+                                                          - score_or_nan(c["task_i"]["miou"]) for c in comparisons])}
     if all(c.get("oracle") for c in comparisons):
         result["oracle"] = {"miou": _mean_std([c["oracle"]["miou"] for c in comparisons]),
                             "gap_closed": _mean_std([c["gap_closed"]["miou"] for c in comparisons])}

@@ -36,6 +36,7 @@ from wsseg.models import build_segmenter, load_encoder_weights, parameter_groups
 from wsseg.models.tag_loss import partial_tag_loss
 from wsseg.pipeline.data import Run, encoder_weights_file
 from wsseg.pipeline.release import initialise_from, resolve_checkpoint
+from wsseg.pipeline.semi import build_teacher, semi_crops, semi_loss
 from wsseg.pseudo_labels.consistency import consistency_loss, consistency_targets
 
 log = logging.getLogger(__name__)
@@ -194,10 +195,12 @@ def load_segmenter(cfg: Config, num_classes: int, checkpoint: Path | dict, devic
 
 def train_segmenter(run: Run, stage_dir: Path, *, pseudo_masks: dict[str, Path] | None = None,
                     oracle: bool = False, init_checkpoint: Path | None = None, title: str = "Task i",
-                    crop_tags: Sequence[CropTag] | None = None, epochs: int | None = None) -> dict:
+                    crop_tags: Sequence[CropTag] | None = None, epochs: int | None = None,
+                    unlabelled: bool = False) -> dict:
     """Train a segmenter on N1 (plus N2 pseudo masks when given, or N2's true labels for the
-    `oracle`); evaluate the best one on test. `crop_tags` (grid tags of the N2 tiles at least)
-    feed the online levers of task ii, which only a run with pseudo masks uses.
+    `oracle`, or N2's images without labels or tags for the semi-supervised arm, `unlabelled`);
+    evaluate the best one on test. `crop_tags` (grid tags of the N2 tiles at least) feed the
+    online levers of task ii, which only a run with pseudo masks uses.
 
     `epochs`: exactly that many (task ii and the oracle train as many as task i did); by default
     `train.epochs`, or as many of them as fit in `train.max_minutes`. The test metrics say how many
@@ -212,7 +215,8 @@ def train_segmenter(run: Run, stage_dir: Path, *, pseudo_masks: dict[str, Path] 
         mixed = bool(pseudo_masks) or oracle
         extra = n2_per_batch(cfg) if mixed and cfg.weak.pseudo_mode == "extra" else 0
         batch_size = cfg.train.batch_size + extra
-        loader = stage.loader(training_crops(cfg, run, pseudo_masks, oracle, crop_tags), batch_size)
+        crops = training_crops(cfg, run, pseudo_masks, oracle, crop_tags)
+        loader = stage.loader(semi_crops(cfg, run, crops) if unlabelled else crops, batch_size)
 
         # A model that starts from trained weights needs no ImageNet weights to overwrite.
         model = build_model(cfg, classes.num_classes, pretrained=init_checkpoint is None and not cfg.model.init_from)
@@ -230,6 +234,8 @@ def train_segmenter(run: Run, stage_dir: Path, *, pseudo_masks: dict[str, Path] 
         if weights is not None:
             log.info("class weights: %s", ", ".join(f"{n} {w:.2f}" for n, w in zip(classes.names, weights.tolist())))
 
+        teacher = build_teacher(cfg, model) if unlabelled else None
+
         def compute_loss(model, batch, epoch):
             images, masks, sample_weights, *online_targets = batch
             if online_targets:
@@ -245,10 +251,14 @@ def train_segmenter(run: Run, stage_dir: Path, *, pseudo_masks: dict[str, Path] 
                                     cfg.train.rmsprop_alpha)
         scheduler = build_scheduler(optimizer, cfg.train.schedule, epochs * len(loader), len(loader),
                                     cfg.train.poly_power, cfg.train.step_epochs, cfg.train.step_gamma)
+        if unlabelled:
+            compute_loss = semi_loss(cfg, stage, teacher, weights, classes.ignore_index,
+                                     progress=lambda: scheduler.last_epoch / max(1, epochs * len(loader)))
 
         validate = _validation(run, stage) if split.val else None
         history = stage.fit(model, loader, optimizer, scheduler, compute_loss, epochs, validate,
-                            validate_every=cfg.eval.every_epochs, max_minutes=max_minutes)
+                            validate_every=cfg.eval.every_epochs, max_minutes=max_minutes,
+                            companions={"teacher": teacher} if teacher is not None else None)
         epochs_trained = len(history)
         if online:
             warn_if_consistency_idle(history, cfg.weak.consistency_threshold)

@@ -112,11 +112,13 @@ class Sweep:
 
 
 def stage_dirs(cfg: Config, task: str, run_dir: Path) -> dict[str, Path]:
-    """The stage folders whose metrics are task `task`'s result, by label: task i's, the last
-    round's task ii, or both."""
+    """The stage folders whose metrics are task `task`'s result, by label: task i's, the semi
+    arm's, the last round's task ii, or all three."""
     stages = {}
     if task in ("i", "all"):
         stages["task i"] = run_dir / "task_i"
+    if task in ("semi", "all"):
+        stages["semi"] = run_dir / "semi"
     if task in ("ii", "all"):
         stages["task ii"] = round_dir(run_dir, cfg.weak.rounds) / "task_ii"
     return stages

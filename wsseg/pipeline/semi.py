@@ -1,0 +1,92 @@
+"""The tag-free semi-supervised arm (`--task semi`): task i's segmenter, steps and N1 batches,
+plus as many N2 crops per batch learnt without their tags by weak-to-strong consistency
+(FixMatch, Sohn et al. 2020; UniMatch, Yang et al. CVPR 2023). It answers the question a user
+with tags has to ask: would the N2 images have helped as much without them?
+
+Per step: a teacher predicts each N2 crop's weak view (no gradient, in the stage's precision);
+where its confidence reaches `semi.threshold` its class is the target of the crop's strong view,
+CutMix boxes pasted from the next N2 crop of the batch, targets with them. One student forward
+takes the N1 crops, the strong views and (with `semi.feature_perturbation`) the weak views whose
+encoder features are dropped out, so that BatchNorm sees one batch. The unlabelled terms ramp up
+linearly over the first `semi.rampup` share of the steps.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Callable
+
+import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import Dataset
+
+from wsseg.core.checkpoint import unwrap
+from wsseg.core.config import Config
+from wsseg.core.stage import Stage
+from wsseg.core.train import weighted_cross_entropy
+from wsseg.datasets.crops import RandomCropDataset
+from wsseg.datasets.unlabelled import PairedCrops, UnlabelledViews
+from wsseg.pipeline.data import Run
+from wsseg.pseudo_labels.consistency import consistency_loss, consistency_targets, paste_boxes
+
+
+def semi_crops(cfg: Config, run: Run, labelled: Dataset) -> PairedCrops:
+    """Task i's crops `labelled`, each paired with a crop of an N2 image, whose labels (if it has
+    any) are never read."""
+    unlabelled = RandomCropDataset(run.source, run.split.tagged, cfg.train.crop_px, len(labelled),
+                                   augment=cfg.train.augment, seed=cfg.train.seed + 2, images_only=True)
+    return PairedCrops(labelled, UnlabelledViews(unlabelled, cfg.semi.cutmix_p))
+
+
+def build_teacher(cfg: Config, model: torch.nn.Module) -> AveragedModel | None:
+    """The mean teacher of `semi.teacher: ema` (its weights and BatchNorm statistics averaged),
+    None for `student`. Under torchrun every process holds the same one: it averages the same
+    synchronised weights."""
+    if cfg.semi.teacher != "ema":
+        return None
+    student = unwrap(model)
+    teacher = AveragedModel(copy.deepcopy(student), device=next(student.parameters()).device,
+                            multi_avg_fn=get_ema_multi_avg_fn(cfg.semi.ema_decay), use_buffers=True)
+    return teacher.eval().requires_grad_(False)
+
+
+def semi_loss(cfg: Config, stage: Stage, teacher: AveragedModel | None, class_weights: torch.Tensor | None,
+              ignore_index: int, progress: Callable[[], float]):
+    """`compute_loss` of the semi arm; `progress()` is the share of the steps done (for the ramp-up)."""
+    semi = cfg.semi
+
+    def compute_loss(model, batch, epoch):
+        images, masks, sample_weights, views = batch
+        n = images.shape[0]
+        weak = stage.images_to_device(views["weak"])
+        strong = stage.images_to_device(views["strong"])
+        boxes = views["box"]
+        with torch.no_grad():
+            if teacher is not None:
+                # The student's weights after the last step join the average before it teaches.
+                teacher.update_parameters(unwrap(model))
+                weak_logits = teacher(weak)
+            else:
+                weak_logits = model(weak)
+        targets = consistency_targets(weak_logits, None, semi.threshold, ignore_index)
+        mixed_targets = paste_boxes(targets, boxes)
+        inputs = [stage.images_to_device(images), paste_boxes(strong, boxes)]
+        perturbed = semi.feature_perturbation > 0
+        if perturbed:
+            inputs.append(weak)
+        logits = model(torch.cat(inputs), **({"perturb_from": 2 * n} if perturbed else {}))
+        masks = stage.to_device(masks)
+        pixel_weights = stage.to_device(sample_weights)[:, None, None].expand_as(masks)
+        loss_labelled = weighted_cross_entropy(logits[:n], masks, class_weights, pixel_weights, ignore_index)
+        ramp = min(1.0, progress() / semi.rampup) if semi.rampup > 0 else 1.0
+        loss_strong = consistency_loss(logits[n:2 * n], mixed_targets, ignore_index)
+        loss = loss_labelled + ramp * semi.weight * loss_strong
+        scalars = {"labelled": loss_labelled.item(), "strong": loss_strong.item(), "ramp": ramp,
+                   "confident_pixels": (targets != ignore_index).float().mean().item()}
+        if perturbed:
+            loss_fp = consistency_loss(logits[2 * n:], targets, ignore_index)
+            loss = loss + ramp * semi.feature_perturbation * loss_fp
+            scalars["feature_perturbation"] = loss_fp.item()
+        return loss, scalars
+
+    return compute_loss
