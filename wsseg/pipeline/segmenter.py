@@ -105,13 +105,19 @@ def training_crops(cfg: Config, run: Run, pseudo_masks: dict[str, Path] | None, 
         if online_levers(cfg):
             return _with_online_targets(cfg, run, parts, crop_tags)
     elif oracle:
-        unlabelled = [t for t in split.tagged if source.tile(t).label_path is None]
-        if unlabelled:
-            raise ValueError(f"the oracle needs the N2 pixel labels, and {len(unlabelled)} N2 tile(s) have none "
-                             f"(first: {unlabelled[0]!r})")
+        check_oracle_labels(run)
         parts.append(WeightedCrops(RandomCropDataset(source, split.tagged, cfg.train.crop_px, n_pseudo,
                                                      augment=cfg.train.augment, seed=cfg.train.seed + 1), 1.0))
     return EpochConcat(parts)
+
+
+def check_oracle_labels(run: Run) -> None:
+    """The oracle learns from the N2 pixel labels: images tagged without a mask (`weak.tags_file`)
+    have none. Checked before task i trains too, not only when the oracle starts, hours later."""
+    unlabelled = [t for t in run.split.tagged if run.source.tile(t).label_path is None]
+    if unlabelled:
+        raise ValueError(f"the oracle needs the N2 pixel labels, and {len(unlabelled)} N2 tile(s) have none "
+                         f"(first: {unlabelled[0]!r}): leave out --oracle for images tagged without a mask")
 
 
 def _with_online_targets(cfg: Config, run: Run, parts: list[WeightedCrops],
