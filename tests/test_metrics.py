@@ -148,6 +148,31 @@ def test_class_weights_by_hand():
         class_weights(counts, "sqrt")
 
 
+def test_a_dominant_background_among_many_classes_keeps_the_floor():
+    # 59 classes: background 77 % of the pixels, 40 foreground classes sharing the rest with a
+    # long tail (shares ∝ 1/rank), 18 classes absent from the labels.
+    shares = 1.0 / np.arange(1, 41)
+    counts = np.zeros(59)
+    counts[0] = 0.77e6
+    counts[1:41] = np.round(0.23e6 * shares / shares.sum())
+    present = counts > 0
+    median = class_weights(counts, "median")
+    # The median is over the 41 present classes (over all 59 it would be 0, and so every weight);
+    # the tail sets it, and the background is left with a weight of 0.00 at two decimals.
+    freq = counts[present] / counts[present].sum()
+    assert median[0] == pytest.approx(np.median(freq) / freq[0], rel=1e-5) and np.median(freq) > 0
+    assert median[0] < 0.005
+    assert class_weights(counts, "inverse")[0] < 0.005  # the mean of 1 / f is set by the tail too
+    for mode in ("median", "inverse"):
+        bounded = class_weights(counts, mode, absent_weight=1.0, floor=0.1, cap=10)
+        assert np.isfinite(bounded).all()
+        assert bounded[0] == pytest.approx(0.1) and bounded[present].min() >= np.float32(0.1)
+        assert bounded[present].max() <= 10 and (bounded[~present] == 1.0).all()
+    # The floor leaves a weight above it alone.
+    above = median >= 0.1
+    np.testing.assert_array_equal(class_weights(counts, "median", floor=0.1)[above], median[above])
+
+
 def test_class_precision_and_unreliable_classes():
     # rows: ground truth, columns: pseudo label
     cm = np.array([[8, 6, 0],

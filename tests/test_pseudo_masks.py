@@ -26,6 +26,8 @@ def test_quality_report_names_tagged_classes_no_mask_contains():
     report = quality.report(tagged_classes=[0, 1, 2], tiles=1)
     assert report["classes_never_labelled"] == ["land"]
     assert report["coverage"] == 0.75 and report["tiles"] == 1
+    # No N2 ground truth (an image tagged without a mask): nothing to score the mask against.
+    assert report["tiles_with_ground_truth"] == 0 and "miou_final" not in report and "per_class" not in report
 
 
 def test_the_crf_stays_on_only_if_it_helps_on_the_calibration_tiles():

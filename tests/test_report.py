@@ -132,6 +132,25 @@ def test_comparison_report(tmp_path):
     assert "| a | 0.300 | 0.400 |" in md
 
 
+def test_pseudo_samples_of_images_without_masks_say_there_is_no_ground_truth(tmp_path):
+    task_i = segmentation_metrics(CM, NAMES, ["a", "b", "c"])
+    image, gt, pseudo_mask = toy_sample(2)
+    # One N2 image with a mask, two tagged without (a user's tags file): the mIoUs cover the one.
+    pseudo = {"coverage": 0.5, "tiles": 3, "tiles_with_ground_truth": 1, "miou_final": 0.4}
+    write_comparison_report(tmp_path, task_i, task_i, pseudo, NAMES, PALETTE,
+                            [("t1", image, pseudo_mask, gt), ("t2", image, pseudo_mask, None)])
+    assert is_png(tmp_path / "pseudo_t1.png") and is_png(tmp_path / "pseudo_t2.png")
+    md = (tmp_path / "comparison.md").read_text()
+    assert "2 of the 3 N2 images have no ground truth (tagged without a mask): the N2 mIoUs below are over the other 1." in md
+    assert "- [t1: image | pseudo mask | ground truth](pseudo_t1.png)" in md
+    assert "- [t2: image | pseudo mask | no ground truth](pseudo_t2.png)" in md
+    assert "No ground truth for the N2 images tagged without a mask" in md
+    # Every N2 image with its mask: nothing to say.
+    write_comparison_report(tmp_path, task_i, task_i, {**pseudo, "tiles_with_ground_truth": 3}, NAMES, PALETTE,
+                            [("t1", image, pseudo_mask, gt)])
+    assert "no ground truth" not in (tmp_path / "comparison.md").read_text().lower()
+
+
 def test_a_list_of_a_hundred_tiles_is_a_short_cell(tmp_path):
     task_i = segmentation_metrics(CM, NAMES, ["a", "b", "c"])
     tiles = [f"tile_{i:03d}" for i in range(100)]

@@ -34,6 +34,43 @@ def test_measured_class_weights_are_capped(source):
     assert segmenter_class_weights(config_from_dict({"train": {"class_weights": "none"}}), source, ["t"]) is None
 
 
+def test_measured_class_weights_keep_the_floor(tmp_path):
+    # "common" is 95 % of the labelled pixels, "rare" 5 %, "unseen" absent from N1.
+    names, palette = ("common", "rare", "unseen"), ((0, 0, 0), (255, 255, 255), (9, 9, 9))
+    (tmp_path / "img").mkdir()
+    (tmp_path / "gt").mkdir()
+    label = np.zeros((40, 50), np.uint8)
+    label[:2] = 1
+    Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(tmp_path / "img" / "t.png")
+    save_index_png(tmp_path / "gt" / "t.png", label, palette)
+    three = folder_source(tmp_path, "img", "gt", names, palette)
+
+    def weights(**train):
+        return segmenter_class_weights(config_from_dict({"train": {"class_weights": "median", **train}}), three,
+                                       ["t"]).tolist()
+
+    # median frequency 0.5: 0.5 / 0.95 and 0.5 / 0.05; the default floor 0.1 does not bind here
+    assert weights() == pytest.approx([0.5 / 0.95, 10.0, 1.0])
+    assert weights(class_weight_floor=0.8, class_weight_cap=4) == pytest.approx([0.8, 4.0, 1.0])
+    # A class N1 lacks can be in task ii's pseudo masks: it gets a finite weight inside the bounds.
+    assert weights(class_weight_floor=2, class_weight_cap=4) == pytest.approx([2.0, 4.0, 2.0])
+    assert weights(class_weight_floor=None) == pytest.approx([0.5 / 0.95, 10.0, 1.0])
+
+
+@pytest.mark.parametrize("train, message", [
+    ({"class_weight_floor": 2.0, "class_weight_cap": 1.0},
+     r"train.class_weight_floor 2.0 is above train.class_weight_cap 1.0"),
+    ({"class_weight_floor": 0.0}, r"train.class_weight_floor must be positive"),
+    ({"class_weight_cap": -1.0}, r"train.class_weight_cap must be positive"),
+])
+def test_class_weight_bounds_that_cannot_hold_a_weight_are_config_errors(train, message):
+    from wsseg.core.config import ConfigError
+    from wsseg.pipeline.data import check_config
+
+    with pytest.raises(ConfigError, match=message):
+        check_config(config_from_dict({"train": train}))
+
+
 def test_extra_pseudo_mode_keeps_every_n1_crop(source):
     from wsseg.pipeline.data import Run
     from wsseg.datasets.splits import Split

@@ -146,3 +146,38 @@ def test_a_bad_tags_file_stops_task_all_before_task_i_trains(tmp_path, capsys):
     assert main(["train", "--task", "all", "--config", str(config), "--out", str(tmp_path / "run")]) != 0
     assert "tags.csv:3: class 'chimney'" in capsys.readouterr().err
     assert not (tmp_path / "run" / "task_i").exists()
+
+
+def test_task_all_with_tagged_images_without_masks_reports_no_ground_truth(tmp_path):
+    """The README's real-tags path end to end: task i, the single-stage model, the pseudo masks,
+    task ii and the comparison report, whose samples are N2 images that have no mask."""
+    root = write_folder(tmp_path / "data")
+    tags_file = tmp_path / "tags.json"
+    tags_file.write_text(json.dumps({"img_06.png": ["ground", "roof", "tree"], "img_07": ["ground", "roof"],
+                                     "img_08": ["ground", "tree"]}))
+    config = tags_config(tmp_path, root, tags_file)
+    run = tmp_path / "run"
+    assert main(["train", "--task", "all", "--config", str(config), "--out", str(run),
+                 "--set", "eval.num_triptychs=2"]) == 0
+    for stage in ("task_i", "single_stage", "pseudo_masks", "task_ii"):
+        assert (run / stage / "done.json").is_file(), stage
+    comparison = json.loads((run / "comparison.json").read_text())
+    # The N2 masks have nothing to be scored against; the calibration tiles (N1, with masks) do.
+    quality = comparison["pseudo_masks"]
+    assert quality["tiles"] == 3 and quality["tiles_with_ground_truth"] == 0
+    assert "miou_final" not in quality and set(quality["calibration_precision"]) == set(CLASSES)
+    md = (run / "comparison.md").read_text()
+    assert "The 3 N2 images have no ground truth" in md
+    for tile_id in ("img_06", "img_07"):
+        assert (run / f"pseudo_{tile_id}.png").read_bytes()[:4] == b"\x89PNG"
+        assert f"- [{tile_id}: image | pseudo mask | no ground truth](pseudo_{tile_id}.png)" in md
+
+
+def test_the_oracle_without_n2_masks_stops_before_task_i_trains(tmp_path, capsys):
+    root = write_folder(tmp_path / "data")
+    tags_file = tmp_path / "tags.csv"
+    tags_file.write_text("image,classes\nimg_06,roof\n")
+    config = tags_config(tmp_path, root, tags_file)
+    assert main(["train", "--task", "all", "--oracle", "--config", str(config), "--out", str(tmp_path / "run")]) != 0
+    assert "the oracle needs the N2 pixel labels, and 1 N2 tile(s) have none (first: 'img_06')" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "task_i").exists()

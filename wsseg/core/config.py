@@ -96,6 +96,9 @@ class TrainConfig:
     class_weights: Union[list[float], Literal["inverse", "median", "none"]] = "none"
     # Upper bound of measured ("inverse" / "median") class weights (none: uncapped).
     class_weight_cap: float | None = None
+    # Lower bound of measured class weights (none: unbounded). 0.1: a dominant background weighs at
+    # least a tenth of a median-frequency class, never the ~0 at which it stops being predicted.
+    class_weight_floor: float | None = 0.1
     # Learning rate of the pretrained encoder relative to `lr` (mmsegmentation's lr_mult).
     encoder_lr_mult: float = 1.0
     # auto: the faster of fp32 and bf16 (CPU with AVX512-BF16 or AMX; CUDA Ampere and later) or

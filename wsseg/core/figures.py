@@ -56,22 +56,32 @@ def _tick_fontsize(count: int) -> float:
     return 10.0 if count <= MANY_CLASSES else max(3.0, 250.0 / count)
 
 
-def plot_triptych(path: Path, panels: Sequence[tuple[str, np.ndarray]], class_names, palette, title: str) -> Path:
-    """Side-by-side panels: the first an RGB image, the rest class maps in palette colours."""
+def plot_triptych(path: Path, panels: Sequence[tuple[str, np.ndarray | None]], class_names, palette,
+                  title: str) -> Path:
+    """Side-by-side panels: the first an RGB image, the rest class maps in palette colours. A
+    panel whose data is None (a tagged image without a mask has no ground truth) is drawn as an
+    empty frame of the image's size with its name in it, so that the figure still says what is missing."""
     h, w = panels[0][1].shape[:2]
     panel_w = 5.0
     fig = _figure(panel_w * len(panels), panel_w * h / w + 1.2)
     axes = fig.subplots(1, len(panels))
     for ax, (name, data) in zip(np.atleast_1d(axes), panels):
+        ax.set_title(name)
+        if data is None:
+            ax.imshow(np.full((h, w, 3), 255, np.uint8))
+            ax.text(w / 2, h / 2, name, ha="center", va="center", color="grey")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            continue
         shown = data if data.ndim == 3 else encode_colour_mask(data, palette, IGNORE_COLOUR)
         # nearest: class colours must stay pure when a large tile is shrunk for display
         ax.imshow(shown, interpolation="nearest" if data.ndim == 2 else "antialiased")
-        ax.set_title(name)
         ax.set_axis_off()
     fig.suptitle(title)
     shown = None
     if len(class_names) > MANY_CLASSES:
-        shown = {int(k) for _, data in panels if data.ndim == 2 for k in np.unique(data) if k < len(class_names)}
+        shown = {int(k) for _, data in panels if data is not None and data.ndim == 2 for k in np.unique(data)
+                 if k < len(class_names)}
     handles = _legend_handles(class_names, palette, shown)
     fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 7), frameon=False,
                fontsize=8 if len(handles) > 14 else None)

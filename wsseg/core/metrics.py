@@ -166,7 +166,8 @@ def class_pixel_counts(label, num_classes: int, ignore_index: int = IGNORE_INDEX
     return np.bincount(flat, minlength=num_classes).astype(np.int64)
 
 
-def class_weights(counts, mode: str = "inverse", absent_weight: float = 0.0) -> np.ndarray:
+def class_weights(counts, mode: str = "inverse", absent_weight: float = 0.0, floor: float | None = None,
+                  cap: float | None = None) -> np.ndarray:
     """Per-class loss weights (float32 numpy) from pixel counts.
 
     - "inverse": w_c ∝ 1 / n_c, scaled so the present classes average 1 (the loss keeps its
@@ -175,8 +176,13 @@ def class_weights(counts, mode: str = "inverse", absent_weight: float = 0.0) -> 
       the global pixel frequency of the present classes. The paper's f_c counts only images that
       contain c; with global counts a rare class gets a somewhat larger weight.
 
+    Either way a class far more frequent than the rest gets a weight near 0: with a long tail of
+    rare classes the median frequency (or the mean of 1 / f) is set by the tail, so a background
+    of 77 % of the pixels among 59 classes gets about 0.003 and stops being learned. `floor` and
+    `cap` (None: unbounded) bound the weights of the present classes from below and above.
+
     Classes with no pixel get `absent_weight` (default 0: they cannot occur in the targets the
-    counts came from, and 1/0 would be infinite).
+    counts came from, and 1/0 would be infinite), unbounded.
     """
     counts = np.asarray(counts.cpu() if isinstance(counts, torch.Tensor) else counts, dtype=np.float64)
     if counts.ndim != 1 or (counts < 0).any():
@@ -193,6 +199,10 @@ def class_weights(counts, mode: str = "inverse", absent_weight: float = 0.0) -> 
         weights[present] = np.median(freq) / freq
     else:
         raise ValueError(f"unknown class weight mode {mode!r}; use 'inverse' or 'median'")
+    if floor is not None:
+        weights[present] = np.maximum(weights[present], floor)
+    if cap is not None:
+        weights[present] = np.minimum(weights[present], cap)
     return weights.astype(np.float32)
 
 

@@ -20,6 +20,8 @@ from wsseg.core.io import atomic_write_json, atomic_write_text, score_or_nan
 from wsseg.core.metrics import MIN_GAP, gap_closed
 from wsseg.datasets.splits import abbreviated
 
+# A sample's third panel and its markdown line when its image has no mask (a user-tagged N2 image).
+NO_GROUND_TRUTH = "no ground truth"
 # Where write_report looks for `metrics.majority_baseline_miou(...)`; both spellings are in use.
 BASELINE_KEYS = ("majority_baseline_miou", "baseline_majority_miou")
 
@@ -193,6 +195,37 @@ def _pseudo_tables(pseudo_quality: dict, class_names) -> list[str]:
     return md
 
 
+def _ground_truth_note(pseudo_quality: dict) -> list[str]:
+    """What the N2 masks could be scored against, when not every N2 image has a mask (a report
+    written before `tiles_with_ground_truth` existed says nothing)."""
+    measured, tiles = pseudo_quality.get("tiles_with_ground_truth"), pseudo_quality.get("tiles")
+    if measured is None or tiles is None or measured >= tiles:
+        return []
+    if measured == 0:
+        return [f"The {tiles} N2 images have {NO_GROUND_TRUTH} (tagged without a mask): the pseudo masks are "
+                "measured on the calibration tiles only (calibration_precision), and there is no N2 mIoU.", ""]
+    return [f"{tiles - measured} of the {tiles} N2 images have {NO_GROUND_TRUTH} (tagged without a mask): the N2 "
+            f"mIoUs below are over the other {measured}.", ""]
+
+
+def _pseudo_samples(run_dir: Path, samples, class_names, palette) -> list[str]:
+    """A figure per sample (image | pseudo mask | ground truth) and its markdown lines. A tagged
+    image without a mask has no ground truth: its panel says so, and so does its line."""
+    if not samples:
+        return []
+    md = ["", "## Pseudo-mask samples", ""]
+    if any(gt is None for *_, gt in samples):
+        md += [f"{NO_GROUND_TRUTH.capitalize()} for the N2 images tagged without a mask (`weak.tags_file`): their "
+               "samples show the image and its pseudo mask only.", ""]
+    for tile_id, image, pseudo, gt in samples:
+        name = f"pseudo_{_safe_name(tile_id)}.png"
+        truth = "ground truth" if gt is not None else NO_GROUND_TRUTH
+        plot_triptych(run_dir / name, [("image", image), ("pseudo mask", pseudo), (truth, gt)],
+                      class_names, palette, f"pseudo mask: {tile_id}")
+        md.append(f"- [{tile_id}: image | pseudo mask | {truth}]({name})")
+    return md
+
+
 def _iou_diff_table(task_i: dict, task_ii: dict, class_names, semi: dict | None = None) -> str:
     """Per-class IoU and the means of task i, (semi,) task ii, with ii − i (and ii − semi: what the tags bought)."""
     in_mean = set(task_i.get("classes_in_mean", class_names))
@@ -247,7 +280,7 @@ def write_comparison_report(
     pseudo_quality: dict | None,
     class_names: Sequence[str],
     palette: Sequence[Sequence[int]],
-    samples: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray]],
+    samples: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray | None]],
     oracle: dict | None = None,
     semi: dict | None = None,
 ) -> dict:
@@ -261,7 +294,8 @@ def write_comparison_report(
     `task_i`, `task_ii` follow the `segmentation_metrics` schema ("eroded" optional).
     `pseudo_quality` (or None) has scalars such as coverage, miou_raw, miou_crf, miou_final and a
     "per_class" dict of per-class numbers; every key found is tabulated. `samples` are
-    (tile_id, image uint8 H×W×3, pseudo mask uint8 H×W, ground truth uint8 H×W).
+    (tile_id, image uint8 H×W×3, pseudo mask uint8 H×W, ground truth uint8 H×W or None where the
+    image has no mask).
     Returns the comparison dict written to comparison.json, the unit `aggregate_seeds` takes.
     """
     run_dir = Path(run_dir)
@@ -303,14 +337,9 @@ def write_comparison_report(
     md += ["", f"![IoU {' vs '.join(name for name, _ in arms)}](comparison_iou.png)"]
     if pseudo_quality is not None:
         md += ["", "## Pseudo-mask quality", ""]
+        md += _ground_truth_note(pseudo_quality)
         md += _pseudo_tables(pseudo_quality, class_names)
-    if samples:
-        md += ["", "## Pseudo-mask samples", ""]
-    for tile_id, image, pseudo, gt in samples:
-        name = f"pseudo_{_safe_name(tile_id)}.png"
-        plot_triptych(run_dir / name, [("image", image), ("pseudo mask", pseudo), ("ground truth", gt)],
-                      class_names, palette, f"pseudo mask: {tile_id}")
-        md.append(f"- [{tile_id}: image | pseudo mask | ground truth]({name})")
+    md += _pseudo_samples(run_dir, samples, class_names, palette)
     atomic_write_text(run_dir / "comparison.md", "\n".join(md) + "\n")
     return comparison
 

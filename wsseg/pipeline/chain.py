@@ -35,7 +35,7 @@ from wsseg.core.report import write_comparison_report
 from wsseg.core.run_lock import RunLock
 from wsseg.pipeline.data import Run, crop_tags_of, prepare_run
 from wsseg.pipeline.pseudo_masks import BackgroundRejected, make_pseudo_masks, pseudo_mask_samples
-from wsseg.pipeline.segmenter import check_init_from, train_segmenter
+from wsseg.pipeline.segmenter import check_init_from, check_oracle_labels, train_segmenter
 from wsseg.pipeline.weak import train_single_stage
 from wsseg.pipeline.zoomout import (ZOOMOUT, check_zoomout_config, classifier_dir, finished, fit_classifier,
                                     initial_segmenter, sample_hypercolumns, samples_dir)
@@ -240,6 +240,8 @@ def run_task(cfg: Config, task: str, run_dir: Path, resume: bool = False, dist: 
 def _run_task(cfg: Config, task: str, run_dir: Path, resume: bool, dist: DistInfo, oracle: bool) -> dict:
     run = prepare_run(cfg, run_dir, resume, dist, weak=task not in ("i", "semi"))
     check_init_from(run)
+    if oracle:
+        check_oracle_labels(run)
     if task == "i":
         return run_task_i(run)
     if task == "semi":

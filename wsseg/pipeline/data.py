@@ -280,6 +280,14 @@ def check_config(cfg: Config, source: TileSource | None = None, weak: bool = Tru
     before anything trains: a wrong class name must not surface after task i has trained."""
     _check_sizes(cfg)
     _check_optimizer(cfg)
+    floor, cap = cfg.train.class_weight_floor, cfg.train.class_weight_cap
+    if floor is not None and floor <= 0:
+        raise ConfigError(f"train.class_weight_floor must be positive (or null for no floor), got {floor}")
+    if cap is not None and cap <= 0:
+        raise ConfigError(f"train.class_weight_cap must be positive (or null for no cap), got {cap}")
+    if floor is not None and cap is not None and floor > cap:
+        raise ConfigError(f"train.class_weight_floor {floor} is above train.class_weight_cap {cap}: no weight "
+                          f"fits between them")
     if not 0.0 <= cfg.weak.pseudo.segmenter_weight <= 1.0:
         raise ConfigError(f"weak.pseudo.segmenter_weight must be in [0, 1], got {cfg.weak.pseudo.segmenter_weight}")
     if not 0.0 <= cfg.weak.pseudo_ratio < 1.0:

@@ -354,7 +354,8 @@ def _tiles(results, crops: list[CropTag], source: TileSource):
 
 
 def pseudo_mask_samples(source: TileSource, split: Split, pm_dir: Path, count: int):
-    """(tile, image, pseudo mask, ground truth) for the first `count` N2 tiles, for triptychs."""
+    """(tile, image, pseudo mask, ground truth) for the first `count` N2 tiles, for triptychs; the
+    ground truth is None for an image tagged without a mask (`weak.tags_file`)."""
     samples = []
     for tile_id in list(split.tagged)[:count]:
         gt = source.label(tile_id) if source.tile(tile_id).label_path is not None else None

@@ -29,6 +29,7 @@ class PseudoMaskQuality:
         self.cms = {name: np.zeros(shape, np.int64) for name in ("raw", "crf", "final")}
         self.dropped: list[int] | None = None
         self.labelled_px = self.total_px = 0
+        self.tiles_with_ground_truth = 0
         self.pixels_per_class = np.zeros(classes.num_classes, np.int64)
         self.calibration_argmax_cms = {name: np.zeros(shape, np.int64) for name in ("raw", "crf")}
         self.crf_calibration: dict | None = None
@@ -86,14 +87,19 @@ class PseudoMaskQuality:
         self.total_px += labels.size
         self.pixels_per_class += np.bincount(labels.ravel(), minlength=256)[:self.classes.num_classes]
         if ground_truth is not None:
+            self.tiles_with_ground_truth += 1
             self.cms["raw"] += self._cm(raw.argmax(0), ground_truth)
             self.cms["crf"] += self._cm(crf.argmax(0), ground_truth)
             self.cms["final"] += self._cm(labels, self._only_labelled(labels, ground_truth))
 
     def report(self, tagged_classes: list[int], **settings) -> dict:
-        """The quality report; `tagged_classes`: the classes the N2 crop tags name."""
+        """The quality report; `tagged_classes`: the classes the N2 crop tags name. The N2 masks'
+        mIoUs (`miou_raw`, `miou_crf`, `miou_final`, `per_class`) are there only when some N2 tile
+        has ground truth (`tiles_with_ground_truth`); images tagged without a mask have none, and
+        their masks are then judged by the calibration tiles alone."""
         names = self.classes.names
         report = {"coverage": self.labelled_px / max(1, self.total_px), **settings,
+                  "tiles_with_ground_truth": self.tiles_with_ground_truth,
                   "calibration_precision": dict(zip(names, class_precision(self.calibration_cm))),
                   "dropped_classes": [names[c] for c in self.dropped or []],
                   "classes_never_labelled": [names[c] for c in tagged_classes if self.pixels_per_class[c] == 0]}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -106,13 +107,19 @@ def training_crops(cfg: Config, run: Run, pseudo_masks: dict[str, Path] | None, 
         if online_levers(cfg):
             return _with_online_targets(cfg, run, parts, crop_tags)
     elif oracle:
-        unlabelled = [t for t in split.tagged if source.tile(t).label_path is None]
-        if unlabelled:
-            raise ValueError(f"the oracle needs the N2 pixel labels, and {len(unlabelled)} N2 tile(s) have none "
-                             f"(first: {unlabelled[0]!r})")
+        check_oracle_labels(run)
         parts.append(WeightedCrops(RandomCropDataset(source, split.tagged, cfg.train.crop_px, n_pseudo,
                                                      augment=cfg.train.augment, seed=cfg.train.seed + 1), 1.0))
     return EpochConcat(parts)
+
+
+def check_oracle_labels(run: Run) -> None:
+    """The oracle learns from the N2 pixel labels: images tagged without a mask (`weak.tags_file`)
+    have none. Checked before task i trains too, not only when the oracle starts, hours later."""
+    unlabelled = [t for t in run.split.tagged if run.source.tile(t).label_path is None]
+    if unlabelled:
+        raise ValueError(f"the oracle needs the N2 pixel labels, and {len(unlabelled)} N2 tile(s) have none "
+                         f"(first: {unlabelled[0]!r}): leave out --oracle for images tagged without a mask")
 
 
 def _with_online_targets(cfg: Config, run: Run, parts: list[WeightedCrops],
@@ -143,11 +150,14 @@ def segmenter_class_weights(cfg: Config, source: TileSource, tile_ids) -> torch.
         return None
     counts = sum(class_pixel_counts(source.label(t), source.classes.num_classes, source.classes.ignore_index)
                  for t in tile_ids)
-    weights = class_weights(counts, mode=setting)
-    if cfg.train.class_weight_cap is not None:
-        # A class of a few labelled pixels gets a weight of 50 or more and is then predicted
-        # everywhere: measured frequencies are trusted only up to the cap.
-        weights = np.minimum(weights, cfg.train.class_weight_cap)
+    # A class of a few labelled pixels gets a weight of 50 or more and is then predicted everywhere
+    # (the cap); a dominant background gets about 0 and is never predicted (the floor): measured
+    # frequencies are trusted only between the two.
+    floor, cap = cfg.train.class_weight_floor, cfg.train.class_weight_cap
+    # A class the N1 labels lack still reaches the loss in task ii's pseudo masks and the oracle's
+    # N2 labels: it weighs as a median-frequency class does (1), within the bounds.
+    absent = min(max(1.0, floor or 0.0), cap if cap is not None else math.inf)
+    weights = class_weights(counts, mode=setting, absent_weight=absent, floor=floor, cap=cap)
     return torch.as_tensor(weights, dtype=torch.float32)
 
 
