@@ -336,3 +336,14 @@ def test_validation_every_k_epochs_and_after_the_last(tmp_path):
     history, validated, _ = budgeted_run(tmp_path, FakeClock(), None, epochs=5, validate_every=2)
     assert validated == [2, 4, 5]
     assert [("val_miou" in row) for row in history] == [False, True, False, True, True]
+
+
+def test_a_stage_announces_its_expected_duration_after_its_first_steps(tmp_path, monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(train_module, "_clock", clock)
+    monkeypatch.setattr(train_module.time, "perf_counter", clock)
+    messages = []
+    budgeted_run(tmp_path, clock, None, epochs=4, messages=messages)
+    # One second a step (FakeClock), timed over the first 2 steps (an epoch has 2): 8 steps in all.
+    (line,) = [m for m in messages if "s a step here" in m]
+    assert line.startswith("train: 1.00 s a step here; 8 steps: about 0.1 min of training (ends about ")

@@ -271,14 +271,17 @@ def train_one_epoch(model, loader, optimizer, scheduler, compute_loss: LossFn, e
                     global_step: int = 0, desc: str = "train", show_progress: bool = True,
                     progress: EpochProgress | None = None, stop: _StopRequests | None = None,
                     on_nonfinite: str = "stop", dist_info: DistInfo = DistInfo(),
-                    log: Callable[[str], None] = print) -> tuple[dict, int, EpochProgress, str | None]:
+                    log: Callable[[str], None] = print,
+                    after_steps: tuple[int, Callable[[int, float], None]] | None = None
+                    ) -> tuple[dict, int, EpochProgress, str | None]:
     """One pass over `loader`; each scalar is averaged over the steps that reported it (a loss
     term of the N2 crops, say, is absent from a batch that drew none).
 
     `progress` of a partial epoch continues it: the loader restarts from the RNG state the epoch
     began with, so it draws the same order, and skips the steps already done. Returns the
     epoch's scalars, the global step, the epoch's progress and the name of the signal that
-    stopped it early (None when it ran to the end)."""
+    stopped it early (None when it ran to the end). `after_steps` (k, callback): after the k-th
+    step of this call, callback(k, seconds since the first step began) (the stage's time estimate)."""
     if on_nonfinite not in NONFINITE_ACTIONS:
         raise ValueError(f"on_nonfinite {on_nonfinite!r}: expected one of {', '.join(NONFINITE_ACTIONS)}")
     model.train()
@@ -302,7 +305,10 @@ def train_one_epoch(model, loader, optimizer, scheduler, compute_loss: LossFn, e
     bar = progress_bar(batches, enabled=show_progress, desc=f"{desc} epoch {epoch + 1}", leave=False,
                        total=len(loader), initial=progress.steps_done)
     stopped_by = None
+    steps_here, first_step_started = 0, None
     for batch in bar:
+        if first_step_started is None:
+            first_step_started = time.perf_counter()
         indices = recorder.issued.popleft() if recorder is not None and recorder.issued else []
         with autocast:
             loss, scalars = compute_loss(model, batch, epoch)
@@ -340,6 +346,9 @@ def train_one_epoch(model, loader, optimizer, scheduler, compute_loss: LossFn, e
         scheduler.step()
         global_step += 1
         progress.steps_done += 1
+        steps_here += 1
+        if after_steps is not None and steps_here == after_steps[0]:
+            after_steps[1](steps_here, time.perf_counter() - first_step_started)
         if progress.steps_done < len(loader) and _any_rank(stop.signal_name is not None, dist_info, device):
             stopped_by = stop.signal_name or "a stop request on another process"
             break
@@ -410,6 +419,14 @@ def _max_over_ranks(value: float, dist_info: DistInfo, device: torch.device) -> 
     tensor = torch.tensor([float(value)], dtype=torch.float64, device=device)
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return float(tensor.item())
+
+
+# Steps timed at the start of a stage for its duration estimate (the first ones include warm-up).
+ESTIMATE_AFTER_STEPS = 5
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.1f} min"
 
 
 # The wall clock of time budgets (monotonic: a clock set back cannot lengthen training); tests replace it.
@@ -494,6 +511,15 @@ def fit(*, model: torch.nn.Module, loader, optimizer, scheduler, compute_loss: L
             **({"companions": {name: m.state_dict() for name, m in companions.items()}} if companions else {}),
         }
 
+    def announce(steps: int, seconds: float) -> None:
+        # Measured on the first steps of this call, before validation: a floor of the stage's
+        # time, shown early so that a stage hours long is known to be so in its first minute.
+        per_step = seconds / steps
+        left = (epochs_planned - start_epoch) * len(loader) - (partial.steps_done if partial else 0)
+        end = time.strftime("%H:%M", time.localtime(time.time() + per_step * (left - steps)))
+        log(f"{desc}: {per_step:.2f} s a step here; {left} steps: about {_minutes(per_step * left)} of "
+            f"training (ends about {end}, validation not included)")
+
     with stop_requests() as stop:
         epoch = start_epoch
         while epoch < epochs_planned:  # not a range: the time budget may shorten it after the first epoch
@@ -503,6 +529,7 @@ def fit(*, model: torch.nn.Module, loader, optimizer, scheduler, compute_loss: L
             train_stats, global_step, progress, stopped_by = train_one_epoch(
                 model, loader, optimizer, scheduler, compute_loss, epoch, device, amp_dtype, scaler, writer,
                 global_step, desc, show_progress and dist_info.is_main, progress=partial, stop=stop,
+                after_steps=(min(ESTIMATE_AFTER_STEPS, len(loader)), announce) if epoch == start_epoch else None,
                 on_nonfinite=on_nonfinite, dist_info=dist_info, log=log)
             partial = None
             if stopped_by is not None:
