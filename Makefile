@@ -1,4 +1,4 @@
-# `make demo`: set up .venv and run tasks i and ii end to end on the synthetic aerial dataset.
+# `make demo`: set up .venv and run task i, the tag-free semi arm and task ii end to end on the synthetic aerial dataset.
 # `make test`: set up .venv and run the test suite (real-data tests need WSSEG_SHARED=../shared).
 # `make bench`: speed and memory benchmarks → benchmarks/results/*.json (PUBLISHED=DIR: also time
 # the training step of a visinf/1-stage-wseg checkout beside wsseg's; SKIP_DEMO=1: without the ~12-min timing of

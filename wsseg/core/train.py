@@ -517,8 +517,10 @@ def fit(*, model: torch.nn.Module, loader, optimizer, scheduler, compute_loss: L
         per_step = seconds / steps
         left = (epochs_planned - start_epoch) * len(loader) - (partial.steps_done if partial else 0)
         end = time.strftime("%H:%M", time.localtime(time.time() + per_step * (left - steps)))
+        long = (" — more than an hour: fewer epochs or iters_per_epoch, or a time budget (max_minutes), "
+                "shorten it" if per_step * left > 3600 else "")
         log(f"{desc}: {per_step:.2f} s a step here; {left} steps: about {_minutes(per_step * left)} of "
-            f"training (ends about {end}, validation not included)")
+            f"training (ends about {end}, validation not included){long}")
 
     with stop_requests() as stop:
         epoch = start_epoch
