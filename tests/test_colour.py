@@ -1,11 +1,13 @@
+from unittest.mock import patch
+
 import numpy as np
 import pytest
 import tifffile
 from PIL import Image
 
 from wsseg.datasets.base import DatasetError
-from wsseg.datasets.colour import (decode_colour_mask, default_palette, encode_colour_mask, image_size,
-                                   read_index_png, read_rgb, save_index_png)
+from wsseg.datasets.colour import (ImageHeader, decode_colour_mask, default_palette, encode_colour_mask, image_header,
+                                   image_size, read_index_png, read_rgb, save_index_png, voc_palette)
 
 PALETTE = ((255, 255, 255), (0, 0, 255), (0, 255, 255), (0, 255, 0), (255, 255, 0), (255, 0, 0))
 
@@ -130,7 +132,25 @@ def test_image_size_from_header(tmp_path):
     assert image_size(tmp_path / "b.png") == (5, 8)
 
 
-def test_default_palette_is_the_voc_palette():
-    palette = default_palette(21)
+def test_voc_palette_and_a_default_palette_without_the_ignore_black():
+    palette = voc_palette(21)
     assert palette[0] == (0, 0, 0) and palette[1] == (128, 0, 0) and palette[15] == (192, 128, 128)
     assert len(set(palette)) == 21
+    # Ignore is drawn black in every figure and mask file: no class of a dataset without a palette of
+    # its own may be (class 0, sky say, would look unlabelled).
+    for count in (1, 8, 9, 150):
+        palette = default_palette(count)
+        assert len(set(palette)) == count and (0, 0, 0) not in palette
+    assert default_palette(3) == voc_palette(4)[1:]
+
+
+def test_png_orientation_is_read_from_the_header_without_decoding(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.zeros((4, 6, 3), np.uint8)).save(tmp_path / "turned.png", exif=exif.tobytes())
+    Image.fromarray(np.zeros((4, 6, 3), np.uint8)).save(tmp_path / "plain.png")
+    assert image_header(tmp_path / "turned.png").orientation == 6
+    # No eXIf chunk before the pixels: orientation 1, found without decoding them (Pillow's
+    # getexif() would decode the whole mask to look after them: 12 s to list LabelMeFacade).
+    with patch("PIL.ImageFile.ImageFile.load", side_effect=AssertionError("decoded")):
+        assert image_header(tmp_path / "plain.png") == ImageHeader(4, 6, 3, 1)

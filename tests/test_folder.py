@@ -144,3 +144,89 @@ def test_one_folder_pair_per_part(tmp_path):
     with pytest.raises(DatasetError, match=r"needs \{part\} in image_dir"):
         folder_source(tmp_path, "train/images", "train/masks", ["a", "b", "c"], parts=["train"])
     assert {t.part for t in folder_source(tmp_path, "train/images", "train/masks", ["a", "b", "c"]).tiles} == {None}
+
+
+def _listed_layout(root):
+    """One image folder, masks beside, and the dataset's own lists in three styles: stems, file
+    names, paths relative to the root (as Stanford Background's and LabelMeFacade's lists are)."""
+    _layout(root, names=("a1", "a2", "a3", "a4", "a5"))
+    (root / "images" / "filelist.txt").write_text("/home/author/images/a1.png\n")
+    (root / "splits").mkdir()
+    (root / "splits" / "train.txt").write_text("a1\na2.png\n\nimages/a3.png\n")
+    (root / "splits" / "val.txt").write_text("a4\n")
+
+
+def test_split_files_give_each_listed_image_its_part(tmp_path):
+    _listed_layout(tmp_path)
+    lists = {"train": "splits/train.txt", "val": "splits/val.txt"}
+    source = folder_source(tmp_path, "images", "masks", ["a", "b", "c"], split_files=lists)
+    # Bare stems as ids; a5 is in no list, so not a tile (as MMSegmentation's ann_file reads them).
+    assert [(t.tile_id, t.part) for t in source.tiles] == [("a1", "train"), ("a2", "train"), ("a3", "train"),
+                                                           ("a4", "val")]
+    only_val = folder_source(tmp_path, "images", "masks", ["a", "b", "c"], split_files=lists, parts="val")
+    assert [(t.tile_id, t.part) for t in only_val.tiles] == [("a4", "val")]
+    with pytest.raises(DatasetError, match=r"data.options.parts \['test'\] are not among train, val"):
+        folder_source(tmp_path, "images", "masks", ["a", "b", "c"], split_files=lists, parts=["test"])
+    with pytest.raises(DatasetError, match=r"splits/test.txt: list file of part 'test' not found"):
+        folder_source(tmp_path, "images", "masks", ["a", "b", "c"], split_files={"test": "splits/test.txt"})
+    with pytest.raises(DatasetError, match=r"data.options.split_files: part 'training' is not among"):
+        folder_source(tmp_path, "images", "masks", ["a", "b", "c"], split_files={"training": "splits/train.txt"})
+    with pytest.raises(DatasetError, match=r"data.options.split_files must map official parts to list files"):
+        folder_source(tmp_path, "images", "masks", ["a", "b", "c"], split_files="splits/train.txt")
+    # The official split then keeps inside them: no test part, so val is scored as test.
+    from wsseg.datasets.splits import group_by_part, official_split
+
+    split = official_split(group_by_part(source.tiles), n_labelled=1, n_tagged=None, n_val=1)
+    assert split.test == ["a4"] and set(split.labelled + split.val + split.tagged) == {"a1", "a2", "a3"}
+
+
+def test_a_list_line_naming_no_image_names_the_list_file_and_line(tmp_path):
+    _listed_layout(tmp_path)
+    (tmp_path / "splits" / "train.txt").write_text("a1\na2.jpg\nimages/a9.png\nother/a3.png\na1\n")
+    (tmp_path / "splits" / "val.txt").write_text("a4\na1\n")
+    with pytest.raises(DataProblemsError) as caught:
+        folder_source(tmp_path, "images", "masks", ["a", "b", "c"],
+                      split_files={"train": "splits/train.txt", "val": "splits/val.txt"})
+    problems = {p.where.removeprefix(f"{tmp_path}/"): p for p in caught.value.problems}
+    assert sorted(problems) == ["splits/train.txt:2", "splits/train.txt:3", "splits/train.txt:4",
+                                "splits/train.txt:5", "splits/val.txt:2"]
+    assert "lists 'a2.jpg', but" in problems["splits/train.txt:2"].problem  # a2.png is there, not a2.jpg
+    assert problems["splits/train.txt:3"].tile_id == "a9" and "delete line 3 of train.txt" in problems[
+        "splits/train.txt:3"].fix
+    assert "lists 'other/a3.png'" in problems["splits/train.txt:4"].problem  # a namesake in another folder
+    # Listed twice in one part: a warning; in two parts: a problem of that image.
+    assert not problems["splits/train.txt:5"].blocking and "already listed at" in problems["splits/train.txt:5"].problem
+    assert problems["splits/val.txt:2"].blocking and "for part 'train'" in problems["splits/val.txt:2"].problem
+    assert str(caught.value).startswith(f"{tmp_path}/splits/train.txt:2: lists 'a2.jpg'")
+    assert [t.tile_id for t in caught.value.usable.tiles] == ["a1", "a4"]
+
+
+def test_a_string_where_a_list_is_expected(tmp_path):
+    _listed_layout(tmp_path)
+    # Not the letters s, p, l, i, t, s: the key, what it needs, and where list files go instead.
+    with pytest.raises(DatasetError, match=r"data.options.parts \['splits'\] reads one folder pair per part and "
+                                           r"needs \{part\} in image_dir .* data.options.split_files"):
+        folder_source(tmp_path, "images", "masks", ["a", "b", "c"], parts="splits")
+    with pytest.raises(DatasetError, match=r"data.options.parts \['splits'\] are not among train, val, test"):
+        folder_source(tmp_path, "{part}", "masks", ["a", "b", "c"], parts="splits")
+    with pytest.raises(DatasetError, match=r"data.options.class_names must be a list of names, e.g. \[abc\]"):
+        folder_source(tmp_path, "images", "masks", "abc")
+    with pytest.raises(DatasetError, match=r"data.options.in_mean must be a list"):
+        folder_source(tmp_path, "images", "masks", ["a", "b", "c"], in_mean="a")
+
+
+def test_a_stored_unknown_value_error_names_the_ignore_option(tmp_path):
+    _layout(tmp_path, names=("x",))
+    save_index_png(tmp_path / "masks" / "x.png", np.array([[0, 1, 15, 2, 0, 0, 0]] * 6, np.uint8), PALETTE)
+    with pytest.raises(DatasetError, match=r"x.png: class index 15 at pixel \(x=2, y=0\) is neither a class 0..2 nor "
+                                           r"the ignore value 255 \(data.options.ignore_index\); if 15 marks unlabelled "
+                                           r"pixels, set data.options.ignore_index: 15"):
+        folder_source(tmp_path, "images", "masks", ["a", "b", "c"]).label("x")
+    label = folder_source(tmp_path, "images", "masks", ["a", "b", "c"], ignore_index=15).label("x")
+    assert label[0].tolist() == [0, 1, 255, 2, 0, 0, 0]
+
+
+def test_without_a_palette_no_class_is_drawn_in_the_ignore_black(tmp_path):
+    _layout(tmp_path)
+    palette = folder_source(tmp_path, "images", "masks", ["sky", "b", "c"]).classes.palette
+    assert (0, 0, 0) not in palette and len(set(palette)) == 3

@@ -168,6 +168,16 @@ def _xview2(tmp, shared, cfg):
     return tmp, []
 
 
+def _stanford_background(tmp, shared, cfg):
+    """The real 715 scenes and their split lists, as MMSegmentation's tutorial writes them."""
+    return shared / "stanford_background" / "iccv09Data", ["data.scale=0.5"]
+
+
+def _labelmefacade(tmp, shared, cfg):
+    """The real 945 photos with train.txt / test.txt, at the quarter size a smoke run needs."""
+    return shared / "labelmefacade", ["data.scale=0.25"]
+
+
 def _folder(tmp, shared, cfg):
     """Images and masks where the config's own options put them, coded as they say."""
     options = cfg.data.options
@@ -202,6 +212,7 @@ PROVIDERS = {
     "voc": (True, _voc), "cityscapes": (True, _cityscapes), "ade20k": (True, _ade20k),
     "ade20k_full": (True, _ade20k_full), "kitti_road": (True, _kitti_road), "camvid": (False, _camvid),
     "xview2": (False, _xview2), "folder": (False, _folder),
+    "stanford_background": (True, _stanford_background), "labelmefacade": (True, _labelmefacade),
 }
 
 

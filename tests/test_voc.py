@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wsseg.datasets.base import DatasetError
+from wsseg.datasets.base import DataProblemsError, DatasetError
 from wsseg.datasets.colour import save_index_png
 from wsseg.datasets.voc import VOC_CLASSES, voc_source
 
@@ -58,3 +58,14 @@ def test_parts_come_from_the_official_lists(tmp_path):
     assert [t.part for t in voc_source(tmp_path).tiles] == [None, None]
     (voc / "ImageSets" / "Segmentation" / "train.txt").write_text("2007_000032\n")
     assert [t.part for t in voc_source(tmp_path).tiles] == ["train", None]
+
+
+def test_a_listed_id_without_its_files_names_the_list_and_line(tmp_path):
+    voc = _fake_voc(tmp_path)
+    (voc / "ImageSets" / "Segmentation" / "train.txt").write_text("2007_000032\n\n2007_000099\n")
+    with pytest.raises(DataProblemsError) as caught:
+        voc_source(tmp_path, split="train")
+    [problem] = caught.value.problems
+    assert problem.where == f"{voc}/ImageSets/Segmentation/train.txt:3" and problem.tile_id == "2007_000099"
+    assert "lists '2007_000099', but there is no" in problem.problem and "line 3 of train.txt" in problem.fix
+    assert [t.tile_id for t in caught.value.usable.tiles] == ["2007_000032"]

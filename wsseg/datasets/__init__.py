@@ -22,6 +22,8 @@ def _loaders() -> dict[str, Callable[..., TileSource]]:
     from wsseg.datasets.folder import folder_source
     from wsseg.datasets.isprs import isprs_mmseg_source, vaihingen_source
     from wsseg.datasets.kitti_road import kitti_road_source
+    from wsseg.datasets.labelmefacade import labelmefacade_source
+    from wsseg.datasets.stanford_background import stanford_background_source
     from wsseg.datasets.synthetic_aerial import synthetic_vaihingen_source
     from wsseg.datasets.voc import voc_source
     from wsseg.datasets.xview2 import xview2_source
@@ -43,6 +45,8 @@ def _loaders() -> dict[str, Callable[..., TileSource]]:
         "camvid": camvid_source,
         "kitti_road": kitti_road_source,
         "xview2": xview2_source,
+        "stanford_background": stanford_background_source,
+        "labelmefacade": labelmefacade_source,
     }
 
 
@@ -76,12 +80,15 @@ def fixed_classes(kind: str, options: dict | None = None) -> ClassSpec | None:
     from wsseg.datasets.dubai import DUBAI_CLASSES
     from wsseg.datasets.isprs import VAIHINGEN_CLASSES
     from wsseg.datasets.kitti_road import KITTI_ROAD_CLASSES
+    from wsseg.datasets.labelmefacade import LABELMEFACADE_CLASSES
+    from wsseg.datasets.stanford_background import STANFORD_BACKGROUND_CLASSES
     from wsseg.datasets.voc import VOC_CLASSES
 
     fixed = {"vaihingen": VAIHINGEN_CLASSES, "synthetic_vaihingen": VAIHINGEN_CLASSES,
              "vaihingen_mmseg": VAIHINGEN_CLASSES, "potsdam_mmseg": VAIHINGEN_CLASSES, "dubai": DUBAI_CLASSES,
              "voc": VOC_CLASSES, "cityscapes": CITYSCAPES_CLASSES, "ade20k": ADE20K_CLASSES,
-             "camvid": ClassSpec(CAMVID_NAMES, CAMVID_PALETTE), "kitti_road": KITTI_ROAD_CLASSES}
+             "camvid": ClassSpec(CAMVID_NAMES, CAMVID_PALETTE), "kitti_road": KITTI_ROAD_CLASSES,
+             "stanford_background": STANFORD_BACKGROUND_CLASSES, "labelmefacade": LABELMEFACADE_CLASSES}
     if kind in fixed:
         return fixed[kind]
     options = options or {}

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from wsseg.datasets.base import DatasetError, TileSource
-from wsseg.datasets.folder import folder_source
+from wsseg.datasets.folder import paired_folder_source
 
 CAMVID_NAMES = ("sky", "building", "pole", "road", "pavement", "tree", "sign_symbol", "fence", "car", "pedestrian",
                 "bicyclist")
@@ -23,6 +23,6 @@ def camvid_source(root: str | Path, split: str | None = None, check_sizes: bool 
     so they stay the same whichever parts are read."""
     if split not in (None, "train", "val", "test"):
         raise DatasetError(f"camvid split must be train, val or test, got {split!r}")
-    return folder_source(root, "{part}", "{part}annot", CAMVID_NAMES, CAMVID_PALETTE, mask_format="index",
-                         ignore_index=CAMVID_VOID, parts=None if split is None else [split], prefix_part=False,
-                         name="camvid", check_sizes=check_sizes)
+    return paired_folder_source(root, "{part}", "{part}annot", CAMVID_NAMES, CAMVID_PALETTE, mask_format="index",
+                                ignore_index=CAMVID_VOID, parts=None if split is None else [split],
+                                prefix_part=False, name="camvid", check_sizes=check_sizes)

@@ -3,11 +3,14 @@
     root/<image_dir>/<stem>.<png|jpg|jpeg|tif|tiff>
     root/<mask_dir>/<stem><mask_stem_suffix>.<png|tif|tiff|bmp>
 
-or one such pair of folders per official part, named by a `{part}` placeholder
-(`image_dir="{part}/images"`, `mask_dir="{part}/masks"`).
+Official parts come either from one such pair of folders per part, named by a `{part}`
+placeholder (`image_dir="{part}/images"`, `mask_dir="{part}/masks"`), or from the list files the
+dataset ships (`split_files={"train": "splits/train.txt", "val": "splits/val.txt"}`), as
+MMSegmentation's `ann_file` reads them.
 
 Masks are either class indices stored as pixel values (`mask_format="index"`, palette or grey
-PNGs) or colour-coded RGB (`mask_format="colour"`, decoded with `palette`).
+PNGs) or colour-coded RGB (`mask_format="colour"`, decoded with `palette`; an alpha band is
+dropped).
 """
 
 from __future__ import annotations
@@ -15,17 +18,20 @@ from __future__ import annotations
 import re
 from functools import partial
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
 from wsseg.datasets.base import (IGNORE_INDEX, OFFICIAL_PARTS, ClassSpec, DataProblem, DatasetError, Tile,
                                  TileSource, check_unique_ids, missing_file_problem, with_problems)
 from wsseg.datasets.colour import check_indices, decode_colour_mask, default_palette, read_index_png, read_rgb, size_problem
+from wsseg.datasets.split_lists import check_split_files, listed_parts
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 MASK_SUFFIXES = (".png", ".tif", ".tiff", ".bmp")
 PART = "{part}"
+# The option of `data.kind: folder` that sets the stored ignore value, named in mask errors.
+IGNORE_KEY = "data.options.ignore_index"
 
 
 def natural_key(text: str):
@@ -38,32 +44,69 @@ def folder_source(root: str | Path, image_dir: str, mask_dir: str, class_names: 
                   in_mean: Sequence[str] | None = None, ignore_index: int = IGNORE_INDEX,
                   image_suffixes: Sequence[str] = IMAGE_SUFFIXES, *, mask_stem_suffix: str = "",
                   ignore_colours: Sequence[tuple[int, int, int]] = (), colour_tolerance: float = 0.0,
-                  parts: Sequence[str] | None = None, prefix_part: bool = True, name: str = "folder",
-                  check_sizes: bool = True, masks_optional: bool = False) -> TileSource:
+                  parts: Sequence[str] | None = None, split_files: Mapping[str, str] | None = None,
+                  prefix_part: bool = True, name: str = "folder", check_sizes: bool = True,
+                  masks_optional: bool = False) -> TileSource:
     """Tiles named by image stem, in natural order; every image must have its mask.
 
     With `{part}` in `image_dir` (and usually `mask_dir`), e.g. "img_dir/{part}" and
     "ann_dir/{part}", every part of `parts` is read (default: those of train, val, test that
     exist), each tile knowing its part; images of a "test" part may lack masks. Ids are then
     "<part>_<stem>", since parts often reuse file names; `prefix_part=False` keeps bare stems
-    (an error if two parts share one). Images without a mask, or of another size than theirs, are
-    all reported in one DataProblemsError.
+    (an error if two parts share one).
+
+    With `split_files` (part → list file relative to `root`), the tiles are the images the lists
+    name, each in its list's part (`parts` picks some of the lists), ids their bare stems; a line
+    is a stem, a file name or a path relative to `root` (`images/x.jpg`). A line naming no image
+    is a problem naming the list file and line.
+
+    `ignore_index` is the value the stored index masks use for unlabelled pixels (Stanford
+    Background's PNGs: 15); labels come out with 255 there. Images without a mask, or of another
+    size than theirs, are all reported in one DataProblemsError.
 
     `masks_optional`: images without a mask are listed, unlabelled (the tagged images of
     `weak.tags_file`, say); otherwise a missing mask is a problem.
     """
+    return paired_folder_source(
+        root, image_dir, mask_dir, class_names, palette, mask_format, in_mean, ignore_index, image_suffixes,
+        mask_stem_suffix=mask_stem_suffix, ignore_colours=ignore_colours, colour_tolerance=colour_tolerance,
+        parts=parts, split_files=split_files, prefix_part=prefix_part, name=name, check_sizes=check_sizes,
+        masks_optional=masks_optional, ignore_key=IGNORE_KEY)
+
+
+def paired_folder_source(root: str | Path, image_dir: str, mask_dir: str, class_names: Sequence[str],
+                         palette: Sequence[tuple[int, int, int]] | None = None, mask_format: str = "index",
+                         in_mean: Sequence[str] | None = None, ignore_index: int = IGNORE_INDEX,
+                         image_suffixes: Sequence[str] = IMAGE_SUFFIXES, *, mask_stem_suffix: str = "",
+                         ignore_colours: Sequence[tuple[int, int, int]] = (), colour_tolerance: float = 0.0,
+                         parts: Sequence[str] | None = None, split_files: Mapping[str, str] | None = None,
+                         prefix_part: bool = True, name: str = "folder", check_sizes: bool = True,
+                         masks_optional: bool = False, ignore_key: str | None = None,
+                         display_palette: Sequence[tuple[int, int, int]] | None = None) -> TileSource:
+    """`folder_source` for loaders of named layouts built on it (CamVid, Stanford Background,
+    LabelMeFacade), whose ignore value is their own, not an option: `ignore_key` names the option
+    that sets it, where a user sets it (None: none does). `display_palette`: the colours the
+    classes are drawn in, where they differ from the colours that code the masks (`palette`)."""
     if mask_format not in ("index", "colour"):
         raise DatasetError(f"mask_format must be 'index' or 'colour', got {mask_format!r}")
     if mask_format == "colour" and palette is None:
         raise DatasetError("mask_format='colour' needs the palette that the masks use")
-    class_names = tuple(class_names)
+    class_names = _names(class_names, "data.options.class_names")
     palette = tuple(tuple(int(v) for v in c) for c in palette) if palette is not None else default_palette(len(class_names))
     # `ignore_index` is the value the stored masks use; labels always come out with 255 (the
     # contract every consumer relies on).
     if ignore_index < len(class_names) or ignore_index > 255:
         raise DatasetError(f"ignore_index {ignore_index} collides with class indices 0..{len(class_names) - 1} "
                            f"or does not fit in uint8")
-    classes = ClassSpec(class_names, palette, tuple(in_mean or ()))
+    in_mean = _names(in_mean or (), "data.options.in_mean")
+    classes = ClassSpec(class_names, tuple(display_palette or palette), in_mean)
+    if isinstance(image_suffixes, str):
+        image_suffixes = [image_suffixes]
+    # One part named alone is a part, not the letters of its name.
+    if isinstance(parts, str):
+        parts = [parts]
+    if split_files is not None:
+        split_files = check_split_files(split_files)
 
     root = Path(root)
     if not root.is_dir():
@@ -71,21 +114,30 @@ def folder_source(root: str | Path, image_dir: str, mask_dir: str, class_names: 
     suffixes = {s.lower() if s.startswith(".") else f".{s.lower()}" for s in image_suffixes}
     problems: list[DataProblem] = []
     if PART in image_dir:
+        if split_files is not None:
+            raise DatasetError(f"data.options.split_files and {PART} in image_dir ({image_dir!r}) both give the "
+                               f"parts: keep one")
         if parts is None:
             parts = [part for part in OFFICIAL_PARTS if (root / image_dir.replace(PART, part)).is_dir()]
             if not parts:
                 raise DatasetError(f"{root}: no {image_dir} folder for any of the parts {', '.join(OFFICIAL_PARTS)}")
-        unknown = [part for part in parts if part not in OFFICIAL_PARTS]
-        if unknown:
-            raise DatasetError(f"parts {unknown} are not among {', '.join(OFFICIAL_PARTS)}")
+        _check_parts(parts, OFFICIAL_PARTS)
         tiles = []
         for part in parts:
             tiles += _folder_tiles(root, image_dir.replace(PART, part), mask_dir.replace(PART, part), suffixes,
                                    mask_stem_suffix, check_sizes, problems, part,
                                    id_prefix=f"{part}_" if prefix_part else "", masks_optional=masks_optional)
         tiles = check_unique_ids(tiles)
+    elif split_files is not None:
+        if parts is not None:
+            _check_parts(parts, tuple(split_files))
+            split_files = {part: split_files[part] for part in parts}
+        tiles = _folder_tiles(root, image_dir, mask_dir, suffixes, mask_stem_suffix, check_sizes, problems,
+                              masks_optional=masks_optional, split_files=split_files)
     elif parts is not None:
-        raise DatasetError(f"parts={list(parts)} needs {PART} in image_dir (e.g. 'images/{PART}'), got {image_dir!r}")
+        raise DatasetError(f"data.options.parts {list(parts)} reads one folder pair per part and needs {PART} in "
+                           f"image_dir (e.g. 'images/{PART}'), got {image_dir!r}; for parts from the dataset's list "
+                           f"files, set data.options.split_files, e.g. {{train: splits/train.txt, val: splits/val.txt}}")
     else:
         tiles = _folder_tiles(root, image_dir, mask_dir, suffixes, mask_stem_suffix, check_sizes, problems,
                               masks_optional=masks_optional)
@@ -94,24 +146,52 @@ def folder_source(root: str | Path, image_dir: str, mask_dir: str, class_names: 
         read_label = partial(_read_colour_label, palette=palette, ignore_colours=tuple(map(tuple, ignore_colours)),
                              tolerance=colour_tolerance)
     else:
-        read_label = partial(_read_index_label, num_classes=len(class_names), stored_ignore=ignore_index)
+        read_label = partial(_read_index_label, num_classes=len(class_names), stored_ignore=ignore_index,
+                             ignore_key=ignore_key)
     return with_problems(TileSource(name, classes, tiles, read_image=read_rgb, read_label=read_label), problems)
+
+
+def _names(values, key: str) -> tuple[str, ...]:
+    """A list of names; a lone string is an error naming `key` (iterating it would give its letters)."""
+    if isinstance(values, str):
+        raise DatasetError(f"{key} must be a list of names, e.g. [{values}], got the string {values!r}")
+    return tuple(values)
+
+
+def _check_parts(parts: Sequence[str], known: Sequence[str]) -> None:
+    unknown = [part for part in parts if part not in known]
+    if unknown:
+        where = ("the parts of data.options.split_files" if tuple(known) != OFFICIAL_PARTS else
+                 "the official parts; for parts from the dataset's list files set data.options.split_files")
+        raise DatasetError(f"data.options.parts {unknown} are not among {', '.join(known)} ({where})")
 
 
 def _folder_tiles(root: Path, image_dir: str, mask_dir: str, suffixes: set[str], mask_stem_suffix: str,
                   check_sizes: bool, problems: list[DataProblem], part: str | None = None,
-                  id_prefix: str = "", masks_optional: bool = False) -> list[Tile]:
-    """The tiles of one image folder; an image without a mask, or of another size, goes to `problems`."""
-    # Official test parts often ship without ground truth: their images are listed, unlabelled.
-    masks_optional = masks_optional or part == "test"
+                  id_prefix: str = "", masks_optional: bool = False,
+                  split_files: Mapping[str, str] | None = None) -> list[Tile]:
+    """The tiles of one image folder; an image without a mask, or of another size, goes to
+    `problems`. With `split_files`, only the images the lists name, each of its list's part."""
     images, masks = root / image_dir, root / mask_dir
+    # Official test parts often ship without ground truth: their images are listed, unlabelled.
+    test_only = part == "test" or (split_files is not None and set(split_files) == {"test"})
     for folder, what in ((images, "image"), (masks, "mask")):
-        if not folder.is_dir() and not (what == "mask" and masks_optional):
+        if not folder.is_dir() and not (what == "mask" and (masks_optional or test_only)):
             raise DatasetError(f"{folder}: {what} folder not found (root {root})")
+    # Filtered on suffix: image folders also hold file lists and editor backups (LabelMeFacade's
+    # images/filelist.txt and filelist.txt~).
     image_paths = sorted((p for p in images.iterdir() if p.is_file() and p.suffix.lower() in suffixes),
                          key=lambda p: natural_key(p.name))
     if not image_paths:
         raise DatasetError(f"{images}: no images with suffix {sorted(suffixes)}")
+    image_by_stem: dict[str, Path] = {}
+    for image_path in image_paths:
+        if image_path.stem in image_by_stem:
+            raise DatasetError(f"{image_path}: two images with stem {image_path.stem!r} "
+                               f"(also {image_by_stem[image_path.stem]})")
+        image_by_stem[image_path.stem] = image_path
+    part_of = (listed_parts(root, split_files, images, image_by_stem, suffixes, problems)
+               if split_files is not None else None)
     mask_by_stem: dict[str, Path] = {}
     for p in masks.iterdir() if masks.is_dir() else ():
         if p.is_file() and p.suffix.lower() in MASK_SUFFIXES and p.stem.endswith(mask_stem_suffix):
@@ -120,21 +200,20 @@ def _folder_tiles(root: Path, image_dir: str, mask_dir: str, suffixes: set[str],
                 raise DatasetError(f"{p}: two masks for stem {stem!r} (also {mask_by_stem[stem]})")
             mask_by_stem[stem] = p
 
-    tiles, seen = [], {}
-    for image_path in image_paths:
-        stem = image_path.stem
-        if stem in seen:
-            raise DatasetError(f"{image_path}: two images with stem {stem!r} (also {seen[stem]})")
-        seen[stem] = image_path
+    tiles = []
+    for stem, image_path in image_by_stem.items():
+        if part_of is not None and stem not in part_of:
+            continue
+        tile_part = part if part_of is None else part_of[stem]
         mask_path, tile_id = mask_by_stem.get(stem), id_prefix + stem
-        if mask_path is None and not masks_optional:
+        if mask_path is None and not (masks_optional or tile_part == "test"):
             problems.append(missing_file_problem(tile_id, image_path, masks / f"{stem}{mask_stem_suffix}"
                                                  f"{{{','.join(MASK_SUFFIXES)}}}", "mask"))
             continue
         if check_sizes and mask_path is not None and (problem := size_problem(tile_id, image_path, mask_path)):
             problems.append(problem)
             continue
-        tiles.append(Tile(tile_id, image_path, mask_path, None, part=part))
+        tiles.append(Tile(tile_id, image_path, mask_path, None, part=tile_part))
     return tiles
 
 
@@ -142,8 +221,9 @@ def _read_colour_label(path: Path, palette, ignore_colours, tolerance: float) ->
     return decode_colour_mask(read_rgb(path), palette, path, ignore_colours=ignore_colours, tolerance=tolerance)
 
 
-def _read_index_label(path: Path, num_classes: int, stored_ignore: int) -> np.ndarray:
-    indices = read_index_png(path)
+def _read_index_label(path: Path, num_classes: int, stored_ignore: int, ignore_key: str | None) -> np.ndarray:
+    # Checked as stored, so that the error shows the ignore value the masks are read with.
+    indices = check_indices(read_index_png(path), num_classes, path, stored_ignore, ignore_key)
     if stored_ignore != IGNORE_INDEX:
         indices = np.where(indices == stored_ignore, np.uint8(IGNORE_INDEX), indices)
-    return check_indices(indices, num_classes, path)
+    return indices

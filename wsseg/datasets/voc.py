@@ -15,15 +15,17 @@ from pathlib import Path
 
 import numpy as np
 
-from wsseg.datasets.base import ClassSpec, DatasetError, Tile, TileSource, missing_file_problem, with_problems
-from wsseg.datasets.colour import check_indices, default_palette, pair_problem, read_index_png, read_rgb
+from wsseg.datasets.base import (ClassSpec, DataProblem, DatasetError, Tile, TileSource, missing_file_problem,
+                                 with_problems)
+from wsseg.datasets.colour import check_indices, pair_problem, read_index_png, read_rgb, voc_palette
 from wsseg.datasets.folder import natural_key
+from wsseg.datasets.split_lists import read_list_file
 
 VOC_CLASSES = ClassSpec(
     names=("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
            "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
            "tvmonitor"),
-    palette=default_palette(21),
+    palette=voc_palette(21),
 )
 
 
@@ -54,17 +56,23 @@ def voc_source(root: str | Path, split: str | None = None, label_dir: str = "Seg
     if split is not None:
         if not (lists / f"{split}.txt").is_file():
             raise DatasetError(f"{lists / f'{split}.txt'}: split list not found")
-        ids = _read_list(lists / f"{split}.txt")
+        entries = [(line, line.entry) for line in read_list_file(lists / f"{split}.txt")]
     else:
-        ids = sorted((p.stem for p in labels.glob("*.png")), key=natural_key)
-        if not ids:
+        entries = [(None, p.stem) for p in sorted(labels.glob("*.png"), key=lambda p: natural_key(p.stem))]
+        if not entries:
             raise DatasetError(f"{labels}: no .png masks")
     val_ids = set(_read_list(lists / "val.txt")) if (lists / "val.txt").is_file() else None
     train_ids = set(_read_list(lists / "train.txt")) if (lists / "train.txt").is_file() else None
     tiles, problems = [], []
-    for image_id in ids:
+    for line, image_id in entries:
         image_path, label_path = images / f"{image_id}.jpg", labels / f"{image_id}.png"
-        if not image_path.is_file():
+        missing = [path for path in (image_path, label_path) if not path.is_file()]
+        if line is not None and missing:
+            # A listed id without its files: the list is where to look, and what to fix.
+            problems.append(DataProblem(line.where, f"lists {image_id!r}, but there is no {missing[0]}",
+                                        f"correct or delete line {line.line} of {line.path.name}, or restore the "
+                                        f"file", image_id))
+        elif not image_path.is_file():
             problems.append(missing_file_problem(image_id, label_path, image_path, "image"))
         elif problem := pair_problem(image_id, image_path, label_path, "mask", check_sizes):
             problems.append(problem)
@@ -76,7 +84,7 @@ def voc_source(root: str | Path, split: str | None = None, label_dir: str = "Seg
 
 
 def _read_list(path: Path) -> list[str]:
-    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    return [line.entry for line in read_list_file(path)]
 
 
 def _part(image_id: str, train_ids: set[str] | None, val_ids: set[str] | None) -> str | None:
