@@ -237,6 +237,8 @@ def render(results: Path) -> str:
     machines: dict[str, list[str]] = {}
     skipped = []
     for path in paths:
+        if path.stem.startswith("study_"):
+            continue  # a study's arms over split seeds: benchmarks/study_table.py tabulates them
         render_rows = renderer_of(path)
         if render_rows is None:
             skipped.append(path.name)

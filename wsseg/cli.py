@@ -1,4 +1,4 @@
-"""Command line: `wsseg train | sweep | eval | check-data | publish | predict | export | synth | zoomout`
+"""Command line: `wsseg train | study | sweep | eval | check-data | publish | predict | export | synth | zoomout`
 (`run_training.py` is `wsseg train`).
 
 Exit codes: 0 done; 1 `wsseg check-data` found problems in the data; 2 bad input (a config, a file,
@@ -183,6 +183,57 @@ def resume_command(args, run_dir: Path) -> str:
     if args.reset_head:
         words.append("--reset-head")
     return shlex.join(words)
+
+
+def parse_split_seeds(text: str, option: str = "--split-seeds") -> list[int]:
+    """'0,1,2' → [0, 1, 2]; a value that is not an integer, or one given twice, is a ValueError naming it."""
+    seeds = []
+    for item in (i.strip() for i in text.split(",")):
+        try:
+            seed = int(item)
+        except ValueError:
+            raise ValueError(f"{option}: {item!r} is not an integer split seed") from None
+        if seed in seeds:
+            raise ValueError(f"{option}: split seed {seed} is given twice")
+        seeds.append(seed)
+    return seeds
+
+
+def _study(args) -> int:
+    """`wsseg study`: the arms asked over the split seeds, then study.json/.md in --out."""
+    from wsseg.core.distributed import init_distributed
+    from wsseg.pipeline.chain import check_arms
+    from wsseg.pipeline.study import check_precision, run_study
+
+    try:
+        arms = check_arms(a.strip() for a in args.arms.split(","))
+    except ValueError as err:
+        raise ValueError(f"--arms: {err}") from None
+    seeds = parse_split_seeds(args.split_seeds)
+    results = Path(args.results) if args.results else None
+    if results is not None and not (results.name.startswith("study_") and results.suffix == ".json"):
+        raise ValueError(f"--results {args.results}: name it study_<name>.json, the files benchmarks/study_table.py "
+                         "tabulates")
+    cfg = load_config(args.config, args.overrides)
+    # Before the log and the first run folder: a refused study leaves nothing behind.
+    check_precision(cfg, arms, args.allow_auto_precision)
+    out = Path(args.out)
+    dist_info = init_distributed(cfg.device)
+    _setup_logging(out if dist_info.is_main else None, quiet=not dist_info.is_main)
+    words = ["wsseg", "study", "--config", args.config, "--arms", ",".join(arms), "--split-seeds",
+             ",".join(str(s) for s in seeds), "--out", args.out, "--resume"]
+    words += [w for o in args.overrides for w in ("--set", o)]
+    if args.allow_auto_precision:
+        words.append("--allow-auto-precision")
+    if args.results:
+        words += ["--results", args.results]
+    code = _until_interrupted(lambda: run_study(cfg, arms, seeds, out, args.resume, dist_info,
+                                                config_name=Path(args.config).name, overrides=args.overrides,
+                                                allow_auto_precision=args.allow_auto_precision, results_file=results),
+                              shlex.join(words))
+    if code == 0 and dist_info.is_main:
+        print(f"study done: {out / 'study.md'}" + (f", results copied to {results}" if results else ""))
+    return code
 
 
 def _zoomout(args) -> int:
@@ -405,6 +456,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="wsseg", description="weakly semi-supervised semantic segmentation")
     sub = parser.add_subparsers(dest="command", required=True)
     add_train_args(sub.add_parser("train", help="train and evaluate task i, ii or both"))
+    st = sub.add_parser("study", help="the arms of the comparison asked (i, semi, ii, oracle) over split seeds, "
+                                      "stages they share run once, at one precision: study.json/.md")
+    st.add_argument("--config", required=True, help="YAML file in configs/")
+    st.add_argument("--arms", default="i,semi,ii",
+                    help="comma-separated arms among i, semi, ii, oracle (default i,semi,ii); semi, ii and the "
+                         "oracle train as many epochs as task i, which runs once per seed for them")
+    st.add_argument("--split-seeds", default="0,1,2", help="comma-separated split seeds (default 0,1,2)")
+    st.add_argument("--out", required=True, help="study folder: split_seed_<s>/ run folders, study.json, study.md")
+    st.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config value in every run (repeatable)")
+    st.add_argument("--resume", action="store_true",
+                    help="continue the study in --out: finished stages are kept, others resume from last.pt")
+    st.add_argument("--allow-auto-precision", action="store_true",
+                    help="accept train.precision (or weak.single_stage.precision) auto, which may choose "
+                         "differently from run to run")
+    st.add_argument("--results", metavar="FILE",
+                    help="also copy study.json to FILE, e.g. benchmarks/results/study_<name>.json "
+                         "(benchmarks/study_table.py tabulates those)")
     sw = sub.add_parser("sweep", help="train a task once per combination of config values, then tabulate them "
                                       "(rerun: finished combinations are skipped)")
     sw.add_argument("--config", required=True, help="YAML file in configs/")
@@ -453,8 +522,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="override a config value (repeatable)")
     zo.add_argument("--resume", action="store_true", help="continue this step from what it left in --out")
     args = parser.parse_args(argv)
-    handler = {"train": _train, "sweep": _sweep, "eval": _eval, "check-data": _check_data, "publish": _publish,
-               "synth": _synth, "predict": _predict, "export": _export, "zoomout": _zoomout}[args.command]
+    handler = {"train": _train, "study": _study, "sweep": _sweep, "eval": _eval, "check-data": _check_data,
+               "publish": _publish, "synth": _synth, "predict": _predict, "export": _export,
+               "zoomout": _zoomout}[args.command]
     try:
         from wsseg.core.progress import progress_enabled
 

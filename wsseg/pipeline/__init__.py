@@ -6,6 +6,7 @@
     pseudo_masks  the single-stage model (and task i's segmenter) → N2 pseudo masks (task ii)
     chain         task i / ii / all, with `done.json` per finished stage
     seeds         task i vs ii over split seeds, mean ± std
+    study         the arms asked (i, semi, ii, oracle) over split seeds, at one precision: study.json/.md
 
 Only the command line imports this package; everything here builds on `core`, `models`,
 `pseudo_labels` and `datasets` below it.

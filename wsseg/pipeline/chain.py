@@ -8,8 +8,9 @@
     initial_segmenter   zoom-out only: sampled hypercolumns → FC classifier → 1×1 convs, where
                         its segmenter starts (pipeline.zoomout; one step at a time: run_zoomout_step)
     run_semi            N1 pixel labels + N2 images without tags (weak-to-strong consistency)
-    run_task            wires the stages; `all` runs task i, semi and task ii on one split and
-                        compares them
+    run_arms            wires the stages of the arms asked (i, semi, ii, oracle) on one split, each
+                        stage they share run once, and compares them when tasks i and ii are in
+    run_task            one task, or `all`: the arms i, semi, ii (and the oracle)
 
 A stage writes `done.json` when it finishes; a rerun of the chain with `resume` skips finished
 stages and continues unfinished ones from their last checkpoint.
@@ -43,6 +44,8 @@ from wsseg.pipeline.zoomout import (ZOOMOUT, check_zoomout_config, classifier_di
 log = logging.getLogger(__name__)
 
 TASKS = ("i", "semi", "ii", "all")
+# The arms of a comparison, in the order they run: task i first, whose epochs the others train.
+ARMS = ("i", "semi", "ii", "oracle")
 
 
 def _stage_done(stage_dir: Path) -> dict | None:
@@ -229,36 +232,84 @@ def run_task(cfg: Config, task: str, run_dir: Path, resume: bool = False, dist: 
         raise ValueError(f"unknown task {task!r} ({', '.join(TASKS)})")
     if oracle and task != "all":
         raise ValueError("the oracle is a third arm of the comparison: use it with --task all")
+    if task == "all":
+        arms = run_arms(cfg, ("i", "semi", "ii") + (("oracle",) if oracle else ()), run_dir, resume, dist)
+        return arms.get("comparison") or {}
     lock = RunLock(run_dir).acquire() if dist.is_main else None
     try:
-        return _run_task(cfg, task, run_dir, resume, dist, oracle)
+        return _run_task(cfg, task, run_dir, resume, dist)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _run_task(cfg: Config, task: str, run_dir: Path, resume: bool, dist: DistInfo, oracle: bool) -> dict:
-    run = prepare_run(cfg, run_dir, resume, dist, weak=task not in ("i", "semi"))
+def _run_task(cfg: Config, task: str, run_dir: Path, resume: bool, dist: DistInfo) -> dict:
+    run = prepare_run(cfg, run_dir, resume, dist, weak=task == "ii")
     check_init_from(run)
-    if oracle:
-        check_oracle_labels(run)
     if task == "i":
         return run_task_i(run)
     if task == "semi":
         return run_semi(run)
-    if task == "ii":
-        return run_task_ii(run)[0]
-    task_i = run_task_i(run)
-    semi = run_semi(run)
-    task_ii, quality = run_task_ii(run)
-    oracle_metrics = run_oracle(run) if oracle else None
-    if not dist.is_main:
-        return {}
+    return run_task_ii(run)[0]
+
+
+def check_arms(arms) -> tuple[str, ...]:
+    """The arms asked, in the order they run (`ARMS`); an unknown or repeated one is a ValueError naming it."""
+    arms = list(arms)
+    for arm in arms:
+        if arm not in ARMS:
+            raise ValueError(f"unknown arm {arm!r} ({', '.join(ARMS)})")
+        if arms.count(arm) > 1:
+            raise ValueError(f"arm {arm!r} is asked twice")
+    if not arms:
+        raise ValueError(f"no arm asked ({', '.join(ARMS)})")
+    return tuple(arm for arm in ARMS if arm in arms)
+
+
+def run_arms(cfg: Config, arms, run_dir: Path, resume: bool = False, dist: DistInfo = DistInfo()) -> dict:
+    """Run the arms asked (`ARMS`: i, semi, ii, oracle) on one split into `run_dir`.
+
+    The stages they share run once: task i's segmenter (whose epochs semi, task ii and the oracle
+    train), the single-stage model and the pseudo masks. Returns {"arms": {arm: its test metrics
+    (the done.json of its stage; task ii's last round)}, "pseudo_masks": task ii's pseudo-mask
+    report or None, "comparison": the comparison report's dict when tasks i and ii are both in}."""
+    arms = check_arms(arms)
+    lock = RunLock(run_dir).acquire() if dist.is_main else None
+    try:
+        return _run_arms(cfg, arms, run_dir, resume, dist)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_arms(cfg: Config, arms: tuple[str, ...], run_dir: Path, resume: bool, dist: DistInfo) -> dict:
+    run = prepare_run(cfg, run_dir, resume, dist, weak="ii" in arms)
+    check_init_from(run)
+    if "oracle" in arms:
+        check_oracle_labels(run)
+    results, quality = {}, None
+    if "i" in arms:
+        results["i"] = run_task_i(run)
+    elif cfg.train.max_minutes is not None and _stage_done(run_dir / "task_i") is None:
+        # A time budget makes task i's epochs known only once it has run; the other arms train as many.
+        log.info(f"{', '.join(arms)} train as many epochs as task i within train.max_minutes: running task i first")
+        run_task_i(run)
+    if "semi" in arms:
+        results["semi"] = run_semi(run)
+    if "ii" in arms:
+        results["ii"], quality = run_task_ii(run)
+    if "oracle" in arms:
+        results["oracle"] = run_oracle(run)
+    outcome = {"arms": results, "pseudo_masks": quality, "comparison": None}
+    if not dist.is_main or not {"i", "ii"} <= set(arms):
+        return outcome
     classes = run.source.classes
     samples = pseudo_mask_samples(run.source, run.split, round_dir(run_dir, cfg.weak.rounds) / "pseudo_masks",
                                   cfg.eval.num_triptychs)
-    return write_comparison_report(run_dir, task_i, task_ii, quality, classes.names, classes.palette, samples,
-                                   oracle=oracle_metrics, semi=semi)
+    outcome["comparison"] = write_comparison_report(run_dir, results["i"], results["ii"], quality, classes.names,
+                                                    classes.palette, samples, oracle=results.get("oracle"),
+                                                    semi=results.get("semi"))
+    return outcome
 
 
 ZOOMOUT_STEPS = ("sample", "fit", "dense")

@@ -34,7 +34,7 @@ def run_split_seeds(cfg: Config, seeds: list[int], run_dir: Path, resume: bool =
     return summary
 
 
-def _mean_std(values) -> dict:
+def mean_std(values) -> dict:
     """Mean and sample standard deviation (ddof=1) over the finite values; std is NaN below two."""
     finite = [v for v in (score_or_nan(x) for x in values) if not math.isnan(v)]
     n = len(finite)
@@ -50,13 +50,13 @@ def _aggregate_pairs(pairs: Sequence[tuple[dict, dict]], class_names) -> dict:
     for name in class_names:
         a = [score_or_nan(i["per_class"][name]["iou"]) for i, _ in pairs]
         b = [score_or_nan(ii["per_class"][name]["iou"]) for _, ii in pairs]
-        out["per_class"][name] = {"task_i": _mean_std(a), "task_ii": _mean_std(b),
-                                  "difference": _mean_std([y - x for x, y in zip(a, b)])}
+        out["per_class"][name] = {"task_i": mean_std(a), "task_ii": mean_std(b),
+                                  "difference": mean_std([y - x for x, y in zip(a, b)])}
     for key in ("miou", "mean_f1", "overall_accuracy"):
         a = [score_or_nan(i[key]) for i, _ in pairs]
         b = [score_or_nan(ii[key]) for _, ii in pairs]
-        out[key] = {"task_i": _mean_std(a), "task_ii": _mean_std(b),
-                    "difference": _mean_std([y - x for x, y in zip(a, b)])}
+        out[key] = {"task_i": mean_std(a), "task_ii": mean_std(b),
+                    "difference": mean_std([y - x for x, y in zip(a, b)])}
     return out
 
 
@@ -80,11 +80,11 @@ def aggregate_seeds(comparisons: Sequence[dict]) -> dict:
     if all(i.get("eroded") and ii.get("eroded") for i, ii in pairs):
         result["eroded"] = _aggregate_pairs([(i["eroded"], ii["eroded"]) for i, ii in pairs], class_names)
     if all(c.get("semi") for c in comparisons):
-        result["semi"] = {"miou": _mean_std([c["semi"]["miou"] for c in comparisons]),
-                          "tags_bought": _mean_std([c["tags_bought"]["miou"] for c in comparisons]),
-                          "semi_minus_task_i": _mean_std([score_or_nan(c["semi"]["miou"])
+        result["semi"] = {"miou": mean_std([c["semi"]["miou"] for c in comparisons]),
+                          "tags_bought": mean_std([c["tags_bought"]["miou"] for c in comparisons]),
+                          "semi_minus_task_i": mean_std([score_or_nan(c["semi"]["miou"])
                                                           - score_or_nan(c["task_i"]["miou"]) for c in comparisons])}
     if all(c.get("oracle") for c in comparisons):
-        result["oracle"] = {"miou": _mean_std([c["oracle"]["miou"] for c in comparisons]),
-                            "gap_closed": _mean_std([c["gap_closed"]["miou"] for c in comparisons])}
+        result["oracle"] = {"miou": mean_std([c["oracle"]["miou"] for c in comparisons]),
+                            "gap_closed": mean_std([c["gap_closed"]["miou"] for c in comparisons])}
     return result
