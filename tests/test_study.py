@@ -246,3 +246,11 @@ def test_arms_without_task_i_run_it_first_where_its_epochs_are_needed(tmp_path, 
     outcome = chain.run_arms(cfg, ["oracle", "semi"], tmp_path / "run")
     assert order == ran
     assert set(outcome["arms"]) == {"semi", "oracle"} and outcome["comparison"] is None
+
+
+def test_paths_of_this_machine_stay_out_of_the_results():
+    from wsseg.pipeline.study import shareable
+
+    assert shareable("data.root=/home/me/data/stanford") == "data.root=<path>"
+    assert shareable("train.epochs=4") == "train.epochs=4"
+    assert shareable("model.init_from=release-name") == "model.init_from=release-name"

@@ -63,6 +63,17 @@ def check_precision(cfg: Config, arms: Sequence[str], allow_auto: bool = False) 
     return precision
 
 
+# Overrides whose value is a place on the machine that ran the study: the results file is shared,
+# and a path says nothing to its readers.
+PATH_KEYS = ("data.root", "weak.tags_file", "model.init_from", "model.encoder_weights", "out_root")
+
+
+def shareable(override: str) -> str:
+    """`key=value` with a local path replaced by <path> (`PATH_KEYS`)."""
+    key, _, value = override.partition("=")
+    return f"{key}=<path>" if key.strip() in PATH_KEYS and ("/" in value or "\\" in value) else override
+
+
 def study_machine() -> dict:
     """What the minutes were measured on (no host name: the results file is shared)."""
     return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
@@ -98,7 +109,7 @@ def run_study(cfg: Config, arms: Sequence[str], seeds: Sequence[int], out: Path,
         if not dist.is_main:
             return {}
         study = {"what": "wsseg study", "config": config_name, "name": cfg.name, "dataset": cfg.data.kind,
-                 "overrides": list(overrides), "arms": list(arms), "split_seeds": seeds, "precision": precision,
+                 "overrides": [shareable(o) for o in overrides], "arms": list(arms), "split_seeds": seeds, "precision": precision,
                  "git": {"commit": git_commit(), "dirty": git_dirty()}, "machine": study_machine(),
                  "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
                  **summarise_study(outcomes, {s: arm_minutes(seed_dir(out, s), arms, cfg.weak.rounds) for s in seeds})}
