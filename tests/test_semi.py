@@ -228,3 +228,22 @@ def test_a_resumed_run_restores_the_mean_teacher(tmp_path):
     assert int(resumed.n_averaged) == int(whole.n_averaged) == 6
     for key, value in whole.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[key], value)
+
+
+def test_the_strong_views_leave_batchnorms_running_statistics_alone():
+    """Evaluation normalises with running statistics: those of the N1 crops alone, as in task i."""
+    from wsseg.pipeline.semi import build_teacher, semi_loss
+
+    torch.manual_seed(0)
+    student = nn.Sequential(nn.Conv2d(3, 2, 1), nn.BatchNorm2d(2))
+    reference = nn.Sequential(nn.Conv2d(3, 2, 1), nn.BatchNorm2d(2))
+    reference.load_state_dict(student.state_dict())
+    cfg = config_from_dict({"semi": {"rampup": 0.0}})
+    loss_fn = semi_loss(cfg, FakeStage(), build_teacher(cfg, student), None, IGNORE_INDEX, progress=lambda: 1.0)
+    images, masks, weights, views = toy_batch()
+    views["strong"] = views["strong"] * 5 + 3  # statistics far from the N1 crops'
+    loss_fn(student, (images, masks.clamp(max=1), weights, views), 0)
+    reference(images)
+    torch.testing.assert_close(student[1].running_mean, reference[1].running_mean)
+    torch.testing.assert_close(student[1].running_var, reference[1].running_var)
+    assert student[1].momentum == 0.1  # restored after the strong pass
