@@ -62,7 +62,9 @@ def test_training_into_a_pipe_writes_epoch_lines_and_no_redraws(tmp_path, monkey
     lines = tiny_fit(tmp_path / "piped")
     err = capfd.readouterr().err
     assert "\r" not in err, err[:200]
-    assert [line.split(":")[0] for line in lines] == ["train epoch 1/2", "train epoch 2/2"]
+    # The duration estimate after the first steps, then one line an epoch.
+    assert [line.split(":")[0] for line in lines] == ["train", "train epoch 1/2", "train epoch 2/2"]
+    assert "s a step here" in lines[0]
     # The control: the same training with bars forced on does write redraws to the same capture.
     monkeypatch.setenv(PROGRESS_ENV, "1")
     tiny_fit(tmp_path / "forced")
