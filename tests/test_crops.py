@@ -6,10 +6,10 @@ from torch.utils.data import DataLoader
 
 from wsseg.datasets.base import DatasetError, TileSource
 from wsseg.datasets.colour import save_index_png
-from wsseg.datasets.augment import strong_photometric
-from wsseg.datasets.crops import OnlineCrops, RandomCropDataset, TaggedCropDataset, TileCache, TileDataset
+from wsseg.datasets.crops import RandomCropDataset, TaggedCropDataset, TileCache, TileDataset
+from wsseg.datasets.unlabelled import UnlabelledViews
 from wsseg.datasets.folder import folder_source
-from wsseg.datasets.tags import TAG_UNKNOWN, CropTag, TagGrid, compute_crop_tags
+from wsseg.datasets.tags import CropTag, TagGrid, compute_crop_tags
 
 NAMES = ("a", "b", "c", "d")
 PALETTE = ((0, 0, 0), (80, 80, 80), (160, 160, 160), (240, 240, 240))
@@ -212,60 +212,26 @@ def test_tagged_crop_augmentation_list(tmp_path):
         assert image.shape == (3, 32, 32) and image[1, 0, 0] > image[1, -1, 0]
 
 
-def test_online_crops_add_window_targets_and_a_strong_view_to_the_same_crops(tmp_path):
+def test_unlabelled_views_carry_what_the_tags_say_of_the_crop_window(tmp_path):
     source, labels = _tiles(tmp_path)
-    plain = RandomCropDataset(source, ["t1", "t2"], 24, 12, seed=4)
     grid = TagGrid(compute_crop_tags(source, ["t1", "t2"], 16), 4)
-    online = OnlineCrops(RandomCropDataset(source, ["t1", "t2"], 24, 12, seed=4), 4, grid, strong=True)
+    plain = UnlabelledViews(RandomCropDataset(source, ["t1", "t2"], 24, 12, seed=4, images_only=True))
+    tagged = UnlabelledViews(RandomCropDataset(source, ["t1", "t2"], 24, 12, seed=4, images_only=True), tag_grid=grid)
+    windows = RandomCropDataset(source, ["t1", "t2"], 24, 12, seed=4)
     for i in range(12):
-        image, mask, extra = online[i]
-        plain_image, plain_mask = plain[i]
-        assert torch.equal(image, plain_image) and torch.equal(mask, plain_mask)  # the strong view draws after
-        tile_id, y, x, h, w = plain.sample(i)[2]
+        views, same = tagged[i], plain[i]
+        # The tags add a key and change no draw: the views of the tag-free arm.
+        assert all(torch.equal(views[k], same[k]) for k in ("weak", "strong", "box")) and "tag_targets" not in same
+        tile_id, y, x, h, w = windows.sample(i)[2]
         assert (h, w) == (24, 24)
-        assert torch.equal(extra["tag_targets"], torch.from_numpy(grid.window_targets(tile_id, y, x, h, w)))
-        assert extra["tagged"] is True
-        strong = extra["strong"]
-        assert strong.shape == image.shape and strong.dtype == torch.float32 and not torch.equal(strong, image)
-        assert 0 <= strong.min() and strong.max() <= 1
-        assert torch.equal(strong, online[i][2]["strong"])  # a function of (seed, epoch, index)
+        assert views["tag_targets"].dtype == torch.int8
+        assert torch.equal(views["tag_targets"], torch.from_numpy(grid.window_targets(tile_id, y, x, h, w)))
     # The window is the crop's place in the tile before augmentation.
     unaugmented = RandomCropDataset(source, ["t2"], 20, 3, augment=False)
     _, mask, (tile_id, y, x, h, w), _ = unaugmented.sample(1)
     assert torch.equal(mask, torch.from_numpy(labels[tile_id][y:y + h, x:x + w].astype(np.int64)))
-    # Pixel-labelled crops: nothing known from tags, no strong view to learn from.
-    image, _, extra = OnlineCrops(plain, 4, None, strong=True)[0]
-    assert (extra["tag_targets"] == TAG_UNKNOWN).all() and extra["tagged"] is False
-    assert torch.equal(extra["strong"], image)
-    assert "strong" not in OnlineCrops(plain, 4, grid)[0][2]
-    with pytest.raises(DatasetError, match=r"no grid crop tags for tiles \['small'\]"):
-        OnlineCrops(RandomCropDataset(source, ["small"], 24, 1), 4, grid)
-
-
-def test_strong_view_is_photometric_only():
-    # Two colours, the first in the left quarter: a photometric change maps each to one new colour,
-    # so outside the cut-out rectangle the output is two colours in the same places.
-    image = torch.empty(3, 32, 40)
-    image[:, :, :10] = torch.tensor([0.8, 0.3, 0.2])[:, None, None]
-    image[:, :, 10:] = torch.tensor([0.2, 0.5, 0.6])[:, None, None]
-    recoloured = []
-    for seed in range(8):
-        strong = strong_photometric(image, np.random.default_rng(seed))
-        assert strong.shape == image.shape and 0 <= strong.min() and strong.max() <= 1
-        left, right = strong[:, :, :10].reshape(3, -1), strong[:, :, 10:].reshape(3, -1)
-        left_colour, right_colour = left.mode(1).values, right.mode(1).values
-        outside = torch.ones(32, 40, dtype=torch.bool)
-        outside[:, :10] = (strong[:, :, :10] == left_colour[:, None, None]).all(0)
-        outside[:, 10:] = (strong[:, :, 10:] == right_colour[:, None, None]).all(0)
-        erased = (~outside).nonzero()
-        assert len(erased), seed  # the cut-out
-        (top, left_x), (bottom, right_x) = erased.min(0).values.tolist(), erased.max(0).values.tolist()
-        assert (~outside[top:bottom + 1, left_x:right_x + 1]).all(), seed  # one rectangle
-        assert 0.02 * 32 * 40 * 0.8 <= len(erased) <= 0.4 * 32 * 40 * 1.2
-        recoloured.append(not torch.allclose(right_colour, image[:, 0, 10]))
-    assert sum(recoloured) >= 4  # colour jitter on 80 % of the crops
-    same = [strong_photometric(image, np.random.default_rng(5)) for _ in range(2)]
-    assert torch.equal(*same)
+    with pytest.raises(DatasetError, match=r"no crop tags for tiles \['small'\]"):
+        UnlabelledViews(RandomCropDataset(source, ["small"], 24, 1, images_only=True), tag_grid=grid)
 
 
 def _stripes(root):

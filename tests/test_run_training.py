@@ -35,7 +35,7 @@ def tiny_config(tmp_path: Path, data_root: Path, **sections) -> Path:
                  "pseudo": {"scales": [1.0], "flip": False, "workers": 1}},
     }
     for section, values in sections.items():
-        cfg[section].update(values)
+        cfg.setdefault(section, {}).update(values)
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -340,35 +340,29 @@ def test_split_seeds_report_mean_and_std(tmp_path, data_root):
     assert (run / "seed_summary.md").is_file()
 
 
-def test_task_ii_learns_online_from_the_n2_crops(tmp_path):
-    """Task ii with both online levers, on 64 px tiles with models of a few thousand weights: the
-    point is that the chain hands the crop tags on and the new terms train and are logged."""
-    cfg = {
-        "data": {"kind": "synthetic_vaihingen", "root": str(tmp_path / "data"),
-                 "options": {"num_tiles": 14, "tile_px": [64, 64], "seed": 3}},
-        "split": {"n_labelled": 3, "n_tagged": 6, "n_val": 1},
-        "model": {"name": "unet", "options": {"base_channels": 4, "depth": 2}},
-        "train": {"epochs": 2, "iters_per_epoch": 3, "batch_size": 4, "crop_px": 32, "workers": 0, "precision": "fp32"},
-        "eval": {"window_px": 64, "stride_px": 64, "num_triptychs": 1},
-        "weak": {"tag_crop_px": 16, "segmenter_tag_loss": 0.5, "consistency_weight": 1.0, "consistency_threshold": 0.3,
-                 "single_stage": {"backbone": "resnet38", "width": 0.125, "epochs": 1, "iters_per_epoch": 2,
-                                  "batch_size": 2, "crop_px": 32, "self_supervised_from_epoch": 2, "precision": "fp32"},
-                 "pseudo": {"scales": [1.0], "flip": False, "workers": 0, "use_pamr": False, "crf": {"enabled": False},
-                            "min_class_precision": 0.0}},
-    }
-    config = tmp_path / "online.yaml"
-    config.write_text(yaml.safe_dump(cfg))
+def test_task_ii_online_learns_the_n2_crops_under_their_tags(tmp_path):
+    """`weak.mode: online` end to end on 64 px tiles with models of a few thousand weights: task ii
+    trains as the semi arm does, with the crop tags handed on; no single-stage model, no pseudo
+    masks, and the comparison report has all three arms."""
+    config = tiny_config(tmp_path, tmp_path / "data",
+                         data={"options": {"num_tiles": 14, "tile_px": [64, 64], "seed": 3}},
+                         split={"n_labelled": 3, "n_tagged": 6, "n_val": 1},
+                         model={"name": "unet", "options": {"base_channels": 4, "depth": 2}},
+                         train={"epochs": 2, "iters_per_epoch": 3, "batch_size": 4, "crop_px": 32, "workers": 0,
+                                "precision": "fp32"},
+                         eval={"window_px": 64, "stride_px": 64, "num_triptychs": 1},
+                         weak={"tag_crop_px": 16, "mode": "online"}, semi={"threshold": 0.3})
     run = tmp_path / "run"
-    assert main(["train", "--task", "ii", "--config", str(config), "--out", str(run)]) == 0
-    history = load_checkpoint(run / "task_ii" / "last.pt")["history"]
-    assert len(history) == 2
-    for row in history:
-        assert row["train_tag"] > 0 and row["train_consistency"] > 0
-        assert 0.0 < row["train_consistency_pixels_used"] <= 1.0
-    log_text = (run / "log.txt").read_text()
-    assert "task_ii: online on the N2 crops: tag loss × 0.5, consistency × 1.0 (threshold 0.3)" in log_text
-    assert "train_tag" in log_text and "train_consistency_pixels_used" in log_text
-    assert (run / "task_ii" / "metrics.json").is_file()
+    assert main(["train", "--task", "all", "--config", str(config), "--out", str(run)]) == 0
+    assert not (run / "single_stage").exists() and not (run / "pseudo_masks").exists()
+    last = load_checkpoint(run / "task_ii" / "last.pt")
+    assert [row["epoch"] for row in last["history"]] == [1, 2]
+    assert all(0.0 < row["train_confident_pixels"] <= 1.0 for row in last["history"])
+    assert "teacher" in last["companions"]
+    comparison = json.loads((run / "comparison.json").read_text())
+    assert comparison["pseudo_masks"] is None
+    assert {"task_i", "semi", "task_ii"} <= set(comparison)
+    assert "Task ii: N1 pixel labels + N2 images under their tags (online)" in (run / "task_ii" / "report.md").read_text()
 
 
 def test_task_ii_with_image_level_tags(tmp_path, capsys):

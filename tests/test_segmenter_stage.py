@@ -92,7 +92,7 @@ def test_extra_pseudo_mode_keeps_every_n1_crop(source):
         check_config(config_from_dict({"weak": {"pseudo_ratio": 1.0}}))
 
 
-# ----------------------------------------------------------------- task ii's online levers
+# ----------------------------------------------------------------- task ii's pseudo-mask batches
 TINY = {"split": {"n_labelled": 3, "n_tagged": 6, "n_val": 0},
         "model": {"name": "unet", "options": {"base_channels": 4, "depth": 2}},
         "train": {"epochs": 1, "iters_per_epoch": 2, "batch_size": 4, "crop_px": 32, "workers": 0,
@@ -127,28 +127,19 @@ def _items(dataset):
     return [dataset[i] for i in range(len(dataset))]
 
 
-def test_online_levers_keep_the_crops_and_task_i_ignores_them(data_root, tmp_path):
+def test_task_ii_crops_are_n1_and_pseudo_labelled_n2_crops_with_their_weights(data_root, tmp_path):
     from wsseg.pipeline.segmenter import training_crops
 
-    off, pseudo, tags = tiny_run(data_root, tmp_path / "off")
-    on, _, _ = tiny_run(data_root, tmp_path / "on", segmenter_tag_loss=0.5, consistency_weight=1.0)
-    plain = _items(training_crops(off.cfg, off, pseudo, crop_tags=tags))
-    assert all(len(item) == 3 for item in plain)  # (image, mask, weight): the batches of before
-    online = _items(training_crops(on.cfg, on, pseudo, crop_tags=tags))
-    for (image, mask, weight), (image_on, mask_on, weight_on, extra) in zip(plain, online):
-        assert torch.equal(image, image_on) and torch.equal(mask, mask_on) and torch.equal(weight, weight_on)
-        assert set(extra) == {"tag_targets", "tagged", "strong"}
-    tagged = [extra["tagged"] for *_, extra in online]
-    assert sum(tagged) == len(online) // 2  # pseudo_ratio 0.5
-    assert all((extra["tag_targets"] == -1).all() for *_, extra in online if not extra["tagged"])
-    # Task i (no pseudo masks) trains on the N1 crops as always, whatever the levers say.
-    assert all(len(item) == 3 for item in _items(training_crops(on.cfg, on, None)))
-    with pytest.raises(ValueError, match="grid crop tags"):
-        training_crops(on.cfg, on, pseudo)
+    run, pseudo, _ = tiny_run(data_root, tmp_path / "run")
+    items = _items(training_crops(run.cfg, run, pseudo))
+    assert all(len(item) == 3 for item in items)  # (image, mask, weight)
+    weights = [float(weight) for *_, weight in items]
+    assert weights.count(run.cfg.weak.pseudo_weight) >= len(items) // 2  # pseudo_ratio 0.5
+    assert all(len(item) == 3 for item in _items(training_crops(run.cfg, run, None)))  # task i: N1 alone
 
 
 def _reference_training(run, stage_dir, pseudo):
-    """Task ii's segmenter as it trained before the online levers: pixel labels and pseudo masks only."""
+    """Task ii's segmenter written out by hand: pixel labels and pseudo masks, one cross-entropy."""
     from wsseg.core.checkpoint import unwrap
     from wsseg.core.train import build_optimizer, build_scheduler, weighted_cross_entropy
     from wsseg.datasets.crops import RandomCropDataset
@@ -178,45 +169,32 @@ def _reference_training(run, stage_dir, pseudo):
     return unwrap(model).state_dict(), history
 
 
-def test_levers_at_zero_train_the_same_weights_as_before(data_root, tmp_path):
+def test_task_ii_trains_the_weights_of_its_reference_loop(data_root, tmp_path):
     from wsseg.core.checkpoint import load_checkpoint
     from wsseg.pipeline.segmenter import train_segmenter
 
-    run, pseudo, tags = tiny_run(data_root, tmp_path / "run", segmenter_tag_loss=0.0, consistency_weight=0.0)
-    train_segmenter(run, tmp_path / "run" / "task_ii", pseudo_masks=pseudo, crop_tags=tags)
+    run, pseudo, _ = tiny_run(data_root, tmp_path / "run")
+    train_segmenter(run, tmp_path / "run" / "task_ii", pseudo_masks=pseudo)
     state = load_checkpoint(tmp_path / "run" / "task_ii" / "last.pt")
     reference, history = _reference_training(run, tmp_path / "reference", pseudo)
     assert state["history"][0]["train_loss"] == history[0]["train_loss"]
-    assert not {"train_tag", "train_consistency"} & set(state["history"][0])
     assert state["model"].keys() == reference.keys()
     for key, value in reference.items():
         assert torch.equal(state["model"][key], value), key
 
 
-def test_idle_consistency_is_a_warning(caplog):
-    from wsseg.pipeline.segmenter import warn_if_consistency_idle
-
-    warn_if_consistency_idle([{"epoch": 1, "train_consistency_pixels_used": 0.0},
-                              {"epoch": 2, "train_consistency_pixels_used": 0.2}], 0.95)
-    assert "used no pixel in epoch(s) 1:" in caplog.text and "0.95" in caplog.text
-
-
 @pytest.mark.parametrize("weak, message", [
-    ({"segmenter_tag_loss": -0.1}, "weak.segmenter_tag_loss must be at least 0"),
-    ({"consistency_weight": -1}, "weak.consistency_weight must be at least 0"),
-    ({"consistency_threshold": 0.0}, r"weak.consistency_threshold must be in \(0, 1\]"),
-    ({"consistency_threshold": 1.5}, r"weak.consistency_threshold must be in \(0, 1\]"),
     ({"rounds": 0}, "weak.rounds must be at least 1"),
     ({"rounds": 2}, "set weak.pseudo.segmenter_weight > 0"),
     ({"single_stage": {"reject_background_below_recall": 1.5}}, "reject_background_below_recall must be in"),
 ])
-def test_online_lever_settings_are_checked(weak, message):
+def test_task_ii_settings_are_checked(weak, message):
     from wsseg.core.config import ConfigError
     from wsseg.pipeline.data import check_config
 
     with pytest.raises(ConfigError, match=message):
         check_config(config_from_dict({"weak": weak}))
-    check_config(config_from_dict({"weak": {"consistency_threshold": 1.0, "segmenter_tag_loss": 0.0}}))
+    check_config(config_from_dict({"weak": {"mode": "online"}}))
     check_config(config_from_dict({"weak": {"rounds": 2, "pseudo": {"segmenter_weight": 0.5}}}))
 
 

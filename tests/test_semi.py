@@ -139,6 +139,31 @@ def test_the_unlabelled_loss_ramps_up_and_learns_the_teachers_confident_class(te
     assert scalars["labelled"] == pytest.approx(-torch.log_softmax(model.bias.detach(), 0)[1].item(), rel=1e-4)
 
 
+def test_the_tags_veto_the_teachers_confident_class_and_travel_with_cutmix():
+    """Task ii online: the teacher is sure of class 0 everywhere; crop 0's tags rule class 0 out,
+    crop 1's rule class 1 out. Crop 0's targets become class 1 (its only allowed class, at
+    probability 1), crop 1's stay class 0, and the box of crop 1 pasted into crop 0 brings class
+    0 with it."""
+    from wsseg.datasets.tags import TAG_NEGATIVE, TAG_UNKNOWN
+    from wsseg.pipeline.semi import build_teacher, semi_loss
+
+    cfg = config_from_dict({"semi": {"rampup": 0.0, "cutmix_p": 1.0}})
+    model = Constant()
+    loss_fn = semi_loss(cfg, FakeStage(), build_teacher(cfg, model), None, IGNORE_INDEX, progress=lambda: 1.0)
+    images, masks, weights, views = toy_batch()  # crop 0 gets a 4×4 box of crop 1, of its 8×8 pixels
+    views["tag_targets"] = torch.tensor([[TAG_NEGATIVE, TAG_UNKNOWN], [TAG_UNKNOWN, TAG_NEGATIVE]], dtype=torch.int8)
+    _, scalars = loss_fn(model, (images, masks, weights, views), 0)
+    assert scalars["confident_pixels"] == 1.0
+    nll = -torch.log_softmax(model.bias.detach(), 0)
+    class_1_pixels = 64 - 16  # crop 0 outside its box
+    expected = (class_1_pixels * nll[1] + (128 - class_1_pixels) * nll[0]) / 128
+    assert scalars["strong"] == pytest.approx(expected.item(), rel=1e-4)
+    # Without tags every pixel learns the teacher's class 0.
+    del views["tag_targets"]
+    _, untagged = loss_fn(model, (images, masks, weights, views), 0)
+    assert untagged["strong"] == pytest.approx(nll[0].item(), rel=1e-4)
+
+
 def test_feature_perturbation_adds_a_term_on_the_weak_views():
     from wsseg.pipeline.semi import build_teacher, semi_loss
 

@@ -240,7 +240,8 @@ class PseudoMaskConfig:
 
 @dataclass
 class WeakConfig:
-    """Task ii: crop tags on the N2 tiles → single-stage model → pseudo masks → segmenter."""
+    """Task ii: crop tags on the N2 tiles → single-stage model → pseudo masks → segmenter (`mode:
+    offline`), or the N2 crops learnt online under their tags (`mode: online`)."""
 
     # "grid": each N1/N2 tile is cut into `tag_crop_px` cells, each tagged with its classes;
     # "image": one tag set per tile, for the whole image, which is what VOC-style weak
@@ -273,19 +274,12 @@ class WeakConfig:
     # task ii segmenter fused in place of task i's (needs weak.pseudo.segmenter_weight > 0) and
     # trains a new task ii segmenter on them, in round_<r>/; the last round is task ii's result.
     rounds: int = 1
-    # Task ii's segmenter learning from the N2 images online, on top of the pseudo masks (0 = off;
-    # task i and the oracle, which train on no N2 crop tags, ignore both). `segmenter_tag_loss`:
-    # weight of a multi-label loss on the segmenter's class scores pooled as the single-stage model
-    # pools its own (nGWP), with each random crop's classes read off the grid tags: present if a
-    # grid cell inside the crop is tagged with it (needs train.crop_px >= tag_crop_px), absent if
-    # no cell overlapping the crop is, else left out. With `tags: image` the one cell is the whole
-    # image: a crop smaller than its tile learns only the classes absent from the image.
-    segmenter_tag_loss: float = 0.0
-    # Weight of weak-to-strong consistency (FixMatch / UniMatch): the detached prediction on a crop,
-    # with the classes its tags make absent removed, is the target of a colour-jittered, cut-out
-    # copy of the crop wherever its probability reaches `consistency_threshold`, in (0, 1].
-    consistency_weight: float = 0.0
-    consistency_threshold: float = 0.9
+    # How task ii learns from the N2 images. "offline": the single-stage model's pseudo masks are
+    # N2's labels. "online": the semi arm's weak-to-strong consistency (`semi.*`), with the
+    # teacher's prediction on each N2 crop restricted to the classes its tags allow before the
+    # confidence bar; no single-stage model, no pseudo masks; task ii minus semi is then exactly
+    # what the tags bought.
+    mode: Literal["offline", "online"] = "offline"
 
 
 @dataclass

@@ -88,10 +88,9 @@ def random_resized_box(height: int, width: int, rng: np.random.Generator, scale=
     return 0, 0, height, width
 
 
-# The strong view of weak-to-strong consistency (FixMatch, UniMatch), photometric only so that a
-# prediction on the weak view stays its pixel-aligned target: UniMatch's stronger colour jitter,
-# applied to 80 % of the crops, then one rectangle of RandomErasing's sizes filled with noise
-# (UniMatch's cutout). The erased pixels keep their target: the model must infer them from around.
+# The strong views of weak-to-strong consistency (FixMatch, UniMatch) are photometric, so that a
+# prediction on the weak view stays their pixel-aligned target: UniMatch's stronger colour
+# jitter, on 80 % of the crops; CutMix boxes of RandomErasing's sizes and shapes.
 STRONG_COLOUR_JITTER = (0.5, 0.5, 0.5, 0.25)
 STRONG_COLOUR_P = 0.8
 CUTOUT_SCALE = (0.02, 0.4)
@@ -110,19 +109,6 @@ def random_cutout_box(height: int, width: int, rng: np.random.Generator, scale=C
         if 0 < h < height and 0 < w < width:
             return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
     return None
-
-
-def strong_photometric(image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-    """A strongly augmented copy of a float 3×H×W image in [0, 1] whose pixels stay where they are."""
-    strong = tv_tensors.Image(image.clone())
-    if rng.random() < STRONG_COLOUR_P:
-        strong = random_colour_jitter(strong, rng, STRONG_COLOUR_JITTER)
-    box = random_cutout_box(image.shape[-2], image.shape[-1], rng)
-    if box is not None:
-        top, left, h, w = box
-        noise = torch.from_numpy(rng.random((image.shape[0], h, w), dtype=np.float32))
-        strong = F.erase(strong, top, left, h, w, noise)
-    return strong.as_subclass(torch.Tensor).clamp_(0.0, 1.0).contiguous()
 
 
 # The strong view of the tag-free semi-supervised arm, UniMatch's (Yang et al. 2023): its colour

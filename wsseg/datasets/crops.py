@@ -25,10 +25,10 @@ from torchvision import tv_tensors
 from torchvision.transforms import InterpolationMode
 
 from wsseg.datasets.augment import (OVERHEAD, augmentation_set, random_colour_jitter, random_dihedral,
-                                    random_resized_box, strong_photometric)
+                                    random_resized_box)
 from wsseg.datasets.base import IGNORE_INDEX, DatasetError, TileSource
 from wsseg.datasets.colour import check_indices, image_size, read_index_png
-from wsseg.datasets.tags import TAG_UNKNOWN, CropTag, TagGrid, tag_vector
+from wsseg.datasets.tags import CropTag, tag_vector
 
 DEFAULT_CACHE_BYTES = 1 << 30
 
@@ -229,45 +229,6 @@ class RandomCropDataset(Dataset):
             image_t = random_colour_jitter(image_t, rng, self.colour_jitter)
         window = (tile_id, y, x, self.crop_px, self.crop_px)
         return _as_float_image(image_t), _as_long_mask(mask_t), window, rng
-
-
-class OnlineCrops(Dataset):
-    """`RandomCropDataset` crops with what task ii's online losses need →
-    (image, mask, {"tag_targets": int8 K, "tagged": bool[, "strong": 3×h×w]}).
-
-    `tag_grid`: the grid tags of the crops' tiles, read per window (`TagGrid.window_targets`);
-    None for pixel-labelled crops, whose targets are all unknown and which are not `tagged`.
-    `strong`: add a strongly augmented copy of each tagged crop (`augment.strong_photometric`),
-    drawn after the crop's own draws, so that image and mask are those of the plain dataset; an
-    untagged crop repeats its image there (the batch needs the key, the losses skip the copy).
-    """
-
-    def __init__(self, crops: RandomCropDataset, num_classes: int, tag_grid: TagGrid | None = None,
-                 strong: bool = False):
-        if tag_grid is not None:
-            missing = sorted(set(crops.tile_ids) - set(tag_grid.tile_ids))
-            if missing:
-                raise DatasetError(f"OnlineCrops: no grid crop tags for tiles {missing}")
-        self.crops, self.num_classes, self.tag_grid, self.strong = crops, int(num_classes), tag_grid, strong
-
-    def __len__(self) -> int:
-        return len(self.crops)
-
-    def tile_id_of(self, index: int) -> str:
-        return self.crops.tile_id_of(index)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.crops.set_epoch(epoch)
-
-    def __getitem__(self, index: int):
-        image, mask, window, rng = self.crops.sample(index)
-        tagged = self.tag_grid is not None
-        targets = (self.tag_grid.window_targets(*window) if tagged
-                   else np.full(self.num_classes, TAG_UNKNOWN, dtype=np.int8))
-        online = {"tag_targets": torch.from_numpy(targets), "tagged": tagged}
-        if self.strong:
-            online["strong"] = strong_photometric(image, rng) if tagged else image
-        return image, mask, online
 
 
 class TaggedCropDataset(Dataset):

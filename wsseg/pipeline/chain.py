@@ -3,6 +3,7 @@
     prepare_run         dataset on disk → TileSource, split.json          (pipeline.data)
     train_segmenter     N1 pixel labels (+ N2 pseudo masks in task ii) → segmenter → test metrics
     train_single_stage  N1 + N2 crop tags → single-stage weakly supervised model      (task ii)
+                        (`weak.mode: offline`; online, task ii learns as semi does, under the tags)
     make_pseudo_masks   single-stage model → PAMR → CRF → thresholds → N2 pseudo masks (task ii);
                         a constant background that never wins there → retrained with it learned
     initial_segmenter   zoom-out only: sampled hypercolumns → FC classifier → 1×1 convs, where
@@ -83,12 +84,10 @@ def run_semi(run: Run) -> dict:
     if (done := _stage_done(stage_dir)) is not None:
         log.info(f"semi already finished in {stage_dir}: mIoU {done['miou']:.4f}")
         return done
-    if run.cfg.train.max_minutes is not None and _stage_done(run.run_dir / "task_i") is None:
-        log.info("semi trains as many epochs as task i within train.max_minutes: running task i first")
-        run_task_i(run)
+    _task_i_first_under_a_budget(run, "semi")
     started = time.monotonic()
     metrics = train_segmenter(run, stage_dir, title="Semi: N1 pixel labels + N2 images without tags",
-                              init_checkpoint=initial_segmenter(run), epochs=epochs_of_task_i(run), unlabelled=True)
+                              init_checkpoint=initial_segmenter(run), epochs=epochs_of_task_i(run), online=True)
     log.info(f"semi: test mIoU {metrics.get('miou', float('nan')):.4f}")
     return _finish_stage(run, stage_dir, metrics, started)
 
@@ -109,10 +108,13 @@ def round_dir(run_dir: Path, round_number: int) -> Path:
     return run_dir if round_number == 1 else run_dir / f"round_{round_number}"
 
 
-def run_task_ii(run: Run) -> tuple[dict, dict]:
-    """Task ii's metrics and the quality report of its pseudo masks (of the last round)."""
+def run_task_ii(run: Run) -> tuple[dict, dict | None]:
+    """Task ii's metrics and the quality report of its pseudo masks (of the last round; None in
+    `weak.mode: online`, which makes none)."""
     cfg, run_dir = run.cfg, run.run_dir
     crop_tags = crop_tags_of(run)
+    if cfg.weak.mode == "online":
+        return _online_task_ii(run, crop_tags), None
     task_i_best = run_dir / "task_i" / "best.pt"
     if (cfg.weak.pseudo.segmenter_weight > 0 or cfg.weak.init_from_task_i) and _stage_done(run_dir / "task_i") is None:
         log.info("task ii uses task i's segmenter (weak.pseudo.segmenter_weight or weak.init_from_task_i): "
@@ -136,6 +138,30 @@ def run_task_ii(run: Run) -> tuple[dict, dict]:
     return metrics, quality
 
 
+def _online_task_ii(run: Run, crop_tags) -> dict:
+    """Task ii as the semi arm learns, each N2 crop's targets restricted by its tags: no
+    single-stage model, no pseudo masks."""
+    stage_dir = run.run_dir / "task_ii"
+    if (done := _stage_done(stage_dir)) is not None:
+        log.info(f"task ii already finished in {stage_dir}: mIoU {done['miou']:.4f}")
+        return done
+    _task_i_first_under_a_budget(run, "task ii")
+    started = time.monotonic()
+    metrics = train_segmenter(run, stage_dir, title="Task ii: N1 pixel labels + N2 images under their tags (online)",
+                              init_checkpoint=initial_segmenter(run), epochs=epochs_of_task_i(run), online=True,
+                              crop_tags=crop_tags)
+    log.info(f"task ii: test mIoU {metrics.get('miou', float('nan')):.4f}")
+    return _finish_stage(run, stage_dir, metrics, started)
+
+
+def _task_i_first_under_a_budget(run: Run, what: str) -> None:
+    """Under `train.max_minutes` task i's epochs are known only once it has run: run it first,
+    so that `what` trains as many."""
+    if run.cfg.train.max_minutes is not None and _stage_done(run.run_dir / "task_i") is None:
+        log.info(f"{what} trains as many epochs as task i within train.max_minutes: running task i first")
+        run_task_i(run)
+
+
 def _task_ii_round(run: Run, crop_tags, folder: Path, fusion_segmenter: Path | None, task_i_best: Path,
                    title: str) -> tuple[dict, dict]:
     pm_dir, stage_dir = folder / "pseudo_masks", folder / "task_ii"
@@ -149,7 +175,7 @@ def _task_ii_round(run: Run, crop_tags, folder: Path, fusion_segmenter: Path | N
     init = task_i_best if run.cfg.weak.init_from_task_i else initial_segmenter(run)
     started = time.monotonic()
     metrics = train_segmenter(run, stage_dir, pseudo_masks={t: pm_dir / f"{t}.png" for t in run.split.tagged},
-                              init_checkpoint=init, title=title, crop_tags=crop_tags, epochs=epochs_of_task_i(run))
+                              init_checkpoint=init, title=title, epochs=epochs_of_task_i(run))
     log.info(f"{stage_dir.relative_to(run.run_dir)}: test mIoU {metrics.get('miou', float('nan')):.4f}")
     return _finish_stage(run, stage_dir, metrics, started), quality
 
@@ -290,10 +316,8 @@ def _run_arms(cfg: Config, arms: tuple[str, ...], run_dir: Path, resume: bool, d
     results, quality = {}, None
     if "i" in arms:
         results["i"] = run_task_i(run)
-    elif cfg.train.max_minutes is not None and _stage_done(run_dir / "task_i") is None:
-        # A time budget makes task i's epochs known only once it has run; the other arms train as many.
-        log.info(f"{', '.join(arms)} train as many epochs as task i within train.max_minutes: running task i first")
-        run_task_i(run)
+    else:
+        _task_i_first_under_a_budget(run, ", ".join(arms))
     if "semi" in arms:
         results["semi"] = run_semi(run)
     if "ii" in arms:
@@ -304,8 +328,8 @@ def _run_arms(cfg: Config, arms: tuple[str, ...], run_dir: Path, resume: bool, d
     if not dist.is_main or not {"i", "ii"} <= set(arms):
         return outcome
     classes = run.source.classes
-    samples = pseudo_mask_samples(run.source, run.split, round_dir(run_dir, cfg.weak.rounds) / "pseudo_masks",
-                                  cfg.eval.num_triptychs)
+    samples = [] if quality is None else pseudo_mask_samples(
+        run.source, run.split, round_dir(run_dir, cfg.weak.rounds) / "pseudo_masks", cfg.eval.num_triptychs)
     outcome["comparison"] = write_comparison_report(run_dir, results["i"], results["ii"], quality, classes.names,
                                                     classes.palette, samples, oracle=results.get("oracle"),
                                                     semi=results.get("semi"))

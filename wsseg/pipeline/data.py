@@ -303,11 +303,6 @@ def check_config(cfg: Config, source: TileSource | None = None, weak: bool = Tru
     if cfg.weak.pseudo.unreliable_to_segmenter and cfg.weak.pseudo.segmenter_weight == 0:
         raise ConfigError("weak.pseudo.unreliable_to_segmenter hands a class to task i's segmenter, which takes part "
                           "only with weak.pseudo.segmenter_weight > 0")
-    for key in ("segmenter_tag_loss", "consistency_weight"):
-        if getattr(cfg.weak, key) < 0.0:
-            raise ConfigError(f"weak.{key} must be at least 0 (0 = off), got {getattr(cfg.weak, key)}")
-    if not 0.0 < cfg.weak.consistency_threshold <= 1.0:
-        raise ConfigError(f"weak.consistency_threshold must be in (0, 1], got {cfg.weak.consistency_threshold}")
     _check_semi(cfg)
     if source is None:
         return

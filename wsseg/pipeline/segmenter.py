@@ -1,11 +1,9 @@
 """The segmenter stage: train on N1 pixel labels (plus N2 pseudo masks in task ii), optionally
 fine-tune on N1 alone, and evaluate the best checkpoint on the test tiles with the full report.
 
-Task ii can also learn from the N2 images online, with their grid crop tags as a hard constraint
-(`weak.segmenter_tag_loss`, `weak.consistency_weight`): a tag loss on the pooled logits of each
-N2 crop (`models.tag_loss`), and weak-to-strong consistency on the N2 crops
-(`pseudo_labels.consistency`). Both are off by default, and then the batches and the loss are
-the pixel-label ones alone.
+With `online`, every N1 batch is paired with as many N2 crops learnt by weak-to-strong
+consistency (`pipeline.semi`): without their tags (the semi arm) or restricted by them (task ii
+with `weak.mode: online`).
 """
 
 from __future__ import annotations
@@ -29,16 +27,14 @@ from wsseg.core.precision import resolve_precision
 from wsseg.core.report import write_report
 from wsseg.core.stage import Stage
 from wsseg.core.train import build_optimizer, build_scheduler, weighted_cross_entropy
-from wsseg.datasets.base import IGNORE_INDEX, TileSource, printable
+from wsseg.datasets.base import TileSource, printable
 from wsseg.datasets.colour import encode_colour_mask
-from wsseg.datasets.crops import OnlineCrops, RandomCropDataset
+from wsseg.datasets.crops import RandomCropDataset
 from wsseg.datasets.tags import CropTag, TagGrid
 from wsseg.models import build_segmenter, load_encoder_weights, parameter_groups, untrained_options
-from wsseg.models.tag_loss import partial_tag_loss
 from wsseg.pipeline.data import Run, encoder_weights_file
 from wsseg.pipeline.release import initialise_from, resolve_checkpoint
 from wsseg.pipeline.semi import build_teacher, semi_crops, semi_loss
-from wsseg.pseudo_labels.consistency import consistency_loss, consistency_targets
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +42,7 @@ log = logging.getLogger(__name__)
 class WeightedCrops(Dataset):
     """Crops with a loss weight per sample: 1 for real labels, `pseudo_weight` for pseudo masks.
 
-    (image, mask) → (image, mask, weight); what the crops give after the mask (`OnlineCrops`'
-    dict) follows the weight."""
+    (image, mask) → (image, mask, weight)."""
 
     def __init__(self, crops: Dataset, weight: float):
         self.crops, self.weight = crops, weight
@@ -59,8 +54,8 @@ class WeightedCrops(Dataset):
         return self.crops.tile_id_of(index)
 
     def __getitem__(self, index):
-        image, mask, *online = self.crops[index]
-        return image, mask, torch.tensor(self.weight, dtype=torch.float32), *online
+        image, mask = self.crops[index]
+        return image, mask, torch.tensor(self.weight, dtype=torch.float32)
 
     def set_epoch(self, epoch: int) -> None:
         if hasattr(self.crops, "set_epoch"):
@@ -77,18 +72,9 @@ class EpochConcat(ConcatDataset):
         return self.datasets[part].tile_id_of(index - (self.cumulative_sizes[part - 1] if part else 0))
 
 
-def online_levers(cfg: Config) -> bool:
-    """Whether task ii learns from the N2 crops online (`weak.segmenter_tag_loss`, `weak.consistency_weight`)."""
-    return cfg.weak.segmenter_tag_loss > 0 or cfg.weak.consistency_weight > 0
-
-
-def training_crops(cfg: Config, run: Run, pseudo_masks: dict[str, Path] | None, oracle: bool = False,
-                   crop_tags: Sequence[CropTag] | None = None) -> Dataset:
+def training_crops(cfg: Config, run: Run, pseudo_masks: dict[str, Path] | None, oracle: bool = False) -> Dataset:
     """An epoch of N1 crops, with a `weak.pseudo_ratio` share of N2 crops: labelled by the pseudo
-    masks when given, or by the true N2 labels for the `oracle` (experiments only).
-
-    With the pseudo masks and an online lever on, every crop also carries `OnlineCrops`' dict:
-    the N2 crops their targets from the grid `crop_tags`, the N1 crops none."""
+    masks when given, or by the true N2 labels for the `oracle` (experiments only)."""
     source, split = run.source, run.split
     n1 = cfg.train.iters_per_epoch * cfg.train.batch_size
     n_pseudo = 0
@@ -104,8 +90,6 @@ def training_crops(cfg: Config, run: Run, pseudo_masks: dict[str, Path] | None, 
         parts.append(WeightedCrops(RandomCropDataset(source, split.tagged, cfg.train.crop_px, n_pseudo,
                                                      augment=cfg.train.augment, label_override=pseudo_masks,
                                                      seed=cfg.train.seed + 1), cfg.weak.pseudo_weight))
-        if online_levers(cfg):
-            return _with_online_targets(cfg, run, parts, crop_tags)
     elif oracle:
         check_oracle_labels(run)
         parts.append(WeightedCrops(RandomCropDataset(source, split.tagged, cfg.train.crop_px, n_pseudo,
@@ -120,20 +104,6 @@ def check_oracle_labels(run: Run) -> None:
     if unlabelled:
         raise ValueError(f"the oracle needs the N2 pixel labels, and {len(unlabelled)} N2 tile(s) have none "
                          f"(first: {unlabelled[0]!r}): leave out --oracle for images tagged without a mask")
-
-
-def _with_online_targets(cfg: Config, run: Run, parts: list[WeightedCrops],
-                         crop_tags: Sequence[CropTag] | None) -> Dataset:
-    """Task ii's N1 and N2 `parts` with the online levers: the same crops, each with its `OnlineCrops` dict."""
-    if crop_tags is None:
-        raise ValueError("weak.segmenter_tag_loss / weak.consistency_weight need the grid crop tags of the N2 tiles")
-    num_classes = run.source.classes.num_classes
-    tagged = set(run.split.tagged)
-    grid = TagGrid([tag for tag in crop_tags if tag.tile_id in tagged], num_classes)
-    strong = cfg.weak.consistency_weight > 0
-    n1, n2 = parts
-    return EpochConcat([WeightedCrops(OnlineCrops(n1.crops, num_classes, strong=strong), n1.weight),
-                        WeightedCrops(OnlineCrops(n2.crops, num_classes, grid, strong=strong), n2.weight)])
 
 
 def n2_per_batch(cfg: Config) -> int:
@@ -205,12 +175,11 @@ def load_segmenter(cfg: Config, num_classes: int, checkpoint: Path | dict, devic
 
 def train_segmenter(run: Run, stage_dir: Path, *, pseudo_masks: dict[str, Path] | None = None,
                     oracle: bool = False, init_checkpoint: Path | None = None, title: str = "Task i",
-                    crop_tags: Sequence[CropTag] | None = None, epochs: int | None = None,
-                    unlabelled: bool = False) -> dict:
+                    epochs: int | None = None, online: bool = False,
+                    crop_tags: Sequence[CropTag] | None = None) -> dict:
     """Train a segmenter on N1 (plus N2 pseudo masks when given, or N2's true labels for the
-    `oracle`, or N2's images without labels or tags for the semi-supervised arm, `unlabelled`);
-    evaluate the best one on test. `crop_tags` (grid tags of the N2 tiles at least) feed the
-    online levers of task ii, which only a run with pseudo masks uses.
+    `oracle`, or, `online`, N2's images by weak-to-strong consistency: without their tags for the
+    semi arm, restricted by `crop_tags` for task ii's online mode); evaluate the best one on test.
 
     `epochs`: exactly that many (task ii and the oracle train as many as task i did); by default
     `train.epochs`, or as many of them as fit in `train.max_minutes`. The test metrics say how many
@@ -219,14 +188,15 @@ def train_segmenter(run: Run, stage_dir: Path, *, pseudo_masks: dict[str, Path] 
     max_minutes = cfg.train.max_minutes if epochs is None else None
     epochs = cfg.train.epochs if epochs is None else epochs
     classes = source.classes
-    online = bool(pseudo_masks) and online_levers(cfg)
-    _log_online_levers(cfg, stage_dir.name, online)
     with run.stage(stage_dir, cfg.train.precision, cfg.train.channels_last) as stage:
         mixed = bool(pseudo_masks) or oracle
         extra = n2_per_batch(cfg) if mixed and cfg.weak.pseudo_mode == "extra" else 0
         batch_size = cfg.train.batch_size + extra
-        crops = training_crops(cfg, run, pseudo_masks, oracle, crop_tags)
-        loader = stage.loader(semi_crops(cfg, run, crops) if unlabelled else crops, batch_size)
+        crops = training_crops(cfg, run, pseudo_masks, oracle)
+        tagged = set(split.tagged)
+        tag_grid = (TagGrid([t for t in crop_tags if t.tile_id in tagged], classes.num_classes)
+                    if online and crop_tags is not None else None)
+        loader = stage.loader(semi_crops(cfg, run, crops, tag_grid) if online else crops, batch_size)
 
         # A model that starts from trained weights needs no ImageNet weights to overwrite.
         model = build_model(cfg, classes.num_classes, pretrained=init_checkpoint is None and not cfg.model.init_from)
@@ -244,13 +214,10 @@ def train_segmenter(run: Run, stage_dir: Path, *, pseudo_masks: dict[str, Path] 
         if weights is not None:
             log.info("class weights: %s", ", ".join(f"{n} {w:.2f}" for n, w in zip(classes.names, weights.tolist())))
 
-        teacher = build_teacher(cfg, model) if unlabelled else None
+        teacher = build_teacher(cfg, model) if online else None
 
         def compute_loss(model, batch, epoch):
-            images, masks, sample_weights, *online_targets = batch
-            if online_targets:
-                return online_loss(cfg, stage, model, images, masks, sample_weights, online_targets[0], weights,
-                                   classes.ignore_index)
+            images, masks, sample_weights = batch
             logits = model(stage.images_to_device(images))
             masks = stage.to_device(masks)
             pixel_weights = stage.to_device(sample_weights)[:, None, None].expand_as(masks)
@@ -261,7 +228,7 @@ def train_segmenter(run: Run, stage_dir: Path, *, pseudo_masks: dict[str, Path] 
                                     cfg.train.rmsprop_alpha)
         scheduler = build_scheduler(optimizer, cfg.train.schedule, epochs * len(loader), len(loader),
                                     cfg.train.poly_power, cfg.train.step_epochs, cfg.train.step_gamma)
-        if unlabelled:
+        if online:
             compute_loss = semi_loss(cfg, stage, teacher, weights, classes.ignore_index,
                                      progress=lambda: scheduler.last_epoch / max(1, epochs * len(loader)))
 
@@ -270,74 +237,10 @@ def train_segmenter(run: Run, stage_dir: Path, *, pseudo_masks: dict[str, Path] 
                             validate_every=cfg.eval.every_epochs, max_minutes=max_minutes,
                             companions={"teacher": teacher} if teacher is not None else None)
         epochs_trained = len(history)
-        if online:
-            warn_if_consistency_idle(history, cfg.weak.consistency_threshold)
         if cfg.weak.finetune_epochs and pseudo_masks:
             history += _finetune_on_labels(run, stage, model, compute_loss, validate)
     return evaluate_checkpoint(run, stage_dir, stage_dir / "best.pt", history, title=title,
                                train_tile_ids=split.labelled, epochs_trained=epochs_trained)
-
-
-def _log_online_levers(cfg: Config, stage_name: str, online: bool) -> None:
-    weak = cfg.weak
-    if not online:
-        if online_levers(cfg):
-            log.info(f"{stage_name}: weak.segmenter_tag_loss and weak.consistency_weight act on task ii's N2 crops "
-                     f"only: not used here")
-        return
-    log.info(f"{stage_name}: online on the N2 crops: tag loss × {weak.segmenter_tag_loss}, consistency × "
-             f"{weak.consistency_weight} (threshold {weak.consistency_threshold})")
-    if weak.segmenter_tag_loss > 0 and weak.tags == "image":
-        log.info(f"{stage_name}: with image-level tags a crop smaller than its tile holds no whole tagged cell: "
-                 f"the tag loss knows the classes absent from the image only")
-    elif weak.segmenter_tag_loss > 0 and cfg.train.crop_px < weak.tag_crop_px:
-        log.info(f"{stage_name}: no {weak.tag_crop_px} px grid cell fits in a {cfg.train.crop_px} px crop: the tag "
-                 f"loss knows absent classes only")
-    if weak.tag_min_fraction > 0:
-        log.warning(f"{stage_name}: weak.tag_min_fraction {weak.tag_min_fraction} drops rare classes from the "
-                    f"grid tags, so a class 'absent' from them may be in a crop")
-
-
-def online_loss(cfg: Config, stage: Stage, model, images, masks, sample_weights, online: dict,
-                class_weights: torch.Tensor | None, ignore_index: int) -> tuple[torch.Tensor, dict]:
-    """The pixel-label loss of a task ii batch plus the online terms of its N2 crops, and their scalars.
-
-    One forward pass takes the crops and the strong copies of the N2 crops together, as FixMatch
-    does, so that BatchNorm normalises both with one set of batch statistics. The weak prediction
-    that sets the consistency targets is that pass's output, detached: in train mode, dropout
-    included, and the strong copies move the BatchNorm running statistics too.
-    """
-    weak = cfg.weak
-    tagged = online["tagged"]
-    strong = weak.consistency_weight > 0 and bool(tagged.any())
-    inputs = torch.cat([images, online["strong"][tagged]]) if strong else images
-    all_logits = model(stage.images_to_device(inputs))
-    logits = all_logits[:len(images)]
-    masks = stage.to_device(masks)
-    pixel_weights = stage.to_device(sample_weights)[:, None, None].expand_as(masks)
-    loss = weighted_cross_entropy(logits, masks, class_weights, pixel_weights, ignore_index)
-    scalars = {}
-    on_device = stage.to_device(tagged)
-    tag_targets = stage.to_device(online["tag_targets"])[on_device]
-    if weak.segmenter_tag_loss > 0 and bool(tagged.any()):
-        loss_tag = partial_tag_loss(logits[on_device], tag_targets)
-        loss = loss + weak.segmenter_tag_loss * loss_tag
-        scalars["tag"] = loss_tag.item()
-    if strong:
-        targets = consistency_targets(logits[on_device], tag_targets, weak.consistency_threshold)
-        loss_consistency = consistency_loss(all_logits[len(images):], targets)
-        loss = loss + weak.consistency_weight * loss_consistency
-        scalars.update({"consistency": loss_consistency.item(),
-                        "consistency_pixels_used": (targets != IGNORE_INDEX).float().mean().item()})
-    return loss, scalars
-
-
-def warn_if_consistency_idle(history: list[dict], threshold: float) -> None:
-    """A consistency loss with no confident pixel is a silent no-op: say so."""
-    idle = [row["epoch"] for row in history if row.get("train_consistency_pixels_used") == 0.0]
-    if idle:
-        log.warning(f"segmenter: the consistency loss used no pixel in epoch(s) {', '.join(map(str, idle))}: no "
-                    f"prediction reached weak.consistency_threshold {threshold}")
 
 
 def _validation(run: Run, stage: Stage):

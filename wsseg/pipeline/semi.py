@@ -1,7 +1,8 @@
 """The tag-free semi-supervised arm (`--task semi`): task i's segmenter, steps and N1 batches,
 plus as many N2 crops per batch learnt without their tags by weak-to-strong consistency
 (FixMatch, Sohn et al. 2020; UniMatch, Yang et al. CVPR 2023). It answers the question a user
-with tags has to ask: would the N2 images have helped as much without them?
+with tags has to ask: would the N2 images have helped as much without them? Task ii's online
+mode (`weak.mode: online`) is the same training with each N2 crop's tags restricting its targets.
 
 Per step: a teacher predicts each N2 crop's weak view (no gradient, in the stage's precision);
 where its confidence reaches `semi.threshold` its class is the target of the crop's strong view,
@@ -27,17 +28,18 @@ from wsseg.core.config import Config
 from wsseg.core.stage import Stage
 from wsseg.core.train import weighted_cross_entropy
 from wsseg.datasets.crops import RandomCropDataset
+from wsseg.datasets.tags import TagGrid
 from wsseg.datasets.unlabelled import PairedCrops, UnlabelledViews
 from wsseg.pipeline.data import Run
 from wsseg.pseudo_labels.consistency import consistency_loss, consistency_targets, paste_boxes
 
 
-def semi_crops(cfg: Config, run: Run, labelled: Dataset) -> PairedCrops:
+def semi_crops(cfg: Config, run: Run, labelled: Dataset, tag_grid: TagGrid | None = None) -> PairedCrops:
     """Task i's crops `labelled`, each paired with a crop of an N2 image, whose labels (if it has
-    any) are never read."""
+    any) are never read; with what `tag_grid` says of its window when given (task ii online)."""
     unlabelled = RandomCropDataset(run.source, run.split.tagged, cfg.train.crop_px, len(labelled),
                                    augment=cfg.train.augment, seed=cfg.train.seed + 2, images_only=True)
-    return PairedCrops(labelled, UnlabelledViews(unlabelled, cfg.semi.cutmix_p))
+    return PairedCrops(labelled, UnlabelledViews(unlabelled, cfg.semi.cutmix_p, tag_grid))
 
 
 def build_teacher(cfg: Config, model: torch.nn.Module) -> AveragedModel | None:
@@ -85,7 +87,13 @@ def semi_loss(cfg: Config, stage: Stage, teacher: AveragedModel | None, class_we
                 weak_logits = teacher(weak)
             else:
                 weak_logits = model(weak)
-        targets = consistency_targets(weak_logits, None, semi.threshold, ignore_index)
+        # Task ii online: the classes a crop's tags rule out get probability 0 before the bar, so
+        # the tags veto the teacher's confident mistakes; CutMix then moves each crop's vetted
+        # targets with its pixels.
+        tag_targets = views.get("tag_targets")
+        if tag_targets is not None:
+            tag_targets = stage.to_device(tag_targets)
+        targets = consistency_targets(weak_logits, tag_targets, semi.threshold, ignore_index)
         mixed_targets = paste_boxes(targets, boxes)
         # The N1 crops go through as in task i (with the weak views for the feature perturbation,
         # as UniMatch pairs them); the strong views in a pass of their own whose batch statistics

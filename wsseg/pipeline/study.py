@@ -130,18 +130,22 @@ def _done(stage_dir: Path) -> dict:
 
 def arm_minutes(run_dir: Path, arms: Sequence[str], rounds: int = 1) -> dict[str, dict]:
     """Wall minutes of each arm on one seed, from its stages' done.json: {arm: {"total", and for
-    task ii "weak_stage" (single-stage model and pseudo masks) and "segmenter"}}, summed over task
-    ii's rounds. A stage finished before minutes were recorded gives None."""
+    task ii "weak_stage" (single-stage model and pseudo masks; None online, where there is none)
+    and "segmenter"}}, summed over task ii's rounds. A stage finished before minutes were
+    recorded gives None."""
     minutes = {}
     for arm in arms:
         if arm != "ii":
             minutes[arm] = {"total": _done(run_dir / ARM_STAGES[arm]).get("minutes")}
             continue
         folders = [round_dir(run_dir, r) for r in range(1, rounds + 1)]
-        weak = [_done(f / "pseudo_masks").get("minutes") for f in folders]
         segmenter = [_done(f / "task_ii").get("minutes") for f in folders]
-        weak_sum = None if None in weak else sum(weak)
         segmenter_sum = None if None in segmenter else sum(segmenter)
+        if not (run_dir / "pseudo_masks").exists():  # weak.mode online: the segmenter is all of it
+            minutes[arm] = {"total": segmenter_sum, "weak_stage": None, "segmenter": segmenter_sum}
+            continue
+        weak = [_done(f / "pseudo_masks").get("minutes") for f in folders]
+        weak_sum = None if None in weak else sum(weak)
         total = None if weak_sum is None or segmenter_sum is None else weak_sum + segmenter_sum
         minutes[arm] = {"total": total, "weak_stage": weak_sum, "segmenter": segmenter_sum}
     return minutes
