@@ -102,8 +102,8 @@ class TrainConfig:
     # Learning rate of the pretrained encoder relative to `lr` (mmsegmentation's lr_mult).
     encoder_lr_mult: float = 1.0
     # auto: the faster of fp32 and bf16 (CPU with AVX512-BF16 or AMX; CUDA Ampere and later) or
-    # fp16 + GradScaler (older CUDA), timed on this model at the start of the stage and cached in
-    # the run folder (precision.json); bf16 must be 1.1× faster to be chosen.
+    # fp16 + GradScaler (older CUDA), decided once per machine and model (core.precision), so
+    # that two runs of one config on one machine compute alike.
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: bool = False
     # torch.compile every model of the run (its first steps then take longer: graphs are compiled,

@@ -9,10 +9,13 @@ size, in each candidate precision, alternating so that machine load hits both al
 16-bit one only if it is clearly faster (`MIN_SPEEDUP`): 16-bit arithmetic costs some accuracy and
 must buy something for it.
 
-The decision is cached in the run folder (`precision.json`), keyed by machine, torch, threads,
-model and input shape, so a resumed run, and the later stages of the same model, do not measure
-again. Under torchrun rank 0 measures and every process takes its decision, so all ranks
-run alike.
+A decision is made once per machine: the first run that meets a (machine, torch, threads, model,
+input shape, train/inference) times it with enough repeats to be stable (the median of
+interleaved step pairs, and 16-bit only where every pair agrees) and stores it in the machine's
+cache (`$WSSEG_CACHE/precision.json`); every later run on that machine reuses it, so two runs of
+one config always compute alike. The run folder's `precision.json` records each decision and
+where it came from, and a resumed run keeps the decisions it started with. Under torchrun rank
+0 decides and every process takes its decision, so all ranks run alike.
 
 Candidates: CPU → bf16 where the CPU has bf16 instructions (AVX512-BF16 or AMX; elsewhere bf16
 is emulated and always slower). CUDA → bf16 on Ampere and later, fp16 with a gradient scaler on
@@ -34,6 +37,7 @@ from typing import Callable
 import torch
 
 from wsseg.core.distributed import DistInfo, autocast_dtype, run_on_main
+from wsseg.core.hub import cache_dir as machine_cache_dir
 from wsseg.core.io import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -42,8 +46,9 @@ CACHE_NAME = "precision.json"
 # 16-bit must beat float32 by this factor: a smaller gain is within the timing noise of a shared
 # machine and not worth the rounding.
 MIN_SPEEDUP = 1.1
-# Timed steps per candidate after one warm-up step each (kernel choice, allocator growth).
-TIMED_STEPS = 2
+# Timed steps per candidate after one warm-up step each (kernel choice, allocator growth): with
+# two, one model was timed 1.03× in one run and 1.14× in the next on one machine.
+TIMED_STEPS = 5
 # The measurement runs on at most this many images of the batch: the speed ratio between
 # precisions hardly depends on the batch size, and the measurement should cost seconds.
 MEASURE_BATCH = 2
@@ -123,26 +128,40 @@ def _step_function(model: torch.nn.Module, images: torch.Tensor, device: torch.d
 
 
 def time_precisions(step: Callable[[str], None], candidates: list[str], timed_steps: int = TIMED_STEPS,
-                    clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
-    """The fastest of `timed_steps` steps in each candidate precision, the candidates alternating
-    step by step so that a change in machine load hits all of them alike."""
+                    clock: Callable[[], float] = time.perf_counter) -> dict[str, list[float]]:
+    """`timed_steps` step times of each candidate precision, the candidates alternating step by
+    step so that a change in machine load hits all of them alike (after one warm-up step each)."""
     for precision in candidates:
         step(precision)
-    best = {precision: float("inf") for precision in candidates}
+    times: dict[str, list[float]] = {precision: [] for precision in candidates}
     for _ in range(timed_steps):
         for precision in candidates:
             start = clock()
             step(precision)
-            best[precision] = min(best[precision], clock() - start)
-    return best
+            times[precision].append(clock() - start)
+    return times
 
 
-def choose(step_s: dict[str, float], min_speedup: float = MIN_SPEEDUP) -> str:
-    """fp32 unless a 16-bit candidate is at least `min_speedup` times faster."""
-    fastest = min(step_s, key=step_s.get)
-    if fastest != "fp32" and step_s["fp32"] >= min_speedup * step_s[fastest]:
-        return fastest
-    return "fp32"
+def choose(step_s: dict[str, list[float]], min_speedup: float = MIN_SPEEDUP) -> str:
+    """fp32 unless a 16-bit candidate is at least `min_speedup` times faster in the median of the
+    interleaved step pairs, and faster in every pair: a ratio that the noise of one repeat could
+    carry across the bar is no reason to give up float32."""
+    fast = [p for p in step_s if p != "fp32"]
+    if not fast:
+        return "fp32"
+    candidate = fast[0]
+    ratios = sorted(a / b for a, b in zip(step_s["fp32"], step_s[candidate]))
+    median = ratios[len(ratios) // 2] if len(ratios) % 2 else (ratios[len(ratios) // 2 - 1] + ratios[len(ratios) // 2]) / 2
+    return candidate if median >= min_speedup and ratios[0] > 1.0 else "fp32"
+
+
+def speedup(step_s: dict[str, list[float]], candidate: str) -> float:
+    """Median fp32 step time over the candidate's."""
+    def median(values):
+        values = sorted(values)
+        middle = len(values) // 2
+        return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
+    return median(step_s["fp32"]) / median(step_s[candidate])
 
 
 def _load_cache(path: Path) -> dict:
@@ -159,8 +178,9 @@ def _load_cache(path: Path) -> dict:
 def resolve_precision(precision: str, model: torch.nn.Module, input_shape: tuple[int, ...],
                       device: torch.device, *, cache_dir: Path | None, channels_last: bool = False,
                       training: bool = True, dist: DistInfo = DistInfo(), what: str = "model") -> str:
-    """`precision` itself unless it is "auto"; then the measured choice for `model` on inputs of
-    `input_shape` (N×C×H×W), from `cache_dir/precision.json` when it was measured before.
+    """`precision` itself unless it is "auto"; then the decision for `model` on inputs of
+    `input_shape` (N×C×H×W): the one `cache_dir/precision.json` (the run's record) holds, else the
+    machine's (`$WSSEG_CACHE/precision.json`), else measured now and stored in both.
 
     The model is not changed: the measurement runs on a copy, and the random number streams are
     restored afterwards, so a run gives the same weights whether or not it measured."""
@@ -172,28 +192,45 @@ def resolve_precision(precision: str, model: torch.nn.Module, input_shape: tuple
         return "fp32"
     shape = (min(input_shape[0], MEASURE_BATCH), *input_shape[1:])
     key = f"{machine_key(device)} | {model_key(model, shape, channels_last, training)}"
-    cache_path = cache_dir / CACHE_NAME if cache_dir is not None else None
+    run_path = cache_dir / CACHE_NAME if cache_dir is not None else None
+    machine_path = machine_cache_dir() / CACHE_NAME
 
-    def measure() -> str:
-        cache = _load_cache(cache_path) if cache_path is not None else {}
-        if key in cache and cache[key].get("choice") in ("fp32", candidate):
-            return cache[key]["choice"]
-        try:
-            step_s = _measure(model, shape, device, channels_last, training, ["fp32", candidate])
-        except RuntimeError as exc:  # an op without a 16-bit kernel on this device, say
-            log.warning(f"precision auto for {what}: fp32 ({candidate} failed to run: {exc})")
-            return "fp32"
-        choice = choose(step_s)
-        ratio = step_s["fp32"] / step_s[candidate]
-        log.info(f"precision auto for {what}: {choice} ({candidate} step {1e3 * step_s[candidate]:.0f} ms, "
-                 f"fp32 {1e3 * step_s['fp32']:.0f} ms: {ratio:.2f}×; {candidate} is kept from {MIN_SPEEDUP}×)")
-        if cache_path is not None:
-            cache[key] = {"choice": choice, "step_ms": {p: round(1e3 * s, 1) for p, s in step_s.items()},
-                          "speedup": round(ratio, 3), "load_average_1min": _load_average()}
-            atomic_write_json(cache_path, cache)
-        return choice
+    def decide() -> str:
+        run_cache = _load_cache(run_path) if run_path is not None else {}
+        if run_cache.get(key, {}).get("choice") in ("fp32", candidate):
+            return run_cache[key]["choice"]
+        machine_cache = _load_cache(machine_path)
+        entry = machine_cache.get(key)
+        if entry is not None and entry.get("choice") in ("fp32", candidate):
+            log.info(f"precision auto for {what}: {entry['choice']}, as decided on this machine before "
+                     f"({machine_path}; {candidate} {entry.get('speedup')}× fp32's speed)")
+            entry = {**entry, "source": str(machine_path)}
+        else:
+            entry = _measured_entry(model, shape, device, channels_last, training, candidate, what)
+            if entry is None:
+                return "fp32"
+            # Re-read: another run on the machine may have written its own decisions meanwhile.
+            atomic_write_json(machine_path, {**_load_cache(machine_path), key: {**entry, "source": "measured"}})
+            entry = {**entry, "source": "measured"}
+        if run_path is not None:
+            atomic_write_json(run_path, {**run_cache, key: entry})
+        return entry["choice"]
 
-    return run_on_main(measure, dist)
+    return run_on_main(decide, dist)
+
+
+def _measured_entry(model, shape, device, channels_last, training, candidate, what) -> dict | None:
+    try:
+        step_s = _measure(model, shape, device, channels_last, training, ["fp32", candidate])
+    except RuntimeError as exc:  # an op without a 16-bit kernel on this device, say
+        log.warning(f"precision auto for {what}: fp32 ({candidate} failed to run: {exc})")
+        return None
+    choice, ratio = choose(step_s), speedup(step_s, candidate)
+    log.info(f"precision auto for {what}: {choice} ({candidate} {ratio:.2f}× fp32's speed, median of "
+             f"{len(step_s['fp32'])} interleaved steps; {candidate} is kept from {MIN_SPEEDUP}× with every step "
+             f"faster), stored for later runs on this machine")
+    return {"choice": choice, "step_ms": {p: [round(1e3 * t, 1) for t in s] for p, s in step_s.items()},
+            "speedup": round(ratio, 3), "load_average_1min": _load_average()}
 
 
 def _measure(model: torch.nn.Module, shape: tuple[int, ...], device: torch.device, channels_last: bool,
