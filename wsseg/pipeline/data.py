@@ -303,6 +303,8 @@ def check_config(cfg: Config, source: TileSource | None = None, weak: bool = Tru
     if cfg.weak.pseudo.unreliable_to_segmenter and cfg.weak.pseudo.segmenter_weight == 0:
         raise ConfigError("weak.pseudo.unreliable_to_segmenter hands a class to task i's segmenter, which takes part "
                           "only with weak.pseudo.segmenter_weight > 0")
+    if cfg.weak.absent_class_weight < 0:
+        raise ConfigError(f"weak.absent_class_weight must be at least 0 (0 = off), got {cfg.weak.absent_class_weight}")
     _check_semi(cfg)
     if source is None:
         return
