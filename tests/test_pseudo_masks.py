@@ -102,18 +102,16 @@ def test_image_tags_are_predicted_at_the_training_size_with_the_aspect_kept():
     assert (probs[2] == 0).all()  # not tagged
 
 
-def test_a_dropped_class_unlabels_the_crops_tagged_with_it_when_asked():
-    from wsseg.datasets.tags import CropTag
-
+def test_a_class_below_the_precision_bar_is_unlabelled_in_the_n2_masks():
     # Calibration: road's confident labels are right 1 time in 4, so it is dropped.
     truth = np.array([[0, 0, 0, 1]], np.uint8)
     calibration = np.array([[1, 1, 1, 1]], np.uint8)
-    # An N2 tile of two 1×2 crops: the left one tagged land + road, the right one land only.
-    # Its road pixel was labelled land (wrong), its other pixels land.
-    tags = [CropTag("t", 0, 0, 1, 2, (0, 1)), CropTag("t", 0, 2, 1, 2, (0,))]
     mask = np.array([[0, 1, 0, 0]], np.uint8)
-    for whole_crops, expected in ((False, [[0, 255, 0, 0]]), (True, [[255, 255, 0, 0]])):
-        quality = PseudoMaskQuality(CLASSES, min_class_precision=0.5, unlabel_dropped_class_crops=whole_crops)
-        quality.calibrate(calibration, truth, np.zeros((3, 1, 4)), np.zeros((3, 1, 4)))
-        assert quality.drop_unreliable(mask.copy(), tags).tolist() == expected
-        assert quality.dropped == [1]
+    quality = PseudoMaskQuality(CLASSES, min_class_precision=0.5)
+    quality.calibrate(calibration, truth, np.zeros((3, 1, 4)), np.zeros((3, 1, 4)))
+    assert quality.drop_unreliable(mask.copy()).tolist() == [[0, 255, 0, 0]]
+    assert quality.dropped == [1]
+    # The default keeps every class.
+    keep = PseudoMaskQuality(CLASSES, min_class_precision=0.0)
+    keep.calibrate(calibration, truth, np.zeros((3, 1, 4)), np.zeros((3, 1, 4)))
+    assert keep.drop_unreliable(mask.copy()).tolist() == [[0, 1, 0, 0]] and keep.dropped == []

@@ -215,26 +215,15 @@ class PseudoMaskConfig:
     confidence_threshold: float = 0.5
     # The weak model also labels calibration tiles (N1, or the validation tiles once task i's
     # segmenter takes part), whose pixel labels measure each class's precision: a class below
-    # this precision is left unlabelled in every N2 pseudo mask (0 keeps all).
-    min_class_precision: float = 0.5
-    # A dropped class is only unlabelled: its pixels that the masks give to another class keep
-    # that wrong label (on Dubai, roads labelled land). true: every tag crop tagged with a dropped
-    # class is left unlabelled whole, so that its pixels teach nothing false; crops without the
-    # tag cannot hold the class. Off: on Dubai (3 seeds) it kept a fifth of the N2 pixels and
-    # bought +0.002 mIoU, where min_class_precision 0 bought +0.027 (README).
-    unlabel_dropped_class_crops: bool = False
+    # this precision is left unlabelled in every N2 pseudo mask (0 keeps all: a dropped class's
+    # pixels keep whatever wrong label the masks give them instead, which cost more than it saved).
+    min_class_precision: float = 0.0
     # w in p ∝ p_single_stage^(1−w) · p_task_i_segmenter^w, restricted to the crop's tags. 0 uses
     # the single-stage model alone, as in the paper; > 0 needs task i's segmenter (run first).
     segmenter_weight: float = 0.0
     # With the segmenter: a class the single-stage model finds with a recall below this on the
     # calibration tiles is left to the segmenter alone (`pseudo_labels.fusion`).
     abstain_below_recall: float = 0.05
-    # With the segmenter: a class whose fused pseudo labels fall below `min_class_precision` on the
-    # calibration tiles is first handed to the segmenter alone (the single-stage model abstains on
-    # it, as above) and measured again; only a class still below the bar is dropped. Without it a
-    # class one expert gets wrong is deleted even where the other is right. Off: on Dubai the
-    # segmenter alone was no more precise on road (0.43 vs 0.44), and two seeds did worse (README).
-    unreliable_to_segmenter: bool = False
     workers: int = 2
 
 
@@ -270,10 +259,6 @@ class WeakConfig:
     finetune_epochs: int = 0
     # Start the task ii segmenter from task i's best checkpoint instead of from ImageNet.
     init_from_task_i: bool = False
-    # Rounds of pseudo masks → segmenter. Round r > 1 remakes the N2 pseudo masks with round r − 1's
-    # task ii segmenter fused in place of task i's (needs weak.pseudo.segmenter_weight > 0) and
-    # trains a new task ii segmenter on them, in round_<r>/; the last round is task ii's result.
-    rounds: int = 1
     # How task ii learns from the N2 images. "offline": the single-stage model's pseudo masks are
     # N2's labels. "online": the semi arm's weak-to-strong consistency (`semi.*`), with the
     # teacher's prediction on each N2 crop restricted to the classes its tags allow before the

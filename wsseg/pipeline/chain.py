@@ -32,7 +32,7 @@ from pathlib import Path
 from wsseg.core.checkpoint import CheckpointError
 from wsseg.core.config import Config, ConfigError
 from wsseg.core.distributed import DistInfo, barrier, run_on_main
-from wsseg.core.io import atomic_write_json, score_or_nan
+from wsseg.core.io import atomic_write_json
 from wsseg.core.report import write_comparison_report
 from wsseg.core.run_lock import RunLock
 from wsseg.pipeline.data import Run, crop_tags_of, prepare_run
@@ -103,14 +103,9 @@ def epochs_of_task_i(run: Run) -> int | None:
     return epochs
 
 
-def round_dir(run_dir: Path, round_number: int) -> Path:
-    """Round 1 lives in the run folder itself (pseudo_masks/, task_ii/); round r > 1 in round_<r>/."""
-    return run_dir if round_number == 1 else run_dir / f"round_{round_number}"
-
-
 def run_task_ii(run: Run) -> tuple[dict, dict | None]:
-    """Task ii's metrics and the quality report of its pseudo masks (of the last round; None in
-    `weak.mode: online`, which makes none)."""
+    """Task ii's metrics and the quality report of its pseudo masks (None in `weak.mode: online`,
+    which makes none)."""
     cfg, run_dir = run.cfg, run.run_dir
     crop_tags = crop_tags_of(run)
     if cfg.weak.mode == "online":
@@ -120,22 +115,9 @@ def run_task_ii(run: Run) -> tuple[dict, dict | None]:
         log.info("task ii uses task i's segmenter (weak.pseudo.segmenter_weight or weak.init_from_task_i): "
                  "running task i first")
         run_task_i(run)
-    # Each round's pseudo masks are fused with the segmenter of the round before: task i's first,
-    # then task ii's own, which has learned from N1 and from the previous round's masks.
     fusion_segmenter = task_i_best if cfg.weak.pseudo.segmenter_weight > 0 else None
-    rounds = []
-    for number in range(1, cfg.weak.rounds + 1):
-        folder = round_dir(run_dir, number)
-        metrics, quality = _task_ii_round(run, crop_tags, folder, fusion_segmenter, task_i_best,
-                                          f"Task ii{f' (round {number})' if cfg.weak.rounds > 1 else ''}: "
-                                          "N1 pixel labels + N2 crop tags")
-        rounds.append({"round": number, "miou": metrics.get("miou"), "pseudo_masks_miou": quality.get("miou_final"),
-                       "pseudo_masks_coverage": quality.get("coverage")})
-        fusion_segmenter = folder / "task_ii" / "best.pt"
-    if cfg.weak.rounds > 1:
-        log.info("task ii rounds: " + ", ".join(f"{r['round']}: mIoU {score_or_nan(r['miou']):.4f}" for r in rounds))
-        metrics = {**metrics, "rounds": rounds}
-    return metrics, quality
+    return _offline_task_ii(run, crop_tags, fusion_segmenter, task_i_best,
+                            f"Task ii: N1 pixel labels + N2 {'image' if cfg.weak.tags == 'image' else 'crop'} tags")
 
 
 def _online_task_ii(run: Run, crop_tags) -> dict:
@@ -162,9 +144,9 @@ def _task_i_first_under_a_budget(run: Run, what: str) -> None:
         run_task_i(run)
 
 
-def _task_ii_round(run: Run, crop_tags, folder: Path, fusion_segmenter: Path | None, task_i_best: Path,
-                   title: str) -> tuple[dict, dict]:
-    pm_dir, stage_dir = folder / "pseudo_masks", folder / "task_ii"
+def _offline_task_ii(run: Run, crop_tags, fusion_segmenter: Path | None, task_i_best: Path,
+                     title: str) -> tuple[dict, dict]:
+    pm_dir, stage_dir = run.run_dir / "pseudo_masks", run.run_dir / "task_ii"
     if (quality := _stage_done(pm_dir)) is None:
         started = time.monotonic()
         quality = _finish_stage(run, pm_dir, _weak_stage(run, crop_tags, pm_dir, fusion_segmenter), started)
@@ -328,8 +310,8 @@ def _run_arms(cfg: Config, arms: tuple[str, ...], run_dir: Path, resume: bool, d
     if not dist.is_main or not {"i", "ii"} <= set(arms):
         return outcome
     classes = run.source.classes
-    samples = [] if quality is None else pseudo_mask_samples(
-        run.source, run.split, round_dir(run_dir, cfg.weak.rounds) / "pseudo_masks", cfg.eval.num_triptychs)
+    samples = [] if quality is None else pseudo_mask_samples(run.source, run.split, run_dir / "pseudo_masks",
+                                                             cfg.eval.num_triptychs)
     outcome["comparison"] = write_comparison_report(run_dir, results["i"], results["ii"], quality, classes.names,
                                                     classes.palette, samples, oracle=results.get("oracle"),
                                                     semi=results.get("semi"))

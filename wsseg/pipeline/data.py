@@ -295,14 +295,6 @@ def check_config(cfg: Config, source: TileSource | None = None, weak: bool = Tru
     if not 0.0 <= cfg.weak.single_stage.reject_background_below_recall <= 1.0:
         raise ConfigError("weak.single_stage.reject_background_below_recall must be in [0, 1], got "
                           f"{cfg.weak.single_stage.reject_background_below_recall}")
-    if cfg.weak.rounds < 1:
-        raise ConfigError(f"weak.rounds must be at least 1, got {cfg.weak.rounds}")
-    if cfg.weak.rounds > 1 and cfg.weak.pseudo.segmenter_weight == 0:
-        raise ConfigError(f"weak.rounds is {cfg.weak.rounds}, but later rounds differ from the first only by the "
-                          "segmenter fused into the pseudo masks: set weak.pseudo.segmenter_weight > 0")
-    if cfg.weak.pseudo.unreliable_to_segmenter and cfg.weak.pseudo.segmenter_weight == 0:
-        raise ConfigError("weak.pseudo.unreliable_to_segmenter hands a class to task i's segmenter, which takes part "
-                          "only with weak.pseudo.segmenter_weight > 0")
     if cfg.weak.absent_class_weight < 0:
         raise ConfigError(f"weak.absent_class_weight must be at least 0 (0 = off), got {cfg.weak.absent_class_weight}")
     _check_semi(cfg)

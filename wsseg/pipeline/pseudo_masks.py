@@ -82,7 +82,7 @@ def make_pseudo_masks(run: Run, crop_tags: list[CropTag], checkpoint: Path, out_
     calibration = list(split.val) if segmenter is not None else list(split.labelled)
     calibration_crops = _crops_in_order(cfg, source, crop_tags, calibration)
     n2_crops = _crops_in_order(cfg, source, crop_tags, list(split.tagged))
-    quality = PseudoMaskQuality(classes, pm.min_class_precision, pm.unlabel_dropped_class_crops)
+    quality = PseudoMaskQuality(classes, pm.min_class_precision)
     predictor = CropPredictor(cfg, source, model, layout, segmenter, device)
 
     crf_params = None
@@ -103,7 +103,7 @@ def make_pseudo_masks(run: Run, crop_tags: list[CropTag], checkpoint: Path, out_
             raw, crf = accumulator.means()
             yield tile_id, raw, crf, confident_labels(raw, crf, pm.confidence_threshold, classes.ignore_index)
 
-    def calibrate(weak_cm=None):
+    def calibrate(weak_cm):
         for tile_id, raw, crf, labels in tile_masks(calibration_crops, weak_cm):
             quality.calibrate(labels, source.label(tile_id), raw, crf)
 
@@ -120,29 +120,14 @@ def make_pseudo_masks(run: Run, crop_tags: list[CropTag], checkpoint: Path, out_
         _check_background(cfg, layout, classes, weak_cm, calibration)
         if pm.crf.enabled == "auto" and crf_params is not None:
             crf_params = quality.crf_decision(crf_params)
-        handed_to_segmenter: list[int] = []
         if segmenter is not None:
             predictor.abstain = unlearned_classes(weak_cm, pm.abstain_below_recall)
             if predictor.abstain.any():
                 log.warning("pseudo masks: the single-stage model finds %s on the calibration tiles with recall "
                             "below %.2f: task i's segmenter alone decides %s", _names(classes, predictor.abstain),
                             pm.abstain_below_recall, "it" if predictor.abstain.sum() == 1 else "them")
-            if pm.unreliable_to_segmenter:
-                handed_to_segmenter = [c for c in quality.unreliable() if not predictor.abstain[c]]
-        if handed_to_segmenter:
-            log.warning("pseudo masks: %s below precision %.2f on the calibration tiles: task i's segmenter alone "
-                        "decides %s, measured on them again (weak.pseudo.unreliable_to_segmenter)",
-                        ", ".join(classes.names[c] for c in handed_to_segmenter), pm.min_class_precision,
-                        "it" if len(handed_to_segmenter) == 1 else "them")
-            predictor.abstain[handed_to_segmenter] = True
-            quality.restart_calibration()
-            progress.total += len(calibration_crops)
-            calibrate()
-        tags_of_tile: dict[str, list[CropTag]] = {}
-        for tag in n2_crops:
-            tags_of_tile.setdefault(tag.tile_id, []).append(tag)
         for tile_id, raw, crf, labels in tile_masks(n2_crops):
-            labels = quality.drop_unreliable(labels, tags_of_tile[tile_id])
+            labels = quality.drop_unreliable(labels)
             # Atomic: a run killed here leaves whole masks or none, never half a PNG.
             atomic_write(out_dir / f"{tile_id}.png", lambda tmp: save_index_png(tmp, labels, classes.palette))
             ground_truth = source.label(tile_id) if source.tile(tile_id).label_path is not None else None
@@ -155,8 +140,6 @@ def make_pseudo_masks(run: Run, crop_tags: list[CropTag], checkpoint: Path, out_
 
     tagged_classes = sorted({c for tag in n2_crops for c in tag.classes})
     settings = {"pamr": predictor.use_pamr}
-    if pm.unreliable_to_segmenter:
-        settings["unreliable_handed_to_segmenter"] = [classes.names[c] for c in handed_to_segmenter]
     if pamr_calibration is not None:
         settings["pamr_calibration"] = pamr_calibration
     if background_rejected is not None:

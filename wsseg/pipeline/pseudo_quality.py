@@ -6,13 +6,11 @@ reaches training but the decision which classes and refinements to keep."""
 from __future__ import annotations
 
 import logging
-from typing import Sequence
 
 import numpy as np
 
 from wsseg.core.metrics import class_precision, confusion_matrix, segmentation_metrics, unreliable_classes
 from wsseg.datasets.base import ClassSpec
-from wsseg.datasets.tags import CropTag
 
 log = logging.getLogger(__name__)
 
@@ -21,9 +19,8 @@ class PseudoMaskQuality:
     """Class precision on the calibration tiles, the classes it drops, and the quality of the N2
     masks against ground truth where there is any: before CRF, after CRF, and confident pixels."""
 
-    def __init__(self, classes: ClassSpec, min_class_precision: float, unlabel_dropped_class_crops: bool = False):
+    def __init__(self, classes: ClassSpec, min_class_precision: float):
         self.classes, self.min_class_precision = classes, min_class_precision
-        self.unlabel_dropped_class_crops = unlabel_dropped_class_crops
         shape = (classes.num_classes,) * 2
         self.calibration_cm = np.zeros(shape, np.int64)
         self.cms = {name: np.zeros(shape, np.int64) for name in ("raw", "crf", "final")}
@@ -49,12 +46,6 @@ class PseudoMaskQuality:
         """The classes the calibration so far puts below `min_class_precision` (none when it is 0)."""
         return unreliable_classes(self.calibration_cm, self.min_class_precision)
 
-    def restart_calibration(self) -> None:
-        """Forget the calibration tiles' masks, to measure them again made another way."""
-        self.calibration_cm[:] = 0
-        for cm in self.calibration_argmax_cms.values():
-            cm[:] = 0
-
     def crf_decision(self, crf_params: dict) -> dict | None:
         """`crf_params` if the CRF raised mIoU on the calibration tiles, else None (CRF off)."""
         raw, crf = (segmentation_metrics(self.calibration_argmax_cms[k], self.classes.names,
@@ -65,10 +56,8 @@ class PseudoMaskQuality:
                  "stays on" if keep else "is switched off for the N2 masks", raw, crf)
         return crf_params if keep else None
 
-    def drop_unreliable(self, labels: np.ndarray, tile_tags: Sequence[CropTag] = ()) -> np.ndarray:
-        """`labels` with the classes of low calibration precision unlabelled (decided at the first
-        call), and with `unlabel_dropped_class_crops` every crop of `tile_tags` (the tile's own
-        tags) that is tagged with a dropped class unlabelled too."""
+    def drop_unreliable(self, labels: np.ndarray) -> np.ndarray:
+        """`labels` with the classes of low calibration precision unlabelled (decided at the first call)."""
         if self.dropped is None and self.calibration_cm.sum():
             self.dropped = self.unreliable()
             if self.dropped:
@@ -76,10 +65,6 @@ class PseudoMaskQuality:
                          ", ".join(self.classes.names[c] for c in self.dropped), self.min_class_precision)
         if self.dropped:
             labels[np.isin(labels, self.dropped)] = self.classes.ignore_index
-            if self.unlabel_dropped_class_crops:
-                for tag in tile_tags:
-                    if set(tag.classes) & set(self.dropped):
-                        labels[tag.y:tag.y + tag.h, tag.x:tag.x + tag.w] = self.classes.ignore_index
         return labels
 
     def measure(self, labels: np.ndarray, raw: np.ndarray, crf: np.ndarray, ground_truth: np.ndarray | None) -> None:

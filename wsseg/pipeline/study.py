@@ -29,7 +29,7 @@ from wsseg.core.metrics import gap_closed
 from wsseg.core.provenance import cpu_model, git_commit, git_dirty
 from wsseg.core.report import write_study_report
 from wsseg.core.run_lock import RunLock
-from wsseg.pipeline.chain import check_arms, round_dir, run_arms
+from wsseg.pipeline.chain import check_arms, run_arms
 from wsseg.pipeline.seeds import mean_std
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ def run_study(cfg: Config, arms: Sequence[str], seeds: Sequence[int], out: Path,
                  "overrides": [shareable(o) for o in overrides], "arms": list(arms), "split_seeds": seeds, "precision": precision,
                  "git": {"commit": git_commit(), "dirty": git_dirty()}, "machine": study_machine(),
                  "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-                 **summarise_study(outcomes, {s: arm_minutes(seed_dir(out, s), arms, cfg.weak.rounds) for s in seeds})}
+                 **summarise_study(outcomes, {s: arm_minutes(seed_dir(out, s), arms) for s in seeds})}
         write_study_report(out, study)
         if results_file is not None:
             atomic_write_json(results_file, study)
@@ -128,26 +128,22 @@ def _done(stage_dir: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def arm_minutes(run_dir: Path, arms: Sequence[str], rounds: int = 1) -> dict[str, dict]:
+def arm_minutes(run_dir: Path, arms: Sequence[str]) -> dict[str, dict]:
     """Wall minutes of each arm on one seed, from its stages' done.json: {arm: {"total", and for
     task ii "weak_stage" (single-stage model and pseudo masks; None online, where there is none)
-    and "segmenter"}}, summed over task ii's rounds. A stage finished before minutes were
-    recorded gives None."""
+    and "segmenter"}}. A stage finished before minutes were recorded gives None."""
     minutes = {}
     for arm in arms:
         if arm != "ii":
             minutes[arm] = {"total": _done(run_dir / ARM_STAGES[arm]).get("minutes")}
             continue
-        folders = [round_dir(run_dir, r) for r in range(1, rounds + 1)]
-        segmenter = [_done(f / "task_ii").get("minutes") for f in folders]
-        segmenter_sum = None if None in segmenter else sum(segmenter)
+        segmenter = _done(run_dir / "task_ii").get("minutes")
         if not (run_dir / "pseudo_masks").exists():  # weak.mode online: the segmenter is all of it
-            minutes[arm] = {"total": segmenter_sum, "weak_stage": None, "segmenter": segmenter_sum}
+            minutes[arm] = {"total": segmenter, "weak_stage": None, "segmenter": segmenter}
             continue
-        weak = [_done(f / "pseudo_masks").get("minutes") for f in folders]
-        weak_sum = None if None in weak else sum(weak)
-        total = None if weak_sum is None or segmenter_sum is None else weak_sum + segmenter_sum
-        minutes[arm] = {"total": total, "weak_stage": weak_sum, "segmenter": segmenter_sum}
+        weak = _done(run_dir / "pseudo_masks").get("minutes")
+        total = None if weak is None or segmenter is None else weak + segmenter
+        minutes[arm] = {"total": total, "weak_stage": weak, "segmenter": segmenter}
     return minutes
 
 

@@ -32,7 +32,7 @@ from wsseg.core.distributed import DistInfo
 from wsseg.core.io import atomic_write_json, score_or_nan
 from wsseg.core.report import write_sweep_report
 from wsseg.datasets.base import DataProblemsError, DatasetError
-from wsseg.pipeline.chain import TASKS, round_dir, run_task
+from wsseg.pipeline.chain import TASKS, run_task
 from wsseg.pipeline.data import check_config, check_weight_files, listed_source, make_split_for
 
 log = logging.getLogger(__name__)
@@ -113,14 +113,14 @@ class Sweep:
 
 def stage_dirs(cfg: Config, task: str, run_dir: Path) -> dict[str, Path]:
     """The stage folders whose metrics are task `task`'s result, by label: task i's, the semi
-    arm's, the last round's task ii, or all three."""
+    arm's, task ii's, or all three."""
     stages = {}
     if task in ("i", "all"):
         stages["task i"] = run_dir / "task_i"
     if task in ("semi", "all"):
         stages["semi"] = run_dir / "semi"
     if task in ("ii", "all"):
-        stages["task ii"] = round_dir(run_dir, cfg.weak.rounds) / "task_ii"
+        stages["task ii"] = run_dir / "task_ii"
     return stages
 
 
