@@ -123,14 +123,17 @@ def test_folder_parts_and_datasets_without_parts(tmp_path):
     assert all(t.startswith("train_") for t in split.labelled + split.tagged + split.val)
     assert split.test == ["val_0000", "val_0001", "val_0002"]
     flat = build_source("folder", tmp_path, image_dir="img_dir/train", mask_dir="ann_dir/train", class_names=["a"])
-    with pytest.raises(DatasetError, match="dataset 'folder' has no official parts: use split.kind: seeded"):
+    with pytest.raises(DatasetError, match="dataset 'folder' has no official parts") as refused:
         _split_of(flat)
+    assert "split.kind: seeded" in refused.value.fix
     only_val = build_source("folder", tmp_path, image_dir="img_dir/{part}", parts=["val"], **options)
     with pytest.raises(DatasetError, match=r"'folder' has no labelled official train tiles \(parts: val 3\)"):
         _split_of(only_val)
     only_train = build_source("folder", tmp_path, image_dir="img_dir/{part}", parts=["train"], **options)
-    with pytest.raises(DatasetError, match=r"no labelled official val or test tiles to test on \(parts: train 5\)"):
+    with pytest.raises(DatasetError, match=r"no labelled official val or test tiles to test on \(parts: train 5\)") \
+            as refused:
         _split_of(only_train)
+    assert refused.value.fix == "set split.kind: seeded"
 
 
 def _vaihingen(root):
@@ -180,8 +183,9 @@ def test_real_single_part_layouts(shared_data):
         _split_of(build_source("ade20k", shared_data / "ade20k_challenge"))
     with pytest.raises(DatasetError, match=r"'cityscapes' has no labelled official train tiles \(parts: val 1\)"):
         _split_of(build_source("cityscapes", shared_data / "cityscapes"))
-    with pytest.raises(DatasetError, match="dataset 'voc' has no official parts: use split.kind: seeded"):
+    with pytest.raises(DatasetError, match="dataset 'voc' has no official parts") as refused:
         _split_of(build_source("voc", shared_data / "voc"))
+    assert "split.kind: seeded" in refused.value.fix
 
 
 def test_real_ade20k_images_in_both_challenge_parts(shared_data, tmp_path):

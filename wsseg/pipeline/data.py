@@ -147,26 +147,31 @@ def check_data(cfg: Config, split_path: str | Path | None = None, tags_path: str
     """Every problem of the configured dataset, before any training (`wsseg check-data`): its
     layout, every tile's files (`datasets.check.check_tiles`), the split the config draws or the
     split file `split_path` names, and the crop tag file `tags_path`. A config that is wrong in
-    itself raises ConfigError; a wrong dataset is reported, not raised."""
+    itself, its data options included (`DataOptionError`), raises ConfigError; a wrong dataset is
+    reported, not raised."""
     check_config(cfg)
     try:
         source, problems = listed_source(cfg)
     except DatasetError as error:  # nothing to list: no root, no image folder, no images
-        return DataCheck(cfg.data.kind, 0, (DataProblem("", str(error), f"point data.root (now {cfg.data.root!r}) "
-                                                        f"and data.options at a {cfg.data.kind!r} dataset"),))
+        if isinstance(error, ConfigError):
+            raise
+        fix = error.fix or f"point data.root (now {cfg.data.root!r}) and data.options at a {cfg.data.kind!r} dataset"
+        return DataCheck(cfg.data.kind, 0, (DataProblem("", str(error), fix),))
     check_config(cfg, source, weak=False)
     if split_path is not None:
         try:
             problems += check_split(load_split(split_path), source, str(split_path))
         except DatasetError as error:
-            problems.append(DataProblem("", str(error), "write the split again, or leave it out"))
+            problems.append(DataProblem("", str(error), "write the split again, or leave --split out"))
     else:
         try:
             make_split_for(cfg, source)
         except DatasetError as error:
+            if isinstance(error, ConfigError):
+                raise
             left_out = f" (without the {len(problems)} tile problem(s) above)" if problems else ""
-            problems.append(DataProblem(f"split (kind {cfg.split.kind})", f"{error}{left_out}",
-                                        "ask for fewer tiles (split.n_labelled, n_tagged, n_val, n_test), or add tiles"))
+            # The split's own errors say what mends them; a tags file's name its file and line.
+            problems.append(DataProblem(f"split (kind {cfg.split.kind})", f"{error}{left_out}", error.fix))
     problems += check_tiles(source, [t.tile_id for t in source.tiles], _checking_bar(progress))
     if tags_path is not None:
         problems += check_crop_tag_file(tags_path, source)
