@@ -1,5 +1,6 @@
 """`split.kind: official` on datasets written in their real on-disk layouts."""
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -13,7 +14,8 @@ from wsseg.datasets import build_source
 from wsseg.datasets.base import DatasetError
 from wsseg.datasets.colour import encode_colour_mask
 from wsseg.datasets.isprs import ALL_AREAS, OFFICIAL_TEST_AREAS, VAIHINGEN_CLASSES
-from wsseg.datasets.splits import group_by_part, load_split, official_split, official_vaihingen_split, save_split
+from wsseg.datasets.splits import (group_by_part, load_split, make_split, official_split, official_vaihingen_split,
+                                   save_split)
 from wsseg.pipeline.data import load_source, make_split_for
 
 
@@ -72,6 +74,27 @@ def test_ade20k_trains_on_training_and_tests_on_validation(tmp_path):
     assert len(_split_of(source, n_labelled=2, n_tagged=None, n_val=2, seed=5).tagged) == 4
     capped = _split_of(source, n_labelled=2, n_val=2, seed=5, n_test=3)
     assert len(capped.test) == 3 and set(capped.test) < set(split.test)
+
+
+def test_an_official_part_asked_for_more_than_it_holds_gives_all_with_a_warning(tmp_path, caplog):
+    source = build_source("ade20k", _ade20k(tmp_path))  # train 8; val 4, the test part
+    with caplog.at_level(logging.WARNING, logger="wsseg.datasets.splits"):
+        split = _split_of(source, n_labelled=2, n_tagged=50, n_val=2, n_test=9, seed=5)
+    assert (len(split.tagged), len(split.test)) == (4, 4)
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        "official split of 'ade20k': split.n_tagged is 50, but there are only 4 train tiles left after 2 labelled + "
+        "2 val; all 4 are tagged",
+        "official split of 'ade20k': split.n_test is 9, but there are only 4 tiles in the official val part it tests "
+        "on (null: all of them, unwarned); all 4 are tested on"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="wsseg.datasets.splits"):
+        exact = _split_of(source, n_labelled=2, n_tagged=4, n_val=2, n_test=4, seed=5)
+    assert (exact.tagged, exact.test) == (split.tagged, split.test) and not caplog.records
+    # A seeded split of the same tiles refuses: its test tiles are what the other parts leave.
+    with pytest.raises(DatasetError, match=r"2 labelled \+ 50 tagged \+ 2 val = 54 tiles, but there are only 12") \
+            as refused:
+        make_split([t.tile_id for t in source.tiles], n_labelled=2, n_tagged=50, n_val=2)
+    assert "split.n_tagged" in refused.value.fix
 
 
 def test_too_large_requests_name_the_counts(tmp_path):

@@ -45,7 +45,8 @@ class SplitConfig:
     kind: Literal["seeded", "official"] = "seeded"
     seed: int = 0
     n_labelled: int = 3
-    # With official: more than the train tiles left means all of them (logged).
+    # With official: more than the train tiles left means all of them, with a warning naming both
+    # numbers; a seeded split refuses more tiles than it has.
     n_tagged: int = 21
     n_val: int = 2
     # At most this many test tiles (default: every tile not in another part).

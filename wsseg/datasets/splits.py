@@ -82,6 +82,8 @@ def make_split(tile_ids: Sequence[str], n_labelled: int = 3, n_tagged: int = 21,
     """Sorted ids permuted by `seed`: the first n_labelled labelled, then tagged, then val; rest test.
 
     `n_test` caps the test tiles (None: all the rest), for datasets with many more images than needed.
+    Asking for more tiles than there are is an error, where `official_split` takes all and warns:
+    here the test tiles are what the other parts leave.
 
     With the 33 Vaihingen tiles the defaults give the seed task: 3 labelled + 21 tagged + 2 val
     (the 23 N2 tiles minus the 2 that choose checkpoints) and 7 test tiles.
@@ -188,9 +190,16 @@ def official_split(tiles_by_part: Mapping[str | None, Sequence[str]], n_labelled
     permuted = [train[i] for i in rng.permutation(len(train))]
     labelled, val = permuted[:n_labelled], permuted[n_labelled:n_labelled + val_from_train]
     rest = permuted[n_labelled + val_from_train:]
-    if n_tagged is not None and n_tagged > len(rest):
-        log.info("official split of %r: n_tagged %d is more than the %d train tiles left; all of them are tagged",
-                 dataset, n_tagged, len(rest))
+    # More tagged (or test) tiles than the official part holds: all of them, with a warning that
+    # names both numbers. An official part is a fixed list that mmsegmentation (`ann_file`) and
+    # torchgeo (`split="train"`) read whole, and configs ask "all of train" that way (KITTI
+    # semantic's n_tagged 1000 of 200 frames). A seeded split refuses instead (`make_split`): its
+    # test tiles are those its other parts leave, so a clamp there would shrink the test set.
+    _warn_if_clamped(dataset, "split.n_tagged", n_tagged, len(rest),
+                     f"train tiles left after {n_labelled} labelled + {val_from_train} val", "tagged")
+    _warn_if_clamped(dataset, "split.n_test", n_test, len(test_part),
+                     f"tiles in the official {'test' if parts.get('test') else 'val'} part it tests on "
+                     f"(null: all of them, unwarned)", "tested on")
     tagged = rest if n_tagged is None else rest[:n_tagged]
     if val_part:
         val = [val_part[i] for i in rng.permutation(len(val_part))[:n_val]]
@@ -203,6 +212,12 @@ def official_split(tiles_by_part: Mapping[str | None, Sequence[str]], n_labelled
     split = Split(labelled=sort_tile_ids(labelled), tagged=sort_tile_ids(tagged), val=sort_tile_ids(val),
                   test=sort_tile_ids(test), seed=int(seed), kind="official", info=info)
     return split.check(f"official split of {dataset!r}")
+
+
+def _warn_if_clamped(dataset: str, key: str, asked: int | None, present: int, what: str, role: str) -> None:
+    if asked is not None and asked > present:
+        log.warning("official split of %r: %s is %d, but there are only %d %s; all %d are %s", dataset, key, asked,
+                    present, what, present, role)
 
 
 _AREA = re.compile(r"^area(\d+)$")
