@@ -120,3 +120,10 @@ def test_missing_encoder_weights_stop_the_run_before_it_writes_anything(root, tm
     with pytest.raises(ConfigError, match="model.encoder_weights 'nowhere/vgg16.pth': no such file"):
         prepare_run(cfg, tmp_path / "run", weak=False)
     assert not (tmp_path / "run" / "config.yaml").exists()
+
+
+def test_a_run_names_its_tags_for_report_titles(root, tmp_path):
+    cfg = cfg_for(root, skip_bad_files=True)
+    assert prepare_run(cfg, tmp_path / "grid", weak=False).tags_title == "crop tags"
+    cfg.weak.tags = "image"
+    assert prepare_run(cfg, tmp_path / "image", weak=False).tags_title == "image tags"

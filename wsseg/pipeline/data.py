@@ -28,7 +28,7 @@ from wsseg.datasets.base import (ClassSpec, DataProblem, DataProblemsError, Data
 from wsseg.datasets.check import check_crop_tag_file, check_split, check_tiles
 from wsseg.datasets.splits import (Split, format_split, group_by_part, load_split, make_split, official_split,
                                    save_split, sort_tile_ids)
-from wsseg.datasets.tags import CropTag, compute_crop_tags, load_crop_tags, save_crop_tags
+from wsseg.datasets.tags import CropTag, compute_crop_tags, load_crop_tags, save_crop_tags, tags_title
 from wsseg.datasets.user_tags import read_user_tags
 from wsseg.models import FEATURE_PERTURBABLE, VGG_ENCODER_LOADERS, min_input_px, supports_feature_perturbation
 from wsseg.models.single_stage import ClassLayout
@@ -48,6 +48,11 @@ class Run:
     dist: DistInfo = DistInfo()
     # Tiles left out for bad files (`data.skip_bad_files`), listed in the run's skipped_files.json.
     skipped_tiles: tuple[str, ...] = ()
+
+    @property
+    def tags_title(self) -> str:
+        """"crop tags" or "image tags" (`weak.tags`): what task ii's report titles say N2 carries."""
+        return tags_title(self.cfg.weak.tags)
 
     def stage(self, stage_dir: Path, precision: str, channels_last: bool, workers: int | None = None) -> Stage:
         """The training skeleton for a stage of this run, in `stage_dir`; its checkpoints carry the
