@@ -210,3 +210,24 @@ def test_bad_input_is_one_line_naming_the_file(checkpoint, tmp_path, capsys):
     assert code == 2 and "rgb_mask.png exists" in one_error_line(err) and "--force" in err
     code, err = predict(capsys, "--checkpoint", tmp_path / "nope.pt", tmp_path / "rgb.png", "--out", tmp_path)
     assert code == 2 and "nope.pt" in one_error_line(err)
+
+
+def test_the_masks_come_with_the_list_of_their_classes(checkpoint, tmp_path, capsys):
+    Image.fromarray(smooth_image(40, 50, 1)).save(tmp_path / "a.png")
+    out = tmp_path / "out"
+    assert predict(capsys, "--checkpoint", checkpoint, tmp_path / "a.png", "--out", out)[0] == 0
+    listed = json.loads((out / "classes.json").read_text())
+    assert [(c["index"], c["name"], tuple(c["colour"])) for c in listed["classes"]] == [
+        (k, name, colour) for k, (name, colour) in enumerate(zip(VAIHINGEN_CLASSES.names, VAIHINGEN_CLASSES.palette))]
+    # The list reads the mask: its palette is the colours listed, its values the indices listed.
+    mask = Image.open(out / "a_mask.png")
+    colours = np.array(mask.getpalette()[:3 * len(listed["classes"])]).reshape(-1, 3)
+    assert [list(c) for c in colours] == [c["colour"] for c in listed["classes"]]
+    assert set(np.unique(np.array(mask))) <= {c["index"] for c in listed["classes"]}
+    # Another model's masks in the same folder would be mislabelled by the list: refused first.
+    other = make_checkpoint(tmp_path / "other.pt", {**TINY, "data": {"kind": "dubai"}})
+    Image.fromarray(smooth_image(40, 50, 2)).save(tmp_path / "b.png")
+    code, err = predict(capsys, "--checkpoint", other, tmp_path / "b.png", "--out", out)
+    assert code == 2 and "classes.json lists other classes" in one_error_line(err) and "--force" in err
+    assert not (out / "b_mask.png").exists()
+    assert predict(capsys, "--checkpoint", checkpoint, tmp_path / "b.png", "--out", out)[0] == 0  # same model: fine
