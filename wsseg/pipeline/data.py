@@ -391,7 +391,7 @@ def prepare_run(cfg: Config, run_dir: Path, resume: bool = False, dist: DistInfo
             try:
                 split = make_split_for(cfg, source)
             except DatasetError as error:
-                if not problems:
+                if not problems or isinstance(error, ConfigError):  # a bad setting is no fault of the tiles
                     raise
                 # Too few tiles left because of the problems: report those, not only the count.
                 raise DataProblemsError([*problems, DataProblem("split", str(error), "fix the tiles above")],
