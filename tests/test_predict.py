@@ -2,6 +2,8 @@
 is kept, folders, probabilities, TTA, and bad input as one line naming the file."""
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -215,7 +217,14 @@ def test_bad_input_is_one_line_naming_the_file(checkpoint, tmp_path, capsys):
 def test_the_masks_come_with_the_list_of_their_classes(checkpoint, tmp_path, capsys):
     Image.fromarray(smooth_image(40, 50, 1)).save(tmp_path / "a.png")
     out = tmp_path / "out"
-    assert predict(capsys, "--checkpoint", checkpoint, tmp_path / "a.png", "--out", out)[0] == 0
+    previous = os.umask(0o022)
+    try:
+        assert predict(capsys, "--checkpoint", checkpoint, tmp_path / "a.png", "--out", out)[0] == 0
+    finally:
+        os.umask(previous)
+    # Readable by a colleague as the overlay always was: the mask's atomic write no longer leaves 0o600.
+    assert {name: stat.S_IMODE((out / name).stat().st_mode) for name in ("a_mask.png", "a_overlay.png", "classes.json")} \
+        == {"a_mask.png": 0o644, "a_overlay.png": 0o644, "classes.json": 0o644}
     listed = json.loads((out / "classes.json").read_text())
     assert [(c["index"], c["name"], tuple(c["colour"])) for c in listed["classes"]] == [
         (k, name, colour) for k, (name, colour) in enumerate(zip(VAIHINGEN_CLASSES.names, VAIHINGEN_CLASSES.palette))]
