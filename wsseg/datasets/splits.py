@@ -192,9 +192,10 @@ def official_split(tiles_by_part: Mapping[str | None, Sequence[str]], n_labelled
     rest = permuted[n_labelled + val_from_train:]
     # More tagged (or test) tiles than the official part holds: all of them, with a warning that
     # names both numbers. An official part is a fixed list that mmsegmentation (`ann_file`) and
-    # torchgeo (`split="train"`) read whole, and configs ask "all of train" that way (KITTI
-    # semantic's n_tagged 1000 of 200 frames). A seeded split refuses instead (`make_split`): its
-    # test tiles are those its other parts leave, so a clamp there would shrink the test set.
+    # torchgeo (`split="train"`) read whole, and configs ask "all of train" that way
+    # (kitti_semantic.yaml's n_tagged 1000, above its train frames). A seeded split refuses
+    # instead (`make_split`): its test tiles are those its other parts leave, so a clamp there
+    # would shrink the test set.
     _warn_if_clamped(dataset, "split.n_tagged", n_tagged, len(rest),
                      f"train tiles left after {n_labelled} labelled + {val_from_train} val", "tagged")
     _warn_if_clamped(dataset, "split.n_test", n_test, len(test_part),
