@@ -143,7 +143,8 @@ def test_the_fix_checker_knows_the_config_and_the_commands(capsys):
     assert is_config_key("split") and is_config_key("data.options")
     assert not is_config_key("split.n_tagd") and not is_config_key("data.options.imagedir")
     assert not is_config_key("train.epochs.max") and not is_config_key("data.options.image_dir", kind="voc")
-    assert keys_named("rename it: names go into split.json; or set data.skip_bad_files: true") == ["data.skip_bad_files"]
+    named = keys_named("rename it: names go into split.json; or set data.skip_bad_files: true")
+    assert named == ["data.skip_bad_files"]
     assert is_command("check-data", capsys) and not is_command("check", capsys)
 
 

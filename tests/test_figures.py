@@ -17,7 +17,8 @@ def rgba(colour) -> tuple:
 def test_the_arms_of_a_comparison_have_colours_of_their_own_in_bars_and_legend():
     fig = class_bars_figure(ARMS, NAMES, PALETTE, "IoU", "per-class IoU", [("mIoU task i", 0.4)])
     ax = fig.axes[0]
-    legend = {text.get_text(): handle for text, handle in zip(ax.get_legend().get_texts(), ax.get_legend().legend_handles)}
+    texts, handles = ax.get_legend().get_texts(), ax.get_legend().legend_handles
+    legend = {text.get_text(): handle for text, handle in zip(texts, handles)}
     arm_colours = [rgba(legend[name].get_facecolor()) for name, _ in ARMS]
     assert len(set(arm_colours)) == len(ARMS)
     class_colours = {rgba(np.array(c) / 255) for c in PALETTE}

@@ -223,8 +223,8 @@ def test_the_masks_come_with_the_list_of_their_classes(checkpoint, tmp_path, cap
     finally:
         os.umask(previous)
     # Readable by a colleague as the overlay always was: the mask's atomic write no longer leaves 0o600.
-    assert {name: stat.S_IMODE((out / name).stat().st_mode) for name in ("a_mask.png", "a_overlay.png", "classes.json")} \
-        == {"a_mask.png": 0o644, "a_overlay.png": 0o644, "classes.json": 0o644}
+    written = ("a_mask.png", "a_overlay.png", "classes.json")
+    assert {name: stat.S_IMODE((out / name).stat().st_mode) for name in written} == dict.fromkeys(written, 0o644)
     listed = json.loads((out / "classes.json").read_text())
     assert [(c["index"], c["name"], tuple(c["colour"])) for c in listed["classes"]] == [
         (k, name, colour) for k, (name, colour) in enumerate(zip(VAIHINGEN_CLASSES.names, VAIHINGEN_CLASSES.palette))]

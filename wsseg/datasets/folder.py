@@ -141,8 +141,9 @@ def paired_folder_source(root: str | Path, image_dir: str, mask_dir: str, class_
                               masks_optional=masks_optional, split_files=split_files)
     elif parts is not None:
         raise DataOptionError(f"data.options.parts {list(parts)} reads one folder pair per part and needs {PART} in "
-                              f"image_dir (e.g. 'images/{PART}'), got {image_dir!r}; for parts from the dataset's list "
-                              f"files, set data.options.split_files, e.g. {{train: splits/train.txt, val: splits/val.txt}}")
+                              f"image_dir (e.g. 'images/{PART}'), got {image_dir!r}; for parts from the dataset's "
+                              f"list files, set data.options.split_files, e.g. "
+                              f"{{train: splits/train.txt, val: splits/val.txt}}")
     else:
         tiles = _folder_tiles(root, image_dir, mask_dir, suffixes, mask_stem_suffix, check_sizes, problems,
                               masks_optional=masks_optional)
