@@ -11,7 +11,11 @@ payload and tampered release weights (tests/test_release.py).
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
+import shutil
+import typing
 import zipfile
 from pathlib import Path
 
@@ -24,7 +28,8 @@ from PIL import Image
 
 from wsseg.cli import main
 from wsseg.core.checkpoint import save_checkpoint
-from wsseg.core.config import config_from_dict, config_to_dict
+from wsseg.core.config import Config, DataConfig, config_from_dict, config_to_dict
+from wsseg.datasets import loader_options
 from wsseg.datasets.colour import encode_colour_mask, save_index_png
 from wsseg.datasets.splits import Split, save_split
 from wsseg.datasets.tags import save_crop_tags
@@ -84,12 +89,74 @@ def problem_lines(out: str) -> list[str]:
     return [line for line in out.splitlines() if not line.startswith(("warning: ", "checked "))]
 
 
+# What a fix or an error names: config keys (`split.n_val`, `data.options.image_dir`) and commands
+# (`wsseg check-data`); a dotted word ending in a file suffix (`split.json`) is a file, not a key.
+KEY_LIKE = re.compile(r"\b(?:data|split|model|train|eval|weak|semi|zoomout)(?:\.[A-Za-z_]\w*)+")
+FILE_SUFFIXES = {"json", "txt", "yaml", "yml", "csv", "png", "jpg", "tif", "pt"}
+COMMAND = re.compile(r"\bwsseg ([a-z][a-z-]*)")
+
+
+def keys_named(text: str) -> list[str]:
+    return [key for key in KEY_LIKE.findall(text) if key.rsplit(".", 1)[-1] not in FILE_SUFFIXES]
+
+
+def is_config_key(key: str, kind: str = "folder") -> bool:
+    """`key` is a field of the config's dataclasses, or under `data.options` an option of dataset `kind`."""
+    section = Config
+    names = key.split(".")
+    for depth, name in enumerate(names):
+        if name not in {f.name for f in dataclasses.fields(section)}:
+            return False
+        hint, rest = typing.get_type_hints(section)[name], names[depth + 1:]
+        if dataclasses.is_dataclass(hint):
+            section = hint
+            continue
+        if (section, name) == (DataConfig, "options") and rest:
+            options = loader_options(kind)
+            return options is None or rest[0] in options
+        return not rest
+    return True
+
+
+def is_command(name: str, capsys) -> bool:
+    with pytest.raises(SystemExit) as stop:
+        main([name, "--help"])
+    capsys.readouterr()
+    return stop.value.code == 0
+
+
+def assert_fix_names_the_config(line: str, capsys, kind: str = "folder", required: bool = True) -> None:
+    """The `fix:` of a problem line names only config keys and commands that exist (`required`:
+    and at least one of them), so that following it cannot lead to another error."""
+    assert "; fix: " in line, line
+    fix = line.split("; fix: ", 1)[1]
+    keys, commands = keys_named(fix), COMMAND.findall(fix)
+    assert not required or keys or commands, f"the fix names no config key and no command: {line}"
+    for key in keys:
+        assert is_config_key(key, kind), f"no config key {key!r} (for data.kind {kind!r}): {line}"
+    for command in commands:
+        assert is_command(command, capsys), f"no command wsseg {command}: {line}"
+
+
+def test_the_fix_checker_knows_the_config_and_the_commands(capsys):
+    assert is_config_key("weak.single_stage.crop_px") and is_config_key("data.options.split_files")
+    assert is_config_key("split") and is_config_key("data.options")
+    assert not is_config_key("split.n_tagd") and not is_config_key("data.options.imagedir")
+    assert not is_config_key("train.epochs.max") and not is_config_key("data.options.image_dir", kind="voc")
+    named = keys_named("rename it: names go into split.json; or set data.skip_bad_files: true")
+    assert named == ["data.skip_bad_files"]
+    assert is_command("check-data", capsys) and not is_command("check", capsys)
+
+
 def assert_one_problem(code: int, out: str, *needles: str) -> str:
     lines = problem_lines(out)
     assert code == 1 and len(lines) == 1, out
     for needle in needles:
         assert needle in lines[0], (needle, lines[0])
     assert "; fix: " in lines[0] and "1 problem(s)" in out.splitlines()[-1]
+    # A fix about a file may name no key; any key it names must exist.
+    keys = keys_named(lines[0].split("; fix: ", 1)[1])
+    assert all(is_config_key(key) for key in keys), (keys, lines[0])
     return lines[0]
 
 
@@ -305,6 +372,91 @@ def test_a_bad_config_is_one_error_line_naming_the_key(overrides, needles, datas
     code, _, err = run_cli(capsys, "train", "--config", path, "--out", tmp_path / "run")
     assert_one_error(code, err, *needles)
     assert not (tmp_path / "run" / "config.yaml").exists()
+
+
+# -------------------------------------------------- dataset options and splits, through --set
+# Settings no files could satisfy: a bad config, refused as one like it by every command (exit
+# code 2, check-data included), the error line naming the key.
+BAD_OPTIONS = {
+    "unknown option": (["data.options.imagedir=images"], ("data.options", "['imagedir']", "image_dir")),
+    "palette of another length": (["data.options.palette=[[128, 128, 128], [0, 200, 0]]"],
+                                  ("data.options.palette has 2 colours for the 3 classes",)),
+    "palette entry that is no colour": (["data.options.palette=[[1, 2], [3, 4, 5], [6, 7, 8]]"],
+                                        ("data.options.palette: [1, 2] is no [r, g, b]",)),
+    "unknown mask format": (["data.options.mask_format=rgb"], ("data.options.mask_format", "'rgb'")),
+    "unquoted {part}": (["data.options.image_dir={part}"], ("data.options.image_dir", "{'part': None}", "quote")),
+    "in_mean naming no class": (["data.options.in_mean=[road, sky]"], ("data.options.in_mean", "['sky']")),
+    "unknown kind": (["data.kind=foldr"], ("data.kind", "'foldr'")),
+    "scale out of range": (["data.scale=9"], ("data.scale must be in (0, 4], got 9",)),
+    "no test tile": (["split.n_test=0"], ("split.n_test is 0",)),
+    "negative count": (["split.n_val=-1"], ("split.n_val must be a non-negative integer, got -1",)),
+}
+
+
+@pytest.mark.parametrize("overrides, needles", BAD_OPTIONS.values(), ids=BAD_OPTIONS.keys())
+def test_a_bad_data_option_is_a_config_error_of_every_command(overrides, needles, dataset, tmp_path, capsys):
+    settings = [w for o in overrides for w in ("--set", o)]
+    code, out, err = run_cli(capsys, "check-data", "--config", config(tmp_path, dataset), *settings)
+    line = assert_one_error(code, err, *needles)
+    assert out == "" and "fix:" not in line
+    assert any(is_config_key(key) for key in keys_named(line)), line
+    code, _, err = run_cli(capsys, "train", "--config", config(tmp_path, dataset), "--out", tmp_path / "run",
+                           *settings)
+    assert assert_one_error(code, err, *needles) == line
+    assert not (tmp_path / "run" / "config.yaml").exists()
+
+
+# What the data at hand cannot give: a problem of the data (check-data's exit code 1) whose fix
+# fits its cause and names the keys to change.
+SPLIT_PROBLEMS = {
+    "official split of a dataset without parts": (["split.kind=official"], "has no official parts",
+                                                   ("split.kind: seeded", "data.options.split_files")),
+    "more tiles than there are": (["split.n_tagged=10"], "= 13 tiles, but there are only 8",
+                                  ("ask for fewer tiles", "split.n_tagged")),
+    "more test tiles than are left": (["split.n_test=9"], "split leaves 3 test tiles, but n_test is 9",
+                                      ("split.n_test to at most 3",)),
+}
+
+
+@pytest.mark.parametrize("overrides, needle, fix_needles", SPLIT_PROBLEMS.values(), ids=SPLIT_PROBLEMS.keys())
+def test_a_split_the_data_cannot_give_has_a_fix_naming_the_keys(overrides, needle, fix_needles, dataset, tmp_path,
+                                                                capsys):
+    code, out, _ = run_cli(capsys, "check-data", "--config", config(tmp_path, dataset),
+                           *[w for o in overrides for w in ("--set", o)])
+    line = assert_one_problem(code, out, needle, *fix_needles)
+    assert_fix_names_the_config(line, capsys)
+    assert "ask for fewer tiles" not in line or "split asks for" in line
+
+
+def test_a_root_without_the_dataset_has_a_fix_naming_the_keys(tmp_path, capsys):
+    code, out, _ = run_cli(capsys, "check-data", "--config", config(tmp_path, tmp_path / "nowhere"))
+    line = assert_one_problem(code, out, "nowhere: dataset root folder not found", "point data.root")
+    assert_fix_names_the_config(line, capsys)
+
+
+def test_training_ends_its_error_with_the_fix(dataset, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "train", "--config", config(tmp_path, dataset), "--out", tmp_path / "run",
+                           "--set", "split.kind=official")
+    line = assert_one_error(code, err, "has no official parts", "; fix: set split.kind: seeded")
+    assert_fix_names_the_config(line, capsys)
+
+
+def test_a_parts_layout_set_on_the_command_line(dataset, tmp_path, capsys):
+    """`--set data.options.image_dir={part}/images` as a newcomer types it: the text, not a YAML error."""
+    for part, tiles in (("train", TILES[:6]), ("val", TILES[6:])):
+        for folder in ("images", "masks"):
+            (dataset / part / folder).mkdir(parents=True)
+            for tile_id in tiles:
+                shutil.move(dataset / folder / f"{tile_id}.png", dataset / part / folder / f"{tile_id}.png")
+    settings = ["--set", "data.options.image_dir={part}/images", "--set", "data.options.mask_dir={part}/masks",
+                "--set", "split.kind=official"]
+    code, out, err = run_cli(capsys, "check-data", "--config", config(tmp_path, dataset), *settings)
+    assert (code, out) == (0, "checked 8 tiles of 'folder': no problems\n"), err
+    # The val part (2 photos) is the test part: validation comes from train's 6, which hold no 2 + 5.
+    code, out, _ = run_cli(capsys, "check-data", "--config", config(tmp_path, dataset), *settings,
+                           "--set", "split.n_val=5")
+    line = assert_one_problem(code, out, "asks for 2 labelled + 5 val tiles, but only 6 official train tiles")
+    assert_fix_names_the_config(line, capsys)
 
 
 # --------------------------------------------------------------------------- checkpoints

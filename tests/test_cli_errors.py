@@ -129,3 +129,19 @@ def test_class_weights_of_the_wrong_length_are_a_config_error(dataset, tmp_path,
     config = config_for(tmp_path, dataset)
     code, err = run_cli(config, tmp_path / "run", capsys, "--set", "train.class_weights=[1.0, 2.0]")
     assert_one_line_error(code, err, "train.class_weights", "2 values", "6 classes")
+
+
+def test_check_data_exits_2_for_a_bad_option_and_1_for_bad_files(dataset, tmp_path, capsys):
+    """README: 1 when check-data finds problems in the data, 2 for bad input (a config, an option)."""
+    config = config_for(tmp_path, dataset)
+    code = main(["check-data", "--config", str(config), "--set", "data.options.labels_dir=gts"])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    assert_one_line_error(code, captured.err.strip(), "data.options", "['labels_dir']", "label_dir")
+    code = main(["check-data", "--config", str(config), "--set", "split.n_labelled=-3"])
+    assert_one_line_error(code, capsys.readouterr().err.strip(), "split.n_labelled must be a non-negative integer")
+    assert code == 2
+    gt_path(dataset, 5).unlink()
+    code = main(["check-data", "--config", str(config)])
+    out = capsys.readouterr().out
+    assert code == 1 and "top_mosaic_09cm_area5.tif" in out and "; fix: " in out

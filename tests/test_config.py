@@ -25,6 +25,18 @@ def test_overrides_parse_yaml_values(tmp_path):
     assert cfg.weak.single_stage.pamr_dilations == [1, 2]
 
 
+def test_an_override_that_is_no_yaml_is_the_text_itself():
+    """`{part}/images` opens a YAML flow mapping and does not parse: the folder name is meant."""
+    cfg = load_config(None, ["data.kind=folder", "data.options.image_dir={part}/images",
+                             "data.options.mask_dir=ann_dir/{part}", "data.options.class_names=[a, b]"])
+    assert cfg.data.options == {"image_dir": "{part}/images", "mask_dir": "ann_dir/{part}", "class_names": ["a", "b"]}
+    # Valid YAML keeps its meaning, quoted text included.
+    assert load_config(None, ["data.options={image_dir: '{part}'}"]).data.options == {"image_dir": "{part}"}
+    # A typed key still refuses the text it cannot take, naming the key.
+    with pytest.raises(ConfigError, match=r"weak.single_stage.pamr_dilations: expected a list, got '\[1, 2'"):
+        load_config(None, ["weak.single_stage.pamr_dilations=[1, 2"])
+
+
 def test_integers_widen_to_float_but_not_the_reverse():
     assert load_config(None, ["train.lr=1"]).train.lr == 1.0
     with pytest.raises(ConfigError, match="train.epochs: expected an integer, got 2.5"):

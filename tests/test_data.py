@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from wsseg.core.config import config_from_dict
-from wsseg.datasets.base import DataProblemsError
+from wsseg.datasets.base import DataOptionError, DataProblemsError
 from wsseg.datasets.colour import save_index_png
 from wsseg.datasets.splits import Split, save_split
 from wsseg.pipeline.data import SKIPPED_FILES, check_data, prepare_run
@@ -120,3 +120,19 @@ def test_missing_encoder_weights_stop_the_run_before_it_writes_anything(root, tm
     with pytest.raises(ConfigError, match="model.encoder_weights 'nowhere/vgg16.pth': no such file"):
         prepare_run(cfg, tmp_path / "run", weak=False)
     assert not (tmp_path / "run" / "config.yaml").exists()
+
+
+def test_a_run_names_its_tags_for_report_titles(root, tmp_path):
+    cfg = cfg_for(root, skip_bad_files=True)
+    assert prepare_run(cfg, tmp_path / "grid", weak=False).tags_title == "crop tags"
+    cfg.weak.tags = "image"
+    assert prepare_run(cfg, tmp_path / "image", weak=False).tags_title == "image tags"
+
+
+def test_a_bad_split_setting_is_refused_as_such_beside_broken_tiles(root, tmp_path):
+    """Not "fix the tiles above": no tile makes split.n_test 0 work."""
+    cfg = cfg_for(root)
+    cfg.split.n_test = 0
+    with pytest.raises(DataOptionError, match="split.n_test is 0"):
+        prepare_run(cfg, tmp_path / "run", weak=False)
+    assert not (tmp_path / "run").exists()

@@ -1,6 +1,8 @@
 """The download cache, zips of published models and the registry file (downloads themselves are
 tested against a local server in test_release.py)."""
 
+import os
+import stat
 import zipfile
 from pathlib import Path
 
@@ -82,3 +84,15 @@ def test_the_registry_file_comes_from_the_environment(tmp_path, monkeypatch):
     (tmp_path / "r.yaml").write_text("m: {url: https://example.org/m.zip, sha256: " + "A" * 64 + "}")
     monkeypatch.setenv("WSSEG_REGISTRY", str(tmp_path / "r.yaml"))
     assert load_registry() == {"m": {"url": "https://example.org/m.zip", "sha256": "a" * 64}}
+
+
+def test_an_unpacked_model_folder_gets_the_mode_of_the_umask(tmp_path):
+    """mkdtemp makes its folder 0o700: renamed into a shared cache as it is, nobody else could open it."""
+    archive = make_zip(tmp_path / "model.zip", {"model.json": b"{}"})
+    previous = os.umask(0o022)
+    try:
+        folder = unpack_zip(archive)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o755
+    assert stat.S_IMODE((folder / "model.json").stat().st_mode) == 0o644

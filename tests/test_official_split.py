@@ -1,5 +1,6 @@
 """`split.kind: official` on datasets written in their real on-disk layouts."""
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -13,7 +14,8 @@ from wsseg.datasets import build_source
 from wsseg.datasets.base import DatasetError
 from wsseg.datasets.colour import encode_colour_mask
 from wsseg.datasets.isprs import ALL_AREAS, OFFICIAL_TEST_AREAS, VAIHINGEN_CLASSES
-from wsseg.datasets.splits import group_by_part, load_split, official_split, official_vaihingen_split, save_split
+from wsseg.datasets.splits import (group_by_part, load_split, make_split, official_split, official_vaihingen_split,
+                                   save_split)
 from wsseg.pipeline.data import load_source, make_split_for
 
 
@@ -74,6 +76,27 @@ def test_ade20k_trains_on_training_and_tests_on_validation(tmp_path):
     assert len(capped.test) == 3 and set(capped.test) < set(split.test)
 
 
+def test_an_official_part_asked_for_more_than_it_holds_gives_all_with_a_warning(tmp_path, caplog):
+    source = build_source("ade20k", _ade20k(tmp_path))  # train 8; val 4, the test part
+    with caplog.at_level(logging.WARNING, logger="wsseg.datasets.splits"):
+        split = _split_of(source, n_labelled=2, n_tagged=50, n_val=2, n_test=9, seed=5)
+    assert (len(split.tagged), len(split.test)) == (4, 4)
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        "official split of 'ade20k': split.n_tagged is 50, but there are only 4 train tiles left after 2 labelled + "
+        "2 val; all 4 are tagged",
+        "official split of 'ade20k': split.n_test is 9, but there are only 4 tiles in the official val part it tests "
+        "on (null: all of them, unwarned); all 4 are tested on"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="wsseg.datasets.splits"):
+        exact = _split_of(source, n_labelled=2, n_tagged=4, n_val=2, n_test=4, seed=5)
+    assert (exact.tagged, exact.test) == (split.tagged, split.test) and not caplog.records
+    # A seeded split of the same tiles refuses: its test tiles are what the other parts leave.
+    with pytest.raises(DatasetError, match=r"2 labelled \+ 50 tagged \+ 2 val = 54 tiles, but there are only 12") \
+            as refused:
+        make_split([t.tile_id for t in source.tiles], n_labelled=2, n_tagged=50, n_val=2)
+    assert "split.n_tagged" in refused.value.fix
+
+
 def test_too_large_requests_name_the_counts(tmp_path):
     source = build_source("ade20k", _ade20k(tmp_path))
     with pytest.raises(DatasetError, match=r"'ade20k' asks for 7 labelled \+ 2 val tiles, but only 8 official train"):
@@ -123,14 +146,17 @@ def test_folder_parts_and_datasets_without_parts(tmp_path):
     assert all(t.startswith("train_") for t in split.labelled + split.tagged + split.val)
     assert split.test == ["val_0000", "val_0001", "val_0002"]
     flat = build_source("folder", tmp_path, image_dir="img_dir/train", mask_dir="ann_dir/train", class_names=["a"])
-    with pytest.raises(DatasetError, match="dataset 'folder' has no official parts: use split.kind: seeded"):
+    with pytest.raises(DatasetError, match="dataset 'folder' has no official parts") as refused:
         _split_of(flat)
+    assert "split.kind: seeded" in refused.value.fix
     only_val = build_source("folder", tmp_path, image_dir="img_dir/{part}", parts=["val"], **options)
     with pytest.raises(DatasetError, match=r"'folder' has no labelled official train tiles \(parts: val 3\)"):
         _split_of(only_val)
     only_train = build_source("folder", tmp_path, image_dir="img_dir/{part}", parts=["train"], **options)
-    with pytest.raises(DatasetError, match=r"no labelled official val or test tiles to test on \(parts: train 5\)"):
+    with pytest.raises(DatasetError, match=r"no labelled official val or test tiles to test on \(parts: train 5\)") \
+            as refused:
         _split_of(only_train)
+    assert refused.value.fix == "set split.kind: seeded"
 
 
 def _vaihingen(root):
@@ -180,8 +206,9 @@ def test_real_single_part_layouts(shared_data):
         _split_of(build_source("ade20k", shared_data / "ade20k_challenge"))
     with pytest.raises(DatasetError, match=r"'cityscapes' has no labelled official train tiles \(parts: val 1\)"):
         _split_of(build_source("cityscapes", shared_data / "cityscapes"))
-    with pytest.raises(DatasetError, match="dataset 'voc' has no official parts: use split.kind: seeded"):
+    with pytest.raises(DatasetError, match="dataset 'voc' has no official parts") as refused:
         _split_of(build_source("voc", shared_data / "voc"))
+    assert "split.kind: seeded" in refused.value.fix
 
 
 def test_real_ade20k_images_in_both_challenge_parts(shared_data, tmp_path):

@@ -2,6 +2,8 @@
 is kept, folders, probabilities, TTA, and bad input as one line naming the file."""
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -210,3 +212,31 @@ def test_bad_input_is_one_line_naming_the_file(checkpoint, tmp_path, capsys):
     assert code == 2 and "rgb_mask.png exists" in one_error_line(err) and "--force" in err
     code, err = predict(capsys, "--checkpoint", tmp_path / "nope.pt", tmp_path / "rgb.png", "--out", tmp_path)
     assert code == 2 and "nope.pt" in one_error_line(err)
+
+
+def test_the_masks_come_with_the_list_of_their_classes(checkpoint, tmp_path, capsys):
+    Image.fromarray(smooth_image(40, 50, 1)).save(tmp_path / "a.png")
+    out = tmp_path / "out"
+    previous = os.umask(0o022)
+    try:
+        assert predict(capsys, "--checkpoint", checkpoint, tmp_path / "a.png", "--out", out)[0] == 0
+    finally:
+        os.umask(previous)
+    # Readable by a colleague as the overlay always was: the mask's atomic write no longer leaves 0o600.
+    written = ("a_mask.png", "a_overlay.png", "classes.json")
+    assert {name: stat.S_IMODE((out / name).stat().st_mode) for name in written} == dict.fromkeys(written, 0o644)
+    listed = json.loads((out / "classes.json").read_text())
+    assert [(c["index"], c["name"], tuple(c["colour"])) for c in listed["classes"]] == [
+        (k, name, colour) for k, (name, colour) in enumerate(zip(VAIHINGEN_CLASSES.names, VAIHINGEN_CLASSES.palette))]
+    # The list reads the mask: its palette is the colours listed, its values the indices listed.
+    mask = Image.open(out / "a_mask.png")
+    colours = np.array(mask.getpalette()[:3 * len(listed["classes"])]).reshape(-1, 3)
+    assert [list(c) for c in colours] == [c["colour"] for c in listed["classes"]]
+    assert set(np.unique(np.array(mask))) <= {c["index"] for c in listed["classes"]}
+    # Another model's masks in the same folder would be mislabelled by the list: refused first.
+    other = make_checkpoint(tmp_path / "other.pt", {**TINY, "data": {"kind": "dubai"}})
+    Image.fromarray(smooth_image(40, 50, 2)).save(tmp_path / "b.png")
+    code, err = predict(capsys, "--checkpoint", other, tmp_path / "b.png", "--out", out)
+    assert code == 2 and "classes.json lists other classes" in one_error_line(err) and "--force" in err
+    assert not (out / "b_mask.png").exists()
+    assert predict(capsys, "--checkpoint", checkpoint, tmp_path / "b.png", "--out", out)[0] == 0  # same model: fine

@@ -431,3 +431,14 @@ def test_a_run_starts_from_a_release_and_the_release_evaluates_as_its_run(releas
     assert json.loads((run / "task_i" / "eval-best" / "metrics.json").read_text())["miou"] == pytest.approx(first)
     assert json.loads((tmp_path / "eval" / "split.json").read_text())["test"] == \
         json.loads((run / "split.json").read_text())["test"]
+
+
+def test_the_card_names_the_tags_the_model_learnt_from(release):
+    from wsseg.pipeline.release import model_card
+
+    meta = json.loads((release / "model.json").read_text())
+    assert "(task ii: N1 pixel labels + N2 crop tags)" in model_card(meta, {})
+    meta["config"]["weak"]["tags"] = "image"
+    assert "(task ii: N1 pixel labels + N2 image tags)" in model_card(meta, {})
+    meta["trained"]["stage"] = "oracle"
+    assert "(oracle: N1 + N2 pixel labels (experiments only))" in model_card(meta, {})

@@ -83,7 +83,8 @@ def test_a_bad_key_or_value_fails_before_anything_trains(sweep, tmp_path, capsys
     assert main(["sweep", "--config", str(config), "--grid", "train.crop_px=64,0", "--out", str(out)]) == 2
     assert "train.crop_px must be at least 1" in capsys.readouterr().err
     assert main(["sweep", "--config", str(config), "--grid", "split.n_labelled=3,500", "--out", str(out)]) == 2
-    assert "split.n_labelled=500" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "split.n_labelled=500" in err and "; fix: ask for fewer tiles (split.n_labelled" in err
     assert not out.exists()
 
 

@@ -5,7 +5,7 @@ import pytest
 
 from wsseg.datasets.base import ClassSpec, DatasetError, Tile, TileSource
 from wsseg.datasets.tags import (TAG_NEGATIVE, TAG_POSITIVE, TAG_UNKNOWN, CropTag, TagGrid, compute_crop_tags,
-                                grid_crops, load_crop_tags, save_crop_tags)
+                                grid_crops, load_crop_tags, save_crop_tags, tags_title)
 
 
 def _memory_source(labels: dict, num_classes=4):
@@ -216,3 +216,9 @@ def test_window_targets_of_image_tags():
     # A window holding the whole image (a padded crop) knows every class.
     assert grid.window_targets("t", 0, 0, 32, 48).tolist() == [TAG_POSITIVE, TAG_POSITIVE, TAG_NEGATIVE, TAG_POSITIVE]
     assert grid.window_targets("t", 0, 0, 30, 40).tolist() == [TAG_POSITIVE, TAG_POSITIVE, TAG_NEGATIVE, TAG_POSITIVE]
+
+
+def test_titles_name_the_tags_of_the_mode():
+    assert tags_title("grid") == "crop tags" and tags_title("image") == "image tags"
+    with pytest.raises(DatasetError, match="weak.tags must be one of grid, image, got 'box'"):
+        tags_title("box")

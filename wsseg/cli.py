@@ -66,14 +66,15 @@ KNOWN_ERRORS = (ValueError, OSError, ImportError, CheckpointError, RunFolderInUs
 
 def report_error(err: BaseException) -> int:
     """One `error: ...` line on stderr (several problems of the data each on a line of their own
-    above it) and exit code 2."""
+    above it), ending with its fix where the error knows one (`DatasetError.fix`), and exit code 2."""
     if isinstance(err, DataProblemsError) and len(err.problems) > 1:
         for problem in err.problems:
             print(f"  {problem.line()}", file=sys.stderr)
         hint = f"; {err.hint}" if err.hint else ""
         print(f"error: {len(err.problems)} problems in the data, listed above{hint}", file=sys.stderr)
     else:
-        print(f"error: {printable(err)}", file=sys.stderr)
+        fix = getattr(err, "fix", "")
+        print(f"error: {printable(err)}{f'; fix: {fix}' if fix else ''}", file=sys.stderr)
     return 2
 
 

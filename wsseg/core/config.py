@@ -45,7 +45,8 @@ class SplitConfig:
     kind: Literal["seeded", "official"] = "seeded"
     seed: int = 0
     n_labelled: int = 3
-    # With official: more than the train tiles left means all of them (logged).
+    # With official: more than the train tiles left means all of them, with a warning naming both
+    # numbers; a seeded split refuses more tiles than it has.
     n_tagged: int = 21
     n_val: int = 2
     # At most this many test tiles (default: every tile not in another part).
@@ -356,8 +357,18 @@ def config_to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def override_value(raw: str) -> Any:
+    """A `--set` value: YAML (1e-3, true, [1, 2], {adamw: 0.004}), or the text as it is where it
+    is no YAML. A folder name such as `{part}/images` opens a YAML flow mapping and fails to parse;
+    nobody means a parser error by it, and a typed key still refuses a string it cannot take."""
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
 def apply_overrides(values: dict, overrides: list[str]) -> dict:
-    """Apply `a.b.c=value` strings to a nested dict; values are parsed as YAML (1e-3, true, [1, 2])."""
+    """Apply `a.b.c=value` strings to a nested dict; values as `override_value` reads them."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
@@ -369,10 +380,7 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
             if not isinstance(child, dict):
                 raise ConfigError(f"override {key}: {part} is not a section")
             node = child
-        try:
-            node[path[-1]] = yaml.safe_load(raw)
-        except yaml.YAMLError as err:
-            raise ConfigError(f"override {key}: cannot parse value {raw!r}: {err}") from None
+        node[path[-1]] = override_value(raw)
     return values
 
 

@@ -27,6 +27,11 @@ IGNORE_COLOUR = (0, 0, 0)
 # takes minutes to draw.
 MANY_CLASSES = 25
 MAX_SIDE_IN = 18.0
+# The series of a grouped bar chart (task i, semi, task ii, oracle; full and eroded ground truth)
+# each in a colour of its own, not the classes': the legend draws a series in its first bar's
+# colour, which in the class palette is class 0's for every series (black for a dataset without
+# a palette). Okabe and Ito's colours, which colour-blind readers tell apart.
+SERIES_COLOURS = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442")
 
 
 def _figure(width_in: float, height_in: float) -> Figure:
@@ -90,7 +95,14 @@ def plot_triptych(path: Path, panels: Sequence[tuple[str, np.ndarray | None]], c
 
 def plot_class_bars(path: Path, series: Sequence[tuple[str, Sequence[float]]], class_names, palette,
                     ylabel: str, title: str, mean_lines: Sequence[tuple[str, float]] = ()) -> Path:
-    """Grouped bars per class: each series one bar per class, palette colour, told apart by hatch."""
+    """`class_bars_figure`, saved to `path`."""
+    return _save(class_bars_figure(series, class_names, palette, ylabel, title, mean_lines), path)
+
+
+def class_bars_figure(series: Sequence[tuple[str, Sequence[float]]], class_names, palette, ylabel: str, title: str,
+                      mean_lines: Sequence[tuple[str, float]] = ()) -> Figure:
+    """Grouped bars per class: one series in the class colours; several each in its own colour
+    (`SERIES_COLOURS`) and hatch, which the legend shows."""
     n = len(series)
     x = np.arange(len(class_names))
     width = 0.8 / n
@@ -100,8 +112,9 @@ def plot_class_bars(path: Path, series: Sequence[tuple[str, Sequence[float]]], c
     ax = fig.subplots()
     for k, (label, values) in enumerate(series):
         values = np.array([score_or_nan(v) for v in values])
+        colour = [_rgb01(c) for c in palette] if n == 1 else SERIES_COLOURS[k % len(SERIES_COLOURS)]
         bars = ax.bar(x + (k - (n - 1) / 2) * width, np.nan_to_num(values), width,
-                      color=[_rgb01(c) for c in palette], edgecolor="black", linewidth=0.3 if many else None,
+                      color=colour, edgecolor="black", linewidth=0.3 if many else None,
                       hatch=hatches[k % len(hatches)], label=label)
         if many:
             continue
@@ -119,7 +132,7 @@ def plot_class_bars(path: Path, series: Sequence[tuple[str, Sequence[float]]], c
     ax.set_title(title)
     if n > 1 or mean_lines:
         ax.legend(fontsize=8, loc="upper right")
-    return _save(fig, path)
+    return fig
 
 
 def plot_confusion(path: Path, cm: np.ndarray, class_names, title: str) -> Path:

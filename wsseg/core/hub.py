@@ -24,6 +24,7 @@ from pathlib import Path
 import yaml
 
 from wsseg.core.checkpoint import CheckpointError
+from wsseg.core.io import new_file_mode
 from wsseg.core.progress import progress_enabled
 
 CACHE_ENV = "WSSEG_CACHE"
@@ -129,6 +130,8 @@ def unpack_zip(archive: Path) -> Path:
             target.parent.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{sha256[:12]}.", suffix=".tmp"))
             try:
+                # mkdtemp's 0o700 would keep a shared cache's models from everyone but their unpacker.
+                staging.chmod(new_file_mode(directory=True))
                 for info, name in members:
                     with zf.open(info) as src, open(staging / name, "wb") as dst:
                         shutil.copyfileobj(src, dst)

@@ -12,14 +12,29 @@ from typing import Any, Callable
 import numpy as np
 
 
+def new_file_mode(directory: bool = False) -> int:
+    """The mode `open()` (or `mkdir`, with `directory`) gives what it creates: 0o666 (0o777) less
+    the process umask. `tempfile` creates 0o600 (0o700) whatever the umask; renamed into place
+    as it is, a run's masks, checkpoints and JSON files could not be read by a colleague on a
+    shared cluster, while the figures beside them could."""
+    # The umask can only be read by setting it; wsseg writes files from its main thread, so no
+    # other thread creates a file in the instant it is 0.
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call `write(tmp_path)` on a temporary file beside `path`, then rename it over `path`."""
+    """Call `write(tmp_path)` on a temporary file beside `path`, then rename it over `path`,
+    which gets the mode a plain `open()` would have given it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(Path(tmp))
+        # After `write`: a writer that replaces the file rather than writing into it leaves its own mode.
+        os.chmod(tmp, new_file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

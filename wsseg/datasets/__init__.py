@@ -10,7 +10,7 @@ import inspect
 from pathlib import Path
 from typing import Callable
 
-from wsseg.datasets.base import ClassSpec, DatasetError, Tile, TileSource
+from wsseg.datasets.base import ClassSpec, DataOptionError, DatasetError, Tile, TileSource
 
 
 def _loaders() -> dict[str, Callable[..., TileSource]]:
@@ -54,19 +54,29 @@ def known_kinds() -> list[str]:
     return sorted(_loaders())
 
 
-def build_source(kind: str, root: str | Path, **options) -> TileSource:
-    """The dataset of layout `kind` at `root`; unknown kinds and options are errors that list the valid ones."""
+def _loader(kind: str) -> Callable[..., TileSource]:
     loaders = _loaders()
     if kind not in loaders:
-        raise DatasetError(f"unknown dataset kind {kind!r}; known kinds: {', '.join(sorted(loaders))}")
-    loader = loaders[kind]
-    parameters = inspect.signature(loader).parameters
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        accepted = [name for name in parameters if name != "root"]
-        unknown = sorted(set(options) - set(accepted))
-        if unknown:
-            raise DatasetError(f"dataset kind {kind!r} has no option(s) {unknown}; its options: {accepted}")
-    return loader(root, **options)
+        raise DataOptionError(f"data.kind: unknown dataset kind {kind!r}; known kinds: {', '.join(sorted(loaders))}")
+    return loaders[kind]
+
+
+def loader_options(kind: str) -> list[str] | None:
+    """The `data.options` keys dataset kind `kind` takes, in its loader's order (None: any)."""
+    parameters = inspect.signature(_loader(kind)).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return None
+    return [name for name in parameters if name != "root"]
+
+
+def build_source(kind: str, root: str | Path, **options) -> TileSource:
+    """The dataset of layout `kind` at `root`; unknown kinds and options are errors that list the valid ones."""
+    accepted = loader_options(kind)
+    unknown = sorted(set(options) - set(accepted)) if accepted is not None else []
+    if unknown:
+        raise DataOptionError(f"data.options: dataset kind {kind!r} has no option(s) {unknown}; its options: "
+                              f"{', '.join(accepted)}")
+    return _loader(kind)(root, **options)
 
 
 def fixed_classes(kind: str, options: dict | None = None) -> ClassSpec | None:
@@ -116,5 +126,5 @@ def input_bands(kind: str) -> tuple[str, str, str]:
     return ("nir", "red", "green") if kind in _IRRG_KINDS else ("red", "green", "blue")
 
 
-__all__ = ["ClassSpec", "DatasetError", "Tile", "TileSource", "build_source", "fixed_classes", "input_bands",
-           "known_kinds"]
+__all__ = ["ClassSpec", "DataOptionError", "DatasetError", "Tile", "TileSource", "build_source", "fixed_classes",
+           "input_bands", "known_kinds", "loader_options"]

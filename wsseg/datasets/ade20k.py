@@ -26,8 +26,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from wsseg.datasets.base import (IGNORE_INDEX, ClassSpec, DataProblem, DatasetError, Tile, TileSource, check_unique_ids,
-                                 with_problems)
+from wsseg.datasets.base import (IGNORE_INDEX, ClassSpec, DataOptionError, DataProblem, DatasetError, Tile, TileSource,
+                                 check_unique_ids, with_problems)
 from wsseg.datasets.colour import default_palette, pair_problem, read_array, read_index_png, read_rgb
 from wsseg.datasets.folder import natural_key
 
@@ -135,18 +135,19 @@ def ade20k_full_source(root: str | Path, classes: Mapping[str, Sequence[int]] | 
     "person": [1831]}; pixels of any other index are ignored.
     """
     if not classes:
-        raise DatasetError("ade20k_full needs classes={name: [full class indices]} (see ade_object_names)")
+        raise DataOptionError("data.options.classes: ade20k_full needs classes={name: [full class indices]} "
+                              "(see ade_object_names)")
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: ADE20K root folder not found")
     names = tuple(classes)
     if len(names) >= IGNORE_INDEX:
-        raise DatasetError(f"ade20k_full: {len(names)} classes do not fit in uint8 labels")
+        raise DataOptionError(f"data.options.classes: ade20k_full's {len(names)} classes do not fit in uint8 labels")
     table: dict[int, int] = {}
     for k, name in enumerate(names):
         for full_index in classes[name]:
             if int(full_index) in table:
-                raise DatasetError(f"ade20k_full: full index {full_index} given to both "
+                raise DataOptionError(f"data.options.classes: full index {full_index} given to both "
                                    f"{names[table[int(full_index)]]!r} and {name!r}")
             table[int(full_index)] = k
     seg_paths = sorted(root.rglob("*_seg.png"), key=lambda p: natural_key(p.name))

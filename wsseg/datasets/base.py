@@ -12,13 +12,27 @@ from pathlib import Path
 
 import numpy as np
 
+from wsseg.core.typed import ConfigError
+
 IGNORE_INDEX = 255
 # The parts a benchmark ships as separate folders or lists; loaders normalise their names to these.
 OFFICIAL_PARTS = ("train", "val", "test")
 
 
 class DatasetError(ValueError):
-    """Bad input data: the message names the file, the key or the value."""
+    """Bad input data: the message names the file, the key or the value; `fix`, where the cause
+    says what would mend it, is what `wsseg check-data` prints after the problem."""
+
+    def __init__(self, *args, fix: str = ""):
+        super().__init__(*args)
+        self.fix = fix
+
+
+class DataOptionError(DatasetError, ConfigError):
+    """A `data.*` or `split.*` setting that no files could satisfy (an option the loader lacks,
+    a palette of another length than the class names, a negative count): a bad config, not bad
+    data, so `wsseg check-data` refuses it as it refuses any config (exit code 2) instead of
+    listing it among the problems of the data. The message names the key."""
 
 
 def printable(text: str | Path) -> str:
@@ -40,6 +54,7 @@ class DataProblem:
 
     where: str
     problem: str
+    # What would mend it, naming the config key, the command or the file; "" where nothing known does.
     fix: str
     tile_id: str | None = None
     blocking: bool = True
@@ -47,7 +62,7 @@ class DataProblem:
     def line(self) -> str:
         """One line: `where: problem; fix: fix` (printable whatever the file names hold)."""
         head = f"{self.where}: " if self.where else ""
-        return printable(f"{head}{self.problem}; fix: {self.fix}")
+        return printable(f"{head}{self.problem}" + (f"; fix: {self.fix}" if self.fix else ""))
 
     def as_dict(self) -> dict:
         return {"where": printable(self.where), "problem": printable(self.problem), "fix": self.fix,
@@ -170,7 +185,7 @@ def rescaled(source: TileSource, scale: float) -> TileSource:
     if scale == 1.0:
         return source
     if not 0.0 < scale <= 4.0:
-        raise DatasetError(f"data.scale must be in (0, 4], got {scale}")
+        raise DataOptionError(f"data.scale must be in (0, 4], got {scale}")
     import cv2
 
     def size_of(shape):

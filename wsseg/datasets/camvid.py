@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from wsseg.datasets.base import DatasetError, TileSource
+from wsseg.datasets.base import DataOptionError, TileSource
 from wsseg.datasets.folder import paired_folder_source
 
 CAMVID_NAMES = ("sky", "building", "pole", "road", "pavement", "tree", "sign_symbol", "fence", "car", "pedestrian",
@@ -22,7 +22,7 @@ def camvid_source(root: str | Path, split: str | None = None, check_sizes: bool 
     """Every part present (or `split` alone), ids the frame names: unique across CamVid's parts,
     so they stay the same whichever parts are read."""
     if split not in (None, "train", "val", "test"):
-        raise DatasetError(f"camvid split must be train, val or test, got {split!r}")
+        raise DataOptionError(f"data.options.split must be train, val or test, got {split!r} (camvid)")
     return paired_folder_source(root, "{part}", "{part}annot", CAMVID_NAMES, CAMVID_PALETTE, mask_format="index",
                                 ignore_index=CAMVID_VOID, parts=None if split is None else [split],
                                 prefix_part=False, name="camvid", check_sizes=check_sizes)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from wsseg.datasets.base import (IGNORE_INDEX, OFFICIAL_PARTS, ClassSpec, DataProblem, DatasetError, Tile, TileSource,
-                                 check_unique_ids, with_problems)
+from wsseg.datasets.base import (IGNORE_INDEX, OFFICIAL_PARTS, ClassSpec, DataOptionError, DataProblem, DatasetError,
+                                 Tile, TileSource, check_unique_ids, with_problems)
 from wsseg.datasets.colour import check_indices, pair_problem, read_index_png, read_rgb
 from wsseg.datasets.folder import natural_key
 
@@ -48,7 +48,7 @@ def cityscapes_source(root: str | Path, split: str | None = None, label: str = "
     holds real test ground truth.
     """
     if label not in _SUFFIX:
-        raise DatasetError(f"cityscapes label must be one of {sorted(_SUFFIX)}, got {label!r}")
+        raise DataOptionError(f"data.options.label: cityscapes label must be one of {sorted(_SUFFIX)}, got {label!r}")
     root = Path(root)
     if split is None:
         parts = [part for part in OFFICIAL_PARTS if (root / "leftImg8bit" / part).is_dir()]

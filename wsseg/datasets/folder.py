@@ -22,8 +22,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from wsseg.datasets.base import (IGNORE_INDEX, OFFICIAL_PARTS, ClassSpec, DataProblem, DatasetError, Tile,
-                                 TileSource, check_unique_ids, missing_file_problem, with_problems)
+from wsseg.datasets.base import (IGNORE_INDEX, OFFICIAL_PARTS, ClassSpec, DataOptionError, DataProblem, DatasetError,
+                                 Tile, TileSource, check_unique_ids, missing_file_problem, with_problems)
 from wsseg.datasets.colour import check_indices, decode_colour_mask, default_palette, read_index_png, read_rgb, size_problem
 from wsseg.datasets.split_lists import check_split_files, listed_parts
 
@@ -87,18 +87,23 @@ def paired_folder_source(root: str | Path, image_dir: str, mask_dir: str, class_
     LabelMeFacade), whose ignore value is their own, not an option: `ignore_key` names the option
     that sets it, where a user sets it (None: none does). `display_palette`: the colours the
     classes are drawn in, where they differ from the colours that code the masks (`palette`)."""
+    image_dir, mask_dir = _folder(image_dir, "data.options.image_dir"), _folder(mask_dir, "data.options.mask_dir")
     if mask_format not in ("index", "colour"):
-        raise DatasetError(f"mask_format must be 'index' or 'colour', got {mask_format!r}")
+        raise DataOptionError(f"data.options.mask_format must be 'index' or 'colour', got {mask_format!r}")
     if mask_format == "colour" and palette is None:
-        raise DatasetError("mask_format='colour' needs the palette that the masks use")
+        raise DataOptionError("data.options.mask_format 'colour' needs the palette that the masks use "
+                              "(data.options.palette: one [r, g, b] per class, in class order)")
     class_names = _names(class_names, "data.options.class_names")
-    palette = tuple(tuple(int(v) for v in c) for c in palette) if palette is not None else default_palette(len(class_names))
+    palette = _palette(palette, len(class_names)) if palette is not None else default_palette(len(class_names))
     # `ignore_index` is the value the stored masks use; labels always come out with 255 (the
     # contract every consumer relies on).
     if ignore_index < len(class_names) or ignore_index > 255:
-        raise DatasetError(f"ignore_index {ignore_index} collides with class indices 0..{len(class_names) - 1} "
-                           f"or does not fit in uint8")
+        raise DataOptionError(f"{ignore_key or 'ignore_index'} {ignore_index} collides with class indices "
+                              f"0..{len(class_names) - 1} or does not fit in uint8")
     in_mean = _names(in_mean or (), "data.options.in_mean")
+    if unknown := [n for n in in_mean if n not in class_names]:
+        raise DataOptionError(f"data.options.in_mean names {unknown}, which data.options.class_names does not "
+                              f"({', '.join(class_names)})")
     classes = ClassSpec(class_names, tuple(display_palette or palette), in_mean)
     if isinstance(image_suffixes, str):
         image_suffixes = [image_suffixes]
@@ -115,8 +120,8 @@ def paired_folder_source(root: str | Path, image_dir: str, mask_dir: str, class_
     problems: list[DataProblem] = []
     if PART in image_dir:
         if split_files is not None:
-            raise DatasetError(f"data.options.split_files and {PART} in image_dir ({image_dir!r}) both give the "
-                               f"parts: keep one")
+            raise DataOptionError(f"data.options.split_files and {PART} in data.options.image_dir ({image_dir!r}) "
+                                  f"both give the parts: keep one")
         if parts is None:
             parts = [part for part in OFFICIAL_PARTS if (root / image_dir.replace(PART, part)).is_dir()]
             if not parts:
@@ -135,9 +140,10 @@ def paired_folder_source(root: str | Path, image_dir: str, mask_dir: str, class_
         tiles = _folder_tiles(root, image_dir, mask_dir, suffixes, mask_stem_suffix, check_sizes, problems,
                               masks_optional=masks_optional, split_files=split_files)
     elif parts is not None:
-        raise DatasetError(f"data.options.parts {list(parts)} reads one folder pair per part and needs {PART} in "
-                           f"image_dir (e.g. 'images/{PART}'), got {image_dir!r}; for parts from the dataset's list "
-                           f"files, set data.options.split_files, e.g. {{train: splits/train.txt, val: splits/val.txt}}")
+        raise DataOptionError(f"data.options.parts {list(parts)} reads one folder pair per part and needs {PART} in "
+                              f"image_dir (e.g. 'images/{PART}'), got {image_dir!r}; for parts from the dataset's "
+                              f"list files, set data.options.split_files, e.g. "
+                              f"{{train: splits/train.txt, val: splits/val.txt}}")
     else:
         tiles = _folder_tiles(root, image_dir, mask_dir, suffixes, mask_stem_suffix, check_sizes, problems,
                               masks_optional=masks_optional)
@@ -154,8 +160,35 @@ def paired_folder_source(root: str | Path, image_dir: str, mask_dir: str, class_
 def _names(values, key: str) -> tuple[str, ...]:
     """A list of names; a lone string is an error naming `key` (iterating it would give its letters)."""
     if isinstance(values, str):
-        raise DatasetError(f"{key} must be a list of names, e.g. [{values}], got the string {values!r}")
+        raise DataOptionError(f"{key} must be a list of names, e.g. [{values}], got the string {values!r}")
     return tuple(values)
+
+
+def _folder(value, key: str) -> str:
+    """A folder name under the root. YAML reads an unquoted `{part}` as a mapping, which would
+    otherwise fail later as a path that is no text."""
+    if not isinstance(value, (str, Path)):
+        raise DataOptionError(f"{key} must be a folder name under data.root, got {value!r}; quote a name that "
+                              f"starts with {{, as in '{{part}}/images'")
+    return str(value)
+
+
+def _palette(palette, num_classes: int) -> tuple[tuple[int, int, int], ...]:
+    """`data.options.palette` as RGB triples, one per class: a colour short or extra would shift
+    every class after it, in the masks decoded and in the figures."""
+    colours = []
+    for colour in palette:
+        try:
+            rgb = tuple(int(v) for v in colour)
+        except (TypeError, ValueError):
+            rgb = ()
+        if len(rgb) != 3 or not all(0 <= v <= 255 for v in rgb):
+            raise DataOptionError(f"data.options.palette: {colour!r} is no [r, g, b] colour of values 0..255")
+        colours.append(rgb)
+    if len(colours) != num_classes:
+        raise DataOptionError(f"data.options.palette has {len(colours)} colours for the {num_classes} classes of "
+                              f"data.options.class_names: give one [r, g, b] per class, in class order")
+    return tuple(colours)
 
 
 def _check_parts(parts: Sequence[str], known: Sequence[str]) -> None:
@@ -163,7 +196,7 @@ def _check_parts(parts: Sequence[str], known: Sequence[str]) -> None:
     if unknown:
         where = ("the parts of data.options.split_files" if tuple(known) != OFFICIAL_PARTS else
                  "the official parts; for parts from the dataset's list files set data.options.split_files")
-        raise DatasetError(f"data.options.parts {unknown} are not among {', '.join(known)} ({where})")
+        raise DataOptionError(f"data.options.parts {unknown} are not among {', '.join(known)} ({where})")
 
 
 def _folder_tiles(root: Path, image_dir: str, mask_dir: str, suffixes: set[str], mask_stem_suffix: str,

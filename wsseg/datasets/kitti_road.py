@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from wsseg.datasets.base import ClassSpec, DatasetError, Tile, TileSource, check_unique_ids, with_problems
+from wsseg.datasets.base import (ClassSpec, DataOptionError, DatasetError, Tile, TileSource, check_unique_ids,
+                                 with_problems)
 from wsseg.datasets.colour import decode_colour_mask, pair_problem, read_rgb
 
 KITTI_ROAD_CLASSES = ClassSpec(names=("non_road", "road"), palette=((255, 0, 0), (255, 0, 255)))
@@ -40,7 +41,8 @@ def kitti_road_source(root: str | Path, categories: list[str] | None = None, che
     wanted = tuple(categories) if categories else CATEGORIES
     unknown = sorted(set(wanted) - set(CATEGORIES))
     if unknown:
-        raise DatasetError(f"KITTI Road categories {unknown} unknown; known: {', '.join(CATEGORIES)}")
+        raise DataOptionError(f"data.options.categories: KITTI Road categories {unknown} unknown; known: "
+                              f"{', '.join(CATEGORIES)}")
     if not any((root / folder / "image_2").is_dir() for folder in _PARTS):
         raise DatasetError(f"{root}: no training/image_2 or testing/image_2 folder (expected the data_road layout)")
 

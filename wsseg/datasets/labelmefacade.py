@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from wsseg.datasets.base import ClassSpec, DatasetError, TileSource
+from wsseg.datasets.base import ClassSpec, DataOptionError, TileSource
 from wsseg.datasets.folder import paired_folder_source
 
 # The masks' colours, as the README lists them.
@@ -41,7 +41,7 @@ def labelmefacade_source(root: str | Path, split: str | None = None, colour_tole
     `colour_tolerance` (Euclidean RGB distance) is 0: the masks are lossless PNGs; raise it only
     for re-encoded copies."""
     if split not in (None, "train", "test"):
-        raise DatasetError(f"labelmefacade split must be train or test, got {split!r}")
+        raise DataOptionError(f"data.options.split must be train or test, got {split!r} (labelmefacade)")
     root = Path(root)
     if not (root / "images").is_dir() and (root / _FOLDER / "images").is_dir():
         root = root / _FOLDER

@@ -14,7 +14,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from wsseg.datasets.base import OFFICIAL_PARTS, DataProblem, DatasetError
+from wsseg.datasets.base import OFFICIAL_PARTS, DataOptionError, DataProblem, DatasetError
 
 
 @dataclass(frozen=True)
@@ -48,13 +48,13 @@ def check_split_files(split_files, key: str = "data.options.split_files") -> dic
     """`split_files` as {part: list path}, or an error naming `key` and what it takes."""
     example = "{train: splits/train.txt, val: splits/val.txt}"
     if not isinstance(split_files, Mapping) or not split_files:
-        raise DatasetError(f"{key} must map official parts to list files, e.g. {example}; got {split_files!r}")
+        raise DataOptionError(f"{key} must map official parts to list files, e.g. {example}; got {split_files!r}")
     unknown = [part for part in split_files if part not in OFFICIAL_PARTS]
     if unknown:
-        raise DatasetError(f"{key}: part {unknown[0]!r} is not among {', '.join(OFFICIAL_PARTS)} (e.g. {example})")
+        raise DataOptionError(f"{key}: part {unknown[0]!r} is not among {', '.join(OFFICIAL_PARTS)} (e.g. {example})")
     for part, path in split_files.items():
         if not isinstance(path, (str, os.PathLike)):
-            raise DatasetError(f"{key}.{part} must be the path of a list file relative to the dataset root, "
+            raise DataOptionError(f"{key}.{part} must be the path of a list file relative to the dataset root, "
                                f"got {path!r}")
     return {part: str(path) for part, path in split_files.items()}
 

@@ -18,12 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
-from wsseg.datasets.base import OFFICIAL_PARTS, DatasetError, Tile
+from wsseg.datasets.base import OFFICIAL_PARTS, DataOptionError, DatasetError, Tile
 from wsseg.datasets.isprs import OFFICIAL_TEST_AREAS, OFFICIAL_TRAIN_AREAS
 
 log = logging.getLogger(__name__)
 
 _PARTS = ("labelled", "tagged", "val", "test")
+# The fix of a split that asks for more tiles than the data holds.
+FEWER_TILES = "ask for fewer tiles (split.n_labelled, split.n_tagged, split.n_val), or add tiles"
 
 
 def natural_key(tile_id: str):
@@ -71,7 +73,7 @@ def _check_ids(tile_ids: Sequence[str]) -> list[str]:
 
 def _check_count(name: str, value: int) -> int:
     if int(value) != value or value < 0:
-        raise DatasetError(f"{name} must be a non-negative integer, got {value!r}")
+        raise DataOptionError(f"split.{name} must be a non-negative integer, got {value!r}")
     return int(value)
 
 
@@ -80,6 +82,8 @@ def make_split(tile_ids: Sequence[str], n_labelled: int = 3, n_tagged: int = 21,
     """Sorted ids permuted by `seed`: the first n_labelled labelled, then tagged, then val; rest test.
 
     `n_test` caps the test tiles (None: all the rest), for datasets with many more images than needed.
+    Asking for more tiles than there are is an error, where `official_split` takes all and warns:
+    here the test tiles are what the other parts leave.
 
     With the 33 Vaihingen tiles the defaults give the seed task: 3 labelled + 21 tagged + 2 val
     (the 23 N2 tiles minus the 2 that choose checkpoints) and 7 test tiles.
@@ -90,13 +94,18 @@ def make_split(tile_ids: Sequence[str], n_labelled: int = 3, n_tagged: int = 21,
     needed = sum(counts.values())
     if needed > len(ids):
         raise DatasetError(f"split asks for {counts['n_labelled']} labelled + {counts['n_tagged']} tagged + "
-                           f"{counts['n_val']} val = {needed} tiles, but there are only {len(ids)}")
+                           f"{counts['n_val']} val = {needed} tiles, but there are only {len(ids)}",
+                           fix=FEWER_TILES)
+    if n_test is not None and _check_count("n_test", n_test) == 0:
+        raise DataOptionError("split.n_test is 0: a split needs at least one test tile (null: all the tiles left)")
     order = np.random.default_rng(seed).permutation(len(ids))
     permuted = [ids[i] for i in order]
     a, b, c = counts["n_labelled"], counts["n_labelled"] + counts["n_tagged"], needed
-    end = len(ids) if n_test is None else c + _check_count("n_test", n_test)
+    end = len(ids) if n_test is None else c + n_test
     if end > len(ids) or end == c:
-        raise DatasetError(f"split leaves {len(ids) - c} test tiles, but n_test is {n_test}")
+        left = len(ids) - c
+        raise DatasetError(f"split leaves {left} test tiles, but n_test is {n_test}",
+                           fix=f"set split.n_test to at most {left} (null: all of them)" if left else FEWER_TILES)
     return Split(labelled=sort_tile_ids(permuted[:a]), tagged=sort_tile_ids(permuted[a:b]),
                  val=sort_tile_ids(permuted[b:c]), test=sort_tile_ids(permuted[c:end]), seed=int(seed),
                  kind="random", info=counts).check()
@@ -134,13 +143,15 @@ def official_split(tiles_by_part: Mapping[str | None, Sequence[str]], n_labelled
     with each part's size and the counts asked for.
     """
     if not any(ids for part, ids in tiles_by_part.items() if part in OFFICIAL_PARTS):
-        raise DatasetError(f"dataset {dataset!r} has no official parts: use split.kind: seeded")
+        raise DatasetError(f"dataset {dataset!r} has no official parts",
+                           fix="set split.kind: seeded, or give the data its parts (for a folder dataset: {part} in "
+                               "data.options.image_dir, or data.options.split_files)")
     _check_ids([t for ids in tiles_by_part.values() for t in ids])
     n_labelled, n_val = _check_count("n_labelled", n_labelled), _check_count("n_val", n_val)
     if n_tagged is not None:
         n_tagged = _check_count("n_tagged", n_tagged)
     if n_test is not None and _check_count("n_test", n_test) == 0:
-        raise DatasetError("n_test is 0: an official split needs at least one test tile (None: all of them)")
+        raise DataOptionError("split.n_test is 0: an official split needs at least one test tile (null: all of them)")
 
     unlabelled, parts, left_out = set(without_labels), {}, {}
     for part, ids in tiles_by_part.items():
@@ -158,29 +169,38 @@ def official_split(tiles_by_part: Mapping[str | None, Sequence[str]], n_labelled
     train, val_part, test_part = parts.get("train", []), parts.get("val", []), parts.get("test", [])
     described = ", ".join(f"{part} {size}" for part, size in sizes.items())
     if not train:
-        raise DatasetError(f"dataset {dataset!r} has no labelled official train tiles (parts: {described})")
+        raise DatasetError(f"dataset {dataset!r} has no labelled official train tiles (parts: {described})",
+                           fix="add the train part's masks, or set split.kind: seeded")
     if not test_part:
         val_part, test_part = [], val_part
     if not test_part:
         raise DatasetError(f"dataset {dataset!r} has no labelled official val or test tiles to test on "
-                           f"(parts: {described}): use split.kind: seeded")
+                           f"(parts: {described})", fix="set split.kind: seeded")
     val_from_train = n_val if not val_part else 0
     if n_labelled + val_from_train > len(train):
         asked = f"{n_labelled} labelled + {n_val} val tiles" if val_from_train else f"{n_labelled} labelled tiles"
         raise DatasetError(f"official split of {dataset!r} asks for {asked}, but only {len(train)} official train "
-                           f"tiles are present")
+                           f"tiles are present", fix=FEWER_TILES)
     if val_part and n_val > len(val_part):
         raise DatasetError(f"official split of {dataset!r} asks for {n_val} val tiles, but the official val part "
-                           f"has only {len(val_part)}")
+                           f"has only {len(val_part)}", fix=f"set split.n_val to at most {len(val_part)}")
 
     # One generator, drawn in a fixed order (train, val, test), so the same seed gives the same split.
     rng = np.random.default_rng(seed)
     permuted = [train[i] for i in rng.permutation(len(train))]
     labelled, val = permuted[:n_labelled], permuted[n_labelled:n_labelled + val_from_train]
     rest = permuted[n_labelled + val_from_train:]
-    if n_tagged is not None and n_tagged > len(rest):
-        log.info("official split of %r: n_tagged %d is more than the %d train tiles left; all of them are tagged",
-                 dataset, n_tagged, len(rest))
+    # More tagged (or test) tiles than the official part holds: all of them, with a warning that
+    # names both numbers. An official part is a fixed list that mmsegmentation (`ann_file`) and
+    # torchgeo (`split="train"`) read whole, and configs ask "all of train" that way
+    # (kitti_semantic.yaml's n_tagged 1000, above its train frames). A seeded split refuses
+    # instead (`make_split`): its test tiles are those its other parts leave, so a clamp there
+    # would shrink the test set.
+    _warn_if_clamped(dataset, "split.n_tagged", n_tagged, len(rest),
+                     f"train tiles left after {n_labelled} labelled + {val_from_train} val", "tagged")
+    _warn_if_clamped(dataset, "split.n_test", n_test, len(test_part),
+                     f"tiles in the official {'test' if parts.get('test') else 'val'} part it tests on "
+                     f"(null: all of them, unwarned)", "tested on")
     tagged = rest if n_tagged is None else rest[:n_tagged]
     if val_part:
         val = [val_part[i] for i in rng.permutation(len(val_part))[:n_val]]
@@ -193,6 +213,12 @@ def official_split(tiles_by_part: Mapping[str | None, Sequence[str]], n_labelled
     split = Split(labelled=sort_tile_ids(labelled), tagged=sort_tile_ids(tagged), val=sort_tile_ids(val),
                   test=sort_tile_ids(test), seed=int(seed), kind="official", info=info)
     return split.check(f"official split of {dataset!r}")
+
+
+def _warn_if_clamped(dataset: str, key: str, asked: int | None, present: int, what: str, role: str) -> None:
+    if asked is not None and asked > present:
+        log.warning("official split of %r: %s is %d, but there are only %d %s; all %d are %s", dataset, key, asked,
+                    present, what, present, role)
 
 
 _AREA = re.compile(r"^area(\d+)$")

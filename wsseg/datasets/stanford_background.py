@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from wsseg.datasets.base import ClassSpec, DatasetError, TileSource
+from wsseg.datasets.base import ClassSpec, DataOptionError, DatasetError, TileSource
 from wsseg.datasets.folder import paired_folder_source
 
 # The colours of the tutorial's PNG palette, so that masks wsseg writes look like the dataset's.
@@ -35,7 +35,7 @@ def stanford_background_source(root: str | Path, split: str | None = None, check
     """The scenes the split lists name, each of its list's part ("train" or "val"; `split` reads
     one), ids the scene ids. Without splits/, every scene, of no part (`split.kind: seeded`)."""
     if split not in (None, "train", "val"):
-        raise DatasetError(f"stanford_background split must be train or val, got {split!r}")
+        raise DataOptionError(f"data.options.split must be train or val, got {split!r} (stanford_background)")
     root = Path(root)
     if (root / _FOLDER).is_dir():
         root = root / _FOLDER

@@ -37,7 +37,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from wsseg.datasets.base import IGNORE_INDEX, DatasetError, TileSource
+from wsseg.datasets.base import IGNORE_INDEX, DataOptionError, TileSource
 from wsseg.datasets.colour import encode_colour_mask
 from wsseg.datasets.isprs import ALL_AREAS, VAIHINGEN_CLASSES, eroded_name, image_name, vaihingen_source
 
@@ -606,10 +606,10 @@ def generate_synthetic_vaihingen(root: str | Path, num_tiles: int = 33, tile_px:
     so a smaller regeneration does not leave stale tiles behind.
     """
     if num_tiles <= 0:
-        raise DatasetError(f"num_tiles must be positive, got {num_tiles}")
+        raise DataOptionError(f"num_tiles must be positive, got {num_tiles}")
     height, width = (int(tile_px), int(tile_px)) if np.isscalar(tile_px) else (int(tile_px[0]), int(tile_px[1]))
     if height < 64 or width < 64:
-        raise DatasetError(f"tile_px {tile_px} is too small for the scene generator (minimum 64×64)")
+        raise DataOptionError(f"tile_px {tile_px} is too small for the scene generator (minimum 64×64)")
     root = Path(root)
     folders = [root / IMAGE_DIR, root / LABEL_DIR, root / ERODED_DIR]
     for folder in folders:

@@ -21,6 +21,14 @@ from wsseg.datasets.base import IGNORE_INDEX, DatasetError, TileSource
 TAG_MODES = ("grid", "image")
 
 
+def tags_title(mode: str) -> str:
+    """What titles call the tags of `weak.tags` mode `mode`: a report on image-level tags that
+    said "crop tags" would describe another experiment."""
+    if mode not in TAG_MODES:
+        raise DatasetError(f"weak.tags must be one of {', '.join(TAG_MODES)}, got {mode!r}")
+    return "crop tags" if mode == "grid" else "image tags"
+
+
 @dataclass(frozen=True)
 class CropTag:
     tile_id: str

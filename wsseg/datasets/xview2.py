@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from wsseg.datasets.base import (IGNORE_INDEX, ClassSpec, DatasetError, Tile, TileSource, check_unique_ids,
-                                 missing_file_problem, with_problems)
+from wsseg.datasets.base import (IGNORE_INDEX, ClassSpec, DataOptionError, DatasetError, Tile, TileSource,
+                                 check_unique_ids, missing_file_problem, with_problems)
 from wsseg.datasets.colour import image_size, read_rgb
 
 LOCALISATION_CLASSES = ClassSpec(names=("background", "building"), palette=((0, 0, 0), (255, 255, 255)))
@@ -39,14 +39,14 @@ _IMAGE = re.compile(r"^(.+)_(pre|post)_disaster$")
 def xview2_source(root: str | Path, target: str = "damage", parts: list[str] | None = None) -> TileSource:
     """Tiles "<part>_<disaster>_<n>" (the pre- or post-disaster image, after `target`)."""
     if target not in ("localisation", "damage"):
-        raise DatasetError(f"xview2 target must be 'localisation' or 'damage', got {target!r}")
+        raise DataOptionError(f"data.options.target must be 'localisation' or 'damage' (xview2), got {target!r}")
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: xView2 root folder not found")
     wanted = list(parts) if parts else [p for p in PARTS if (root / p / "images").is_dir()]
     unknown = [p for p in wanted if p not in PARTS]
     if unknown:
-        raise DatasetError(f"xview2 parts {unknown} unknown; known: {', '.join(PARTS)}")
+        raise DataOptionError(f"data.options.parts: xview2 parts {unknown} unknown; known: {', '.join(PARTS)}")
     if not wanted:
         raise DatasetError(f"{root}: no <part>/images folder for any of {', '.join(PARTS)} (the xView2 layout)")
     when = "pre" if target == "localisation" else "post"

@@ -28,7 +28,7 @@ from wsseg.datasets.base import (ClassSpec, DataProblem, DataProblemsError, Data
 from wsseg.datasets.check import check_crop_tag_file, check_split, check_tiles
 from wsseg.datasets.splits import (Split, format_split, group_by_part, load_split, make_split, official_split,
                                    save_split, sort_tile_ids)
-from wsseg.datasets.tags import CropTag, compute_crop_tags, load_crop_tags, save_crop_tags
+from wsseg.datasets.tags import CropTag, compute_crop_tags, load_crop_tags, save_crop_tags, tags_title
 from wsseg.datasets.user_tags import read_user_tags
 from wsseg.models import FEATURE_PERTURBABLE, VGG_ENCODER_LOADERS, min_input_px, supports_feature_perturbation
 from wsseg.models.single_stage import ClassLayout
@@ -48,6 +48,11 @@ class Run:
     dist: DistInfo = DistInfo()
     # Tiles left out for bad files (`data.skip_bad_files`), listed in the run's skipped_files.json.
     skipped_tiles: tuple[str, ...] = ()
+
+    @property
+    def tags_title(self) -> str:
+        """"crop tags" or "image tags" (`weak.tags`): what task ii's report titles say N2 carries."""
+        return tags_title(self.cfg.weak.tags)
 
     def stage(self, stage_dir: Path, precision: str, channels_last: bool, workers: int | None = None) -> Stage:
         """The training skeleton for a stage of this run, in `stage_dir`; its checkpoints carry the
@@ -147,26 +152,31 @@ def check_data(cfg: Config, split_path: str | Path | None = None, tags_path: str
     """Every problem of the configured dataset, before any training (`wsseg check-data`): its
     layout, every tile's files (`datasets.check.check_tiles`), the split the config draws or the
     split file `split_path` names, and the crop tag file `tags_path`. A config that is wrong in
-    itself raises ConfigError; a wrong dataset is reported, not raised."""
+    itself, its data options included (`DataOptionError`), raises ConfigError; a wrong dataset is
+    reported, not raised."""
     check_config(cfg)
     try:
         source, problems = listed_source(cfg)
     except DatasetError as error:  # nothing to list: no root, no image folder, no images
-        return DataCheck(cfg.data.kind, 0, (DataProblem("", str(error), f"point data.root (now {cfg.data.root!r}) "
-                                                        f"and data.options at a {cfg.data.kind!r} dataset"),))
+        if isinstance(error, ConfigError):
+            raise
+        fix = error.fix or f"point data.root (now {cfg.data.root!r}) and data.options at a {cfg.data.kind!r} dataset"
+        return DataCheck(cfg.data.kind, 0, (DataProblem("", str(error), fix),))
     check_config(cfg, source, weak=False)
     if split_path is not None:
         try:
             problems += check_split(load_split(split_path), source, str(split_path))
         except DatasetError as error:
-            problems.append(DataProblem("", str(error), "write the split again, or leave it out"))
+            problems.append(DataProblem("", str(error), "write the split again, or leave --split out"))
     else:
         try:
             make_split_for(cfg, source)
         except DatasetError as error:
+            if isinstance(error, ConfigError):
+                raise
             left_out = f" (without the {len(problems)} tile problem(s) above)" if problems else ""
-            problems.append(DataProblem(f"split (kind {cfg.split.kind})", f"{error}{left_out}",
-                                        "ask for fewer tiles (split.n_labelled, n_tagged, n_val, n_test), or add tiles"))
+            # The split's own errors say what mends them; a tags file's name its file and line.
+            problems.append(DataProblem(f"split (kind {cfg.split.kind})", f"{error}{left_out}", error.fix))
     problems += check_tiles(source, [t.tile_id for t in source.tiles], _checking_bar(progress))
     if tags_path is not None:
         problems += check_crop_tag_file(tags_path, source)
@@ -375,7 +385,7 @@ def prepare_run(cfg: Config, run_dir: Path, resume: bool = False, dist: DistInfo
             try:
                 split = make_split_for(cfg, source)
             except DatasetError as error:
-                if not problems:
+                if not problems or isinstance(error, ConfigError):  # a bad setting is no fault of the tiles
                     raise
                 # Too few tiles left because of the problems: report those, not only the count.
                 raise DataProblemsError([*problems, DataProblem("split", str(error), "fix the tiles above")],

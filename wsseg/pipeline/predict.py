@@ -2,8 +2,9 @@
 
 Every input is predicted as evaluation predicts a test tile: windows of `window_px` every
 `stride_px`, overlapping logits averaged (`core.evaluate.sliding_window_logits`), the window
-settings defaulting to the checkpoint's `eval` ones. Per input, under the output folder (folder
-inputs keep their sub-folders):
+settings defaulting to the checkpoint's `eval` ones. Under the output folder, `classes.json`
+says which class each mask value is and the colour it is drawn in; per input (folder inputs keep
+their sub-folders):
 
     <stem>_mask.png             palette PNG of class indices (ordinary images)
     <stem>_mask.tif             uint8 GeoTIFF on the input's grid (CRS, transform kept), the class
@@ -24,6 +25,7 @@ fp32 and the device's 16-bit autocast, timed on a few window batches when predic
 
 from __future__ import annotations
 
+import json
 import logging
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -38,7 +40,7 @@ from PIL import Image
 from wsseg.core.distributed import autocast_dtype
 from wsseg.core.evaluate import sliding_window_logits
 from wsseg.core.precision import resolve_precision
-from wsseg.core.io import atomic_write
+from wsseg.core.io import atomic_write, atomic_write_json
 from wsseg.core.progress import progress_bar
 from wsseg.datasets.base import IGNORE_INDEX
 from wsseg.datasets.colour import encode_colour_mask, save_index_png
@@ -52,6 +54,7 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 RASTER_SUFFIXES = (".tif", ".tiff")
 OVERLAY_ALPHA = 0.5
+CLASSES_FILE = "classes.json"
 
 
 class PredictError(ValueError):
@@ -200,6 +203,28 @@ def plan_outputs(inputs: list[tuple[Path, Path]], out_dir: Path, opts: PredictOp
                 raise PredictError(f"{target} exists (from {path}); pass --force to overwrite it")
         plan.append((path, outputs))
     return plan
+
+
+def class_list(trained: TrainedModel) -> dict:
+    """What the masks' values mean: each class's index, name and colour (`classes.json`). A palette
+    PNG carries the colours but not the names, and a class index alone says nothing."""
+    return {"classes": [{"index": k, "name": name, "colour": list(colour)}
+                        for k, (name, colour) in enumerate(zip(trained.class_names, trained.palette))],
+            "no_class": {"index": IGNORE_INDEX, "meaning": "nodata of a GeoTIFF input: not predicted"}}
+
+
+def check_class_list(path: Path, classes: dict, force: bool) -> None:
+    """A `classes.json` already in the output folder that lists other classes belongs to the masks
+    of another model: writing over it would mislabel them (without `force`, an error)."""
+    if force or not path.is_file():
+        return
+    try:
+        same = json.loads(path.read_text(encoding="utf-8")) == classes
+    except (OSError, ValueError):
+        same = False
+    if not same:
+        raise PredictError(f"{path} lists other classes than this model's (masks of another model?); pass --force "
+                           f"to overwrite it, or choose another --out")
 
 
 # --------------------------------------------------------------------------- the prediction
@@ -354,10 +379,14 @@ def predict_paths(trained: TrainedModel, inputs: Sequence[str | Path], out_dir: 
     plan = plan_outputs(find_inputs(inputs, pattern, exclude=out_dir), out_dir, opts)
     for path, _ in plan:
         check_input(path, opts)
+    classes = class_list(trained)
+    check_class_list(out_dir / CLASSES_FILE, classes, opts.force)
     device = next(trained.model.parameters()).device
     precision = resolve_precision(opts.precision, trained.model, (opts.batch_size, 3, opts.window_px, opts.window_px),
                                   device, cache_dir=None, training=False, what="prediction")
     amp_dtype = autocast_dtype(precision, device)
+    # Before the masks: none is ever without the list that reads it.
+    atomic_write_json(out_dir / CLASSES_FILE, classes)
     # A bar over the files, and one over the blocks of each GeoTIFF.
     for path, outputs in progress_bar(plan, enabled=opts.progress and len(plan) > 1, desc="predict", unit="image"):
         (predict_raster if is_raster(path) else predict_image)(trained, path, outputs, opts, amp_dtype)

@@ -48,6 +48,7 @@ from wsseg.core.report import metrics_summary, per_class_table
 from wsseg.datasets import fixed_classes, input_bands
 from wsseg.datasets.base import ClassSpec, DatasetError
 from wsseg.datasets.splits import load_split
+from wsseg.datasets.tags import tags_title
 from wsseg.models import build_segmenter, head_prefixes, untrained_options
 from wsseg.models.normalization import normalisation_of
 
@@ -58,7 +59,7 @@ FORMAT = "wsseg-model"
 FORMAT_VERSION = 1
 WEIGHTS_FILE, META_FILE, CARD_FILE, IOU_PLOT, ARCHIVE_FILE = (
     "model.safetensors", "model.json", "README.md", "iou_bars.png", "model.zip")
-STAGE_TITLES = {"task_i": "task i: N1 pixel labels only", "task_ii": "task ii: N1 pixel labels + N2 crop tags",
+STAGE_TITLES = {"task_i": "task i: N1 pixel labels only", "task_ii": "task ii: N1 pixel labels + N2 {tags}",
                 "oracle": "oracle: N1 + N2 pixel labels (experiments only)"}
 
 
@@ -407,6 +408,12 @@ def _run_split(checkpoint: Path):
     return None
 
 
+def _stage_title(stage: str, cfg: dict) -> str:
+    # Grid tags were the only kind before `weak.tags` existed; a config from then has none.
+    tags = tags_title(cfg.get("weak", {}).get("tags", "grid"))
+    return STAGE_TITLES[stage].format(tags=tags) if stage in STAGE_TITLES else stage
+
+
 def model_card(meta: dict, sha256: dict[str, str]) -> str:
     """README.md of a release: scores, training, loading."""
     name, cfg, model = meta["name"], meta["config"], meta["model"]
@@ -415,7 +422,7 @@ def model_card(meta: dict, sha256: dict[str, str]) -> str:
     train, split = cfg["train"], meta["split"]
     md = [f"# {name}", "",
           f"A `{model['name']}` segmenter trained with wsseg {meta['wsseg_version']} "
-          f"({STAGE_TITLES.get(stage, stage)}) on `{cfg['data']['kind']}` data, {len(names)} classes: "
+          f"({_stage_title(stage, cfg)}) on `{cfg['data']['kind']}` data, {len(names)} classes: "
           f"{', '.join(names)}.", ""]
     metrics = meta["metrics"]
     md += ["## Test scores", ""]

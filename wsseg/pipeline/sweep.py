@@ -189,7 +189,8 @@ def plan_sweep(config: str | Path, grid: list[tuple[str, list[str]]], out_dir: s
         except DataProblemsError:
             raise  # its own lines name every file at fault
         except (ConfigError, DatasetError) as err:
-            raise type(err)(f"sweep combination {where}: {err}") from None
+            fix = {"fix": err.fix} if isinstance(err, DatasetError) else {}
+            raise type(err)(f"sweep combination {where}: {err}", **fix) from None
         run = SweepRun(name, Path(out_dir) / name, combination, cfg)
         _check_same_config(run)
         runs.append(run)
