@@ -324,7 +324,7 @@ def test_task_ii_online_learns_the_n2_crops_under_their_tags(tmp_path):
     comparison = json.loads((run / "comparison.json").read_text())
     assert comparison["pseudo_masks"] is None
     assert {"task_i", "semi", "task_ii"} <= set(comparison)
-    assert "Task ii: N1 pixel labels + N2 images under their tags (online)" in (run / "task_ii" / "report.md").read_text()
+    assert "Task ii: N1 pixel labels + N2 images under their crop tags (online)" in (run / "task_ii" / "report.md").read_text()
 
 
 def test_task_ii_with_image_level_tags(tmp_path, capsys):

@@ -117,7 +117,7 @@ def run_task_ii(run: Run) -> tuple[dict, dict | None]:
         run_task_i(run)
     fusion_segmenter = task_i_best if cfg.weak.pseudo.segmenter_weight > 0 else None
     return _offline_task_ii(run, crop_tags, fusion_segmenter, task_i_best,
-                            f"Task ii: N1 pixel labels + N2 {'image' if cfg.weak.tags == 'image' else 'crop'} tags")
+                            f"Task ii: N1 pixel labels + N2 {run.tags_title}")
 
 
 def _online_task_ii(run: Run, crop_tags) -> dict:
@@ -129,7 +129,8 @@ def _online_task_ii(run: Run, crop_tags) -> dict:
         return done
     _task_i_first_under_a_budget(run, "task ii")
     started = time.monotonic()
-    metrics = train_segmenter(run, stage_dir, title="Task ii: N1 pixel labels + N2 images under their tags (online)",
+    metrics = train_segmenter(run, stage_dir,
+                              title=f"Task ii: N1 pixel labels + N2 images under their {run.tags_title} (online)",
                               init_checkpoint=initial_segmenter(run), epochs=epochs_of_task_i(run), online=True,
                               crop_tags=crop_tags)
     log.info(f"task ii: test mIoU {metrics.get('miou', float('nan')):.4f}")
