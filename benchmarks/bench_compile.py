@@ -32,7 +32,11 @@ MODELS = {"effnet_lite0_unet": ({"pretrained": False}, 8, 160),
 NUM_CLASSES = 6
 
 
-def run_case(model_name: str, precision: str, compiled: bool, steps: int, threads: int) -> dict:
+def run_case(model_name: str, precision: str, compiled: bool, steps: int, threads: int, device: str = "cpu",
+             backend: str = "inductor", size: int | None = None) -> dict:
+    """`steps` timed training steps after a first one (the compilation, when compiled). `backend`
+    other than inductor only for smoke runs (gpu_check.py --dry-run: "eager" traces the model
+    without generating code); `size` replaces the model's crop for them too."""
     import torch
     import torch.nn.functional as F
 
@@ -40,27 +44,32 @@ def run_case(model_name: str, precision: str, compiled: bool, steps: int, thread
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    kwargs, batch, size = MODELS[model_name]
-    model = build_segmenter(model_name, NUM_CLASSES, **kwargs).train().to(memory_format=torch.channels_last)
+    kwargs, batch, crop_px = MODELS[model_name]
+    size = size or crop_px
+    model = build_segmenter(model_name, NUM_CLASSES, **kwargs).train().to(device, memory_format=torch.channels_last)
     if compiled:
-        model.compile()
+        model.compile(backend=backend)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    images = torch.rand(batch, 3, size, size).to(memory_format=torch.channels_last)
-    labels = torch.randint(0, NUM_CLASSES, (batch, size, size))
+    images = torch.rand(batch, 3, size, size).to(device, memory_format=torch.channels_last)
+    labels = torch.randint(0, NUM_CLASSES, (batch, size, size)).to(device)
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
 
     def step() -> float:
+        sync()
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             logits = model(images)
         F.cross_entropy(logits.float(), labels).backward()
         optimizer.step()
+        sync()
         return time.perf_counter() - start
 
     first = step()
     times = [step() for _ in range(steps)]
     return {"model": model_name, "precision": precision, "compiled": compiled, "batch": batch, "crop_px": size,
-            "threads": threads, "first_step_s": round(first, 3), "step_s_all": [round(t, 3) for t in times],
+            "device": device, "backend": backend if compiled else None, "threads": threads,
+            "first_step_s": round(first, 3), "step_s_all": [round(t, 3) for t in times],
             "step_s_best": round(min(times), 3), "load_avg_1min_after": round(os.getloadavg()[0], 2)}
 
 

@@ -76,8 +76,11 @@ from benchmarks.common import GEMM_N, achieved, count_flops, gemm_rates, load_av
 
 RESULTS = REPO / "benchmarks" / "results" / "single_stage.json"
 
-# name → (precision, channels_last)
-CASES = {"fp32": ("fp32", False), "bf16_channels_last": ("bf16", True)}
+# name → (precision, channels_last). fp16 is for CUDA (benchmarks/gpu_check.py): training refuses
+# it on the CPU, so this script's own run leaves it out.
+CASES = {"fp32": ("fp32", False), "bf16_channels_last": ("bf16", True), "fp16_channels_last": ("fp16", True)}
+CPU_CASES = ["fp32", "bf16_channels_last"]
+AMP_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
 PUBLISHED = "published_fp32"
 NUM_CLASSES, BATCH, CROP_PX = 20, 2, 321  # VOC foreground classes, as in the paper
 PARTS = ("forward_s", "pamr_s", "loss_backward_s", "optimizer_s")
@@ -115,7 +118,8 @@ def wsseg_forward(model, images, precision: str, lap=lambda name: None) -> dict:
     """wsseg's forward pass of a training step, with the PAMR masks the pseudo labels come from."""
     import torch
 
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+    dtype = getattr(torch, AMP_DTYPES.get(precision, "bfloat16"))
+    with torch.autocast(images.device.type, dtype=dtype, enabled=precision in AMP_DTYPES):
         out = model(images, refine=False)
     lap("forward_s")
     out["masks_pamr"] = model.refine_masks(images, out["masks"])
@@ -123,31 +127,36 @@ def wsseg_forward(model, images, precision: str, lap=lambda name: None) -> dict:
     return out
 
 
-def wsseg_case(name: str, crop_px: int):
-    """wsseg's model, optimizer and batch for case `name`, and its step (which returns its Laps)."""
+def wsseg_case(name: str, crop_px: int, device: str = "cpu", model_options: dict | None = None):
+    """wsseg's model, optimizer and batch for case `name` on `device`, and its step (which returns
+    its Laps; on CUDA they are launch times, a caller times whole steps with a synchronize). fp16
+    scales the loss as training does (`core.train.fit`). `model_options` (backbone, width) replace
+    the ResNet-38 of width 1 for smoke runs."""
     import torch
 
     from wsseg.models.single_stage import SingleStageSegmenter
 
     precision, channels_last = CASES[name]
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = SingleStageSegmenter(NUM_CLASSES).train().to(memory_format=memory_format)
+    model = SingleStageSegmenter(NUM_CLASSES, **(model_options or {})).train().to(device, memory_format=memory_format)
     optimizer = torch.optim.SGD(model.param_groups(lr=1e-3), lr=1e-3, momentum=0.9)
+    scaler = torch.amp.GradScaler(torch.device(device).type, enabled=precision == "fp16")
     images, tags = batch_of(crop_px)
-    images = images.to(memory_format=memory_format)
+    images, tags = images.to(device, memory_format=memory_format), tags.to(device)
 
     def forward_backward(lap=lambda name: None) -> None:
         optimizer.zero_grad(set_to_none=True)
         out = wsseg_forward(model, images, precision, lap)
         loss = model.classification_loss(out["cls"], tags)
         loss = loss + model.self_supervised_loss(out, tags, crop_size=images.shape[-2:])
-        loss.backward()
+        scaler.scale(loss).backward()
         lap("loss_backward_s")
 
     def step() -> Laps:
         laps = Laps()
         forward_backward(laps)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         laps("optimizer_s")
         return laps
 
@@ -358,7 +367,7 @@ def against_published(summary: dict, published: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--cases", nargs="+", default=CPU_CASES, choices=CPU_CASES)
     parser.add_argument("--published", type=Path, help="a checkout of github.com/visinf/1-stage-wseg: time its "
                         "training step too, interleaved with wsseg's cases")
     parser.add_argument("--warmup", type=int, default=1)

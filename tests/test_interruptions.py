@@ -4,12 +4,17 @@ import errno
 import json
 import logging
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -17,6 +22,8 @@ from wsseg.core.checkpoint import CheckpointError, load_checkpoint
 from wsseg.core.run_lock import LOCK_NAME, RunFolderInUse, RunLock
 from wsseg.core.train import (NonFiniteLoss, TrainingInterrupted, build_optimizer, build_scheduler, fit,
                               training_loader, weighted_cross_entropy)
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 class NoisyTiles(Dataset):
@@ -177,3 +184,70 @@ def test_sigterm_outside_the_training_steps_ends_with_the_resume_command(tmp_pat
     assert "interrupted by SIGTERM between training steps" in said
     assert f"--config configs/demo.yaml --out {tmp_path / 'run'} --resume --set train.epochs=2" in said
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def group_run_config(tmp_path):
+    """Task i alone, small enough for seconds a run, with 2 DataLoader workers to receive the signal."""
+    cfg = {
+        "name": "group",
+        "data": {"kind": "synthetic_vaihingen", "root": str(tmp_path / "data"),
+                 "options": {"num_tiles": 8, "tile_px": [96, 96], "seed": 3}},
+        "split": {"n_labelled": 2, "n_tagged": 4, "n_val": 1},
+        "model": {"name": "effnet_lite0_unet", "options": {"pretrained": False}},
+        "train": {"epochs": 1, "iters_per_epoch": 12, "batch_size": 2, "crop_px": 64, "optimizer": "adamw",
+                  "schedule": "poly", "workers": 2, "precision": "fp32"},
+        "eval": {"window_px": 96, "stride_px": 64, "batch_size": 2, "num_triptychs": 0},
+    }
+    path = tmp_path / "group.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def run_cli(args, log_path, **popen):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    with open(log_path, "ab") as log:  # a file: a pipe nobody reads would block the run once full
+        return subprocess.Popen([sys.executable, "-m", "wsseg.cli", *args], cwd=REPO, env=env, stdout=log,
+                                stderr=log, **popen)
+
+
+def children_of(pid):
+    return [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
+            for child in (task / "children").read_text().split()]
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads a process's children from /proc")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_to_the_whole_process_group_stops_at_the_step_boundary(tmp_path, sig):
+    # SLURM's preemption and `kill -- -PGID` signal every process of the group, Ctrl-C the
+    # foreground group: the DataLoader workers receive it too, and must leave it to the main process.
+    config, run, log_path = group_run_config(tmp_path), tmp_path / "run", tmp_path / "run.log"
+    process = run_cli(["train", "--task", "i", "--config", str(config), "--out", str(run)], log_path,
+                      start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        # The duration estimate comes after the first 5 of 12 steps: training is under way.
+        while "a step here" not in log_path.read_text(errors="replace"):
+            assert process.poll() is None, log_path.read_text(errors="replace")
+            assert time.monotonic() < deadline, "training did not start"
+            time.sleep(0.01)
+        assert len(children_of(process.pid)) >= 2  # the workers, in the group the signal goes to
+        os.killpg(process.pid, sig)
+        code = process.wait(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    said = log_path.read_text(errors="replace")
+    assert code == 128 + sig, said
+    assert "Traceback" not in said and "DataLoader worker" not in said, said
+    stopped = re.search(rf"interrupted by {signal.Signals(sig).name}: stopped in epoch 1, after step (\d+) of 12", said)
+    assert stopped, said
+    state = load_checkpoint(run / "task_i" / "last.pt")
+    assert state["partial_epoch"]["steps_done"] == int(stopped.group(1)) >= 5
+
+    command = shlex.split(said.split("To continue where it stopped:")[1].strip().splitlines()[0])
+    assert command[:2] == ["wsseg", "train"] and command[-3:] == ["--out", str(run), "--resume"], command
+    resumed = run_cli(command[1:], tmp_path / "resumed.log")
+    assert resumed.wait(timeout=300) == 0, (tmp_path / "resumed.log").read_text(errors="replace")
+    assert f"in epoch 1, after step {stopped.group(1)}" in (tmp_path / "resumed.log").read_text(errors="replace")
+    assert (run / "task_i" / "done.json").is_file()

@@ -6,8 +6,9 @@ epoch (`last.pt`) and whenever the validation score improves (`best.pt`), so a k
 continues from its last epoch with `resume=True` and ends with the same weights. A time budget
 caps the epochs at what fits in it, measured on the first epoch, with the learning-rate decay
 shortened to end where training now ends. Ctrl-C or
-SIGTERM stops at the next step boundary instead, with a checkpoint of that step (`last.pt`,
-marked partial) from which a resumed run continues as if it had never stopped.
+SIGTERM (to this process or to its whole group) stops at the next step boundary instead, with a
+checkpoint of that step (`last.pt`, marked partial) from which a resumed run continues as if it
+had never stopped.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 from wsseg.core.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state, unwrap
 from wsseg.core.distributed import DistInfo
 from wsseg.core.progress import progress_bar
+from wsseg.core.workers import SignalSafeDataLoader
 from wsseg.datasets.base import IGNORE_INDEX
 
 LossFn = Callable[[torch.nn.Module, object, int], "tuple[torch.Tensor, dict[str, float]]"]
@@ -160,8 +162,9 @@ def training_loader(dataset, batch_size: int, sampler=None, *, drop_last: bool =
     """A DataLoader for `fit`: without `sampler` the samples are reshuffled every epoch from
     torch's global generator, as `shuffle=True` does; workers persist between epochs, each sample
     made for the epoch `fit` is in (datasets whose crops depend on the epoch have `set_epoch`);
-    a batch whose loss is not finite is named by its samples. `loader_options` go to the
-    DataLoader (num_workers, pin_memory, ...)."""
+    a batch whose loss is not finite is named by its samples; workers leave Ctrl-C and SIGTERM
+    to this process, so that a signal to the whole process group stops at a step boundary as one
+    to this process does. `loader_options` go to the DataLoader (num_workers, pin_memory, ...)."""
     sampler = sampler if sampler is not None else torch.utils.data.RandomSampler(dataset)
     batches = _EpochBatchSampler(torch.utils.data.BatchSampler(sampler, batch_size, drop_last=drop_last))
     loader_options.setdefault("persistent_workers", loader_options.get("num_workers", 0) > 0)
@@ -169,7 +172,7 @@ def training_loader(dataset, batch_size: int, sampler=None, *, drop_last: bool =
     # whose workers start at epoch k of a resumed run then leaves that stream where an
     # uninterrupted run has it.
     loader_options.setdefault("generator", torch.Generator().manual_seed(torch.initial_seed()))
-    return torch.utils.data.DataLoader(_EpochKeyed(dataset), batch_sampler=batches, **loader_options)
+    return SignalSafeDataLoader(_EpochKeyed(dataset), batch_sampler=batches, **loader_options)
 
 
 def describe_samples(dataset, indices: list[int], limit: int = 8) -> str:

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from wsseg.core.checkpoint import CheckpointError, load_checkpoint
 from wsseg.core.config import Config
@@ -26,6 +25,7 @@ from wsseg.core.evaluate import sliding_window_logits
 from wsseg.core.io import atomic_write, atomic_write_json
 from wsseg.core.metrics import confusion_matrix, segmentation_metrics, unlearned_classes
 from wsseg.core.progress import progress_bar
+from wsseg.core.workers import SignalSafeDataLoader, leave_stop_signals_to_parent, stop_signals_held
 from wsseg.datasets.base import ClassSpec, TileSource
 from wsseg.datasets.colour import read_index_png, save_index_png
 from wsseg.datasets.crops import GridCropDataset, image_to_tensor
@@ -92,7 +92,10 @@ def make_pseudo_masks(run: Run, crop_tags: list[CropTag], checkpoint: Path, out_
                       "bilateral_compat": pm.crf.bilateral_compat}
     processes = min(max(1, pm.workers), multiprocessing.cpu_count()) if crf_params else 0
     # Crops are predicted in this process, their CRFs run in a pool, in order.
-    pool = multiprocessing.get_context("spawn").Pool(processes) if processes > 1 else None
+    pool = None
+    if processes > 1:
+        with stop_signals_held():
+            pool = multiprocessing.get_context("spawn").Pool(processes, initializer=leave_stop_signals_to_parent)
     pamr_pass = len(calibration_crops) if pm.use_pamr == "auto" else 0
     progress = progress_bar(total=pamr_pass + len(calibration_crops) + len(n2_crops), desc="pseudo masks")
 
@@ -107,6 +110,7 @@ def make_pseudo_masks(run: Run, crop_tags: list[CropTag], checkpoint: Path, out_
         for tile_id, raw, crf, labels in tile_masks(calibration_crops, weak_cm):
             quality.calibrate(labels, source.label(tile_id), raw, crf)
 
+    finished = False
     try:
         pamr_calibration = None
         if pm.use_pamr == "auto":
@@ -132,10 +136,16 @@ def make_pseudo_masks(run: Run, crop_tags: list[CropTag], checkpoint: Path, out_
             atomic_write(out_dir / f"{tile_id}.png", lambda tmp: save_index_png(tmp, labels, classes.palette))
             ground_truth = source.label(tile_id) if source.tile(tile_id).label_path is not None else None
             quality.measure(labels, raw, crf, ground_truth)
+        finished = True
     finally:
         progress.close()
         if pool is not None:
-            pool.close()
+            # Stopped (Ctrl-C, SIGTERM, an error): the CRFs still queued are of no use, and close()
+            # would wait for every one of them.
+            if finished:
+                pool.close()
+            else:
+                pool.terminate()
             pool.join()
 
     tagged_classes = sorted({c for tag in n2_crops for c in tag.classes})
@@ -266,8 +276,8 @@ class CropPredictor:
     def _crops(self, crops: list[CropTag], with_labels: bool):
         """(index, crop H×W×3, crop tensor, tags, the crop's segmenter probabilities or None, its
         label or None) per crop, in order; one worker decodes the crops."""
-        loader = DataLoader(GridCropDataset(self.source, crops, self.source.classes.num_classes), batch_size=None,
-                            num_workers=1)
+        loader = SignalSafeDataLoader(GridCropDataset(self.source, crops, self.source.classes.num_classes),
+                                      batch_size=None, num_workers=1)
         tile_id, tile_probs, tile_label = None, None, None
         with torch.inference_mode():
             for index, crop, tags in loader:
