@@ -212,6 +212,9 @@ def test_auto_precision_is_refused_before_anything_runs(tmp_path, capsys):
     with pytest.raises(ConfigError, match="weak.single_stage.precision is auto"):
         check_precision(cfg, ("i", "ii"))
     assert check_precision(cfg, ("i", "ii"), allow_auto=True)["weak.single_stage.precision"] == "auto"
+    # ... trained offline: online, task ii trains no single-stage model.
+    online = load_config(config, ["weak.single_stage.precision=auto", "weak.mode=online"])
+    assert check_precision(online, ("i", "ii")) == {"train.precision": "fp32"}
 
 
 @pytest.mark.parametrize("option, value, said", [

@@ -52,7 +52,7 @@ def check_precision(cfg: Config, arms: Sequence[str], allow_auto: bool = False) 
     it times the model at the start of each run, so seeds (and machines) can end up at different
     precisions, and a difference between arms would then be partly one of arithmetic."""
     precision = {"train.precision": cfg.train.precision}
-    if "ii" in arms:
+    if "ii" in arms and cfg.weak.mode == "offline":  # online, task ii trains no single-stage model
         precision["weak.single_stage.precision"] = cfg.weak.single_stage.precision
     auto = [key for key, value in precision.items() if value == "auto"]
     if auto and not allow_auto:
