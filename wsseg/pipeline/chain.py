@@ -33,7 +33,7 @@ from wsseg.core.checkpoint import CheckpointError
 from wsseg.core.config import Config, ConfigError
 from wsseg.core.distributed import DistInfo, barrier, run_on_main
 from wsseg.core.io import atomic_write_json
-from wsseg.core.report import write_comparison_report
+from wsseg.pipeline.comparison_report import write_comparison_report
 from wsseg.core.run_lock import RunLock
 from wsseg.pipeline.data import Run, crop_tags_of, prepare_run
 from wsseg.pipeline.pseudo_masks import BackgroundRejected, make_pseudo_masks, pseudo_mask_samples

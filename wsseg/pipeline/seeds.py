@@ -16,7 +16,7 @@ import numpy as np
 from wsseg.core.config import Config
 from wsseg.core.distributed import DistInfo
 from wsseg.core.io import score_or_nan
-from wsseg.core.report import write_seed_summary
+from wsseg.pipeline.comparison_report import write_seed_summary
 from wsseg.pipeline.chain import run_task
 
 

@@ -27,7 +27,7 @@ from wsseg.core.distributed import DistInfo, barrier
 from wsseg.core.io import atomic_write_json, score_or_nan
 from wsseg.core.metrics import gap_closed
 from wsseg.core.provenance import cpu_model, git_commit, git_dirty
-from wsseg.core.report import write_study_report
+from wsseg.pipeline.comparison_report import write_study_report
 from wsseg.core.run_lock import RunLock
 from wsseg.pipeline.chain import check_arms, run_arms
 from wsseg.pipeline.seeds import mean_std
