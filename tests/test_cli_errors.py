@@ -145,3 +145,25 @@ def test_check_data_exits_2_for_a_bad_option_and_1_for_bad_files(dataset, tmp_pa
     code = main(["check-data", "--config", str(config)])
     out = capsys.readouterr().out
     assert code == 1 and "top_mosaic_09cm_area5.tif" in out and "; fix: " in out
+
+
+def test_the_log_follows_stdout_when_a_caller_swaps_and_closes_it(capsys):
+    """A log line written after the stdout the CLI started with is gone (a finished test's
+    capture) lands in today's stdout, with no 'Logging error' traceback."""
+    import io
+    import logging
+    import sys
+
+    from wsseg.cli import _setup_logging
+
+    first = io.StringIO()
+    saved = sys.stdout
+    sys.stdout = first
+    try:
+        _setup_logging()
+    finally:
+        sys.stdout = saved
+    first.close()
+    logging.getLogger("wsseg.test").info("after the swap")
+    captured = capsys.readouterr()
+    assert "after the swap" in captured.out and "Logging error" not in captured.err

@@ -24,10 +24,24 @@ from wsseg.datasets.base import DataProblemsError, printable
 log = logging.getLogger(__name__)
 
 
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stdout` is when a line is logged, not to the stream it was when the
+    handler was made: a caller that swaps stdout and closes its own (pytest's capture, a notebook)
+    must not leave the log writing into a closed file."""
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, _):
+        pass
+
+
 def _setup_logging(run_dir: Path | None = None, quiet: bool = False) -> None:
     """Log to stdout, and to `run_dir/log.txt` when given; `quiet`: warnings and errors only
     (the processes other than rank 0 under torchrun, which would repeat its every line)."""
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
+    handlers: list[logging.Handler] = [_StdoutHandler()]
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(run_dir / "log.txt"))
