@@ -43,9 +43,14 @@ def test_every_config_is_in_the_table_of_experiments():
 
 
 def test_readme_is_a_guide_of_at_most_400_lines():
-    # History belongs in docs/results.md; a guide that grows past this is gathering it again.
-    lines = README.read_text().splitlines()
-    assert len(lines) <= 400, f"README.md has {len(lines)} lines: move measurements to docs/results.md"
+    # History belongs in docs/results.md; a guide that grows past this is gathering it again. The
+    # study tables between the markers are generated from the committed results (and checked by
+    # tests/test_study_table.py): they grow with the studies, not with prose.
+    text = README.read_text()
+    start, end = "<!-- study-tables:start -->", "<!-- study-tables:end -->"
+    guide = text.split(start)[0] + text.split(end)[1]
+    lines = guide.splitlines()
+    assert len(lines) <= 400, f"README.md has {len(lines)} lines of guide: move measurements to docs/results.md"
 
 
 def _anchor(heading: str) -> str:
