@@ -56,22 +56,3 @@ def test_consistency_loss_averages_over_all_pixels():
     assert strong.grad[0, :, 1].abs().max() == 0  # unconfident pixels give no gradient
     assert consistency_loss(strong, torch.full((2, 2, 2), IGN)).item() == 0.0
 
-
-def test_the_absent_class_loss_is_minus_log_of_the_allowed_probability():
-    from wsseg.pseudo_labels.consistency import absent_class_loss, allowed_class_maps
-
-    logits = torch.tensor([2.0, 0.0, -1.0])[None, :, None, None].expand(2, 3, 2, 2).clone()
-    probs = torch.softmax(torch.tensor([2.0, 0.0, -1.0]), 0)
-    tags = torch.tensor([[TAG_NEGATIVE, TAG_UNKNOWN, TAG_POSITIVE], [TAG_UNKNOWN] * 3])
-    allowed = allowed_class_maps(tags, 2, 2)
-    assert allowed.shape == (2, 3, 2, 2) and not allowed[0, 0].any() and allowed[1].all()
-    # Crop 0 may be class 1 or 2 only; crop 1 may be anything (loss 0).
-    expected = -torch.log(probs[1] + probs[2]) / 2
-    assert absent_class_loss(logits, allowed).item() == pytest.approx(expected.item(), rel=1e-5)
-    # A pixel whose tags allow nothing counts 0, not infinity.
-    none_allowed = torch.zeros_like(allowed)
-    assert absent_class_loss(logits, none_allowed).item() == 0.0
-    # The gradient lowers the absent class's logit.
-    logits.requires_grad_(True)
-    absent_class_loss(logits, allowed).backward()
-    assert (logits.grad[0, 0] > 0).all() and (logits.grad[1] == 0).all()

@@ -193,8 +193,6 @@ def test_task_ii_settings_are_checked(weak, message):
     with pytest.raises(ConfigError, match=message):
         check_config(config_from_dict({"weak": weak}))
     check_config(config_from_dict({"weak": {"mode": "online"}}))
-    with pytest.raises(ConfigError, match="weak.absent_class_weight must be at least 0"):
-        check_config(config_from_dict({"weak": {"absent_class_weight": -1.0}}))
 
 
 def test_task_ii_and_the_oracle_train_as_many_epochs_as_task_i(source, tmp_path, monkeypatch):

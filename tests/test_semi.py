@@ -164,26 +164,6 @@ def test_the_tags_veto_the_teachers_confident_class_and_travel_with_cutmix():
     assert untagged["strong"] == pytest.approx(nll[0].item(), rel=1e-4)
 
 
-def test_the_absent_class_loss_joins_the_online_loss_with_its_allowed_sets_cutmixed():
-    from wsseg.datasets.tags import TAG_NEGATIVE, TAG_UNKNOWN
-    from wsseg.pipeline.semi import build_teacher, semi_loss
-
-    cfg = config_from_dict({"semi": {"rampup": 0.0}, "weak": {"mode": "online", "absent_class_weight": 2.0}})
-    model = Constant()
-    loss_fn = semi_loss(cfg, FakeStage(), build_teacher(cfg, model), None, IGNORE_INDEX, progress=lambda: 1.0)
-    images, masks, weights, views = toy_batch()  # crop 0 gets a 4×4 box of crop 1
-    views["tag_targets"] = torch.tensor([[TAG_NEGATIVE, TAG_UNKNOWN], [TAG_UNKNOWN, TAG_UNKNOWN]], dtype=torch.int8)
-    loss, scalars = loss_fn(model, (images, masks, weights, views), 0)
-    log_p = torch.log_softmax(model.bias.detach(), 0)
-    # Class 0 is ruled out on crop 0's 48 own pixels; its box and crop 1 allow both classes.
-    assert scalars["absent_class"] == pytest.approx((-48 * log_p[1] / 128).item(), rel=1e-4)
-    assert loss.item() == pytest.approx(scalars["labelled"] + 0.5 * scalars["strong"] + 2.0 * scalars["absent_class"],
-                                        rel=1e-5)
-    # The tag-free arm has no tags, so no such term.
-    del views["tag_targets"]
-    assert "absent_class" not in loss_fn(model, (images, masks, weights, views), 0)[1]
-
-
 def test_feature_perturbation_adds_a_term_on_the_weak_views():
     from wsseg.pipeline.semi import build_teacher, semi_loss
 

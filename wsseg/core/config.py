@@ -266,10 +266,6 @@ class WeakConfig:
     # confidence bar; no single-stage model, no pseudo masks; task ii minus semi is then exactly
     # what the tags bought.
     mode: Literal["offline", "online"] = "offline"
-    # Online: weight of a loss on every pixel of the N2 strong views, −log of the probability the
-    # segmenter gives the classes the crop's tags allow (0 = off): the tags then teach the pixels
-    # no teacher prediction is confident about.
-    absent_class_weight: float = 0.0
 
 
 @dataclass

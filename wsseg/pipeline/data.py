@@ -305,8 +305,6 @@ def check_config(cfg: Config, source: TileSource | None = None, weak: bool = Tru
     if not 0.0 <= cfg.weak.single_stage.reject_background_below_recall <= 1.0:
         raise ConfigError("weak.single_stage.reject_background_below_recall must be in [0, 1], got "
                           f"{cfg.weak.single_stage.reject_background_below_recall}")
-    if cfg.weak.absent_class_weight < 0:
-        raise ConfigError(f"weak.absent_class_weight must be at least 0 (0 = off), got {cfg.weak.absent_class_weight}")
     _check_semi(cfg)
     if source is None:
         return

@@ -31,8 +31,7 @@ from wsseg.datasets.crops import RandomCropDataset
 from wsseg.datasets.tags import TagGrid
 from wsseg.datasets.unlabelled import PairedCrops, UnlabelledViews
 from wsseg.pipeline.data import Run
-from wsseg.pseudo_labels.consistency import (absent_class_loss, allowed_class_maps, consistency_loss,
-                                             consistency_targets, paste_boxes)
+from wsseg.pseudo_labels.consistency import consistency_loss, consistency_targets, paste_boxes
 
 
 def semi_crops(cfg: Config, run: Run, labelled: Dataset, tag_grid: TagGrid | None = None) -> PairedCrops:
@@ -118,11 +117,6 @@ def semi_loss(cfg: Config, stage: Stage, teacher: AveragedModel | None, class_we
         loss = loss_labelled + ramp * semi.weight * loss_strong
         scalars = {"labelled": loss_labelled.item(), "strong": loss_strong.item(), "ramp": ramp,
                    "confident_pixels": (targets != ignore_index).float().mean().item()}
-        if tag_targets is not None and cfg.weak.absent_class_weight > 0:
-            allowed = paste_boxes(allowed_class_maps(tag_targets, *logits_strong.shape[-2:]), boxes)
-            loss_absent = absent_class_loss(logits_strong, allowed)
-            loss = loss + ramp * cfg.weak.absent_class_weight * loss_absent
-            scalars["absent_class"] = loss_absent.item()
         if perturbed:
             loss_fp = consistency_loss(logits_fp, targets, ignore_index)
             loss = loss + ramp * semi.feature_perturbation * loss_fp

@@ -50,23 +50,6 @@ def consistency_loss(strong_logits: torch.Tensor, targets: torch.Tensor,
     return per_pixel.sum() / max(targets.numel(), 1)
 
 
-def allowed_class_maps(tag_targets: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """N×K×H×W bool: the classes each crop's tags do not rule out, at every pixel (to be CutMixed
-    with `paste_boxes` like the pixels they describe)."""
-    allowed = tag_targets != TAG_NEGATIVE
-    return allowed[:, :, None, None].expand(-1, -1, height, width)
-
-
-def absent_class_loss(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-    """Mean over all pixels of −log of the probability the model gives the classes allowed there
-    (N×K×H×W `allowed`): every pixel of an image learns that the classes absent from its tags are
-    not it, whether or not any prediction there is confident. A pixel with no allowed class counts 0."""
-    log_probs = F.log_softmax(logits.float(), dim=1).masked_fill(~allowed, float("-inf"))
-    per_pixel = -torch.logsumexp(log_probs, dim=1)
-    per_pixel = torch.where(allowed.any(dim=1), per_pixel, torch.zeros_like(per_pixel))
-    return per_pixel.mean()
-
-
 def paste_boxes(batch: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     """CutMix within a batch: row i of `batch` (N×…×H×W) with its box `boxes[i]` (top, left, h, w;
     h ≤ 0 for none) taken from row (i + 1) mod N. Applied to the strong views and to their
