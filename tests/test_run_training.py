@@ -358,3 +358,52 @@ def test_task_ii_with_image_level_tags(tmp_path, capsys):
     capsys.readouterr()
     assert main(["train", "--task", "ii", "--config", str(config), "--out", str(run), "--resume"]) != 0
     assert "made with weak.tags: image, but this run has weak.tags: grid" in capsys.readouterr().err
+
+
+def test_two_runs_of_one_config_with_auto_precision_give_the_same_comparison(tmp_path, monkeypatch):
+    """`--task all` twice on one machine, `precision: auto` on a CPU with bf16 instructions whose
+    timings differ from run to run (bf16 1.14× faster, then 1.03×): the machine's first decision
+    holds for the second run, and comparison.json is the same but for the minutes."""
+    from wsseg.core import precision
+
+    monkeypatch.setenv("WSSEG_CACHE", str(tmp_path / "machine"))
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx512_bf16"})
+    timings = iter([{"fp32": [1.14] * 5, "bf16": [1.0] * 5}, {"fp32": [1.03] * 5, "bf16": [1.0] * 5}] * 20)
+    monkeypatch.setattr(precision, "_measure", lambda *args, **kwargs: next(timings))
+    config = tiny_config(
+        tmp_path, tmp_path / "data", data={"options": {"num_tiles": 8, "tile_px": [64, 64], "seed": 3}},
+        split={"n_labelled": 2, "n_tagged": 3, "n_val": 1},
+        model={"name": "unet", "options": {"base_channels": 4, "depth": 2}},
+        train={"epochs": 1, "iters_per_epoch": 2, "batch_size": 2, "crop_px": 32, "workers": 0, "precision": "auto",
+               "channels_last": False, "deterministic": True},
+        eval={"window_px": 64, "stride_px": 64, "batch_size": 2, "num_triptychs": 0},
+        weak={"tag_crop_px": 32,
+              "single_stage": {"backbone": "resnet38", "width": 0.0625, "epochs": 1, "iters_per_epoch": 2,
+                               "batch_size": 2, "crop_px": 32, "self_supervised_from_epoch": 2, "precision": "auto",
+                               "reject_background_below_recall": 0},
+              "pseudo": {"scales": [1.0], "flip": False, "workers": 0, "use_pamr": False, "crf": {"enabled": False}}})
+
+    def without_minutes(value):
+        if isinstance(value, dict):
+            return {k: without_minutes(v) for k, v in value.items() if k not in ("minutes", "seconds")}
+        if isinstance(value, list):
+            return [without_minutes(v) for v in value]
+        return value
+
+    try:
+        comparisons = []
+        for name in ("first", "second"):
+            assert main(["train", "--task", "all", "--config", str(config), "--out", str(tmp_path / name)]) == 0
+            comparisons.append(without_minutes(json.loads((tmp_path / name / "comparison.json").read_text())))
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic = False
+    assert comparisons[0] == comparisons[1]
+    first, second = (json.loads((tmp_path / name / "precision.json").read_text()) for name in ("first", "second"))
+    # The first run timed each model (and chose by its timing); the second took every decision
+    # from the machine's file, although its own timings would have chosen fp32 throughout.
+    assert first.keys() == second.keys() and {d["source"] for d in first.values()} == {"measured"}
+    assert {d["choice"] for d in first.values()} >= {"bf16"}
+    for key, decision in second.items():
+        assert decision["source"] == str(tmp_path / "machine" / "precision.json")
+        assert decision["choice"] == first[key]["choice"], key
