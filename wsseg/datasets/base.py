@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 
-from wsseg.core.typed import ConfigError
 
 IGNORE_INDEX = 255
 # The parts a benchmark ships as separate folders or lists; loaders normalise their names to these.
@@ -28,11 +27,12 @@ class DatasetError(ValueError):
         self.fix = fix
 
 
-class DataOptionError(DatasetError, ConfigError):
+class DataOptionError(DatasetError):
     """A `data.*` or `split.*` setting that no files could satisfy (an option the loader lacks,
     a palette of another length than the class names, a negative count): a bad config, not bad
     data, so `wsseg check-data` refuses it as it refuses any config (exit code 2) instead of
-    listing it among the problems of the data. The message names the key."""
+    listing it among the problems of the data. The message names the key. (A DatasetError, not a
+    `core` ConfigError: datasets sit below core; the pipeline treats both alike.)"""
 
 
 def printable(text: str | Path) -> str:

@@ -23,8 +23,8 @@ from wsseg.core.progress import progress_bar
 from wsseg.core.provenance import describe, record_run_start
 from wsseg.core.stage import Stage
 from wsseg.datasets import build_source
-from wsseg.datasets.base import (ClassSpec, DataProblem, DataProblemsError, DatasetError, TileSource, printable,
-                                 rescaled)
+from wsseg.datasets.base import (ClassSpec, DataOptionError, DataProblem, DataProblemsError, DatasetError, TileSource,
+                                 printable, rescaled)
 from wsseg.datasets.check import check_crop_tag_file, check_split, check_tiles
 from wsseg.datasets.splits import (Split, format_split, group_by_part, load_split, make_split, official_split,
                                    save_split, sort_tile_ids)
@@ -158,7 +158,7 @@ def check_data(cfg: Config, split_path: str | Path | None = None, tags_path: str
     try:
         source, problems = listed_source(cfg)
     except DatasetError as error:  # nothing to list: no root, no image folder, no images
-        if isinstance(error, ConfigError):
+        if isinstance(error, (ConfigError, DataOptionError)):
             raise
         fix = error.fix or f"point data.root (now {cfg.data.root!r}) and data.options at a {cfg.data.kind!r} dataset"
         return DataCheck(cfg.data.kind, 0, (DataProblem("", str(error), fix),))
@@ -172,7 +172,7 @@ def check_data(cfg: Config, split_path: str | Path | None = None, tags_path: str
         try:
             make_split_for(cfg, source)
         except DatasetError as error:
-            if isinstance(error, ConfigError):
+            if isinstance(error, (ConfigError, DataOptionError)):
                 raise
             left_out = f" (without the {len(problems)} tile problem(s) above)" if problems else ""
             # The split's own errors say what mends them; a tags file's name its file and line.
@@ -383,7 +383,8 @@ def prepare_run(cfg: Config, run_dir: Path, resume: bool = False, dist: DistInfo
             try:
                 split = make_split_for(cfg, source)
             except DatasetError as error:
-                if not problems or isinstance(error, ConfigError):  # a bad setting is no fault of the tiles
+                # A bad setting is no fault of the tiles.
+                if not problems or isinstance(error, (ConfigError, DataOptionError)):
                     raise
                 # Too few tiles left because of the problems: report those, not only the count.
                 raise DataProblemsError([*problems, DataProblem("split", str(error), "fix the tiles above")],
