@@ -2,6 +2,8 @@
 
 import json
 import sys
+
+import pytest
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -18,5 +20,7 @@ def test_online_step_benchmark_reports_each_arm_against_task_i(tmp_path):
     assert arms["task_i"]["ratio_to_task_i"] == 1.0
     for case in arms.values():
         assert len(case["step_s"]) == 2 and case["median_step_s"] > 0
-        assert case["ratio_to_task_i"] == round(case["median_step_s"] / arms["task_i"]["median_step_s"], 3)
+        # The ratio is of the unrounded medians; the report rounds each median to 0.1 ms.
+        assert case["ratio_to_task_i"] == pytest.approx(case["median_step_s"] / arms["task_i"]["median_step_s"],
+                                                        rel=0.02)
     assert report["crop_px"] == 32 and report["batch"] == 2 and "cpu" in report["machine"]
