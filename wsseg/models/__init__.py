@@ -37,6 +37,16 @@ SEGMENTERS: dict[str, Callable[..., nn.Module]] = {
 # Segmenters whose encoder is any timm model (`options.encoder`), ImageNet weights by timm's download.
 TIMM_SEGMENTERS = ("timm_unet", "timm_fpn", "deeplabv3plus")
 
+
+def timm_encoder_of(name: str, options: dict) -> tuple[str, bool] | None:
+    """(timm model name, whether its ImageNet weights load) of segmenter `name` built with
+    `options`; None for a segmenter without a timm encoder."""
+    if name not in TIMM_SEGMENTERS:
+        return None
+    defaults = inspect.signature(SEGMENTERS[name]).parameters
+    return (options.get("encoder", defaults["encoder"].default),
+            bool(options.get("pretrained", defaults["pretrained"].default)))
+
 # Segmenters with an ImageNet VGG encoder, and how its weights go in (`model.encoder_weights`):
 # VGG16 for all but zoomout, whose weights are those of its `backbone` (VGG11 or VGG16).
 VGG_ENCODER_LOADERS: dict[str, Callable[[nn.Module, object], nn.Module]] = {

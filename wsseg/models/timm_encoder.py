@@ -78,20 +78,25 @@ def _pretrained_cfg(name: str) -> dict:
         return {}
     cfg = cfg.to_dict()
     mirror = os.environ.get(WEIGHTS_URL_ENV)
-    if mirror:
+    published = cfg.get("hf_hub_id") or cfg.get("url") or cfg.get("file")
+    if mirror and published:
         tagged = f"{cfg['architecture']}.{cfg['tag']}" if cfg.get("tag") else cfg["architecture"]
         cfg.update(hf_hub_id=None, hf_hub_filename=None, file=None,
                    url=f"{mirror.rstrip('/')}/timm/{tagged}.pth")
     return cfg
 
 
+def _require_weights(name: str, cfg: dict) -> None:
+    if not (cfg.get("hf_hub_id") or cfg.get("url") or cfg.get("file")):
+        # timm itself would only warn, and go on with random weights.
+        raise ValueError(f"timm has no pretrained weights for {name!r}: set pretrained: false, or choose a "
+                         f"model of timm.list_models(pretrained=True)")
+
+
 def _download_options(name: str) -> dict:
     """`timm.create_model` arguments that put `name`'s weights where `cached_timm_weights` looks."""
     cfg = _pretrained_cfg(name)
-    if not (cfg.get("hf_hub_id") or cfg.get("url") or cfg.get("file")):
-        # timm would only warn and go on with random weights.
-        raise ValueError(f"timm has no pretrained weights for {name!r}: set pretrained: false, or choose a "
-                         f"model of timm.list_models(pretrained=True)")
+    _require_weights(name, cfg)
     options = {"cache_dir": timm_cache_dir()}
     if os.environ.get(WEIGHTS_URL_ENV):
         options["pretrained_cfg_overlay"] = {k: cfg[k] for k in ("hf_hub_id", "hf_hub_filename", "file", "url")}
@@ -99,8 +104,10 @@ def _download_options(name: str) -> dict:
 
 
 def cached_timm_weights(name: str) -> Path | None:
-    """The file timm loads `name`'s ImageNet weights from, if it is downloaded already; else None."""
+    """The file timm loads `name`'s ImageNet weights from, if it is downloaded already; else None
+    (a ValueError if timm has none for it). Looks only: nothing is fetched."""
     cfg = _pretrained_cfg(name)
+    _require_weights(name, cfg)
     cache = timm_cache_dir()
     if cfg.get("hf_hub_id"):
         from huggingface_hub import try_to_load_from_cache
@@ -116,7 +123,7 @@ def cached_timm_weights(name: str) -> Path | None:
         folder = cache if cache is not None else Path(torch.hub.get_dir()) / "checkpoints"
         path = folder / Path(urlparse(cfg["url"]).path).name
         return path if path.is_file() else None
-    return None
+    return Path(cfg["file"]) if Path(cfg["file"]).is_file() else None
 
 
 def fetch_timm_weights(name: str) -> Path:
