@@ -46,10 +46,20 @@ HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 PYRAMID_STRIDES = (4, 8, 16, 32)
 
 
+def import_timm():
+    """The timm package, or an error that says how to install it: it is an extra of wsseg
+    (`wsseg[timm]`), which requirements.txt installs."""
+    try:
+        import timm
+    except ImportError as error:
+        raise ModuleNotFoundError("timm encoders need the timm package: `pip install timm==1.0.31` (pinned in "
+                                  "requirements.txt) or `pip install 'wsseg[timm]'`") from error
+    return timm
+
+
 def check_timm_name(name: str) -> None:
     """A ValueError unless timm builds `name` (with a valid pretrained tag, if it has one)."""
-    import timm
-
+    timm = import_timm()
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.7)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
@@ -71,8 +81,7 @@ def timm_cache_dir() -> Path | None:
 def _pretrained_cfg(name: str) -> dict:
     """timm's record of where `name`'s weights are, with the mirror (`$WSSEG_WEIGHTS_URL`) in
     place of the hub when one is set."""
-    import timm
-
+    timm = import_timm()
     cfg = timm.models.get_pretrained_cfg(name)
     if cfg is None:
         return {}
@@ -129,8 +138,7 @@ def cached_timm_weights(name: str) -> Path | None:
 def fetch_timm_weights(name: str) -> Path:
     """Download `name`'s ImageNet weights through timm (once: a cached file is used as it is) and
     load them into the whole model, which checks every key and shape; returns the file."""
-    import timm
-
+    timm = import_timm()
     check_timm_name(name)
     timm.create_model(name, pretrained=True, **_download_options(name))
     path = cached_timm_weights(name)
@@ -248,8 +256,7 @@ class TimmFeatures(nn.Module):
 
     @staticmethod
     def _create(name: str, pretrained: bool, output_stride: int | None = None, **options) -> nn.Module:
-        import timm
-
+        timm = import_timm()
         if pretrained:
             options.update(_download_options(name))
         if output_stride is not None:
