@@ -35,8 +35,9 @@ from torch import Tensor, nn
 
 from wsseg.models.normalization import register_normalisation
 
-# core.hub's variables: the layer contract keeps models from importing core, so they are read here too.
+# core.hub's cache variable, read here too: the layer contract keeps models from importing core.
 CACHE_ENV = "WSSEG_CACHE"
+# The mirror of every ImageNet file wsseg fetches (pipeline.weights reads it for the others).
 WEIGHTS_URL_ENV = "WSSEG_WEIGHTS_URL"
 # Where huggingface_hub takes its cache from; any of them set is the user's own choice.
 HF_CACHE_ENVS = ("HF_HUB_CACHE", "HF_HOME", "HUGGINGFACE_HUB_CACHE")

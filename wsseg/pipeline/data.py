@@ -397,12 +397,12 @@ def _check_model_names(cfg: Config) -> None:
     """Names that typecheck but name no model: a wrong single-stage backbone would surface only
     when task ii's weak stage starts, hours in, and a wrong timm encoder there too with --task ii."""
     timm = timm_encoder_of(cfg.model.name, cfg.model.options)
-    backbone = cfg.weak.single_stage.backbone
-    try:
-        if timm is not None:
+    if timm is not None:
+        try:
             check_timm_name(timm[0])
-    except ValueError as err:
-        raise ConfigError(f"model.options.encoder: {err}") from None
+        except ValueError as err:
+            raise ConfigError(f"model.options.encoder: {err}") from None
+    backbone = cfg.weak.single_stage.backbone
     if backbone.startswith(TIMM_PREFIX):
         try:
             check_timm_name(backbone[len(TIMM_PREFIX):])
