@@ -17,9 +17,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 # The machine's limits first: every later figure is read against them.
-BENCHMARKS = ["bench_machine.py", "bench_models.py", "bench_sliding_window.py", "bench_pseudo_labels.py",
-              "bench_single_stage.py", "bench_predict_geotiff.py", "bench_loader.py", "bench_online_step.py", "bench_compile.py",
-              "bench_scaling.py", "bench_demo.py"]
+BENCHMARKS = ["bench_machine.py", "bench_models.py", "bench_encoders.py", "bench_sliding_window.py",
+              "bench_pseudo_labels.py", "bench_single_stage.py", "bench_predict_geotiff.py", "bench_loader.py",
+              "bench_online_step.py", "bench_compile.py", "bench_scaling.py", "bench_demo.py"]
 # These also time the published code (visinf/1-stage-wseg) on the same inputs when given a checkout.
 TAKE_PUBLISHED = {"bench_single_stage.py", "bench_pseudo_labels.py"}
 

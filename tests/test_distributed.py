@@ -117,3 +117,21 @@ def test_sync_bn_weights_load_into_the_plain_model():
     synced = torch.nn.SyncBatchNorm.convert_sync_batchnorm(plain)
     assert isinstance(synced[1], torch.nn.SyncBatchNorm)
     torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4)).load_state_dict(synced.state_dict())
+
+
+def test_sync_bn_keeps_the_activation_inside_timms_batch_norms():
+    """timm's BatchNormAct2d (EfficientNet, MobileNetV3) applies its activation inside: torch's
+    converter would turn it into a plain SyncBatchNorm and drop the activation without a word."""
+    from timm.layers import BatchNormAct2d
+    from timm.layers.norm_act import SyncBatchNormAct
+
+    from wsseg.core.stage import sync_batch_norms
+    from wsseg.models import build_segmenter
+
+    model = build_segmenter("timm_unet", 3, encoder="test_efficientnet", pretrained=False)
+    keys = list(model.state_dict())
+    acts = [type(m.act) for m in model.modules() if isinstance(m, BatchNormAct2d)]
+    synced = sync_batch_norms(model)
+    assert acts and [type(m.act) for m in synced.modules() if isinstance(m, SyncBatchNormAct)] == acts
+    assert not any(type(m) is torch.nn.BatchNorm2d for m in synced.modules())  # the decoder's too
+    assert list(synced.state_dict()) == keys

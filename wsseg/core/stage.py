@@ -33,6 +33,19 @@ from wsseg.core.train import LossFn, fit, training_loader
 log = logging.getLogger(__name__)
 
 
+def sync_batch_norms(model: torch.nn.Module) -> torch.nn.Module:
+    """`model` with SyncBatchNorm for every BatchNorm. timm's BatchNormAct2d (EfficientNet,
+    MobileNetV3 encoders) applies its activation inside the norm, which torch's converter would
+    silently drop; timm's own converter keeps it."""
+    try:
+        from timm.layers import BatchNormAct2d, convert_sync_batchnorm
+    except ImportError:  # no timm, so no timm layer in the model
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if any(isinstance(m, BatchNormAct2d) for m in model.modules()):
+        return convert_sync_batchnorm(model)
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
 class Stage:
     """Where and how one training stage runs, and its run folder `stage_dir`.
 
@@ -109,7 +122,7 @@ class Stage:
                                  f"{self.device.type}); set train.sync_bn: false")
             # The same weights and running statistics under other class names: checkpoints still
             # load into the plain model.
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            model = sync_batch_norms(model)
         model = model.to(self.device)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)

@@ -12,9 +12,12 @@ from collections.abc import Callable
 
 from torch import nn
 
+from wsseg.models.deeplabv3plus import DeepLabV3Plus
 from wsseg.models.efficientnet_lite import EfficientNetLite0UNet
 from wsseg.models.encdec_unpool import EncDecUnpool, load_vgg16_imagenet
 from wsseg.models.fcn import FCN8s, load_fcn8s_vgg16_imagenet
+from wsseg.models.timm_fpn import TimmFPN
+from wsseg.models.timm_unet import TimmUNet
 from wsseg.models.unet import UNet
 from wsseg.models.zoomout import ZoomOut, load_zoomout_vgg_imagenet
 
@@ -26,7 +29,23 @@ SEGMENTERS: dict[str, Callable[..., nn.Module]] = {
     "unet": UNet,
     "fcn8s": FCN8s,
     "zoomout": ZoomOut,
+    "timm_unet": TimmUNet,
+    "timm_fpn": TimmFPN,
+    "deeplabv3plus": DeepLabV3Plus,
 }
+
+# Segmenters whose encoder is any timm model (`options.encoder`), ImageNet weights by timm's download.
+TIMM_SEGMENTERS = ("timm_unet", "timm_fpn", "deeplabv3plus")
+
+
+def timm_encoder_of(name: str, options: dict) -> tuple[str, bool] | None:
+    """(timm model name, whether its ImageNet weights load) of segmenter `name` built with
+    `options`; None for a segmenter without a timm encoder."""
+    if name not in TIMM_SEGMENTERS:
+        return None
+    defaults = inspect.signature(SEGMENTERS[name]).parameters
+    return (options.get("encoder", defaults["encoder"].default),
+            bool(options.get("pretrained", defaults["pretrained"].default)))
 
 # Segmenters with an ImageNet VGG encoder, and how its weights go in (`model.encoder_weights`):
 # VGG16 for all but zoomout, whose weights are those of its `backbone` (VGG11 or VGG16).
@@ -52,7 +71,7 @@ def build_segmenter(name: str, num_classes: int, **kwargs) -> nn.Module:
 
 # Segmenters whose forward takes `perturb_from` (`models.feature_perturbation`): those whose
 # encoder features are all at hand before the decoder starts.
-FEATURE_PERTURBABLE = ("effnet_lite0_unet", "unet")
+FEATURE_PERTURBABLE = ("effnet_lite0_unet", "unet", *TIMM_SEGMENTERS)
 
 
 def supports_feature_perturbation(name: str) -> bool:
@@ -66,6 +85,8 @@ def min_input_px(name: str, options: dict) -> int:
         return 2 ** int(options.get("depth", 4))
     if name == "encdec_unpool":
         return 32
+    if name in TIMM_SEGMENTERS:
+        return 32  # the coarsest stride of their encoders, or of a ViT's pyramid
     return 1
 
 
@@ -92,6 +113,8 @@ ENCODER_PREFIXES: dict[str, tuple[str, ...]] = {
     "fcn8s": ("blocks.", "fc6.", "fc7."),
     "unet": ("stem.", "down."),
     "zoomout": ("features.",),
+    # `encoder.body.` only: a ViT's pyramid (`encoder.pyramid.`) is new, as the decoder is.
+    **{name: ("encoder.body.",) for name in TIMM_SEGMENTERS},
 }
 
 
@@ -104,6 +127,7 @@ HEAD_PREFIXES: dict[str, tuple[str, ...]] = {
     # FCN-8s scores every skip and upsamples class maps: all of that has num_classes channels.
     "fcn8s": ("score_fr.", "score_pool4.", "score_pool3.", "upscore2.", "upscore_pool4.", "upscore8."),
     "zoomout": ("classifier.score.",),
+    **{name: ("classifier.",) for name in TIMM_SEGMENTERS},
 }
 
 

@@ -24,6 +24,8 @@ from wsseg.models.normalization import register_normalisation
 from wsseg.models.resnet38 import ResNet38, load_resnet38_imagenet
 
 BACKBONES = ("resnet38", "vgg16", "resnet50", "resnet101", "effnet_lite0")
+# `timm:<model name>`: any timm model (`TimmBackbone`).
+TIMM_PREFIX = "timm:"
 
 
 class _FrozenBatchNorms(nn.Module):
@@ -184,9 +186,48 @@ class EfficientNetLiteBackbone(_FrozenBatchNorms):
         return shallow, deep
 
 
+class TimmBackbone(_FrozenBatchNorms):
+    """A timm model (`timm:resnet50`, `timm:convnext_tiny`, ...) as a stride-4/8 backbone.
+
+    Dilated to output stride 8 where timm can (ResNets, EfficientNets, MobileNets, ConvNeXts),
+    as the torchvision ResNets are; a plain ViT's stride-16 blocks are reassembled into strides 4
+    and 8 (`timm_encoder.ViTPyramid`, new layers). shallow = its first stride-4 map, deep = its
+    deepest. Every BN frozen, as for the other backbones; no stem is frozen, since which layers
+    make the stem differs from one timm family to the next. `pretrained`: True or "imagenet" for
+    timm's ImageNet weights (timm's download; `wsseg weights fetch timm:<name>`), or a path /
+    state dict of the timm features model (`TimmFeatures.body`).
+    """
+
+    def __init__(self, name: str, pretrained=None):
+        super().__init__()
+        from wsseg.models.timm_encoder import TimmFeatures, skip_and_deepest
+
+        imagenet = pretrained is True or pretrained == "imagenet"
+        self.encoder = TimmFeatures(name, pretrained=imagenet, output_stride=8, levels=skip_and_deepest(4))
+        if not imagenet and pretrained is not None and pretrained is not False:
+            _load_state_by_key(self.encoder.body, pretrained, skip_prefixes=())
+        self.shallow_channels, self.deep_channels = self.encoder.channels
+        self._freeze_batch_norms()
+
+    def forward(self, image):
+        shallow, deep = self.encoder(image)
+        return _on_grid(shallow, image, 4), _on_grid(deep, image, 8)
+
+
+def _on_grid(features, image, stride: int):
+    """`features` resized to the grid the other backbones give at `stride`, ceil(H/stride) ×
+    ceil(W/stride): a ViT's pyramid overshoots it (its input is padded to whole patches) and a
+    ConvNeXt's 4×4 stem floors instead."""
+    size = [-(-s // stride) for s in image.shape[-2:]]
+    if list(features.shape[-2:]) == size:
+        return features
+    return F.interpolate(features, size=size, mode="bilinear", align_corners=True)
+
+
 def build_backbone(name: str, width: float = 1.0, pretrained=None) -> nn.Module:
-    """A backbone by name. `width` scales ResNet-38 only (the others have fixed widths);
-    `pretrained` as each class documents (None: random initialisation, nothing loaded)."""
+    """A backbone by name (`BACKBONES`, or `timm:<model name>`). `width` scales ResNet-38 only
+    (the others have fixed widths); `pretrained` as each class documents (None: random
+    initialisation, nothing loaded)."""
     if name == "resnet38":
         backbone = ResNet38Backbone(width=width)
         if pretrained is not None:
@@ -198,4 +239,6 @@ def build_backbone(name: str, width: float = 1.0, pretrained=None) -> nn.Module:
         return TorchvisionVGG16(pretrained=pretrained)
     if name == "effnet_lite0":
         return EfficientNetLiteBackbone(pretrained=pretrained)
-    raise ValueError(f"unknown backbone {name!r}; choose one of {BACKBONES}")
+    if name.startswith(TIMM_PREFIX):
+        return TimmBackbone(name[len(TIMM_PREFIX):], pretrained=pretrained)
+    raise ValueError(f"unknown backbone {name!r}; choose one of {BACKBONES} or {TIMM_PREFIX}<a timm model name>")

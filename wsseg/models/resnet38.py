@@ -155,8 +155,10 @@ class CheckpointMismatchError(KeyError):
         return str(self.args[0])
 
 
-def load_resnet38_imagenet(model: ResNet38, path_or_state_dict) -> None:
-    """Loads the authors' ImageNet weights by key, strictly for the backbone.
+def checked_resnet38_state(path_or_state_dict, own: Mapping[str, torch.Tensor], width: float = 1.0) -> dict:
+    """The authors' ImageNet weights as a state dict for a ResNet-38 whose own state dict is `own`,
+    every key and shape checked (on any device: a model on the meta device checks a file without
+    the memory of a real one).
 
     Accepts a path or a state dict; strips a DataParallel `module.` prefix; drops classifier
     keys; tolerates missing `num_batches_tracked` (the authors' file predates it). Any missing,
@@ -174,19 +176,24 @@ def load_resnet38_imagenet(model: ResNet38, path_or_state_dict) -> None:
     state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
     state = {k: v for k, v in state.items() if not k.split(".")[0].startswith(CLASSIFIER_PREFIXES)}
 
-    own = model.state_dict()
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in own]
     wrong_shape = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
                    for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
     if missing or unexpected or wrong_shape:
-        lines = [f"ResNet-38 checkpoint does not fit (width={model.width}):"]
+        lines = [f"ResNet-38 checkpoint does not fit (width={width}):"]
         for title, keys in (("missing", missing), ("unexpected", unexpected),
                             ("shape mismatch", wrong_shape)):
             if keys:
                 lines.append(f"  {title} ({len(keys)}): " + ", ".join(keys))
         raise CheckpointMismatchError("\n".join(lines))
+    return state
 
+
+def load_resnet38_imagenet(model: ResNet38, path_or_state_dict) -> None:
+    """Loads the authors' ImageNet weights by key, strictly for the backbone (`checked_resnet38_state`)."""
+    own = model.state_dict()
+    state = checked_resnet38_state(path_or_state_dict, own, model.width)
     for k in own:
         if k not in state:  # only num_batches_tracked can get here
             state[k] = own[k]

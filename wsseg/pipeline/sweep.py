@@ -184,7 +184,7 @@ def plan_sweep(config: str | Path, grid: list[tuple[str, list[str]]], out_dir: s
             if data_key not in sources:
                 sources[data_key] = listed_source(cfg)[0]
             check_config(cfg, sources[data_key], weak=task != "i")
-            check_weight_files(cfg)
+            check_weight_files(cfg, weak=task != "i")
             make_split_for(cfg, sources[data_key])
         except DataProblemsError:
             raise  # its own lines name every file at fault

@@ -17,7 +17,7 @@ from wsseg.datasets.base import IGNORE_INDEX
 from wsseg.datasets.crops import TaggedCropDataset
 from wsseg.datasets.tags import CropTag
 from wsseg.models.single_stage import ClassLayout, SingleStageSegmenter
-from wsseg.pipeline.data import Run, class_layout
+from wsseg.pipeline.data import Run, class_layout, single_stage_weights
 from wsseg.pseudo_labels import pseudo_gt
 
 log = logging.getLogger(__name__)
@@ -26,8 +26,8 @@ log = logging.getLogger(__name__)
 def build_single_stage(cfg: Config, layout: ClassLayout, pretrained: bool = True) -> SingleStageSegmenter:
     ss = cfg.weak.single_stage
     return SingleStageSegmenter(layout.num_scored, backbone=ss.backbone, width=ss.width,
-                                pretrained=ss.pretrained if pretrained else None, background=ss.background,
-                                pamr_dilations=ss.pamr_dilations, pamr_iter=ss.pamr_iter)
+                                pretrained=single_stage_weights(cfg) if pretrained else None,
+                                background=ss.background, pamr_dilations=ss.pamr_dilations, pamr_iter=ss.pamr_iter)
 
 
 def train_single_stage(run: Run, crop_tags: list[CropTag], stage_dir: Path) -> list[dict]:
