@@ -80,15 +80,21 @@ def run_task_i(run: Run) -> dict:
 def run_semi(run: Run) -> dict:
     """The tag-free arm: task i's segmenter, steps and N1 batches, plus the N2 images without their
     tags (`pipeline.semi`). It trains as many epochs as task i did (run first if it has not)."""
-    stage_dir = run.run_dir / "semi"
+    return _online_stage(run, "semi", "Semi: N1 pixel labels + N2 images without tags")
+
+
+def _online_stage(run: Run, name: str, title: str, crop_tags=None) -> dict:
+    """A stage that learns N2 online (`train_segmenter(online=True)`): the semi arm (`name` semi), or
+    task ii (`task ii`) with each N2 crop's targets restricted by `crop_tags`; folder semi/ or task_ii/."""
+    stage_dir = run.run_dir / name.replace(" ", "_")
     if (done := _stage_done(stage_dir)) is not None:
-        log.info(f"semi already finished in {stage_dir}: mIoU {done['miou']:.4f}")
+        log.info(f"{name} already finished in {stage_dir}: mIoU {done['miou']:.4f}")
         return done
-    _task_i_first_under_a_budget(run, "semi")
+    _task_i_first_under_a_budget(run, name)
     started = time.monotonic()
-    metrics = train_segmenter(run, stage_dir, title="Semi: N1 pixel labels + N2 images without tags",
-                              init_checkpoint=initial_segmenter(run), epochs=epochs_of_task_i(run), online=True)
-    log.info(f"semi: test mIoU {metrics.get('miou', float('nan')):.4f}")
+    metrics = train_segmenter(run, stage_dir, title=title, init_checkpoint=initial_segmenter(run),
+                              epochs=epochs_of_task_i(run), online=True, crop_tags=crop_tags)
+    log.info(f"{name}: test mIoU {metrics.get('miou', float('nan')):.4f}")
     return _finish_stage(run, stage_dir, metrics, started)
 
 
@@ -123,18 +129,8 @@ def run_task_ii(run: Run) -> tuple[dict, dict | None]:
 def _online_task_ii(run: Run, crop_tags) -> dict:
     """Task ii as the semi arm learns, each N2 crop's targets restricted by its tags: no
     single-stage model, no pseudo masks."""
-    stage_dir = run.run_dir / "task_ii"
-    if (done := _stage_done(stage_dir)) is not None:
-        log.info(f"task ii already finished in {stage_dir}: mIoU {done['miou']:.4f}")
-        return done
-    _task_i_first_under_a_budget(run, "task ii")
-    started = time.monotonic()
-    metrics = train_segmenter(run, stage_dir,
-                              title=f"Task ii: N1 pixel labels + N2 images under their {run.tags_title} (online)",
-                              init_checkpoint=initial_segmenter(run), epochs=epochs_of_task_i(run), online=True,
-                              crop_tags=crop_tags)
-    log.info(f"task ii: test mIoU {metrics.get('miou', float('nan')):.4f}")
-    return _finish_stage(run, stage_dir, metrics, started)
+    return _online_stage(run, "task ii",
+                         f"Task ii: N1 pixel labels + N2 images under their {run.tags_title} (online)", crop_tags)
 
 
 def _task_i_first_under_a_budget(run: Run, what: str) -> None:
