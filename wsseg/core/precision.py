@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import platform
+import statistics
 import time
 from pathlib import Path
 from typing import Callable
@@ -150,18 +151,13 @@ def choose(step_s: dict[str, list[float]], min_speedup: float = MIN_SPEEDUP) -> 
     if not fast:
         return "fp32"
     candidate = fast[0]
-    ratios = sorted(a / b for a, b in zip(step_s["fp32"], step_s[candidate]))
-    median = ratios[len(ratios) // 2] if len(ratios) % 2 else (ratios[len(ratios) // 2 - 1] + ratios[len(ratios) // 2]) / 2
-    return candidate if median >= min_speedup and ratios[0] > 1.0 else "fp32"
+    ratios = [a / b for a, b in zip(step_s["fp32"], step_s[candidate])]
+    return candidate if statistics.median(ratios) >= min_speedup and min(ratios) > 1.0 else "fp32"
 
 
 def speedup(step_s: dict[str, list[float]], candidate: str) -> float:
     """Median fp32 step time over the candidate's."""
-    def median(values):
-        values = sorted(values)
-        middle = len(values) // 2
-        return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
-    return median(step_s["fp32"]) / median(step_s[candidate])
+    return statistics.median(step_s["fp32"]) / statistics.median(step_s[candidate])
 
 
 def _load_cache(path: Path) -> dict:
