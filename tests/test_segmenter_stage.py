@@ -128,13 +128,13 @@ def _items(dataset):
 
 
 def test_task_ii_crops_are_n1_and_pseudo_labelled_n2_crops_with_their_weights(data_root, tmp_path):
-    from wsseg.pipeline.segmenter import training_crops
+    from wsseg.pipeline.segmenter import PSEUDO_WEIGHT, training_crops
 
     run, pseudo, _ = tiny_run(data_root, tmp_path / "run")
     items = _items(training_crops(run.cfg, run, pseudo))
     assert all(len(item) == 3 for item in items)  # (image, mask, weight)
     weights = [float(weight) for *_, weight in items]
-    assert weights.count(run.cfg.weak.pseudo_weight) >= len(items) // 2  # pseudo_ratio 0.5
+    assert weights.count(PSEUDO_WEIGHT) >= len(items) // 2  # pseudo_ratio 0.5
     assert all(len(item) == 3 for item in _items(training_crops(run.cfg, run, None)))  # task i: N1 alone
 
 
@@ -144,7 +144,7 @@ def _reference_training(run, stage_dir, pseudo):
     from wsseg.core.train import build_optimizer, build_scheduler, weighted_cross_entropy
     from wsseg.datasets.crops import RandomCropDataset
     from wsseg.models import parameter_groups
-    from wsseg.pipeline.segmenter import EpochConcat, WeightedCrops, build_model
+    from wsseg.pipeline.segmenter import PSEUDO_WEIGHT, EpochConcat, WeightedCrops, build_model
 
     cfg, split, t = run.cfg, run.split, run.cfg.train
     with run.stage(stage_dir, t.precision, t.channels_last) as stage:
@@ -153,7 +153,7 @@ def _reference_training(run, stage_dir, pseudo):
         crops = EpochConcat([
             WeightedCrops(RandomCropDataset(run.source, split.labelled, t.crop_px, n1, seed=t.seed), 1.0),
             WeightedCrops(RandomCropDataset(run.source, split.tagged, t.crop_px, n2, label_override=pseudo,
-                                            seed=t.seed + 1), cfg.weak.pseudo_weight)])
+                                            seed=t.seed + 1), PSEUDO_WEIGHT)])
         loader = stage.loader(crops, t.batch_size)
         model = stage.prepare(build_model(cfg, run.source.classes.num_classes),
                               input_shape=(t.batch_size, 3, t.crop_px, t.crop_px))

@@ -253,18 +253,12 @@ class WeakConfig:
     tag_min_fraction: float = 0.0
     single_stage: SingleStageConfig = field(default_factory=SingleStageConfig)
     pseudo: PseudoMaskConfig = field(default_factory=PseudoMaskConfig)
-    # Loss weight of pseudo-labelled pixels relative to real pixel labels.
-    pseudo_weight: float = 1.0
     # Fraction of each training batch drawn from the pseudo-labelled N2 tiles.
     pseudo_ratio: float = 0.5
     # "share": the N2 crops take that share of each batch (at equal steps task ii then sees fewer
     # N1 crops than task i); "extra": every batch keeps its `train.batch_size` N1 crops and the
     # N2 crops come on top (batch_size · ratio / (1 − ratio) of them), so N1 is never diluted.
     pseudo_mode: Literal["share", "extra"] = "share"
-    # Optional epochs of fine-tuning on N1 pixel labels only after the mixed training.
-    finetune_epochs: int = 0
-    # Start the task ii segmenter from task i's best checkpoint instead of from ImageNet.
-    init_from_task_i: bool = False
     # How task ii learns from the N2 images. "offline": the single-stage model's pseudo masks are
     # N2's labels. "online": the semi arm's weak-to-strong consistency (`semi.*`), with the
     # teacher's prediction on each N2 crop restricted to the classes its tags allow before the

@@ -238,7 +238,7 @@ def _check_sizes(cfg: Config) -> None:
                     "weak.tag_crop_px": cfg.weak.tag_crop_px, "weak.single_stage.crop_px": ss.crop_px,
                     "weak.single_stage.batch_size": ss.batch_size, "weak.single_stage.iters_per_epoch": ss.iters_per_epoch}
     at_least_zero = {"train.epochs": t.epochs, "train.workers": t.workers, "train.lr": t.lr,
-                     "weak.single_stage.epochs": ss.epochs, "weak.finetune_epochs": cfg.weak.finetune_epochs}
+                     "weak.single_stage.epochs": ss.epochs}
     for key, value in at_least_one.items():
         if value < 1:
             raise ConfigError(f"{key} must be at least 1, got {value}")
