@@ -93,5 +93,3 @@ def test_weight_decay_per_optimizer():
         check_config(load_config(None, ["train.weight_decay={adamax: 0.1}"]))
     with pytest.raises(ConfigError, match="train.weight_decay.adam must be at least 0"):
         check_config(load_config(None, ["train.weight_decay={adam: -0.1}"]))
-    with pytest.raises(ConfigError, match=r"train.rmsprop_alpha must be in \[0, 1\)"):
-        check_config(load_config(None, ["train.rmsprop_alpha=1"]))

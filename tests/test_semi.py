@@ -241,7 +241,7 @@ def test_a_resumed_run_restores_the_mean_teacher(tmp_path):
             images, masks = batch
             return weighted_cross_entropy(model(images), masks), {}
 
-        fit(model=model, loader=loader, optimizer=optimizer, scheduler=build_scheduler(optimizer, "constant", 6, 2),
+        fit(model=model, loader=loader, optimizer=optimizer, scheduler=build_scheduler(optimizer, "constant", 6),
             compute_loss=compute_loss, epochs=3, run_dir=run_dir, device=torch.device("cpu"), resume=resume,
             log=lambda message: None, show_progress=False, companions={"teacher": teacher})
         return teacher

@@ -86,22 +86,13 @@ class TrainConfig:
     # a sweep over train.optimizer then gives each its own, as Keras' defaults do (its AdamW
     # decays by 0.004, its Adam and RMSprop not at all), where one value would make AdamW Adam.
     weight_decay: Union[float, dict[str, float]] = 0.0
-    # SGD's momentum. RMSprop takes none: torch's and Keras' RMSprop default to 0, and the 0.9
-    # meant for SGD would silently change it.
-    momentum: float = 0.9
-    # RMSprop's smoothing constant of the squared gradients: torch's default (Keras' rho is 0.9).
-    rmsprop_alpha: float = 0.99
-    schedule: Literal["constant", "poly", "step"] = "constant"
-    poly_power: float = 0.9
-    step_epochs: int = 10
-    step_gamma: float = 0.1
+    # poly: the rate decays per step as (1 − t/T)^0.9 (core.train.POLY_POWER).
+    schedule: Literal["constant", "poly"] = "constant"
     # A list of per-class weights, "inverse" / "median" frequency from the training labels, or none.
     class_weights: Union[list[float], Literal["inverse", "median", "none"]] = "none"
-    # Upper bound of measured ("inverse" / "median") class weights (none: uncapped).
+    # Upper bound of measured ("inverse" / "median") class weights (none: uncapped); the lower
+    # bound is core.metrics.CLASS_WEIGHT_FLOOR (0.1), so a cap must be at least that.
     class_weight_cap: float | None = None
-    # Lower bound of measured class weights (none: unbounded). 0.1: a dominant background weighs at
-    # least a tenth of a median-frequency class, never the ~0 at which it stops being predicted.
-    class_weight_floor: float | None = 0.1
     # Learning rate of the pretrained encoder relative to `lr` (mmsegmentation's lr_mult).
     encoder_lr_mult: float = 1.0
     # auto: the faster of fp32 and bf16 (CPU with AVX512-BF16 or AMX; CUDA Ampere and later) or

@@ -22,7 +22,8 @@ from wsseg.core.checkpoint import CheckpointError, load_checkpoint, load_weights
 from wsseg.core.config import Config, weight_decay_of
 from wsseg.core.distributed import autocast_dtype, choose_device
 from wsseg.core.evaluate import evaluate_tiles
-from wsseg.core.metrics import class_pixel_counts, class_weights, majority_baseline_miou, xview2_score
+from wsseg.core.metrics import (CLASS_WEIGHT_FLOOR, class_pixel_counts, class_weights, majority_baseline_miou,
+                                xview2_score)
 from wsseg.core.precision import resolve_precision
 from wsseg.core.report import write_report
 from wsseg.core.stage import Stage
@@ -127,11 +128,11 @@ def segmenter_class_weights(cfg: Config, source: TileSource, tile_ids) -> torch.
     # A class of a few labelled pixels gets a weight of 50 or more and is then predicted everywhere
     # (the cap); a dominant background gets about 0 and is never predicted (the floor): measured
     # frequencies are trusted only between the two.
-    floor, cap = cfg.train.class_weight_floor, cfg.train.class_weight_cap
+    cap = cfg.train.class_weight_cap
     # A class the N1 labels lack still reaches the loss in task ii's pseudo masks and the oracle's
     # N2 labels: it weighs as a median-frequency class does (1), within the bounds.
-    absent = min(max(1.0, floor or 0.0), cap if cap is not None else math.inf)
-    weights = class_weights(counts, mode=setting, absent_weight=absent, floor=floor, cap=cap)
+    absent = min(max(1.0, CLASS_WEIGHT_FLOOR), cap if cap is not None else math.inf)
+    weights = class_weights(counts, mode=setting, absent_weight=absent, floor=CLASS_WEIGHT_FLOOR, cap=cap)
     return torch.as_tensor(weights, dtype=torch.float32)
 
 
@@ -228,10 +229,8 @@ def train_segmenter(run: Run, stage_dir: Path, *, pseudo_masks: dict[str, Path] 
             return weighted_cross_entropy(logits, masks, weights, pixel_weights, classes.ignore_index), {}
 
         optimizer = build_optimizer(parameter_groups(cfg.model.name, unwrap(model), cfg.train.encoder_lr_mult),
-                                    cfg.train.optimizer, cfg.train.lr, weight_decay_of(cfg.train), cfg.train.momentum,
-                                    cfg.train.rmsprop_alpha)
-        scheduler = build_scheduler(optimizer, cfg.train.schedule, epochs * len(loader), len(loader),
-                                    cfg.train.poly_power, cfg.train.step_epochs, cfg.train.step_gamma)
+                                    cfg.train.optimizer, cfg.train.lr, weight_decay_of(cfg.train))
+        scheduler = build_scheduler(optimizer, cfg.train.schedule, epochs * len(loader))
         if online:
             compute_loss = semi_loss(cfg, stage, teacher, weights, classes.ignore_index,
                                      progress=lambda: scheduler.last_epoch / max(1, epochs * len(loader)))

@@ -74,7 +74,7 @@ def train_single_stage(run: Run, crop_tags: list[CropTag], stage_dir: Path) -> l
 
         optimizer = build_optimizer(unwrap(model).param_groups(ss.lr, ss.weight_decay), "sgd", ss.lr,
                                     momentum=ss.momentum)
-        scheduler = build_scheduler(optimizer, "constant", ss.epochs * len(loader), len(loader))
+        scheduler = build_scheduler(optimizer, "constant", ss.epochs * len(loader))
         history = stage.fit(model, loader, optimizer, scheduler, compute_loss, ss.epochs, desc="single_stage",
                             max_minutes=ss.max_minutes)
     warn_if_budget_left_no_self_supervision(history, ss)

@@ -272,7 +272,7 @@ def fit_classifier(run: Run) -> dict:
             return weighted_cross_entropy(logits, y, weights, ignore_index=classes.ignore_index), {"accuracy": accuracy}
 
         optimizer = build_optimizer(unwrap(model).parameters(), "adam", zo.lr, zo.weight_decay)
-        scheduler = build_scheduler(optimizer, "constant", zo.epochs * len(loader), len(loader))
+        scheduler = build_scheduler(optimizer, "constant", zo.epochs * len(loader))
         log.info(f"zoomout fit: {len(dataset)} samples of {features.shape[1]} channels, batches of {batch_size}, "
                  f"{zo.epochs} epochs")
         history = stage.fit(model, loader, optimizer, scheduler, compute_loss, zo.epochs, desc="zoomout_fc")
