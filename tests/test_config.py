@@ -17,12 +17,12 @@ def test_shipped_configs_are_valid(path):
 def test_overrides_parse_yaml_values(tmp_path):
     cfg = load_config(CONFIGS / "vaihingen_task1.yaml",
                       ["train.epochs=3", "train.lr=5e-4", "model.options.width=0.5", "train.class_weights=median",
-                       "weak.single_stage.pamr_dilations=[1, 2]"])
+                       "weak.pseudo.scales=[1, 2]"])
     assert cfg.train.epochs == 3
     assert cfg.train.lr == pytest.approx(5e-4)
     assert cfg.model.options["width"] == 0.5
     assert cfg.train.class_weights == "median"
-    assert cfg.weak.single_stage.pamr_dilations == [1, 2]
+    assert cfg.weak.pseudo.scales == [1.0, 2.0]
 
 
 def test_an_override_that_is_no_yaml_is_the_text_itself():
@@ -33,8 +33,8 @@ def test_an_override_that_is_no_yaml_is_the_text_itself():
     # Valid YAML keeps its meaning, quoted text included.
     assert load_config(None, ["data.options={image_dir: '{part}'}"]).data.options == {"image_dir": "{part}"}
     # A typed key still refuses the text it cannot take, naming the key.
-    with pytest.raises(ConfigError, match=r"weak.single_stage.pamr_dilations: expected a list, got '\[1, 2'"):
-        load_config(None, ["weak.single_stage.pamr_dilations=[1, 2"])
+    with pytest.raises(ConfigError, match=r"weak.pseudo.scales: expected a list, got '\[1, 2'"):
+        load_config(None, ["weak.pseudo.scales=[1, 2"])
 
 
 def test_integers_widen_to_float_but_not_the_reverse():

@@ -162,19 +162,16 @@ class SingleStageConfig:
     iters_per_epoch: int = 500
     batch_size: int = 16
     crop_px: int = 321
+    # SGD at this rate; its momentum, weight decay and self-supervised loss weight are the
+    # published ones (pipeline.weak), as are PAMR's dilations and iterations (models.single_stage).
     lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
     # Wall-clock minutes for the single-stage model's epochs, as train.max_minutes (none: all of them).
     max_minutes: float | None = None
     self_supervised_from_epoch: int = 5
-    self_supervised_weight: float = 1.0
     # Which crops the self-supervised loss learns from: "image" (the published code) only those
     # where every tagged class got a pseudo pixel, which with many tags per crop is almost none;
     # "class" every crop with a pseudo pixel. The log reports the share of crops used.
     self_supervised_gating: Literal["image", "class"] = "image"
-    pamr_dilations: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 12, 24])
-    pamr_iter: int = 10
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: bool = False
     # true: the published recipe (random resized crop, flips, 90° turns, colour jitter); or a list

@@ -31,7 +31,7 @@ from wsseg.datasets.colour import read_index_png, save_index_png
 from wsseg.datasets.crops import GridCropDataset, image_to_tensor
 from wsseg.datasets.splits import Split, abbreviated
 from wsseg.datasets.tags import CropTag, compute_crop_tags
-from wsseg.models.single_stage import ClassLayout, SingleStageSegmenter
+from wsseg.models.single_stage import PAMR_DILATIONS, PAMR_ITER, ClassLayout, SingleStageSegmenter
 from wsseg.pipeline.data import Run, class_layout, tag_grid_px
 from wsseg.pipeline.pseudo_quality import PseudoMaskQuality
 from wsseg.pipeline.segmenter import load_segmenter
@@ -256,9 +256,7 @@ class CropPredictor:
         return probs / probs.sum(0, keepdim=True).clamp(min=1e-8)
 
     def _refine(self, crop: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
-        ss = self.cfg.weak.single_stage
-        return refine_with_pamr(crop[None], probs[None], dilations=ss.pamr_dilations,
-                                num_iter=ss.pamr_iter)[0]
+        return refine_with_pamr(crop[None], probs[None], dilations=PAMR_DILATIONS, num_iter=PAMR_ITER)[0]
 
     def _restricted(self, probs: torch.Tensor, tags: torch.Tensor) -> np.ndarray:
         probs = self.layout.to_dataset_order(probs.cpu(), dim=0)
