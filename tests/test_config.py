@@ -48,8 +48,20 @@ def test_unknown_key_is_an_error_naming_it(tmp_path):
     path.write_text(yaml.safe_dump({"train": {"epochs": 2, "learning_rate": 0.1}}))
     with pytest.raises(ConfigError, match=r"bad.yaml: unknown config key train.learning_rate"):
         load_config(path)
-    with pytest.raises(ConfigError, match="unknown config key weak.pseudo.crf.sxy"):
-        load_config(None, ["weak.pseudo.crf.sxy=3"])
+    with pytest.raises(ConfigError, match="unknown config key weak.single_stage.sxy"):
+        load_config(None, ["weak.single_stage.sxy=3"])
+
+
+def test_the_crf_section_of_old_configs_says_what_to_write(tmp_path):
+    path = tmp_path / "old.yaml"
+    path.write_text(yaml.safe_dump({"weak": {"pseudo": {"crf": {"enabled": "auto", "n_iter": 10}}}}))
+    with pytest.raises(ConfigError, match=r"old.yaml: weak.pseudo.crf is a single key now .*write `crf: auto`, "
+                                          r"`crf: true` or `crf: false`, not \{'enabled': 'auto', 'n_iter': 10\}"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"override weak.pseudo.crf.enabled: weak.pseudo.crf is a single key"):
+        load_config(CONFIGS / "dubai.yaml", ["weak.pseudo.crf.enabled=false"])
+    assert load_config(CONFIGS / "dubai.yaml").weak.pseudo.crf == "auto"
+    assert load_config(None, ["weak.pseudo.crf=false"]).weak.pseudo.crf is False
 
 
 def test_wrong_type_and_choice_are_errors():

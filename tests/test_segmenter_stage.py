@@ -180,18 +180,6 @@ def test_task_ii_trains_the_weights_of_its_reference_loop(data_root, tmp_path):
         assert torch.equal(state["model"][key], value), key
 
 
-@pytest.mark.parametrize("weak, message", [
-    ({"single_stage": {"reject_background_below_recall": 1.5}}, "reject_background_below_recall must be in"),
-])
-def test_task_ii_settings_are_checked(weak, message):
-    from wsseg.core.config import ConfigError
-    from wsseg.pipeline.data import check_config
-
-    with pytest.raises(ConfigError, match=message):
-        check_config(config_from_dict({"weak": weak}))
-    check_config(config_from_dict({"weak": {"mode": "online"}}))
-
-
 def test_task_ii_and_the_oracle_train_as_many_epochs_as_task_i(source, tmp_path, monkeypatch):
     """Where train.max_minutes cut task i, the other arms follow it: the comparison stays at equal steps."""
     from wsseg.datasets.splits import Split

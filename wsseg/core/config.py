@@ -153,11 +153,10 @@ class SingleStageConfig:
     # Aerial data has no background: "constant" makes `background_class` the constant-logit
     # channel; "learned" gives every class a learned channel.
     background: Literal["constant", "learned"] = "constant"
+    # A constant channel whose class the trained model finds on the calibration tiles with a
+    # recall below pipeline.pseudo_masks.REJECT_BACKGROUND_BELOW_RECALL (0.05) never wins anywhere:
+    # the model is then retrained with every class learned (the reason is logged and reported).
     background_class: str | None = "clutter"
-    # A constant channel whose class the trained model finds with a recall below this on the
-    # calibration tiles never wins anywhere: the model is then retrained with every class learned
-    # (the reason is logged and reported). 0 keeps the constant channel whatever happens.
-    reject_background_below_recall: float = 0.05
     epochs: int = 20
     iters_per_epoch: int = 500
     batch_size: int = 16
@@ -180,44 +179,27 @@ class SingleStageConfig:
 
 
 @dataclass
-class CRFConfig:
-    # "auto": kept for the N2 masks only if it raises pseudo-mask mIoU on the calibration tiles
-    # (with VOC's parameters it has lowered it on every aerial dataset measured so far).
-    enabled: Union[bool, Literal["auto"]] = True
-    n_iter: int = 10
-    gauss_sxy: float = 3.0
-    gauss_compat: float = 3.0
-    bilateral_sxy: float = 80.0
-    bilateral_srgb: float = 13.0
-    bilateral_compat: float = 10.0
-
-
-@dataclass
 class PseudoMaskConfig:
     # Inference scales. Grid tags: relative to each crop's own size. Image tags: relative to the
     # size the model trained at, i.e. an image is predicted with its longer side at
     # scale × single_stage.crop_px (aspect kept), so [1.0] is the training resolution.
     scales: list[float] = field(default_factory=lambda: [1.0, 0.5, 1.5, 2.0])
     flip: bool = True
-    bg_pow: float = 3.0
     # "auto": PAMR is kept only if it raises the pre-CRF pseudo-mask mIoU on the calibration tiles
     # (measured in a first pass over them, without CRF).
     use_pamr: Union[bool, Literal["auto"]] = True
-    crf: CRFConfig = field(default_factory=CRFConfig)
-    # Pixels whose pre-CRF class probability is at most this, or whose class the CRF changed,
+    # The dense CRF with the published parameters (pseudo_labels.crf). "auto": kept for the N2
+    # masks only if it raises pseudo-mask mIoU on the calibration tiles (with VOC's parameters it
+    # has lowered it on every aerial dataset measured so far). Pixels whose class the CRF changed,
+    # or whose pre-CRF probability is at most pipeline.pseudo_masks.CONFIDENCE_THRESHOLD (0.5),
     # stay unlabelled (255).
-    confidence_threshold: float = 0.5
-    # The weak model also labels calibration tiles (N1, or the validation tiles once task i's
-    # segmenter takes part), whose pixel labels measure each class's precision: a class below
-    # this precision is left unlabelled in every N2 pseudo mask (0 keeps all: a dropped class's
-    # pixels keep whatever wrong label the masks give them instead, which cost more than it saved).
-    min_class_precision: float = 0.0
+    crf: Union[bool, Literal["auto"]] = True
     # w in p ∝ p_single_stage^(1−w) · p_task_i_segmenter^w, restricted to the crop's tags. 0 uses
     # the single-stage model alone, as in the paper; > 0 needs task i's segmenter (run first).
+    # With the segmenter, a class the single-stage model finds with a recall below
+    # pipeline.pseudo_masks.ABSTAIN_BELOW_RECALL (0.05) on the calibration tiles is left to the
+    # segmenter alone (`pseudo_labels.fusion`).
     segmenter_weight: float = 0.0
-    # With the segmenter: a class the single-stage model finds with a recall below this on the
-    # calibration tiles is left to the segmenter alone (`pseudo_labels.fusion`).
-    abstain_below_recall: float = 0.05
     workers: int = 2
 
 
@@ -333,7 +315,21 @@ def weight_decay_of(train: TrainConfig) -> float:
 
 
 def config_from_dict(values: dict) -> Config:
+    _refuse_crf_section(values or {})
     return from_dict(Config, values or {})
+
+
+# `weak.pseudo.crf` was a section ({enabled, n_iter, ...}) until its parameters became the published
+# ones: an old config would otherwise meet a type error that does not say what to write instead.
+CRF_IS_ONE_KEY = ("weak.pseudo.crf is a single key now (its parameters are the published ones): write "
+                  "`crf: auto`, `crf: true` or `crf: false`")
+
+
+def _refuse_crf_section(values: dict) -> None:
+    weak = values.get("weak")
+    pseudo = weak.get("pseudo") if isinstance(weak, dict) else None
+    if isinstance(pseudo, dict) and isinstance(pseudo.get("crf"), dict):
+        raise ConfigError(f"{CRF_IS_ONE_KEY}, not {pseudo['crf']!r}")
 
 
 def config_to_dict(cfg) -> dict:
@@ -356,6 +352,8 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
         key, raw = item.split("=", 1)
+        if key.strip().startswith("weak.pseudo.crf."):
+            raise ConfigError(f"override {key.strip()}: {CRF_IS_ONE_KEY}")
         path = key.strip().split(".")
         node = values
         for part in path[:-1]:

@@ -226,11 +226,6 @@ def unlearned_classes(cm, min_recall: float) -> np.ndarray:
     return (support > 0) & (np.nan_to_num(recall) < min_recall)
 
 
-def unreliable_classes(cm, min_precision: float) -> list[int]:
-    """Classes predicted at least once whose precision in `cm` is below `min_precision`."""
-    return [c for c, p in enumerate(class_precision(cm)) if p is not None and p < min_precision]
-
-
 MIN_GAP = 0.005
 
 

@@ -300,9 +300,6 @@ def check_config(cfg: Config, source: TileSource | None = None, weak: bool = Tru
         raise ConfigError(f"weak.pseudo.segmenter_weight must be in [0, 1], got {cfg.weak.pseudo.segmenter_weight}")
     if not 0.0 <= cfg.weak.pseudo_ratio < 1.0:
         raise ConfigError(f"weak.pseudo_ratio must be in [0, 1), got {cfg.weak.pseudo_ratio}")
-    if not 0.0 <= cfg.weak.single_stage.reject_background_below_recall <= 1.0:
-        raise ConfigError("weak.single_stage.reject_background_below_recall must be in [0, 1], got "
-                          f"{cfg.weak.single_stage.reject_background_below_recall}")
     _check_semi(cfg)
     _check_model_names(cfg)
     if source is None:
