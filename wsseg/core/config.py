@@ -241,25 +241,17 @@ class WeakConfig:
 class SemiConfig:
     """The tag-free semi-supervised arm (`--task semi`): N1 pixel labels plus the N2 images without
     their tags, learnt by weak-to-strong consistency (FixMatch, Sohn et al. 2020; UniMatch, Yang et
-    al. CVPR 2023). Each batch holds task i's N1 crops and as many N2 crops; a teacher's prediction
-    on a crop's weak view is the target of its strong view (colour jitter, greyscale, blur, CutMix
-    with the next N2 crop of the batch) where the teacher's confidence reaches `threshold`."""
+    al. CVPR 2023). Each batch holds task i's N1 crops and as many N2 crops; a mean teacher's (the
+    student's weights averaged per step, Tarvainen & Valpola 2017) prediction on a crop's weak
+    view is the target of its strong view (colour jitter, greyscale, blur, CutMix with the next N2
+    crop of the batch) where the teacher's confidence reaches `threshold`."""
 
     # UniMatch's confidence bar for segmentation.
     threshold: float = 0.95
     # Weight of the strong view's loss beside the N1 cross-entropy (UniMatch: 0.5 for its two
-    # strong views together, 0.5 for the feature-perturbed one, the labelled loss 1).
+    # strong views together, 0.5 for the feature-perturbed one, the labelled loss 1). It ramps up
+    # from 0, and the teacher's EMA decay and the CutMix share are fixed (pipeline.semi).
     weight: float = 0.5
-    # "ema": a mean teacher (Tarvainen & Valpola 2017), the student's weights averaged with
-    # `ema_decay` per step, predicting without dropout or batch statistics; "student": the model
-    # itself, in train mode and without gradient, as UniMatch predicts its weak views.
-    teacher: Literal["ema", "student"] = "ema"
-    ema_decay: float = 0.99
-    # The unlabelled weight rises linearly from 0 over this share of the steps: the early teacher
-    # knows only a few N1 crops, and its confident mistakes would otherwise be learnt first.
-    rampup: float = 0.2
-    # Share of the N2 crops whose strong view gets a CutMix box from the next N2 crop (UniMatch: 0.5).
-    cutmix_p: float = 0.5
     # Weight of UniMatch's feature-perturbation branch: the weak view through the student with
     # its encoder features dropped out (Dropout2d 0.5), learning the teacher's targets (0 = off;
     # only segmenters that expose their encoder features support it).

@@ -219,7 +219,7 @@ def train_segmenter(run: Run, stage_dir: Path, *, pseudo_masks: dict[str, Path] 
         if weights is not None:
             log.info("class weights: %s", ", ".join(f"{n} {w:.2f}" for n, w in zip(classes.names, weights.tolist())))
 
-        teacher = build_teacher(cfg, model) if online else None
+        teacher = build_teacher(model) if online else None
 
         def compute_loss(model, batch, epoch):
             images, masks, sample_weights = batch
