@@ -267,15 +267,12 @@ class ZoomOutConfig:
     # network alone, and each gives `pixels_per_class` random pixels of every class it holds.
     pixels_per_class: int = 3
     sample_crop_px: int = 256
-    # The fully connected classifier on the sampled hypercolumns (Adam, constant rate).
+    # The fully connected classifier on the sampled hypercolumns (Adam, constant rate, no decay).
     epochs: int = 40
     batch_size: int = 128
     lr: float = 1.0e-3
-    weight_decay: float = 0.0
     # Loss weights per class: a list, "inverse" frequency of the sampled labels, or none.
     class_weights: Union[list[float], Literal["inverse", "none"]] = "inverse"
-    # FC → 1×1 conv: fold the feature normalisation into the first conv, or keep it as fixed buffers.
-    fold_normalisation: bool = False
 
 
 @dataclass
