@@ -108,8 +108,7 @@ def time_step(cfg, run, warmup: int, steps: int) -> dict:
     memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     optimizer = build_optimizer(parameter_groups(cfg.model.name, model, cfg.train.encoder_lr_mult),
-                                cfg.train.optimizer, cfg.train.lr, weight_decay_of(cfg.train), cfg.train.momentum,
-                                cfg.train.rmsprop_alpha)
+                                cfg.train.optimizer, cfg.train.lr, weight_decay_of(cfg.train))
     class_weights = segmenter_class_weights(cfg, run.source, run.split.labelled)
     images, masks, sample_weights = next(iter(torch.utils.data.DataLoader(
         task_i_dataset(cfg, run), batch_size=cfg.train.batch_size, shuffle=True, drop_last=True)))

@@ -49,7 +49,7 @@ def steps(cfg, online_cfg, stage, num_classes: int, batch: int, crop_px: int):
         return torch.rand(batch, 3, crop_px, crop_px, generator=generator)
 
     masks = torch.randint(0, num_classes, (batch, crop_px, crop_px), generator=generator)
-    # Half the N2 crops get a CutMix box, as `semi.cutmix_p` 0.5 draws on average.
+    # Half the N2 crops get a CutMix box, as `pipeline.semi.CUTMIX_P` 0.5 draws on average.
     boxes = torch.tensor([[0, 0, crop_px // 2, crop_px // 2] if i % 2 else list(NO_BOX) for i in range(batch)])
     tags = torch.full((batch, num_classes), TAG_UNKNOWN, dtype=torch.int8)
     tags[:, ::3] = TAG_NEGATIVE  # a third of the classes absent from each crop
@@ -79,7 +79,7 @@ def steps(cfg, online_cfg, stage, num_classes: int, batch: int, crop_px: int):
 
     def online_loss(online_cfg):
         def of(model):
-            return semi_loss(online_cfg, stage, build_teacher(online_cfg, model), None, 255, progress=lambda: 1.0)
+            return semi_loss(online_cfg, stage, build_teacher(model), None, 255, progress=lambda: 1.0)
         return of
 
     return {"task_i": trainer(task_i_loss, batch_i),

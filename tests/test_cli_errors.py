@@ -117,11 +117,11 @@ def test_weak_settings_are_checked_against_the_dataset_before_any_training(datas
     assert run_cli(config, tmp_path / "run_i", capsys, "--task", "i")[0] == 0
 
 
-def test_a_class_weight_floor_above_the_cap_is_a_config_error(dataset, tmp_path, capsys):
+def test_a_class_weight_cap_below_the_floor_is_a_config_error(dataset, tmp_path, capsys):
     config = config_for(tmp_path, dataset)
     code, err = run_cli(config, tmp_path / "run", capsys, "--set", "train.class_weights=median",
-                        "--set", "train.class_weight_cap=5", "--set", "train.class_weight_floor=8")
-    assert_one_line_error(code, err, "train.class_weight_floor 8", "train.class_weight_cap 5")
+                        "--set", "train.class_weight_cap=0.05")
+    assert_one_line_error(code, err, "train.class_weight_cap 0.05", "0.1")
     assert not (tmp_path / "run" / "task_i").exists()
 
 

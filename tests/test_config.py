@@ -17,12 +17,12 @@ def test_shipped_configs_are_valid(path):
 def test_overrides_parse_yaml_values(tmp_path):
     cfg = load_config(CONFIGS / "vaihingen_task1.yaml",
                       ["train.epochs=3", "train.lr=5e-4", "model.options.width=0.5", "train.class_weights=median",
-                       "weak.single_stage.pamr_dilations=[1, 2]"])
+                       "weak.pseudo.scales=[1, 2]"])
     assert cfg.train.epochs == 3
     assert cfg.train.lr == pytest.approx(5e-4)
     assert cfg.model.options["width"] == 0.5
     assert cfg.train.class_weights == "median"
-    assert cfg.weak.single_stage.pamr_dilations == [1, 2]
+    assert cfg.weak.pseudo.scales == [1.0, 2.0]
 
 
 def test_an_override_that_is_no_yaml_is_the_text_itself():
@@ -33,8 +33,8 @@ def test_an_override_that_is_no_yaml_is_the_text_itself():
     # Valid YAML keeps its meaning, quoted text included.
     assert load_config(None, ["data.options={image_dir: '{part}'}"]).data.options == {"image_dir": "{part}"}
     # A typed key still refuses the text it cannot take, naming the key.
-    with pytest.raises(ConfigError, match=r"weak.single_stage.pamr_dilations: expected a list, got '\[1, 2'"):
-        load_config(None, ["weak.single_stage.pamr_dilations=[1, 2"])
+    with pytest.raises(ConfigError, match=r"weak.pseudo.scales: expected a list, got '\[1, 2'"):
+        load_config(None, ["weak.pseudo.scales=[1, 2"])
 
 
 def test_integers_widen_to_float_but_not_the_reverse():
@@ -48,8 +48,20 @@ def test_unknown_key_is_an_error_naming_it(tmp_path):
     path.write_text(yaml.safe_dump({"train": {"epochs": 2, "learning_rate": 0.1}}))
     with pytest.raises(ConfigError, match=r"bad.yaml: unknown config key train.learning_rate"):
         load_config(path)
-    with pytest.raises(ConfigError, match="unknown config key weak.pseudo.crf.sxy"):
-        load_config(None, ["weak.pseudo.crf.sxy=3"])
+    with pytest.raises(ConfigError, match="unknown config key weak.single_stage.sxy"):
+        load_config(None, ["weak.single_stage.sxy=3"])
+
+
+def test_the_crf_section_of_old_configs_says_what_to_write(tmp_path):
+    path = tmp_path / "old.yaml"
+    path.write_text(yaml.safe_dump({"weak": {"pseudo": {"crf": {"enabled": "auto", "n_iter": 10}}}}))
+    with pytest.raises(ConfigError, match=r"old.yaml: weak.pseudo.crf is a single key now .*write `crf: auto`, "
+                                          r"`crf: true` or `crf: false`, not \{'enabled': 'auto', 'n_iter': 10\}"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"override weak.pseudo.crf.enabled: weak.pseudo.crf is a single key"):
+        load_config(CONFIGS / "dubai.yaml", ["weak.pseudo.crf.enabled=false"])
+    assert load_config(CONFIGS / "dubai.yaml").weak.pseudo.crf == "auto"
+    assert load_config(None, ["weak.pseudo.crf=false"]).weak.pseudo.crf is False
 
 
 def test_wrong_type_and_choice_are_errors():
@@ -93,5 +105,3 @@ def test_weight_decay_per_optimizer():
         check_config(load_config(None, ["train.weight_decay={adamax: 0.1}"]))
     with pytest.raises(ConfigError, match="train.weight_decay.adam must be at least 0"):
         check_config(load_config(None, ["train.weight_decay={adam: -0.1}"]))
-    with pytest.raises(ConfigError, match=r"train.rmsprop_alpha must be in \[0, 1\)"):
-        check_config(load_config(None, ["train.rmsprop_alpha=1"]))

@@ -54,7 +54,7 @@ def train(run_dir, epochs=3, resume=False, workers=0, on_step=None, on_nonfinite
     model = tiny_model()
     optimizer = build_optimizer(model.parameters(), "adam", 1e-2)
     loader = training_loader(NoisyTiles(), 3, num_workers=workers, drop_last=False)
-    scheduler = build_scheduler(optimizer, "poly", epochs * len(loader), len(loader))
+    scheduler = build_scheduler(optimizer, "poly", epochs * len(loader))
     step = {"n": 0}
     messages = []
 

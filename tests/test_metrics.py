@@ -11,7 +11,6 @@ from wsseg.core.metrics import (
     confusion_matrix,
     majority_baseline_miou,
     segmentation_metrics,
-    unreliable_classes,
 )
 
 NAMES = ["a", "b", "c"]
@@ -173,14 +172,12 @@ def test_a_dominant_background_among_many_classes_keeps_the_floor():
     np.testing.assert_array_equal(class_weights(counts, "median", floor=0.1)[above], median[above])
 
 
-def test_class_precision_and_unreliable_classes():
+def test_class_precision():
     # rows: ground truth, columns: pseudo label
     cm = np.array([[8, 6, 0],
                    [2, 4, 0],
                    [0, 0, 0]])
     assert class_precision(cm) == [pytest.approx(0.8), pytest.approx(0.4), None]
-    assert unreliable_classes(cm, 0.5) == [1]
-    assert unreliable_classes(cm, 0.3) == []
 
 
 def test_gap_closed_is_undefined_where_the_oracle_gains_almost_nothing():

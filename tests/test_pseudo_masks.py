@@ -20,7 +20,7 @@ def test_a_class_the_weak_model_never_finds_is_unlearned():
 
 
 def test_quality_report_names_tagged_classes_no_mask_contains():
-    quality = PseudoMaskQuality(CLASSES, min_class_precision=0.0)
+    quality = PseudoMaskQuality(CLASSES)
     labels = np.array([[1, 1], [255, 2]], np.uint8)
     quality.measure(labels, np.zeros((3, 2, 2)), np.zeros((3, 2, 2)), ground_truth=None)
     report = quality.report(tagged_classes=[0, 1, 2], tiles=1)
@@ -36,37 +36,35 @@ def test_the_crf_stays_on_only_if_it_helps_on_the_calibration_tiles():
     wrong = np.eye(3)[[1, 1, 1, 2]].T.reshape(3, 2, 2)
     labels = np.full((2, 2), 255, np.uint8)
     for before, after, kept in ((wrong, right, True), (right, wrong, False)):
-        quality = PseudoMaskQuality(CLASSES, min_class_precision=0.0)
+        quality = PseudoMaskQuality(CLASSES)
         quality.calibrate(labels, truth, before, after)
-        assert (quality.crf_decision({"n_iter": 10}) is not None) == kept
+        assert quality.crf_decision() == kept
         measured = quality.report(tagged_classes=[])["crf_calibration"]
         assert max(measured.values()) == 1.0
         assert (measured["miou_with_crf"] > measured["miou_without_crf"]) == kept
 
 
-def _config(threshold: float):
-    from wsseg.core.config import config_from_dict
-
-    return config_from_dict({"weak": {"single_stage": {"reject_background_below_recall": threshold}}})
-
-
-def test_a_constant_background_that_never_wins_is_rejected():
+def test_a_constant_background_that_never_wins_is_rejected(monkeypatch):
     from wsseg.models.single_stage import ClassLayout
+    from wsseg.pipeline import pseudo_masks
     from wsseg.pipeline.pseudo_masks import BackgroundRejected, _check_background
 
     never_wins = np.array([[2, 90, 8], [0, 50, 0], [0, 0, 10]])  # land (the constant channel): recall 0.02
     constant, learned = ClassLayout(3, background_index=0), ClassLayout(3, background_index=None)
+    assert pseudo_masks.REJECT_BACKGROUND_BELOW_RECALL == 0.05
     with pytest.raises(BackgroundRejected, match=r"'land' with recall 0\.0200 .*tile_a"):
-        _check_background(_config(0.05), constant, CLASSES, never_wins, ["tile_a"])
-    # Below the threshold only; a threshold of 0, a learned layout or absent land give no verdict.
-    _check_background(_config(0.01), constant, CLASSES, never_wins, ["tile_a"])
-    _check_background(_config(0.0), constant, CLASSES, never_wins, ["tile_a"])
-    _check_background(_config(0.05), learned, CLASSES, never_wins, ["tile_a"])
+        _check_background(constant, CLASSES, never_wins, ["tile_a"])
+    # A learned layout or absent land give no verdict; nor does a recall above the threshold.
+    _check_background(learned, CLASSES, never_wins, ["tile_a"])
     absent = never_wins.copy()
     absent[0] = 0
-    _check_background(_config(0.05), constant, CLASSES, absent, ["tile_a"])
+    _check_background(constant, CLASSES, absent, ["tile_a"])
+    for threshold in (0.01, 0.0):
+        monkeypatch.setattr(pseudo_masks, "REJECT_BACKGROUND_BELOW_RECALL", threshold)
+        _check_background(constant, CLASSES, never_wins, ["tile_a"])
+    monkeypatch.setattr(pseudo_masks, "REJECT_BACKGROUND_BELOW_RECALL", 0.05)
     try:
-        _check_background(_config(0.05), constant, CLASSES, never_wins, ["tile_a"])
+        _check_background(constant, CLASSES, never_wins, ["tile_a"])
     except BackgroundRejected as rejection:
         assert rejection.note == {"class": "land", "recall": 0.02, "threshold": 0.05, "calibration_tiles": ["tile_a"]}
 
@@ -100,18 +98,3 @@ def test_image_tags_are_predicted_at_the_training_size_with_the_aspect_kept():
     assert seen == [(2, 3, 16, 32), (2, 3, 8, 16)]
     assert probs.shape == (3, 40, 80) and np.allclose(probs.sum(0), 1.0, atol=1e-5)
     assert (probs[2] == 0).all()  # not tagged
-
-
-def test_a_class_below_the_precision_bar_is_unlabelled_in_the_n2_masks():
-    # Calibration: road's confident labels are right 1 time in 4, so it is dropped.
-    truth = np.array([[0, 0, 0, 1]], np.uint8)
-    calibration = np.array([[1, 1, 1, 1]], np.uint8)
-    mask = np.array([[0, 1, 0, 0]], np.uint8)
-    quality = PseudoMaskQuality(CLASSES, min_class_precision=0.5)
-    quality.calibrate(calibration, truth, np.zeros((3, 1, 4)), np.zeros((3, 1, 4)))
-    assert quality.drop_unreliable(mask.copy()).tolist() == [[0, 255, 0, 0]]
-    assert quality.dropped == [1]
-    # The default keeps every class.
-    keep = PseudoMaskQuality(CLASSES, min_class_precision=0.0)
-    keep.calibrate(calibration, truth, np.zeros((3, 1, 4)), np.zeros((3, 1, 4)))
-    assert keep.drop_unreliable(mask.copy()).tolist() == [[0, 1, 0, 0]] and keep.dropped == []

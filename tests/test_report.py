@@ -110,7 +110,7 @@ def test_comparison_report(tmp_path):
     better[0, 1], better[1, 1] = 0, 3
     task_ii = segmentation_metrics(better, NAMES, ["a", "b", "c"])
     pseudo = {"coverage": 0.8, "miou_raw": 0.41, "miou_crf": None, "miou_final": 0.52,
-              "calibration_tiles": ["t7", "t9"], "dropped_classes": [],
+              "calibration_tiles": ["t7", "t9"], "classes_never_labelled": [],
               "per_class": {n: {"iou_raw": 0.3, "iou_final": 0.4} for n in NAMES}}
     image, gt, pseudo_mask = toy_sample(1)
     returned = write_comparison_report(tmp_path, task_i, task_ii, pseudo, NAMES, PALETTE,
@@ -129,7 +129,7 @@ def test_comparison_report(tmp_path):
     assert "| d (not in mean) | – | – | – |" in md
     assert "| **mIoU** | 0.417 | 0.589 | +0.172 |" in md
     assert "| coverage | 0.800 |" in md and "| miou_crf | – |" in md
-    assert "| calibration_tiles | t7, t9 |" in md and "| dropped_classes | none |" in md
+    assert "| calibration_tiles | t7, t9 |" in md and "| classes_never_labelled | none |" in md
     assert "| a | 0.300 | 0.400 |" in md
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import wsseg.pipeline.chain as chain
+import wsseg.pipeline.pseudo_masks as pseudo_masks
 from test_run_training import tiny_config
 from wsseg.cli import main
 from wsseg.core import report
@@ -30,6 +31,15 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def constant_background_kept():
+    """The tiny single-stage model never finds clutter: keep its constant channel (also for the
+    module's study fixture)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pseudo_masks, "REJECT_BACKGROUND_BELOW_RECALL", 0.0)
+        yield
+
+
 def study_config(tmp_path: Path) -> Path:
     """Models of a few thousand weights on 64 px tiles, two steps an epoch: a second or two a stage."""
     return tiny_config(
@@ -42,11 +52,8 @@ def study_config(tmp_path: Path) -> Path:
         eval={"window_px": 64, "stride_px": 64, "batch_size": 2, "num_triptychs": 0},
         weak={"tag_crop_px": 32,
               "single_stage": {"backbone": "resnet38", "width": 0.0625, "epochs": 1, "iters_per_epoch": 2,
-                               "batch_size": 2, "crop_px": 32, "self_supervised_from_epoch": 2, "precision": "fp32",
-                               # The tiny model never finds clutter: keep its constant channel.
-                               "reject_background_below_recall": 0},
-              "pseudo": {"scales": [1.0], "flip": False, "workers": 0, "use_pamr": False, "crf": {"enabled": False},
-                         "min_class_precision": 0.0}})
+                               "batch_size": 2, "crop_px": 32, "self_supervised_from_epoch": 2, "precision": "fp32"},
+              "pseudo": {"scales": [1.0], "flip": False, "workers": 0, "use_pamr": False, "crf": False}})
 
 
 @contextlib.contextmanager

@@ -210,11 +210,10 @@ def test_every_task_trains_a_timm_segmenter_end_to_end(tmp_path, monkeypatch):
               "single_stage": {"backbone": "timm:test_resnet", "pretrained": None, "width": 0.0625, "epochs": 1,
                                "iters_per_epoch": 2, "batch_size": 2, "crop_px": 48,
                                "self_supervised_from_epoch": 1, "precision": "fp32"},
-              "pseudo": {"scales": [1.0], "flip": False, "workers": 0, "use_pamr": False, "crf": {"enabled": False},
-                         "min_class_precision": 0.0}})
+              "pseudo": {"scales": [1.0], "flip": False, "workers": 0, "use_pamr": False, "crf": False}})
+    monkeypatch.setattr("wsseg.pipeline.pseudo_masks.REJECT_BACKGROUND_BELOW_RECALL", 0.0)
     run = tmp_path / "run"
-    assert main(["train", "--task", "all", "--oracle", "--config", str(config), "--out", str(run),
-                 "--set", "weak.single_stage.reject_background_below_recall=0"]) == 0
+    assert main(["train", "--task", "all", "--oracle", "--config", str(config), "--out", str(run)]) == 0
     comparison = json.loads((run / "comparison.json").read_text())
     assert {"task_i", "semi", "task_ii", "oracle"} <= set(comparison)
     for stage in ("task_i", "semi", "task_ii", "oracle"):

@@ -36,6 +36,12 @@ def write_folder(root: Path, labelled: int = 6, unlabelled: int = 4, size=(48, 6
     return root
 
 
+@pytest.fixture(autouse=True)
+def constant_background_kept(monkeypatch):
+    """The tiny single-stage model may never find ground: keep its constant channel."""
+    monkeypatch.setattr("wsseg.pipeline.pseudo_masks.REJECT_BACKGROUND_BELOW_RECALL", 0.0)
+
+
 def source_of(root):
     return build_source("folder", root, image_dir="images", mask_dir="masks", class_names=CLASSES,
                         palette=PALETTE, masks_optional=True)
@@ -96,10 +102,8 @@ def tags_config(tmp_path: Path, root: Path, tags_file: Path, **split) -> Path:
         "weak": {"tags": "image", "tags_file": str(tags_file),
                  "single_stage": {"backbone": "resnet38", "width": 0.0625, "epochs": 1, "iters_per_epoch": 2,
                                   "batch_size": 2, "crop_px": 48, "self_supervised_from_epoch": 2,
-                                  "precision": "fp32", "background_class": "ground",
-                                  "reject_background_below_recall": 0},
-                 "pseudo": {"scales": [1.0], "flip": False, "workers": 0, "use_pamr": False,
-                            "crf": {"enabled": False}, "min_class_precision": 0.0}},
+                                  "precision": "fp32", "background_class": "ground"},
+                 "pseudo": {"scales": [1.0], "flip": False, "workers": 0, "use_pamr": False, "crf": False}},
     }
     path = tmp_path / "user_tags.yaml"
     path.write_text(yaml.safe_dump(cfg))

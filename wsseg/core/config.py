@@ -86,22 +86,13 @@ class TrainConfig:
     # a sweep over train.optimizer then gives each its own, as Keras' defaults do (its AdamW
     # decays by 0.004, its Adam and RMSprop not at all), where one value would make AdamW Adam.
     weight_decay: Union[float, dict[str, float]] = 0.0
-    # SGD's momentum. RMSprop takes none: torch's and Keras' RMSprop default to 0, and the 0.9
-    # meant for SGD would silently change it.
-    momentum: float = 0.9
-    # RMSprop's smoothing constant of the squared gradients: torch's default (Keras' rho is 0.9).
-    rmsprop_alpha: float = 0.99
-    schedule: Literal["constant", "poly", "step"] = "constant"
-    poly_power: float = 0.9
-    step_epochs: int = 10
-    step_gamma: float = 0.1
+    # poly: the rate decays per step as (1 − t/T)^0.9 (core.train.POLY_POWER).
+    schedule: Literal["constant", "poly"] = "constant"
     # A list of per-class weights, "inverse" / "median" frequency from the training labels, or none.
     class_weights: Union[list[float], Literal["inverse", "median", "none"]] = "none"
-    # Upper bound of measured ("inverse" / "median") class weights (none: uncapped).
+    # Upper bound of measured ("inverse" / "median") class weights (none: uncapped); the lower
+    # bound is core.metrics.CLASS_WEIGHT_FLOOR (0.1), so a cap must be at least that.
     class_weight_cap: float | None = None
-    # Lower bound of measured class weights (none: unbounded). 0.1: a dominant background weighs at
-    # least a tenth of a median-frequency class, never the ~0 at which it stops being predicted.
-    class_weight_floor: float | None = 0.1
     # Learning rate of the pretrained encoder relative to `lr` (mmsegmentation's lr_mult).
     encoder_lr_mult: float = 1.0
     # auto: the faster of fp32 and bf16 (CPU with AVX512-BF16 or AMX; CUDA Ampere and later) or
@@ -162,46 +153,29 @@ class SingleStageConfig:
     # Aerial data has no background: "constant" makes `background_class` the constant-logit
     # channel; "learned" gives every class a learned channel.
     background: Literal["constant", "learned"] = "constant"
+    # A constant channel whose class the trained model finds on the calibration tiles with a
+    # recall below pipeline.pseudo_masks.REJECT_BACKGROUND_BELOW_RECALL (0.05) never wins anywhere:
+    # the model is then retrained with every class learned (the reason is logged and reported).
     background_class: str | None = "clutter"
-    # A constant channel whose class the trained model finds with a recall below this on the
-    # calibration tiles never wins anywhere: the model is then retrained with every class learned
-    # (the reason is logged and reported). 0 keeps the constant channel whatever happens.
-    reject_background_below_recall: float = 0.05
     epochs: int = 20
     iters_per_epoch: int = 500
     batch_size: int = 16
     crop_px: int = 321
+    # SGD at this rate; its momentum, weight decay and self-supervised loss weight are the
+    # published ones (pipeline.weak), as are PAMR's dilations and iterations (models.single_stage).
     lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
     # Wall-clock minutes for the single-stage model's epochs, as train.max_minutes (none: all of them).
     max_minutes: float | None = None
     self_supervised_from_epoch: int = 5
-    self_supervised_weight: float = 1.0
     # Which crops the self-supervised loss learns from: "image" (the published code) only those
     # where every tagged class got a pseudo pixel, which with many tags per crop is almost none;
     # "class" every crop with a pseudo pixel. The log reports the share of crops used.
     self_supervised_gating: Literal["image", "class"] = "image"
-    pamr_dilations: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 12, 24])
-    pamr_iter: int = 10
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: bool = False
     # true: the published recipe (random resized crop, flips, 90° turns, colour jitter); or a list
     # of scale, hflip, vflip, rot90, colour: drop vflip and rot90 for ground-level imagery.
     augment: Union[bool, list[Literal["hflip", "vflip", "rot90", "colour", "scale"]]] = True
-
-
-@dataclass
-class CRFConfig:
-    # "auto": kept for the N2 masks only if it raises pseudo-mask mIoU on the calibration tiles
-    # (with VOC's parameters it has lowered it on every aerial dataset measured so far).
-    enabled: Union[bool, Literal["auto"]] = True
-    n_iter: int = 10
-    gauss_sxy: float = 3.0
-    gauss_compat: float = 3.0
-    bilateral_sxy: float = 80.0
-    bilateral_srgb: float = 13.0
-    bilateral_compat: float = 10.0
 
 
 @dataclass
@@ -211,25 +185,21 @@ class PseudoMaskConfig:
     # scale × single_stage.crop_px (aspect kept), so [1.0] is the training resolution.
     scales: list[float] = field(default_factory=lambda: [1.0, 0.5, 1.5, 2.0])
     flip: bool = True
-    bg_pow: float = 3.0
     # "auto": PAMR is kept only if it raises the pre-CRF pseudo-mask mIoU on the calibration tiles
     # (measured in a first pass over them, without CRF).
     use_pamr: Union[bool, Literal["auto"]] = True
-    crf: CRFConfig = field(default_factory=CRFConfig)
-    # Pixels whose pre-CRF class probability is at most this, or whose class the CRF changed,
+    # The dense CRF with the published parameters (pseudo_labels.crf). "auto": kept for the N2
+    # masks only if it raises pseudo-mask mIoU on the calibration tiles (with VOC's parameters it
+    # has lowered it on every aerial dataset measured so far). Pixels whose class the CRF changed,
+    # or whose pre-CRF probability is at most pipeline.pseudo_masks.CONFIDENCE_THRESHOLD (0.5),
     # stay unlabelled (255).
-    confidence_threshold: float = 0.5
-    # The weak model also labels calibration tiles (N1, or the validation tiles once task i's
-    # segmenter takes part), whose pixel labels measure each class's precision: a class below
-    # this precision is left unlabelled in every N2 pseudo mask (0 keeps all: a dropped class's
-    # pixels keep whatever wrong label the masks give them instead, which cost more than it saved).
-    min_class_precision: float = 0.0
+    crf: Union[bool, Literal["auto"]] = True
     # w in p ∝ p_single_stage^(1−w) · p_task_i_segmenter^w, restricted to the crop's tags. 0 uses
     # the single-stage model alone, as in the paper; > 0 needs task i's segmenter (run first).
+    # With the segmenter, a class the single-stage model finds with a recall below
+    # pipeline.pseudo_masks.ABSTAIN_BELOW_RECALL (0.05) on the calibration tiles is left to the
+    # segmenter alone (`pseudo_labels.fusion`).
     segmenter_weight: float = 0.0
-    # With the segmenter: a class the single-stage model finds with a recall below this on the
-    # calibration tiles is left to the segmenter alone (`pseudo_labels.fusion`).
-    abstain_below_recall: float = 0.05
     workers: int = 2
 
 
@@ -253,18 +223,12 @@ class WeakConfig:
     tag_min_fraction: float = 0.0
     single_stage: SingleStageConfig = field(default_factory=SingleStageConfig)
     pseudo: PseudoMaskConfig = field(default_factory=PseudoMaskConfig)
-    # Loss weight of pseudo-labelled pixels relative to real pixel labels.
-    pseudo_weight: float = 1.0
     # Fraction of each training batch drawn from the pseudo-labelled N2 tiles.
     pseudo_ratio: float = 0.5
     # "share": the N2 crops take that share of each batch (at equal steps task ii then sees fewer
     # N1 crops than task i); "extra": every batch keeps its `train.batch_size` N1 crops and the
     # N2 crops come on top (batch_size · ratio / (1 − ratio) of them), so N1 is never diluted.
     pseudo_mode: Literal["share", "extra"] = "share"
-    # Optional epochs of fine-tuning on N1 pixel labels only after the mixed training.
-    finetune_epochs: int = 0
-    # Start the task ii segmenter from task i's best checkpoint instead of from ImageNet.
-    init_from_task_i: bool = False
     # How task ii learns from the N2 images. "offline": the single-stage model's pseudo masks are
     # N2's labels. "online": the semi arm's weak-to-strong consistency (`semi.*`), with the
     # teacher's prediction on each N2 crop restricted to the classes its tags allow before the
@@ -277,25 +241,17 @@ class WeakConfig:
 class SemiConfig:
     """The tag-free semi-supervised arm (`--task semi`): N1 pixel labels plus the N2 images without
     their tags, learnt by weak-to-strong consistency (FixMatch, Sohn et al. 2020; UniMatch, Yang et
-    al. CVPR 2023). Each batch holds task i's N1 crops and as many N2 crops; a teacher's prediction
-    on a crop's weak view is the target of its strong view (colour jitter, greyscale, blur, CutMix
-    with the next N2 crop of the batch) where the teacher's confidence reaches `threshold`."""
+    al. CVPR 2023). Each batch holds task i's N1 crops and as many N2 crops; a mean teacher's (the
+    student's weights averaged per step, Tarvainen & Valpola 2017) prediction on a crop's weak
+    view is the target of its strong view (colour jitter, greyscale, blur, CutMix with the next N2
+    crop of the batch) where the teacher's confidence reaches `threshold`."""
 
     # UniMatch's confidence bar for segmentation.
     threshold: float = 0.95
     # Weight of the strong view's loss beside the N1 cross-entropy (UniMatch: 0.5 for its two
-    # strong views together, 0.5 for the feature-perturbed one, the labelled loss 1).
+    # strong views together, 0.5 for the feature-perturbed one, the labelled loss 1). It ramps up
+    # from 0, and the teacher's EMA decay and the CutMix share are fixed (pipeline.semi).
     weight: float = 0.5
-    # "ema": a mean teacher (Tarvainen & Valpola 2017), the student's weights averaged with
-    # `ema_decay` per step, predicting without dropout or batch statistics; "student": the model
-    # itself, in train mode and without gradient, as UniMatch predicts its weak views.
-    teacher: Literal["ema", "student"] = "ema"
-    ema_decay: float = 0.99
-    # The unlabelled weight rises linearly from 0 over this share of the steps: the early teacher
-    # knows only a few N1 crops, and its confident mistakes would otherwise be learnt first.
-    rampup: float = 0.2
-    # Share of the N2 crops whose strong view gets a CutMix box from the next N2 crop (UniMatch: 0.5).
-    cutmix_p: float = 0.5
     # Weight of UniMatch's feature-perturbation branch: the weak view through the student with
     # its encoder features dropped out (Dropout2d 0.5), learning the teacher's targets (0 = off;
     # only segmenters that expose their encoder features support it).
@@ -311,15 +267,12 @@ class ZoomOutConfig:
     # network alone, and each gives `pixels_per_class` random pixels of every class it holds.
     pixels_per_class: int = 3
     sample_crop_px: int = 256
-    # The fully connected classifier on the sampled hypercolumns (Adam, constant rate).
+    # The fully connected classifier on the sampled hypercolumns (Adam, constant rate, no decay).
     epochs: int = 40
     batch_size: int = 128
     lr: float = 1.0e-3
-    weight_decay: float = 0.0
     # Loss weights per class: a list, "inverse" frequency of the sampled labels, or none.
     class_weights: Union[list[float], Literal["inverse", "none"]] = "inverse"
-    # FC → 1×1 conv: fold the feature normalisation into the first conv, or keep it as fixed buffers.
-    fold_normalisation: bool = False
 
 
 @dataclass
@@ -351,7 +304,21 @@ def weight_decay_of(train: TrainConfig) -> float:
 
 
 def config_from_dict(values: dict) -> Config:
+    _refuse_crf_section(values or {})
     return from_dict(Config, values or {})
+
+
+# `weak.pseudo.crf` was a section ({enabled, n_iter, ...}) until its parameters became the published
+# ones: an old config would otherwise meet a type error that does not say what to write instead.
+CRF_IS_ONE_KEY = ("weak.pseudo.crf is a single key now (its parameters are the published ones): write "
+                  "`crf: auto`, `crf: true` or `crf: false`")
+
+
+def _refuse_crf_section(values: dict) -> None:
+    weak = values.get("weak")
+    pseudo = weak.get("pseudo") if isinstance(weak, dict) else None
+    if isinstance(pseudo, dict) and isinstance(pseudo.get("crf"), dict):
+        raise ConfigError(f"{CRF_IS_ONE_KEY}, not {pseudo['crf']!r}")
 
 
 def config_to_dict(cfg) -> dict:
@@ -374,6 +341,8 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
         key, raw = item.split("=", 1)
+        if key.strip().startswith("weak.pseudo.crf."):
+            raise ConfigError(f"override {key.strip()}: {CRF_IS_ONE_KEY}")
         path = key.strip().split(".")
         node = values
         for part in path[:-1]:

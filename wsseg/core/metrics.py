@@ -166,6 +166,11 @@ def class_pixel_counts(label, num_classes: int, ignore_index: int = IGNORE_INDEX
     return np.bincount(flat, minlength=num_classes).astype(np.int64)
 
 
+# The least measured class weight the segmenters train with: a dominant background weighs at
+# least a tenth of a median-frequency class, never the ~0 at which it stops being predicted.
+CLASS_WEIGHT_FLOOR = 0.1
+
+
 def class_weights(counts, mode: str = "inverse", absent_weight: float = 0.0, floor: float | None = None,
                   cap: float | None = None) -> np.ndarray:
     """Per-class loss weights (float32 numpy) from pixel counts.
@@ -219,11 +224,6 @@ def unlearned_classes(cm, min_recall: float) -> np.ndarray:
     support = cm.sum(1)
     recall = _ratio(np.diag(cm), support)
     return (support > 0) & (np.nan_to_num(recall) < min_recall)
-
-
-def unreliable_classes(cm, min_precision: float) -> list[int]:
-    """Classes predicted at least once whose precision in `cm` is below `min_precision`."""
-    return [c for c, p in enumerate(class_precision(cm)) if p is not None and p < min_precision]
 
 
 MIN_GAP = 0.005

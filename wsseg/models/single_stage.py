@@ -27,7 +27,9 @@ from wsseg.models.resnet38 import scaled
 from wsseg.pseudo_labels import pseudo_gt
 from wsseg.pseudo_labels.pamr import refine_with_pamr
 
+# PAMR's dilations and iterations: the published ones (Araslanov & Roth, CVPR 2020).
 PAMR_DILATIONS = (1, 2, 4, 8, 12, 24)
+PAMR_ITER = 10
 
 
 def resize(x, size):
@@ -108,7 +110,7 @@ class SingleStageSegmenter(nn.Module):
 
     def __init__(self, num_classes: int, backbone: str = "resnet38", width: float = 1.0,
                  pretrained=None, background: str = "constant", focal_p: float = 3.0,
-                 focal_lambda: float = 0.01, pamr_dilations=PAMR_DILATIONS, pamr_iter: int = 10,
+                 focal_lambda: float = 0.01, pamr_dilations=PAMR_DILATIONS, pamr_iter: int = PAMR_ITER,
                  sg_psi: float = 0.3, sg_test_mix: str = "literal", aspp_literal_bn: bool = True):
         super().__init__()
         if background not in ("constant", "learned"):

@@ -167,13 +167,11 @@ class ZoomOutConvClassifier(ZoomOutMLP):
         return nn.Conv2d(in_features, out_features, 1)
 
 
-def fc_to_conv(mlp: ZoomOutMLP, fold_normalisation: bool = False) -> ZoomOutConvClassifier:
+def fc_to_conv(mlp: ZoomOutMLP) -> ZoomOutConvClassifier:
     """The 1×1-conv form of `mlp`, giving the same outputs at every cell.
 
-    A Linear weight d_out×d_in is the 1×1 conv weight d_out×d_in×1×1. The statistics are kept as
-    buffers, or with `fold_normalisation` folded into the first layer (W' = W / std,
-    b' = b − W'·mean, computed in float64), leaving the buffers at 0 and 1: the same function,
-    the same state-dict keys, but fine-tuning then moves the normalisation along with the weights.
+    A Linear weight d_out×d_in is the 1×1 conv weight d_out×d_in×1×1; the feature statistics stay
+    fixed buffers, so fine-tuning moves the weights but not the normalisation.
     """
     linears = [*mlp.hidden, mlp.score]
     hidden = [layer.out_features for layer in mlp.hidden]
@@ -183,13 +181,7 @@ def fc_to_conv(mlp: ZoomOutMLP, fold_normalisation: bool = False) -> ZoomOutConv
         for linear, target in zip(linears, convs):
             target.weight.copy_(linear.weight.view(*linear.weight.shape, 1, 1))
             target.bias.copy_(linear.bias)
-        if fold_normalisation:
-            mean, std = mlp.norm.feature_mean.double(), mlp.norm.feature_std.double()
-            weight = linears[0].weight.double() / std
-            convs[0].weight.copy_(weight.view(*weight.shape, 1, 1))
-            convs[0].bias.copy_(linears[0].bias.double() - weight @ mean)
-        else:
-            conv.norm.load_state_dict(mlp.norm.state_dict())
+        conv.norm.load_state_dict(mlp.norm.state_dict())
     return conv.train(mlp.training)
 
 

@@ -116,14 +116,13 @@ def run_task_ii(run: Run) -> tuple[dict, dict | None]:
     crop_tags = crop_tags_of(run)
     if cfg.weak.mode == "online":
         return _online_task_ii(run, crop_tags), None
-    task_i_best = run_dir / "task_i" / "best.pt"
-    if (cfg.weak.pseudo.segmenter_weight > 0 or cfg.weak.init_from_task_i) and _stage_done(run_dir / "task_i") is None:
-        log.info("task ii uses task i's segmenter (weak.pseudo.segmenter_weight or weak.init_from_task_i): "
-                 "running task i first")
-        run_task_i(run)
-    fusion_segmenter = task_i_best if cfg.weak.pseudo.segmenter_weight > 0 else None
-    return _offline_task_ii(run, crop_tags, fusion_segmenter, task_i_best,
-                            f"Task ii: N1 pixel labels + N2 {run.tags_title}")
+    fusion_segmenter = None
+    if cfg.weak.pseudo.segmenter_weight > 0:
+        if _stage_done(run_dir / "task_i") is None:
+            log.info("task ii uses task i's segmenter (weak.pseudo.segmenter_weight): running task i first")
+            run_task_i(run)
+        fusion_segmenter = run_dir / "task_i" / "best.pt"
+    return _offline_task_ii(run, crop_tags, fusion_segmenter, f"Task ii: N1 pixel labels + N2 {run.tags_title}")
 
 
 def _online_task_ii(run: Run, crop_tags) -> dict:
@@ -141,8 +140,7 @@ def _task_i_first_under_a_budget(run: Run, what: str) -> None:
         run_task_i(run)
 
 
-def _offline_task_ii(run: Run, crop_tags, fusion_segmenter: Path | None, task_i_best: Path,
-                     title: str) -> tuple[dict, dict]:
+def _offline_task_ii(run: Run, crop_tags, fusion_segmenter: Path | None, title: str) -> tuple[dict, dict]:
     pm_dir, stage_dir = run.run_dir / "pseudo_masks", run.run_dir / "task_ii"
     if (quality := _stage_done(pm_dir)) is None:
         started = time.monotonic()
@@ -150,8 +148,8 @@ def _offline_task_ii(run: Run, crop_tags, fusion_segmenter: Path | None, task_i_
     if (done := _stage_done(stage_dir)) is not None:
         log.info(f"{title}: already finished in {stage_dir}: mIoU {done['miou']:.4f}")
         return done, quality
-    # From task i's segmenter if asked; a zoom-out segmenter otherwise from its converted N1 classifier.
-    init = task_i_best if run.cfg.weak.init_from_task_i else initial_segmenter(run)
+    # A zoom-out segmenter starts from its converted N1 classifier.
+    init = initial_segmenter(run)
     started = time.monotonic()
     metrics = train_segmenter(run, stage_dir, pseudo_masks={t: pm_dir / f"{t}.png" for t in run.split.tagged},
                               init_checkpoint=init, title=title, epochs=epochs_of_task_i(run))

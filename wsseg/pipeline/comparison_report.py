@@ -26,7 +26,7 @@ def _pseudo_tables(pseudo_quality: dict, class_names) -> list[str]:
     """Top-level scalars, then a per-class table whose columns are whatever keys the entries have."""
     scalars = [(k, v) for k, v in pseudo_quality.items() if k != "per_class" and not isinstance(v, dict)]
     def cell(v):
-        if isinstance(v, list):  # e.g. the calibration tiles and the dropped classes
+        if isinstance(v, list):  # e.g. the calibration tiles and the classes never labelled
             # A few names and a count: hundreds of tile ids in one cell make the table unreadable
             # (pseudo_quality.json beside it holds the whole list).
             return abbreviated(v) or "none"

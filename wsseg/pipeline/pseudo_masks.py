@@ -31,7 +31,7 @@ from wsseg.datasets.colour import read_index_png, save_index_png
 from wsseg.datasets.crops import GridCropDataset, image_to_tensor
 from wsseg.datasets.splits import Split, abbreviated
 from wsseg.datasets.tags import CropTag, compute_crop_tags
-from wsseg.models.single_stage import ClassLayout, SingleStageSegmenter
+from wsseg.models.single_stage import PAMR_DILATIONS, PAMR_ITER, ClassLayout, SingleStageSegmenter
 from wsseg.pipeline.data import Run, class_layout, tag_grid_px
 from wsseg.pipeline.pseudo_quality import PseudoMaskQuality
 from wsseg.pipeline.segmenter import load_segmenter
@@ -43,6 +43,20 @@ from wsseg.pseudo_labels.tiles import TileAccumulator, confident_labels
 
 log = logging.getLogger(__name__)
 
+# The background channel raised to this power before the argmax (it wins at object borders
+# otherwise): the published inference's 3 (Araslanov & Roth, CVPR 2020).
+BG_POW = 3.0
+# A pixel whose pre-CRF class probability is at most this stays unlabelled (as does one whose class
+# the CRF changed): below an even chance the pseudo label is more often wrong than right.
+CONFIDENCE_THRESHOLD = 0.5
+# A class the single-stage model finds with a recall below this on the calibration tiles is left
+# to task i's segmenter alone: at 5 % it practically never wins, and the fusion's product would
+# erase it wherever the segmenter sees it.
+ABSTAIN_BELOW_RECALL = 0.05
+# A constant background channel whose class the trained model finds with a recall below this on
+# the calibration tiles never wins anywhere: the model is retrained with every class learned.
+REJECT_BACKGROUND_BELOW_RECALL = 0.05
+
 
 class BackgroundRejected(Exception):
     """The single-stage model's constant channel (`weak.single_stage.background_class`) never
@@ -51,8 +65,7 @@ class BackgroundRejected(Exception):
     def __init__(self, class_name: str, recall: float, threshold: float, tiles: list[str]):
         self.note = {"class": class_name, "recall": recall, "threshold": threshold, "calibration_tiles": tiles}
         super().__init__(f"the single-stage model finds its constant background class {class_name!r} with recall "
-                         f"{recall:.4f} on the calibration tiles ({abbreviated(tiles)}), below "
-                         f"weak.single_stage.reject_background_below_recall = {threshold}")
+                         f"{recall:.4f} on the calibration tiles ({abbreviated(tiles)}), below {threshold}")
 
 
 def make_pseudo_masks(run: Run, crop_tags: list[CropTag], checkpoint: Path, out_dir: Path,
@@ -82,15 +95,11 @@ def make_pseudo_masks(run: Run, crop_tags: list[CropTag], checkpoint: Path, out_
     calibration = list(split.val) if segmenter is not None else list(split.labelled)
     calibration_crops = _crops_in_order(cfg, source, crop_tags, calibration)
     n2_crops = _crops_in_order(cfg, source, crop_tags, list(split.tagged))
-    quality = PseudoMaskQuality(classes, pm.min_class_precision)
+    quality = PseudoMaskQuality(classes)
     predictor = CropPredictor(cfg, source, model, layout, segmenter, device)
 
-    crf_params = None
-    if pm.crf.enabled:
-        crf_params = {"n_iter": pm.crf.n_iter, "gauss_sxy": pm.crf.gauss_sxy, "gauss_compat": pm.crf.gauss_compat,
-                      "bilateral_sxy": pm.crf.bilateral_sxy, "bilateral_srgb": pm.crf.bilateral_srgb,
-                      "bilateral_compat": pm.crf.bilateral_compat}
-    processes = min(max(1, pm.workers), multiprocessing.cpu_count()) if crf_params else 0
+    crf = bool(pm.crf)  # "auto" runs it on the calibration tiles, to decide
+    processes = min(max(1, pm.workers), multiprocessing.cpu_count()) if crf else 0
     # Crops are predicted in this process, their CRFs run in a pool, in order.
     pool = None
     if processes > 1:
@@ -100,15 +109,15 @@ def make_pseudo_masks(run: Run, crop_tags: list[CropTag], checkpoint: Path, out_
     progress = progress_bar(total=pamr_pass + len(calibration_crops) + len(n2_crops), desc="pseudo masks")
 
     def tile_masks(crops, weak_cm=None):
-        jobs = predictor.predictions(crops, crf_params, weak_cm)
+        jobs = predictor.predictions(crops, crf, weak_cm)
         results = pool.imap(_crf_job, jobs, chunksize=2) if pool else map(_crf_job, jobs)
         for tile_id, accumulator in _tiles(_counted(results, progress), crops, source):
-            raw, crf = accumulator.means()
-            yield tile_id, raw, crf, confident_labels(raw, crf, pm.confidence_threshold, classes.ignore_index)
+            raw, refined = accumulator.means()
+            yield tile_id, raw, refined, confident_labels(raw, refined, CONFIDENCE_THRESHOLD, classes.ignore_index)
 
     def calibrate(weak_cm):
-        for tile_id, raw, crf, labels in tile_masks(calibration_crops, weak_cm):
-            quality.calibrate(labels, source.label(tile_id), raw, crf)
+        for tile_id, raw, refined, labels in tile_masks(calibration_crops, weak_cm):
+            quality.calibrate(labels, source.label(tile_id), raw, refined)
 
     finished = False
     try:
@@ -121,21 +130,20 @@ def make_pseudo_masks(run: Run, crop_tags: list[CropTag], checkpoint: Path, out_
                      pamr_calibration["miou_with_pamr"])
         weak_cm = np.zeros((classes.num_classes,) * 2, np.int64)
         calibrate(weak_cm)
-        _check_background(cfg, layout, classes, weak_cm, calibration)
-        if pm.crf.enabled == "auto" and crf_params is not None:
-            crf_params = quality.crf_decision(crf_params)
+        _check_background(layout, classes, weak_cm, calibration)
+        if pm.crf == "auto":
+            crf = quality.crf_decision()
         if segmenter is not None:
-            predictor.abstain = unlearned_classes(weak_cm, pm.abstain_below_recall)
+            predictor.abstain = unlearned_classes(weak_cm, ABSTAIN_BELOW_RECALL)
             if predictor.abstain.any():
                 log.warning("pseudo masks: the single-stage model finds %s on the calibration tiles with recall "
                             "below %.2f: task i's segmenter alone decides %s", _names(classes, predictor.abstain),
-                            pm.abstain_below_recall, "it" if predictor.abstain.sum() == 1 else "them")
-        for tile_id, raw, crf, labels in tile_masks(n2_crops):
-            labels = quality.drop_unreliable(labels)
+                            ABSTAIN_BELOW_RECALL, "it" if predictor.abstain.sum() == 1 else "them")
+        for tile_id, raw, refined, labels in tile_masks(n2_crops):
             # Atomic: a run killed here leaves whole masks or none, never half a PNG.
             atomic_write(out_dir / f"{tile_id}.png", lambda tmp: save_index_png(tmp, labels, classes.palette))
             ground_truth = source.label(tile_id) if source.tile(tile_id).label_path is not None else None
-            quality.measure(labels, raw, crf, ground_truth)
+            quality.measure(labels, raw, refined, ground_truth)
         finished = True
     finally:
         progress.close()
@@ -154,7 +162,7 @@ def make_pseudo_masks(run: Run, crop_tags: list[CropTag], checkpoint: Path, out_
         settings["pamr_calibration"] = pamr_calibration
     if background_rejected is not None:
         settings["background_rejected"] = background_rejected
-    report = quality.report(tiles=len(split.tagged), crf=crf_params is not None, segmenter_weight=pm.segmenter_weight,
+    report = quality.report(tiles=len(split.tagged), crf=crf, segmenter_weight=pm.segmenter_weight,
                             calibration_tiles=calibration, single_stage_background=layout.background,
                             weak_abstains=[classes.names[c] for c in np.flatnonzero(predictor.abstain)],
                             tagged_classes=tagged_classes, **settings)
@@ -168,12 +176,11 @@ def make_pseudo_masks(run: Run, crop_tags: list[CropTag], checkpoint: Path, out_
     return report
 
 
-def _check_background(cfg: Config, layout: ClassLayout, classes: ClassSpec, weak_cm: np.ndarray,
-                      calibration: list[str]) -> None:
+def _check_background(layout: ClassLayout, classes: ClassSpec, weak_cm: np.ndarray, calibration: list[str]) -> None:
     """Raise BackgroundRejected if the constant channel's class is (almost) never the argmax
     where the calibration tiles hold it: no fusion can bring a class back from near-zero."""
-    threshold = cfg.weak.single_stage.reject_background_below_recall
-    if layout.background_index is None or threshold <= 0:
+    threshold = REJECT_BACKGROUND_BELOW_RECALL
+    if layout.background_index is None:
         return
     background = layout.background_index
     support = int(weak_cm[background].sum())
@@ -252,13 +259,11 @@ class CropPredictor:
         pm = self.cfg.weak.pseudo
         probs = self.model.predict_masks(crop, tags=self.layout.scored_tags(tags),
                                          scales=inference_scales(self.cfg, *crop.shape[-2:]), flip=pm.flip,
-                                         bg_pow=pm.bg_pow)
+                                         bg_pow=BG_POW)
         return probs / probs.sum(0, keepdim=True).clamp(min=1e-8)
 
     def _refine(self, crop: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
-        ss = self.cfg.weak.single_stage
-        return refine_with_pamr(crop[None], probs[None], dilations=ss.pamr_dilations,
-                                num_iter=ss.pamr_iter)[0]
+        return refine_with_pamr(crop[None], probs[None], dilations=PAMR_DILATIONS, num_iter=PAMR_ITER)[0]
 
     def _restricted(self, probs: torch.Tensor, tags: torch.Tensor) -> np.ndarray:
         probs = self.layout.to_dataset_order(probs.cpu(), dim=0)
@@ -299,15 +304,15 @@ class CropPredictor:
         return fuse_with_segmenter(probs, segmenter_probs, allowed_classes(tags, self.layout).numpy(),
                                    self.cfg.weak.pseudo.segmenter_weight, abstain=self.abstain)
 
-    def predictions(self, crops: list[CropTag], crf_params: dict | None, weak_cm: np.ndarray | None = None):
-        """(index, crop, probabilities, CRF parameters) per crop, in order. `weak_cm` accumulates
-        the weak model's own confusion against the ground truth."""
+    def predictions(self, crops: list[CropTag], crf: bool, weak_cm: np.ndarray | None = None):
+        """(index, crop, probabilities, whether to run the CRF) per crop, in order. `weak_cm`
+        accumulates the weak model's own confusion against the ground truth."""
         classes = self.source.classes
         for index, crop, tensor, tags, segmenter_probs, label in self._crops(crops, weak_cm is not None):
             probs = self.weak_probabilities(tensor, tags)
             if weak_cm is not None:
                 weak_cm += confusion_matrix(probs.argmax(0), label, classes.num_classes, classes.ignore_index)
-            yield index, crop, self._fused(probs, segmenter_probs, tags), crf_params
+            yield index, crop, self._fused(probs, segmenter_probs, tags), crf
 
     def compare_pamr(self, crops: list[CropTag], progress=None) -> dict:
         """Pre-CRF mIoU of the (fused) pseudo masks of labelled `crops` without and with PAMR."""
@@ -326,8 +331,8 @@ class CropPredictor:
 
 
 def _crf_job(args):
-    index, crop, probs, crf_params = args
-    refined = dense_crf(crop, probs, **crf_params) if crf_params is not None else probs
+    index, crop, probs, crf = args
+    refined = dense_crf(crop, probs) if crf else probs
     return index, probs, refined
 
 

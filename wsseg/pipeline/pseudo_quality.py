@@ -1,7 +1,7 @@
 """What the pseudo masks are worth, measured where pixel labels exist: class precision on the
-calibration tiles (and the classes it drops), the CRF's effect there, and the N2 masks against
-their ground truth before CRF, after CRF and on the confident pixels. Nothing measured here
-reaches training but the decision which classes and refinements to keep."""
+calibration tiles, the CRF's effect there, and the N2 masks against their ground truth before
+CRF, after CRF and on the confident pixels. Nothing measured here reaches training but the
+decision whether to keep the CRF."""
 
 from __future__ import annotations
 
@@ -9,22 +9,21 @@ import logging
 
 import numpy as np
 
-from wsseg.core.metrics import class_precision, confusion_matrix, segmentation_metrics, unreliable_classes
+from wsseg.core.metrics import class_precision, confusion_matrix, segmentation_metrics
 from wsseg.datasets.base import ClassSpec
 
 log = logging.getLogger(__name__)
 
 
 class PseudoMaskQuality:
-    """Class precision on the calibration tiles, the classes it drops, and the quality of the N2
-    masks against ground truth where there is any: before CRF, after CRF, and confident pixels."""
+    """Class precision on the calibration tiles, and the quality of the N2 masks against ground
+    truth where there is any: before CRF, after CRF, and confident pixels."""
 
-    def __init__(self, classes: ClassSpec, min_class_precision: float):
-        self.classes, self.min_class_precision = classes, min_class_precision
+    def __init__(self, classes: ClassSpec):
+        self.classes = classes
         shape = (classes.num_classes,) * 2
         self.calibration_cm = np.zeros(shape, np.int64)
         self.cms = {name: np.zeros(shape, np.int64) for name in ("raw", "crf", "final")}
-        self.dropped: list[int] | None = None
         self.labelled_px = self.total_px = 0
         self.tiles_with_ground_truth = 0
         self.pixels_per_class = np.zeros(classes.num_classes, np.int64)
@@ -42,30 +41,15 @@ class PseudoMaskQuality:
         self.calibration_argmax_cms["raw"] += self._cm(raw.argmax(0), ground_truth)
         self.calibration_argmax_cms["crf"] += self._cm(crf.argmax(0), ground_truth)
 
-    def unreliable(self) -> list[int]:
-        """The classes the calibration so far puts below `min_class_precision` (none when it is 0)."""
-        return unreliable_classes(self.calibration_cm, self.min_class_precision)
-
-    def crf_decision(self, crf_params: dict) -> dict | None:
-        """`crf_params` if the CRF raised mIoU on the calibration tiles, else None (CRF off)."""
+    def crf_decision(self) -> bool:
+        """Whether the CRF raised mIoU on the calibration tiles (else it is switched off)."""
         raw, crf = (segmentation_metrics(self.calibration_argmax_cms[k], self.classes.names,
                                          self.classes.in_mean)["miou"] for k in ("raw", "crf"))
         self.crf_calibration = {"miou_without_crf": raw, "miou_with_crf": crf}
         keep = crf > raw
         log.info("pseudo masks: the CRF %s (calibration mIoU %.4f without, %.4f with)",
                  "stays on" if keep else "is switched off for the N2 masks", raw, crf)
-        return crf_params if keep else None
-
-    def drop_unreliable(self, labels: np.ndarray) -> np.ndarray:
-        """`labels` with the classes of low calibration precision unlabelled (decided at the first call)."""
-        if self.dropped is None and self.calibration_cm.sum():
-            self.dropped = self.unreliable()
-            if self.dropped:
-                log.info("pseudo masks: dropping %s (precision on the calibration tiles below %.2f)",
-                         ", ".join(self.classes.names[c] for c in self.dropped), self.min_class_precision)
-        if self.dropped:
-            labels[np.isin(labels, self.dropped)] = self.classes.ignore_index
-        return labels
+        return bool(keep)
 
     def measure(self, labels: np.ndarray, raw: np.ndarray, crf: np.ndarray, ground_truth: np.ndarray | None) -> None:
         self.labelled_px += int((labels != self.classes.ignore_index).sum())
@@ -86,7 +70,6 @@ class PseudoMaskQuality:
         report = {"coverage": self.labelled_px / max(1, self.total_px), **settings,
                   "tiles_with_ground_truth": self.tiles_with_ground_truth,
                   "calibration_precision": dict(zip(names, class_precision(self.calibration_cm))),
-                  "dropped_classes": [names[c] for c in self.dropped or []],
                   "classes_never_labelled": [names[c] for c in tagged_classes if self.pixels_per_class[c] == 0]}
         if self.crf_calibration is not None:
             report["crf_calibration"] = self.crf_calibration

@@ -1,5 +1,5 @@
-"""The segmenter stage: train on N1 pixel labels (plus N2 pseudo masks in task ii), optionally
-fine-tune on N1 alone, and evaluate the best checkpoint on the test tiles with the full report.
+"""The segmenter stage: train on N1 pixel labels (plus N2 pseudo masks in task ii), and evaluate
+the best checkpoint on the test tiles with the full report.
 
 With `online`, every N1 batch is paired with as many N2 crops learnt by weak-to-strong
 consistency (`pipeline.semi`): without their tags (the semi arm) or restricted by them (task ii
@@ -20,9 +20,10 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from wsseg.core.checkpoint import CheckpointError, load_checkpoint, load_weights, unwrap
 from wsseg.core.config import Config, weight_decay_of
-from wsseg.core.distributed import autocast_dtype, barrier, choose_device
+from wsseg.core.distributed import autocast_dtype, choose_device
 from wsseg.core.evaluate import evaluate_tiles
-from wsseg.core.metrics import class_pixel_counts, class_weights, majority_baseline_miou, xview2_score
+from wsseg.core.metrics import (CLASS_WEIGHT_FLOOR, class_pixel_counts, class_weights, majority_baseline_miou,
+                                xview2_score)
 from wsseg.core.precision import resolve_precision
 from wsseg.core.report import write_report
 from wsseg.core.stage import Stage
@@ -38,9 +39,13 @@ from wsseg.pipeline.semi import build_teacher, semi_crops, semi_loss
 
 log = logging.getLogger(__name__)
 
+# Loss weight of a pseudo-labelled pixel relative to a real label: equal, as every config had it;
+# the confidence rule of the pseudo masks already leaves the doubtful pixels out.
+PSEUDO_WEIGHT = 1.0
+
 
 class WeightedCrops(Dataset):
-    """Crops with a loss weight per sample: 1 for real labels, `pseudo_weight` for pseudo masks.
+    """Crops with a loss weight per sample: 1 for real labels, `PSEUDO_WEIGHT` for pseudo masks.
 
     (image, mask) → (image, mask, weight)."""
 
@@ -89,7 +94,7 @@ def training_crops(cfg: Config, run: Run, pseudo_masks: dict[str, Path] | None, 
     if pseudo_masks:
         parts.append(WeightedCrops(RandomCropDataset(source, split.tagged, cfg.train.crop_px, n_pseudo,
                                                      augment=cfg.train.augment, label_override=pseudo_masks,
-                                                     seed=cfg.train.seed + 1), cfg.weak.pseudo_weight))
+                                                     seed=cfg.train.seed + 1), PSEUDO_WEIGHT))
     elif oracle:
         check_oracle_labels(run)
         parts.append(WeightedCrops(RandomCropDataset(source, split.tagged, cfg.train.crop_px, n_pseudo,
@@ -123,11 +128,11 @@ def segmenter_class_weights(cfg: Config, source: TileSource, tile_ids) -> torch.
     # A class of a few labelled pixels gets a weight of 50 or more and is then predicted everywhere
     # (the cap); a dominant background gets about 0 and is never predicted (the floor): measured
     # frequencies are trusted only between the two.
-    floor, cap = cfg.train.class_weight_floor, cfg.train.class_weight_cap
+    cap = cfg.train.class_weight_cap
     # A class the N1 labels lack still reaches the loss in task ii's pseudo masks and the oracle's
     # N2 labels: it weighs as a median-frequency class does (1), within the bounds.
-    absent = min(max(1.0, floor or 0.0), cap if cap is not None else math.inf)
-    weights = class_weights(counts, mode=setting, absent_weight=absent, floor=floor, cap=cap)
+    absent = min(max(1.0, CLASS_WEIGHT_FLOOR), cap if cap is not None else math.inf)
+    weights = class_weights(counts, mode=setting, absent_weight=absent, floor=CLASS_WEIGHT_FLOOR, cap=cap)
     return torch.as_tensor(weights, dtype=torch.float32)
 
 
@@ -201,7 +206,7 @@ def train_segmenter(run: Run, stage_dir: Path, *, pseudo_masks: dict[str, Path] 
         # A model that starts from trained weights needs no ImageNet weights to overwrite.
         model = build_model(cfg, classes.num_classes, pretrained=init_checkpoint is None and not cfg.model.init_from)
         if init_checkpoint is not None:
-            # Task ii can start from task i's best model: the pseudo masks then add to what N1 taught.
+            # A zoom-out segmenter starts from its FC classifier fitted on N1 (pipeline.zoomout.dense_init).
             load_weights(model, load_checkpoint(init_checkpoint)["model"], str(init_checkpoint))
             log.info(f"{stage_dir.name}: initialised from {init_checkpoint}")
         elif cfg.model.init_from and not (run.resume and (stage_dir / "last.pt").exists()):
@@ -214,7 +219,7 @@ def train_segmenter(run: Run, stage_dir: Path, *, pseudo_masks: dict[str, Path] 
         if weights is not None:
             log.info("class weights: %s", ", ".join(f"{n} {w:.2f}" for n, w in zip(classes.names, weights.tolist())))
 
-        teacher = build_teacher(cfg, model) if online else None
+        teacher = build_teacher(model) if online else None
 
         def compute_loss(model, batch, epoch):
             images, masks, sample_weights = batch
@@ -224,10 +229,8 @@ def train_segmenter(run: Run, stage_dir: Path, *, pseudo_masks: dict[str, Path] 
             return weighted_cross_entropy(logits, masks, weights, pixel_weights, classes.ignore_index), {}
 
         optimizer = build_optimizer(parameter_groups(cfg.model.name, unwrap(model), cfg.train.encoder_lr_mult),
-                                    cfg.train.optimizer, cfg.train.lr, weight_decay_of(cfg.train), cfg.train.momentum,
-                                    cfg.train.rmsprop_alpha)
-        scheduler = build_scheduler(optimizer, cfg.train.schedule, epochs * len(loader), len(loader),
-                                    cfg.train.poly_power, cfg.train.step_epochs, cfg.train.step_gamma)
+                                    cfg.train.optimizer, cfg.train.lr, weight_decay_of(cfg.train))
+        scheduler = build_scheduler(optimizer, cfg.train.schedule, epochs * len(loader))
         if online:
             compute_loss = semi_loss(cfg, stage, teacher, weights, classes.ignore_index,
                                      progress=lambda: scheduler.last_epoch / max(1, epochs * len(loader)))
@@ -236,11 +239,8 @@ def train_segmenter(run: Run, stage_dir: Path, *, pseudo_masks: dict[str, Path] 
         history = stage.fit(model, loader, optimizer, scheduler, compute_loss, epochs, validate,
                             validate_every=cfg.eval.every_epochs, max_minutes=max_minutes,
                             companions={"teacher": teacher} if teacher is not None else None)
-        epochs_trained = len(history)
-        if cfg.weak.finetune_epochs and pseudo_masks:
-            history += _finetune_on_labels(run, stage, model, compute_loss, validate)
     return evaluate_checkpoint(run, stage_dir, stage_dir / "best.pt", history, title=title,
-                               train_tile_ids=split.labelled, epochs_trained=epochs_trained)
+                               train_tile_ids=split.labelled, epochs_trained=len(history))
 
 
 def _validation(run: Run, stage: Stage):
@@ -264,30 +264,6 @@ def _validation(run: Run, stage: Stage):
         return {"miou": metrics["miou"], "mean_f1": metrics["mean_f1"], "overall_accuracy": metrics["overall_accuracy"]}
 
     return validate
-
-
-def _finetune_on_labels(run: Run, stage: Stage, model, compute_loss, validate) -> list[dict]:
-    """Optional last epochs on N1 pixel labels only, starting from the best mixed-training weights."""
-    cfg, source, split = run.cfg, run.source, run.split
-    ft_dir = stage.stage_dir / "finetune"
-    state = load_checkpoint(stage.stage_dir / "best.pt", map_location=stage.device)
-    unwrap(model).load_state_dict(state["model"])
-    samples = cfg.train.iters_per_epoch * cfg.train.batch_size
-    loader = stage.loader(WeightedCrops(RandomCropDataset(source, split.labelled, cfg.train.crop_px, samples,
-                                                          augment=cfg.train.augment, seed=cfg.train.seed + 2), 1.0),
-                          cfg.train.batch_size)
-    optimizer = build_optimizer(parameter_groups(cfg.model.name, unwrap(model), cfg.train.encoder_lr_mult),
-                                cfg.train.optimizer, cfg.train.lr * 0.1, weight_decay_of(cfg.train),
-                                cfg.train.momentum, cfg.train.rmsprop_alpha)
-    scheduler = build_scheduler(optimizer, "constant", 1, len(loader))
-    history = stage.fit(model, loader, optimizer, scheduler, compute_loss, cfg.weak.finetune_epochs, validate,
-                        run_dir=ft_dir, desc="finetune", validate_every=cfg.eval.every_epochs)
-    # The fine-tuned model competes with the mixed one on validation: keep whichever is better.
-    # Rank 0 alone moves the file; the others wait until it has, to read the winner.
-    if run.dist.is_main and load_checkpoint(ft_dir / "best.pt")["best_score"] > state["best_score"]:
-        (ft_dir / "best.pt").replace(stage.stage_dir / "best.pt")
-    barrier(run.dist)
-    return history
 
 
 def evaluate_checkpoint(run: Run, out_dir: Path, checkpoint: Path, history: list[dict] | None = None,

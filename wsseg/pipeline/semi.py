@@ -4,12 +4,13 @@ plus as many N2 crops per batch learnt without their tags by weak-to-strong cons
 with tags has to ask: would the N2 images have helped as much without them? Task ii's online
 mode (`weak.mode: online`) is the same training with each N2 crop's tags restricting its targets.
 
-Per step: a teacher predicts each N2 crop's weak view (no gradient, in the stage's precision);
-where its confidence reaches `semi.threshold` its class is the target of the crop's strong view,
-CutMix boxes pasted from the next N2 crop of the batch, targets with them. One student forward
-takes the N1 crops (and, with `semi.feature_perturbation`, the weak views whose encoder features
-are dropped out); the strong views a second one that leaves BatchNorm's running
-statistics alone. The unlabelled terms ramp up linearly over the first `semi.rampup` share of
+Per step: a mean teacher (Tarvainen & Valpola 2017: the student's weights averaged, predicting
+without dropout or batch statistics) predicts each N2 crop's weak view (no gradient, in the
+stage's precision); where its confidence reaches `semi.threshold` its class is the target of the
+crop's strong view, CutMix boxes pasted from the next N2 crop of the batch, targets with them.
+One student forward takes the N1 crops (and, with `semi.feature_perturbation`, the weak views
+whose encoder features are dropped out); the strong views a second one that leaves BatchNorm's
+running statistics alone. The unlabelled terms ramp up linearly over the first `RAMPUP` share of
 the steps.
 """
 
@@ -33,24 +34,30 @@ from wsseg.datasets.unlabelled import PairedCrops, UnlabelledViews
 from wsseg.pipeline.data import Run
 from wsseg.pseudo_labels.consistency import consistency_loss, consistency_targets, paste_boxes
 
+# The teacher's weights move 1 % of the way to the student's per step: the usual mean-teacher decay
+# (UniMatch's), and the only one measured here.
+EMA_DECAY = 0.99
+# The unlabelled weight rises linearly from 0 over this share of the steps: the early teacher knows
+# only a few N1 crops, and its confident mistakes would otherwise be learnt first.
+RAMPUP = 0.2
+# Share of the N2 crops whose strong view gets a CutMix box from the next N2 crop: UniMatch's 0.5.
+CUTMIX_P = 0.5
+
 
 def semi_crops(cfg: Config, run: Run, labelled: Dataset, tag_grid: TagGrid | None = None) -> PairedCrops:
     """Task i's crops `labelled`, each paired with a crop of an N2 image, whose labels (if it has
     any) are never read; with what `tag_grid` says of its window when given (task ii online)."""
     unlabelled = RandomCropDataset(run.source, run.split.tagged, cfg.train.crop_px, len(labelled),
                                    augment=cfg.train.augment, seed=cfg.train.seed + 2, images_only=True)
-    return PairedCrops(labelled, UnlabelledViews(unlabelled, cfg.semi.cutmix_p, tag_grid))
+    return PairedCrops(labelled, UnlabelledViews(unlabelled, CUTMIX_P, tag_grid))
 
 
-def build_teacher(cfg: Config, model: torch.nn.Module) -> AveragedModel | None:
-    """The mean teacher of `semi.teacher: ema` (its weights and BatchNorm statistics averaged),
-    None for `student`. Under torchrun every process holds the same one: it averages the same
-    synchronised weights."""
-    if cfg.semi.teacher != "ema":
-        return None
+def build_teacher(model: torch.nn.Module, decay: float = EMA_DECAY) -> AveragedModel:
+    """The mean teacher of `model` (its weights and BatchNorm statistics averaged with `decay` per
+    step). Under torchrun every process holds the same one: it averages the same synchronised weights."""
     student = unwrap(model)
     teacher = AveragedModel(copy.deepcopy(student), device=next(student.parameters()).device,
-                            multi_avg_fn=get_ema_multi_avg_fn(cfg.semi.ema_decay), use_buffers=True)
+                            multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
     return teacher.eval().requires_grad_(False)
 
 
@@ -69,9 +76,10 @@ def frozen_running_stats(model: torch.nn.Module):
             m.momentum = momentum
 
 
-def semi_loss(cfg: Config, stage: Stage, teacher: AveragedModel | None, class_weights: torch.Tensor | None,
-              ignore_index: int, progress: Callable[[], float]):
-    """`compute_loss` of the semi arm; `progress()` is the share of the steps done (for the ramp-up)."""
+def semi_loss(cfg: Config, stage: Stage, teacher: AveragedModel, class_weights: torch.Tensor | None,
+              ignore_index: int, progress: Callable[[], float], rampup: float = RAMPUP):
+    """`compute_loss` of the semi arm; `progress()` is the share of the steps done, and the
+    unlabelled terms reach their full weight at `rampup` of it (0: from the first step)."""
     semi = cfg.semi
 
     def compute_loss(model, batch, epoch):
@@ -81,12 +89,9 @@ def semi_loss(cfg: Config, stage: Stage, teacher: AveragedModel | None, class_we
         strong = stage.images_to_device(views["strong"])
         boxes = views["box"]
         with torch.no_grad():
-            if teacher is not None:
-                # The student's weights after the last step join the average before it teaches.
-                teacher.update_parameters(unwrap(model))
-                weak_logits = teacher(weak)
-            else:
-                weak_logits = model(weak)
+            # The student's weights after the last step join the average before it teaches.
+            teacher.update_parameters(unwrap(model))
+            weak_logits = teacher(weak)
         # Task ii online: the classes a crop's tags rule out get probability 0 before the bar, so
         # the tags veto the teacher's confident mistakes; CutMix then moves each crop's vetted
         # targets with its pixels.
@@ -112,7 +117,7 @@ def semi_loss(cfg: Config, stage: Stage, teacher: AveragedModel | None, class_we
         masks = stage.to_device(masks)
         pixel_weights = stage.to_device(sample_weights)[:, None, None].expand_as(masks)
         loss_labelled = weighted_cross_entropy(logits, masks, class_weights, pixel_weights, ignore_index)
-        ramp = min(1.0, progress() / semi.rampup) if semi.rampup > 0 else 1.0
+        ramp = min(1.0, progress() / rampup) if rampup > 0 else 1.0
         loss_strong = consistency_loss(logits_strong, mixed_targets, ignore_index)
         loss = loss_labelled + ramp * semi.weight * loss_strong
         scalars = {"labelled": loss_labelled.item(), "strong": loss_strong.item(), "ramp": ramp,

@@ -22,12 +22,18 @@ from wsseg.pseudo_labels import pseudo_gt
 
 log = logging.getLogger(__name__)
 
+# The single-stage model's SGD momentum and weight decay, and the weight of its self-supervised
+# loss beside the classification loss: the published ones (Araslanov & Roth, CVPR 2020).
+MOMENTUM = 0.9
+WEIGHT_DECAY = 5e-4
+SELF_SUPERVISED_WEIGHT = 1.0
+
 
 def build_single_stage(cfg: Config, layout: ClassLayout, pretrained: bool = True) -> SingleStageSegmenter:
     ss = cfg.weak.single_stage
     return SingleStageSegmenter(layout.num_scored, backbone=ss.backbone, width=ss.width,
                                 pretrained=single_stage_weights(cfg) if pretrained else None,
-                                background=ss.background, pamr_dilations=ss.pamr_dilations, pamr_iter=ss.pamr_iter)
+                                background=ss.background)
 
 
 def train_single_stage(run: Run, crop_tags: list[CropTag], stage_dir: Path) -> list[dict]:
@@ -64,7 +70,7 @@ def train_single_stage(run: Run, crop_tags: list[CropTag], stage_dir: Path) -> l
                 targets = net.self_supervised_targets(out, scored_tags, images.shape[-2:])
                 loss_self = net.self_supervised_loss(out, scored_tags, images.shape[-2:],
                                                      gating=ss.self_supervised_gating, targets=targets)
-                loss = loss + ss.self_supervised_weight * loss_self
+                loss = loss + SELF_SUPERVISED_WEIGHT * loss_self
                 used = pseudo_gt.counting_images(targets, scored_tags, out["logits"].shape[1],
                                                  background=ss.background == "constant",
                                                  gating=ss.self_supervised_gating)
@@ -72,9 +78,8 @@ def train_single_stage(run: Run, crop_tags: list[CropTag], stage_dir: Path) -> l
                                 "self_pixels_labelled": (targets != IGNORE_INDEX).float().mean().item()})
             return loss, scalars
 
-        optimizer = build_optimizer(unwrap(model).param_groups(ss.lr, ss.weight_decay), "sgd", ss.lr,
-                                    momentum=ss.momentum)
-        scheduler = build_scheduler(optimizer, "constant", ss.epochs * len(loader), len(loader))
+        optimizer = build_optimizer(unwrap(model).param_groups(ss.lr, WEIGHT_DECAY), "sgd", ss.lr, momentum=MOMENTUM)
+        scheduler = build_scheduler(optimizer, "constant", ss.epochs * len(loader))
         history = stage.fit(model, loader, optimizer, scheduler, compute_loss, ss.epochs, desc="single_stage",
                             max_minutes=ss.max_minutes)
     warn_if_budget_left_no_self_supervision(history, ss)

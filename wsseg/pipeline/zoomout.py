@@ -45,6 +45,8 @@ from wsseg.pipeline.segmenter import build_model
 log = logging.getLogger(__name__)
 
 ZOOMOUT = "zoomout"
+# The FC classifier trains without weight decay, as the seed projects fitted it (Adam 1e-3, no decay).
+FC_WEIGHT_DECAY = 0.0
 
 
 def samples_dir(run_dir: Path) -> Path:
@@ -71,8 +73,8 @@ def check_zoomout_config(cfg: Config, classes: ClassSpec) -> None:
     for key in ("pixels_per_class", "sample_crop_px", "epochs", "batch_size"):
         if getattr(zo, key) < 1:
             raise ConfigError(f"zoomout.{key} must be at least 1, got {getattr(zo, key)}")
-    if zo.lr <= 0 or zo.weight_decay < 0:
-        raise ConfigError(f"zoomout.lr must be > 0 and zoomout.weight_decay >= 0, got {zo.lr} and {zo.weight_decay}")
+    if zo.lr <= 0:
+        raise ConfigError(f"zoomout.lr must be > 0, got {zo.lr}")
     if isinstance(zo.class_weights, list):
         if len(zo.class_weights) != classes.num_classes:
             raise ConfigError(f"zoomout.class_weights has {len(zo.class_weights)} values for the "
@@ -271,8 +273,8 @@ def fit_classifier(run: Run) -> dict:
             accuracy = (logits.argmax(1) == y).float().mean().item()
             return weighted_cross_entropy(logits, y, weights, ignore_index=classes.ignore_index), {"accuracy": accuracy}
 
-        optimizer = build_optimizer(unwrap(model).parameters(), "adam", zo.lr, zo.weight_decay)
-        scheduler = build_scheduler(optimizer, "constant", zo.epochs * len(loader), len(loader))
+        optimizer = build_optimizer(unwrap(model).parameters(), "adam", zo.lr, FC_WEIGHT_DECAY)
+        scheduler = build_scheduler(optimizer, "constant", zo.epochs * len(loader))
         log.info(f"zoomout fit: {len(dataset)} samples of {features.shape[1]} channels, batches of {batch_size}, "
                  f"{zo.epochs} epochs")
         history = stage.fit(model, loader, optimizer, scheduler, compute_loss, zo.epochs, desc="zoomout_fc")
@@ -311,13 +313,11 @@ def dense_init(run: Run) -> Path:
         mlp = model.fc_classifier()
         load_weights(mlp, load_checkpoint(fc / "last.pt")["model"], str(fc / "last.pt"))
         mlp.eval()
-        model.classifier.load_state_dict(fc_to_conv(mlp, cfg.zoomout.fold_normalisation).state_dict())
+        model.classifier.load_state_dict(fc_to_conv(mlp).state_dict())
         features, _ = load_samples(samples, run.split.labelled[:1])
         checked = features[:256]
         error = conversion_error(mlp, model.classifier.eval(), checked) if len(checked) else 0.0
-        log.info(f"zoomout dense: FC classifier → 1×1 convolutions"
-                 f"{' (normalisation folded in)' if cfg.zoomout.fold_normalisation else ''}: max |Δ logit| "
-                 f"{error:.2e} on {len(checked)} samples")
+        log.info(f"zoomout dense: FC classifier → 1×1 convolutions: max |Δ logit| {error:.2e} on {len(checked)} samples")
         save_checkpoint(path, {"model": model.state_dict(), "classes": class_record(classes),
                                "conversion_max_abs_diff": error, "config": config_to_dict(cfg)})
         return error
