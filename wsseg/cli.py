@@ -312,13 +312,14 @@ def _eval(args) -> int:
 def _eval_checkpoint(args, checkpoint: Path) -> int:
     """A run checkpoint, on the test tiles of its run (or of --split)."""
     from wsseg.core.checkpoint import load_checkpoint
-    from wsseg.core.config import apply_overrides, config_from_dict
+    from wsseg.core.config import apply_overrides, config_from_dict, config_to_dict, saved_config_from_dict
     from wsseg.datasets.splits import load_split
     from wsseg.pipeline.data import Run, load_source
     from wsseg.pipeline.segmenter import evaluate_checkpoint
 
     state = load_checkpoint(checkpoint)
-    cfg = config_from_dict(apply_overrides(state["config"], args.overrides))
+    saved = config_to_dict(saved_config_from_dict(state["config"]))
+    cfg = config_from_dict(apply_overrides(saved, args.overrides))
     split_path = Path(args.split) if args.split else checkpoint.parent.parent / "split.json"
     if not split_path.exists():
         print(f"error: no split file {split_path}; pass --split", file=sys.stderr)
@@ -333,7 +334,7 @@ def _eval_checkpoint(args, checkpoint: Path) -> int:
 def _eval_release(args, location) -> int:
     """A published model, on the test tiles of the split it records (or of --split), in its
     training config's dataset (`--set data.root=...` where the data lives here)."""
-    from wsseg.core.config import apply_overrides, config_from_dict
+    from wsseg.core.config import apply_overrides, config_from_dict, config_to_dict, saved_config_from_dict
     from wsseg.core.io import atomic_write_json
     from wsseg.datasets.splits import load_split
     from wsseg.pipeline.data import Run, load_source
@@ -342,7 +343,8 @@ def _eval_release(args, location) -> int:
 
     meta = read_release_meta(location.path)
     trained = load_release(location.path, source=location.source)
-    cfg = config_from_dict(apply_overrides(trained.config, args.overrides))
+    saved = config_to_dict(saved_config_from_dict(trained.config))
+    cfg = config_from_dict(apply_overrides(saved, args.overrides))
     out = Path(args.out) if args.out else Path(f"eval-{meta.get('name') or location.path.name}")
     _setup_logging(out)
     if args.split:

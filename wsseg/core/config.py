@@ -7,6 +7,7 @@ run can always be reproduced from its own folder.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import typing
 from dataclasses import dataclass, field
@@ -305,7 +306,79 @@ def weight_decay_of(train: TrainConfig) -> float:
 
 def config_from_dict(values: dict) -> Config:
     _refuse_crf_section(values or {})
+    _refuse_retired(values or {})
     return from_dict(Config, values or {})
+
+
+# Keys that configs, checkpoints and run folders written before 2026-12-07 may hold, and what the
+# code does now in their place: a user's config naming one is told so, and a saved config (a
+# checkpoint's, a published model's) still loads, since none of them changes how a model predicts.
+RETIRED_KEYS = {
+    "train.momentum": "SGD's momentum is 0.9",
+    "train.rmsprop_alpha": "RMSprop's alpha is 0.9 (Keras' rho)",
+    "train.poly_power": "the poly schedule's power is 0.9",
+    "train.step_epochs": "the step schedule is gone (constant or poly)",
+    "train.step_gamma": "the step schedule is gone (constant or poly)",
+    "train.class_weight_floor": "measured class weights have a floor of 0.1",
+    "weak.single_stage.momentum": "the published 0.9",
+    "weak.single_stage.weight_decay": "the published 5e-4",
+    "weak.single_stage.self_supervised_weight": "the published 1.0",
+    "weak.single_stage.pamr_dilations": "the published [1, 2, 4, 8, 12, 24]",
+    "weak.single_stage.pamr_iter": "the published 10",
+    "weak.single_stage.reject_background_below_recall": "fixed at 0.05",
+    "weak.pseudo.bg_pow": "the published 3",
+    "weak.pseudo.confidence_threshold": "fixed at 0.5",
+    "weak.pseudo.min_class_precision": "no class is dropped from the pseudo masks",
+    "weak.pseudo.abstain_below_recall": "fixed at 0.05",
+    "weak.pseudo_weight": "pseudo-labelled pixels weigh 1.0",
+    "weak.finetune_epochs": "no fine-tuning on N1 after the mixed training",
+    "weak.init_from_task_i": "task ii starts from ImageNet weights, as task i",
+    "semi.teacher": "the mean (EMA) teacher is the only one",
+    "semi.ema_decay": "the teacher's decay is 0.99",
+    "semi.rampup": "the ramp-up is 0.2 of the steps",
+    "semi.cutmix_p": "CutMix on half the N2 crops (UniMatch's 0.5)",
+    "zoomout.weight_decay": "the classifier has no weight decay",
+    "zoomout.fold_normalisation": "the feature normalisation stays as buffers",
+}
+
+
+def _retired_in(values: dict, prefix: str = "") -> list[str]:
+    found = []
+    for key, value in values.items():
+        path = f"{prefix}{key}"
+        if path in RETIRED_KEYS:
+            found.append(path)
+        elif isinstance(value, dict):
+            found += _retired_in(value, path + ".")
+    return found
+
+
+def _refuse_retired(values: dict) -> None:
+    found = _retired_in(values)
+    if found:
+        raise ConfigError(f"config key {found[0]} was retired: {RETIRED_KEYS[found[0]]}; remove it from the config"
+                          + (f" (also retired here: {', '.join(found[1:])})" if found[1:] else ""))
+
+
+def saved_config_from_dict(values: dict) -> Config:
+    """The config saved in a checkpoint or a published model: keys retired since it was written are
+    dropped (and an old `crf: {enabled: ...}` section read as its `enabled`), so that a model
+    trained by an earlier wsseg still evaluates, predicts and publishes."""
+    values = copy.deepcopy(values or {})
+
+    def drop(node: dict, prefix: str) -> None:
+        for key in list(node):
+            path = f"{prefix}{key}"
+            if path in RETIRED_KEYS:
+                del node[key]
+            elif isinstance(node[key], dict) and path not in ("data.options", "model.options"):
+                drop(node[key], path + ".")
+
+    drop(values, "")
+    pseudo = values.get("weak", {}).get("pseudo", {}) if isinstance(values.get("weak"), dict) else {}
+    if isinstance(pseudo, dict) and isinstance(pseudo.get("crf"), dict):
+        pseudo["crf"] = pseudo["crf"].get("enabled", True)
+    return from_dict(Config, values)
 
 
 # `weak.pseudo.crf` was a section ({enabled, n_iter, ...}) until its parameters became the published

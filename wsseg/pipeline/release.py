@@ -40,7 +40,7 @@ from torch import nn
 
 import wsseg
 from wsseg.core.checkpoint import CheckpointError, load_checkpoint, load_weights
-from wsseg.core.config import ConfigError, config_from_dict, config_to_dict
+from wsseg.core.config import ConfigError, config_to_dict, saved_config_from_dict
 from wsseg.core.hub import DownloadError, download, file_sha256, forget, load_registry, unpack_zip
 from wsseg.core.io import atomic_write, to_jsonable
 from wsseg.core.provenance import git_commit
@@ -187,7 +187,7 @@ def read_run_checkpoint(path: Path) -> tuple[dict, dict]:
     if not isinstance(state, dict) or not {"model", "config"} <= set(state) or not state["config"]:
         raise CheckpointError(f"{path} is not a wsseg run checkpoint (it needs 'model' and 'config')")
     try:
-        cfg = config_from_dict(state["config"])
+        cfg = saved_config_from_dict(state["config"])
     except ConfigError as err:
         raise CheckpointError(f"{path}: its config is not one this wsseg reads: {err}") from None
     return state, config_to_dict(cfg)
@@ -206,7 +206,7 @@ def checkpoint_classes(state: dict, path: Path) -> ClassSpec:
     from wsseg.pipeline.data import load_source
 
     try:
-        return load_source(config_from_dict(state["config"])).classes
+        return load_source(saved_config_from_dict(state["config"])).classes
     except (DatasetError, OSError, ValueError) as err:
         raise CheckpointError(f"{path} predates class names in checkpoints and its dataset ({data.get('kind')!r} at "
                               f"{data.get('root')!r}) cannot be read for them: {err}") from None

@@ -27,7 +27,7 @@ from typing import Iterator
 import yaml
 
 from wsseg.core.checkpoint import load_checkpoint
-from wsseg.core.config import Config, ConfigError, config_to_dict, load_config
+from wsseg.core.config import Config, ConfigError, config_to_dict, load_config, saved_config_from_dict
 from wsseg.core.distributed import DistInfo
 from wsseg.core.io import atomic_write_json, score_or_nan
 from wsseg.core.report import write_sweep_report
@@ -146,7 +146,9 @@ def _check_same_config(run: SweepRun) -> None:
     saved_path = run.run_dir / "config.yaml"
     if not saved_path.exists():
         return
-    saved = _flat(yaml.safe_load(saved_path.read_text()) or {})
+    # Normalised as a checkpoint's config is: a key retired since that run is no difference.
+    saved = _flat(yaml.safe_load(yaml.safe_dump(config_to_dict(
+        saved_config_from_dict(yaml.safe_load(saved_path.read_text()) or {})), sort_keys=False)))
     wanted = _flat(yaml.safe_load(yaml.safe_dump(config_to_dict(run.cfg), sort_keys=False)))
     differ = [k for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k)]
     if differ:
