@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import machine_info  # noqa: E402
 from wsseg.core.io import atomic_write_json  # noqa: E402
-from wsseg.pipeline.sweep import _validation_history  # noqa: E402
+from wsseg.pipeline.sweep import validation_history  # noqa: E402
 
 
 def overrides_of(command: list[str]) -> list[str]:
@@ -37,7 +37,7 @@ def row(run_dir: Path, stage: str) -> dict:
     if not done.exists():
         raise SystemExit(f"{run_dir}: stage {stage} has not finished (no {done.name})")
     test = json.loads(done.read_text())
-    history = _validation_history(run_dir / stage)
+    history = validation_history(run_dir / stage)
     best = max(history, key=lambda r: r["val_miou"], default=None)
     command = info.get("command", [])
     config = command[command.index("--config") + 1] if "--config" in command else None

@@ -365,16 +365,12 @@ def saved_config_from_dict(values: dict) -> Config:
     dropped (and an old `crf: {enabled: ...}` section read as its `enabled`), so that a model
     trained by an earlier wsseg still evaluates, predicts and publishes."""
     values = copy.deepcopy(values or {})
-
-    def drop(node: dict, prefix: str) -> None:
-        for key in list(node):
-            path = f"{prefix}{key}"
-            if path in RETIRED_KEYS:
-                del node[key]
-            elif isinstance(node[key], dict) and path not in ("data.options", "model.options"):
-                drop(node[key], path + ".")
-
-    drop(values, "")
+    for path in _retired_in(values):
+        *sections, key = path.split(".")
+        node = values
+        for section in sections:
+            node = node[section]
+        del node[key]
     pseudo = values.get("weak", {}).get("pseudo", {}) if isinstance(values.get("weak"), dict) else {}
     if isinstance(pseudo, dict) and isinstance(pseudo.get("crf"), dict):
         pseudo["crf"] = pseudo["crf"].get("enabled", True)

@@ -140,16 +140,20 @@ def _flat(values: dict, prefix: str = "") -> dict:
     return flat
 
 
+def _flat_config(cfg: Config) -> dict:
+    """`cfg` as dotted keys, its values as YAML writes them (tuples as lists), so that two configs compare."""
+    return _flat(yaml.safe_load(yaml.safe_dump(config_to_dict(cfg), sort_keys=False)))
+
+
 def _check_same_config(run: SweepRun) -> None:
     """A combination's folder that holds a run of another config (the sweep's --set changed since)
     would report that run's numbers under this name: an error, not a silent resume."""
     saved_path = run.run_dir / "config.yaml"
     if not saved_path.exists():
         return
-    # Normalised as a checkpoint's config is: a key retired since that run is no difference.
-    saved = _flat(yaml.safe_load(yaml.safe_dump(config_to_dict(
-        saved_config_from_dict(yaml.safe_load(saved_path.read_text()) or {})), sort_keys=False)))
-    wanted = _flat(yaml.safe_load(yaml.safe_dump(config_to_dict(run.cfg), sort_keys=False)))
+    # Read as a checkpoint's config is: a key retired since that run is no difference.
+    saved = _flat_config(saved_config_from_dict(yaml.safe_load(saved_path.read_text()) or {}))
+    wanted = _flat_config(run.cfg)
     differ = [k for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k)]
     if differ:
         shown = "; ".join(f"{k}: {saved.get(k)!r} there, {wanted.get(k)!r} now" for k in differ[:3])
@@ -217,7 +221,7 @@ def _log_into(run_dir: Path, enabled: bool) -> Iterator[None]:
         handler.close()
 
 
-def _validation_history(stage_dir: Path) -> list[dict]:
+def validation_history(stage_dir: Path) -> list[dict]:
     """(epoch, validation mIoU) of each validated epoch, from the stage's last checkpoint."""
     path = stage_dir / "last.pt"
     if not path.exists():
@@ -251,7 +255,7 @@ def _run_one(run: SweepRun, task: str, dist: DistInfo) -> None:
                       "wall_s": earlier_s + time.perf_counter() - started,
                       "attempts": int(record.get("attempts", 0)) + 1}
             if finished:
-                record["history"] = {label: _validation_history(folder)
+                record["history"] = {label: validation_history(folder)
                                      for label, folder in stage_dirs(run.cfg, task, run.run_dir).items()}
             atomic_write_json(run.run_dir / SWEEP_RUN, record)
 
@@ -277,7 +281,7 @@ def collect(runs: list[SweepRun], task: str) -> list[dict]:
         stages = {}
         for label, folder in stage_dirs(run.cfg, task, run.run_dir).items():
             # A run finished by an earlier `wsseg train` has no record: its curve comes from the checkpoint.
-            history = histories[label] if label in histories else _validation_history(folder)
+            history = histories[label] if label in histories else validation_history(folder)
             stages[label] = _stage_row(folder, history)
         rows.append({"combination": run.name, "folder": run.run_dir.name, "overrides": dict(run.overrides),
                      "wall_s": record.get("wall_s"), "attempts": record.get("attempts"), "stages": stages})
