@@ -24,7 +24,7 @@ from wsseg.core.config import config_from_dict, config_to_dict
 from wsseg.core.hub import DownloadError
 from wsseg.datasets.isprs import VAIHINGEN_CLASSES
 from wsseg.datasets.splits import Split, save_split
-from wsseg.models import HEAD_PREFIXES, build_segmenter
+from wsseg.models import build_segmenter, head_prefixes
 from wsseg.pipeline.data import class_record
 from wsseg.pipeline.release import (TrainedModel, initialise_from, load_run_checkpoint, publish, resolve_checkpoint)
 
@@ -366,7 +366,7 @@ def test_init_from_loads_every_weight_and_reset_head_all_but_the_classifier(name
     with pytest.raises(CheckpointError, match="pass --reset-head"):
         initialise_from(fresh, trained, model_name=name, options=options, class_names=other)
     initialise_from(fresh, trained, model_name=name, options=options, class_names=other, reset_head=True)
-    head = [k for k in before if k.startswith(HEAD_PREFIXES[name])]
+    head = [k for k in before if k.startswith(head_prefixes(name))]
     assert head and all(torch.equal(fresh.state_dict()[k], before[k]) for k in head)  # left as initialised
     for key, value in trained.model.state_dict().items():
         if key not in head:

@@ -1,12 +1,12 @@
 import pytest
 import torch
 
-from wsseg.models import SEGMENTERS, build_segmenter
+from wsseg.models import build_segmenter, segmenter_names
 
 
 def test_known_names():
     assert {"encdec_unpool", "effnet_lite0_unet", "unet", "fcn8s", "zoomout", "timm_unet", "timm_fpn",
-            "deeplabv3plus"} <= SEGMENTERS.keys()
+            "deeplabv3plus"} <= set(segmenter_names())
 
 
 @pytest.mark.parametrize("name, kwargs", [
@@ -45,11 +45,17 @@ def test_unknown_argument_is_named():
     ("deeplabv3plus", {"encoder": "test_resnet", "pretrained": False, "channels": 16}),
 ])
 def test_the_registered_head_is_exactly_what_the_class_count_shapes(name, kwargs):
-    """`--reset-head` learns afresh the weights under HEAD_PREFIXES: those, and only those, change
-    shape with the number of classes."""
-    from wsseg.models import HEAD_PREFIXES, head_prefixes
+    """`--reset-head` learns afresh the weights under the spec's head_prefixes: those, and only those,
+    change shape with the number of classes."""
+    from wsseg.models import head_prefixes
 
-    assert set(HEAD_PREFIXES) == set(SEGMENTERS)
     three, five = build_segmenter(name, 3, **kwargs).state_dict(), build_segmenter(name, 5, **kwargs).state_dict()
     class_sized = {k for k in three if three[k].shape != five[k].shape}
     assert class_sized and class_sized == {k for k in three if k.startswith(head_prefixes(name))}
+
+
+def test_a_segmenter_is_registered_once():
+    from wsseg.models import register_segmenter, segmenter_spec
+
+    with pytest.raises(ValueError, match="'unet' is registered twice"):
+        register_segmenter(segmenter_spec("unet"))

@@ -12,13 +12,13 @@ from torch import nn
 
 from wsseg.cli import main
 from wsseg.core.checkpoint import load_checkpoint
-from wsseg.models import (ENCODER_PREFIXES, TIMM_SEGMENTERS, build_segmenter, min_input_px, parameter_groups,
-                          supports_feature_perturbation)
+from wsseg.models import (build_segmenter, encoder_prefixes, min_input_px, parameter_groups,
+                          supports_feature_perturbation, timm_segmenters)
 from wsseg.pipeline.release import resolve_checkpoint
 from test_predict import make_checkpoint
 from test_run_training import tiny_config
 
-HEADS = TIMM_SEGMENTERS
+HEADS = timm_segmenters()
 # The encoders the issue names, at their real sizes (ResNet-18 stands for ResNet-50 in most cases).
 ENCODERS = ["resnet18", "convnext_atto", "mobilenetv3_large_100", "efficientnet_b0", "vit_tiny_patch16_224"]
 # timm's own test models (a few hundred thousand weights): a CNN with a stride-2 map, and a plain ViT.
@@ -33,7 +33,7 @@ def tiny(head: str, encoder: str = TINY_CNN) -> dict:
 
 def encoder_and_rest(name: str, model: nn.Module) -> tuple[set[str], set[str]]:
     keys = [k for k, _ in model.named_parameters()]
-    encoder = {k for k in keys if k.startswith(ENCODER_PREFIXES[name])}
+    encoder = {k for k in keys if k.startswith(encoder_prefixes(name))}
     return encoder, set(keys) - encoder
 
 

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from wsseg.models.feature_perturbation import perturb_rows
 from wsseg.models.heads.aspp import ASPP
-from wsseg.models.timm_encoder import TimmFeatures, init_fresh_, skip_and_deepest
+from wsseg.models.timm_encoder import TimmFeatures, init_fresh_, skip_and_deepest, register_timm_segmenter
 from wsseg.models.timm_fpn import conv_bn_relu
 
 OUTPUT_STRIDE = 16
@@ -64,3 +64,6 @@ class DeepLabV3Plus(nn.Module):
         deep = F.interpolate(deep, size=low.shape[-2:], mode="bilinear", align_corners=False)
         y = self.classifier(self.refine(torch.cat([deep, low], dim=1)))
         return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+register_timm_segmenter("deeplabv3plus", DeepLabV3Plus)

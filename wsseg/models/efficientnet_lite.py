@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from wsseg.models.feature_perturbation import perturb_rows
 from wsseg.models.normalization import register_normalisation
+from wsseg.models.registry import SegmenterSpec, register_segmenter
 
 # (kernel, stride, expand ratio, in channels, out channels, repeats) per stage.
 STAGES = (
@@ -284,3 +285,7 @@ class EfficientNetLite0UNet(nn.Module):
             y = block(y, skip)
         y = self.classifier(y)
         return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+register_segmenter(SegmenterSpec("effnet_lite0_unet", EfficientNetLite0UNet, encoder_prefixes=("encoder.",),
+                                  head_prefixes=("classifier.",), perturbable=True))

@@ -23,6 +23,7 @@ from wsseg.models.vgg_weights import (
     resolve_vgg16_state_dict,
     scale_channels,
 )
+from wsseg.models.registry import SegmenterSpec, register_segmenter
 
 
 class ConvBNReLU(nn.Module):
@@ -135,3 +136,8 @@ def load_vgg16_imagenet(model: EncDecUnpool, weights) -> EncDecUnpool:
     for layer, (prefix, tensors) in zip(layers, vgg.bns):
         load_module_tensors_(layer.bn, names[id(layer.bn)], tensors, prefix)
     return model
+
+
+# 32: five 2× max-pools, each unpooled by its own indices.
+register_segmenter(SegmenterSpec("encdec_unpool", EncDecUnpool, encoder_prefixes=("encoder.",),
+                                  head_prefixes=("classifier.",), min_input_px=32, vgg_loader=load_vgg16_imagenet))

@@ -28,6 +28,7 @@ from wsseg.models.vgg_weights import (
     resolve_vgg16_state_dict,
     scale_channels,
 )
+from wsseg.models.registry import SegmenterSpec, register_segmenter
 
 FC_CHANNELS = 4096
 
@@ -161,3 +162,9 @@ def load_fcn8s_vgg16_imagenet(model: FCN8s, weights) -> FCN8s:
         copy_checked_(fc.weight, weight.reshape(fc.weight.shape), f"{key}.weight", f"{name}.weight")
         copy_checked_(fc.bias, vgg.classifier[f"{key}.bias"], f"{key}.bias", f"{name}.bias")
     return model
+
+
+# Every skip is scored and every upsampling layer maps class maps: all of them have num_classes channels.
+FCN8S_HEAD = ("score_fr.", "score_pool4.", "score_pool3.", "upscore2.", "upscore_pool4.", "upscore8.")
+register_segmenter(SegmenterSpec("fcn8s", FCN8s, encoder_prefixes=("blocks.", "fc6.", "fc7."), head_prefixes=FCN8S_HEAD,
+                                  vgg_loader=load_fcn8s_vgg16_imagenet))

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from wsseg.models.normalization import register_normalisation
+from wsseg.models.registry import SegmenterSpec, register_segmenter
 
 # core.hub's cache variable, read here too: the layer contract keeps models from importing core.
 CACHE_ENV = "WSSEG_CACHE"
@@ -280,3 +281,12 @@ class TimmFeatures(nn.Module):
         if self.pyramid is not None:
             return self.pyramid(features)
         return [features[i] for i in self.kept]
+
+
+def register_timm_segmenter(name: str, constructor) -> None:
+    """Register a segmenter on a timm encoder: only `encoder.body.` holds ImageNet weights (a
+    ViT's pyramid, `encoder.pyramid.`, is new, as the decoder is); 32 is the coarsest stride of
+    the encoders, or of a ViT's pyramid."""
+    register_segmenter(SegmenterSpec(name, constructor, encoder_prefixes=("encoder.body.",),
+                                     head_prefixes=("classifier.",), min_input_px=32, timm_encoder=True,
+                                     perturbable=True))

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wsseg.models.feature_perturbation import perturb_rows
-from wsseg.models.timm_encoder import TimmFeatures, init_fresh_, levels_from
+from wsseg.models.timm_encoder import TimmFeatures, init_fresh_, levels_from, register_timm_segmenter
 
 # The finest pyramid level: stride-2 maps (a ResNet's stem) stay out, as in FPN.
 FINEST_STRIDE = 4
@@ -59,3 +59,6 @@ class TimmFPN(nn.Module):
         merged = sum(F.interpolate(smooth(level), size=finest, mode="bilinear", align_corners=False)
                      for smooth, level in zip(self.smooth, levels))
         return F.interpolate(self.classifier(merged), size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+register_timm_segmenter("timm_fpn", TimmFPN)

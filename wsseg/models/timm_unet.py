@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from wsseg.models.efficientnet_lite import DecoderBlock
 from wsseg.models.feature_perturbation import perturb_rows
-from wsseg.models.timm_encoder import TimmFeatures, init_fresh_
+from wsseg.models.timm_encoder import TimmFeatures, init_fresh_, register_timm_segmenter
 
 # Widths of the decoder blocks, coarse to fine, of which an encoder with k skips takes the first k.
 DECODER_CHANNELS = (256, 128, 64, 32)
@@ -64,3 +64,6 @@ class TimmUNet(nn.Module):
         for block, skip in zip(self.decoder, reversed(skips)):
             y = block(y, skip)
         return F.interpolate(self.classifier(y), size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+register_timm_segmenter("timm_unet", TimmUNet)

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from wsseg.models.feature_perturbation import perturb_rows
 from wsseg.models.normalization import register_normalisation
+from wsseg.models.registry import SegmenterSpec, register_segmenter
 
 
 
@@ -94,3 +95,7 @@ class UNet(nn.Module):
         for up, skip in zip(self.up, reversed(skips)):
             x = up(x, skip)
         return self.classifier(x)
+
+
+register_segmenter(SegmenterSpec("unet", UNet, encoder_prefixes=("stem.", "down."), head_prefixes=("classifier.",),
+                                  min_input_px=lambda options: 2 ** int(options.get("depth", 4)), perturbable=True))

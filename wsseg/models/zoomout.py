@@ -44,6 +44,7 @@ from wsseg.models.vgg_weights import (
     resolve_vgg16_state_dict,
     scale_channels,
 )
+from wsseg.models.registry import SegmenterSpec, register_segmenter
 
 TAPS = ("pre_pool", "all")
 
@@ -272,3 +273,8 @@ def load_zoomout_vgg_imagenet(model: ZoomOut, weights) -> ZoomOut:
     for conv, (prefix, tensors) in zip(model.features.convs(), vgg.convs):
         load_module_tensors_(conv, names[id(conv)], tensors, prefix)
     return model
+
+
+# Its VGG weights are those of its `backbone` (VGG11 or VGG16).
+register_segmenter(SegmenterSpec("zoomout", ZoomOut, encoder_prefixes=("features.",),
+                                  head_prefixes=("classifier.score.",), vgg_loader=load_zoomout_vgg_imagenet))

@@ -30,8 +30,8 @@ from wsseg.datasets.splits import (Split, format_split, group_by_part, load_spli
                                    save_split, sort_tile_ids)
 from wsseg.datasets.tags import CropTag, compute_crop_tags, load_crop_tags, save_crop_tags, tags_title
 from wsseg.datasets.user_tags import read_user_tags
-from wsseg.models import (FEATURE_PERTURBABLE, VGG_ENCODER_LOADERS, min_input_px, supports_feature_perturbation,
-                          timm_encoder_of)
+from wsseg.models import (min_input_px, perturbable_segmenters, supports_feature_perturbation, timm_encoder_of,
+                          vgg_encoder_segmenters)
 from wsseg.models.backbones import BACKBONES, TIMM_PREFIX
 from wsseg.models.single_stage import ClassLayout
 from wsseg.models.timm_encoder import cached_timm_weights, check_timm_name, timm_cache_dir
@@ -282,7 +282,7 @@ def _check_semi(cfg: Config) -> None:
             raise ConfigError(f"semi.{key} must be at least 0 (0 = off), got {getattr(semi, key)}")
     if semi.feature_perturbation > 0 and not supports_feature_perturbation(cfg.model.name):
         raise ConfigError(f"semi.feature_perturbation: segmenter {cfg.model.name!r} does not expose its encoder "
-                          f"features (those that do: {', '.join(FEATURE_PERTURBABLE)}); set it to 0")
+                          f"features (those that do: {', '.join(perturbable_segmenters())}); set it to 0")
 
 
 def check_config(cfg: Config, source: TileSource | None = None, weak: bool = True) -> None:
@@ -365,9 +365,9 @@ def check_weight_files(cfg: Config, weak: bool = True) -> None:
     the single-stage model of task ii (`weak`: the run has one) starts, hours in. Each error says
     which `wsseg weights fetch` line brings the file."""
     if cfg.model.encoder_weights:
-        if cfg.model.name not in VGG_ENCODER_LOADERS:
+        if cfg.model.name not in vgg_encoder_segmenters():
             raise ConfigError(f"model.encoder_weights: segmenter {cfg.model.name!r} has no VGG encoder to load "
-                              f"them into (those that have: {', '.join(sorted(VGG_ENCODER_LOADERS))})")
+                              f"them into (those that have: {', '.join(vgg_encoder_segmenters())})")
         encoder_weights_file(cfg.model.encoder_weights)
     timm = timm_encoder_of(cfg.model.name, cfg.model.options)
     # A segmenter that starts from a trained model loads no ImageNet weights (`pipeline.segmenter.build_model`).
