@@ -147,7 +147,7 @@ def _train(args) -> int:
 def _until_interrupted(work, continue_command: str) -> int:
     """Run `work()`; Ctrl-C or SIGTERM end it with the command that continues it and the exit code
     of that signal (128 + its number) instead of a traceback."""
-    from wsseg.core.train import TrainingInterrupted
+    from wsseg.core.interruptions import TrainingInterrupted
 
     previous_sigterm = _sigterm_as_interrupt()
     try:

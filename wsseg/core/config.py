@@ -87,7 +87,7 @@ class TrainConfig:
     # a sweep over train.optimizer then gives each its own, as Keras' defaults do (its AdamW
     # decays by 0.004, its Adam and RMSprop not at all), where one value would make AdamW Adam.
     weight_decay: Union[float, dict[str, float]] = 0.0
-    # poly: the rate decays per step as (1 − t/T)^0.9 (core.train.POLY_POWER).
+    # poly: the rate decays per step as (1 − t/T)^0.9 (core.optim.POLY_POWER).
     schedule: Literal["constant", "poly"] = "constant"
     # A list of per-class weights, "inverse" / "median" frequency from the training labels, or none.
     class_weights: Union[list[float], Literal["inverse", "median", "none"]] = "none"

@@ -12,7 +12,7 @@ from torch.utils.data import RandomSampler
 
 from wsseg.core.checkpoint import unwrap
 from wsseg.core.config import Config
-from wsseg.core.train import build_optimizer, build_scheduler
+from wsseg.core.optim import build_optimizer, build_scheduler
 from wsseg.datasets.base import IGNORE_INDEX
 from wsseg.datasets.crops import TaggedCropDataset
 from wsseg.datasets.tags import CropTag
