@@ -92,7 +92,7 @@ class TrainConfig:
     # A list of per-class weights, "inverse" / "median" frequency from the training labels, or none.
     class_weights: Union[list[float], Literal["inverse", "median", "none"]] = "none"
     # Upper bound of measured ("inverse" / "median") class weights (none: uncapped); the lower
-    # bound is core.metrics.CLASS_WEIGHT_FLOOR (0.1), so a cap must be at least that.
+    # bound is core.class_weights.CLASS_WEIGHT_FLOOR (0.1), so a cap must be at least that.
     class_weight_cap: float | None = None
     # Learning rate of the pretrained encoder relative to `lr` (mmsegmentation's lr_mult).
     encoder_lr_mult: float = 1.0
