@@ -27,7 +27,8 @@ from torchvision.transforms import InterpolationMode
 from wsseg.datasets.augment import (OVERHEAD, augmentation_set, random_colour_jitter, random_dihedral,
                                     random_resized_box)
 from wsseg.datasets.base import IGNORE_INDEX, DatasetError, TileSource
-from wsseg.datasets.colour import check_indices, image_size, read_index_png
+from wsseg.datasets.colour import check_indices
+from wsseg.datasets.image_files import image_size, read_index_png
 from wsseg.datasets.tags import CropTag, tag_vector
 
 DEFAULT_CACHE_BYTES = 1 << 30
