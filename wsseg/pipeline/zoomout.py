@@ -37,8 +37,8 @@ from wsseg.core.losses import weighted_cross_entropy
 from wsseg.core.optim import build_optimizer, build_scheduler
 from wsseg.core.progress import progress_bar
 from wsseg.datasets.base import IGNORE_INDEX, ClassSpec
-from wsseg.datasets.crops import image_to_tensor
 from wsseg.datasets.tags import grid_crops
+from wsseg.datasets.tensors import image_to_tensor
 from wsseg.models.zoomout import ZoomOut, fc_to_conv
 from wsseg.pipeline.data import Run, class_record
 from wsseg.pipeline.segmenter import build_model
