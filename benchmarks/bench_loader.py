@@ -11,7 +11,7 @@ tile cache in the main process would be inherited by forked workers) and loader,
 - `first_batch_s`: the time to the first batch, worker start-up and first tile reads included;
 - `samples_per_s`: over `--epochs` whole epochs after the one the first batch opened.
 
-The loader is training's own (`core.train.training_loader`): its workers persist between epochs
+The loader is training's own (`core.loaders.training_loader`): its workers persist between epochs
 and keep their tile caches (each sample carries its epoch to them), so `samples_per_s` is the
 workers' steady rate and training pays `first_batch_s` once per stage. With 0 workers the crops are made in
 the main process at its torch thread count (`loading_threads`): on a busy machine two OpenMP
@@ -66,7 +66,7 @@ def task_i_dataset(cfg, run):
 def time_loader(cfg, run, workers: int, epochs: int) -> dict:
     import torch
 
-    from wsseg.core.train import set_loader_epoch, training_loader
+    from wsseg.core.loaders import set_loader_epoch, training_loader
 
     dataset = task_i_dataset(cfg, run)
     loader = training_loader(dataset, cfg.train.batch_size, num_workers=workers)
@@ -98,7 +98,8 @@ def time_step(cfg, run, warmup: int, steps: int) -> dict:
 
     from wsseg.core.config import weight_decay_of
     from wsseg.core.distributed import autocast_dtype
-    from wsseg.core.train import build_optimizer, weighted_cross_entropy
+    from wsseg.core.losses import weighted_cross_entropy
+    from wsseg.core.optim import build_optimizer
     from wsseg.models import parameter_groups
     from wsseg.pipeline.segmenter import build_model, segmenter_class_weights
 

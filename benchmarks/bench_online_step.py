@@ -37,7 +37,7 @@ def steps(cfg, online_cfg, stage, num_classes: int, batch: int, crop_px: int):
     """The training steps of task i, the semi arm and task ii online, each a function of no argument."""
     import torch
 
-    from wsseg.core.train import weighted_cross_entropy
+    from wsseg.core.losses import weighted_cross_entropy
     from wsseg.datasets.tags import TAG_NEGATIVE, TAG_UNKNOWN
     from wsseg.datasets.unlabelled import NO_BOX
     from wsseg.pipeline.segmenter import build_model

@@ -8,7 +8,7 @@ from PIL import Image
 
 from wsseg.datasets.base import ClassSpec, Tile, TileSource
 from wsseg.datasets.check import check_split, check_tiles
-from wsseg.datasets.colour import read_rgb
+from wsseg.datasets.image_files import read_rgb
 from wsseg.datasets.splits import Split
 
 CLASSES = ClassSpec(("a", "b"), ((0, 0, 0), (255, 255, 255)))

@@ -154,7 +154,7 @@ def test_the_log_follows_stdout_when_a_caller_swaps_and_closes_it(capsys):
     import logging
     import sys
 
-    from wsseg.cli import _setup_logging
+    from wsseg.cli.session import _setup_logging
 
     first = io.StringIO()
     saved = sys.stdout

@@ -6,8 +6,8 @@ import tifffile
 from PIL import Image
 
 from wsseg.datasets.base import DatasetError
-from wsseg.datasets.colour import (ImageHeader, decode_colour_mask, default_palette, encode_colour_mask, image_header,
-                                   image_size, read_index_png, read_rgb, save_index_png, voc_palette)
+from wsseg.datasets.colour import decode_colour_mask, default_palette, encode_colour_mask, save_index_png, voc_palette
+from wsseg.datasets.image_files import ImageHeader, image_header, image_size, read_index_png, read_rgb
 
 PALETTE = ((255, 255, 255), (0, 0, 255), (0, 255, 255), (0, 255, 0), (255, 255, 0), (255, 0, 0))
 

@@ -6,7 +6,9 @@ from torch.utils.data import DataLoader
 
 from wsseg.datasets.base import DatasetError, TileSource
 from wsseg.datasets.colour import save_index_png
-from wsseg.datasets.crops import RandomCropDataset, TaggedCropDataset, TileCache, TileDataset
+from wsseg.datasets.crops import RandomCropDataset, TileDataset
+from wsseg.datasets.tagged_crops import TaggedCropDataset
+from wsseg.datasets.tile_cache import TileCache
 from wsseg.datasets.unlabelled import UnlabelledViews
 from wsseg.datasets.folder import folder_source
 from wsseg.datasets.tags import CropTag, TagGrid, compute_crop_tags
@@ -287,7 +289,7 @@ def test_grid_crops_are_resized_as_before(tmp_path):
     from torchvision.transforms import InterpolationMode
 
     from wsseg.datasets.augment import random_colour_jitter, random_dihedral, random_resized_box
-    from wsseg.datasets.crops import to_image_tensor
+    from wsseg.datasets.tensors import to_image_tensor
 
     source, _ = _tiles(tmp_path)
     tags = [CropTag("t2", 0, 0, 48, 48, (0, 1)), CropTag("t2", 16, 16, 48, 48, (2,))]

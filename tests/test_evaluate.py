@@ -13,8 +13,8 @@ from wsseg.core.evaluate import (
     window_starts,
 )
 from wsseg.core.metrics import confusion_matrix
-from wsseg.datasets.crops import image_to_tensor
 from wsseg.datasets.base import ClassSpec, Tile, TileSource
+from wsseg.datasets.tensors import image_to_tensor
 
 
 def pointwise_model(num_classes=4, seed=0):

@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 from wsseg.cli import main
-from wsseg.datasets.crops import image_to_tensor
 from wsseg.datasets.isprs import VAIHINGEN_CLASSES
+from wsseg.datasets.tensors import image_to_tensor
 from wsseg.pipeline.release import resolve_checkpoint
 from test_predict import TINY, make_checkpoint, smooth_image
 

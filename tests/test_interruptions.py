@@ -19,9 +19,13 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from wsseg.core.checkpoint import CheckpointError, load_checkpoint
+from wsseg.core.epoch import NonFiniteLoss
+from wsseg.core.interruptions import TrainingInterrupted
+from wsseg.core.loaders import training_loader
+from wsseg.core.losses import weighted_cross_entropy
+from wsseg.core.optim import build_optimizer, build_scheduler
 from wsseg.core.run_lock import LOCK_NAME, RunFolderInUse, RunLock
-from wsseg.core.train import (NonFiniteLoss, TrainingInterrupted, build_optimizer, build_scheduler, fit,
-                              training_loader, weighted_cross_entropy)
+from wsseg.core.train import fit
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from wsseg.core.checkpoint import load_checkpoint
-from wsseg.datasets.colour import read_index_png
+from wsseg.datasets.image_files import read_index_png
 
 REPO = Path(__file__).resolve().parents[1]
 

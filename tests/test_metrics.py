@@ -4,10 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from wsseg.core.class_weights import class_pixel_counts, class_weights
 from wsseg.core.metrics import (
-    class_pixel_counts,
     class_precision,
-    class_weights,
     confusion_matrix,
     majority_baseline_miou,
     segmentation_metrics,

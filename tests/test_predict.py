@@ -17,8 +17,8 @@ from wsseg.cli import main
 from wsseg.core.checkpoint import save_checkpoint
 from wsseg.core.config import config_from_dict, config_to_dict
 from wsseg.core.evaluate import sliding_window_logits
-from wsseg.datasets.crops import image_to_tensor
 from wsseg.datasets.isprs import VAIHINGEN_CLASSES
+from wsseg.datasets.tensors import image_to_tensor
 from wsseg.models import build_segmenter
 from wsseg.pipeline.release import resolve_checkpoint
 

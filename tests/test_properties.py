@@ -10,7 +10,8 @@ from hypothesis.extra.numpy import arrays
 from wsseg.core.evaluate import sliding_window_logits
 from wsseg.core.metrics import confusion_matrix
 from wsseg.datasets.base import IGNORE_INDEX
-from wsseg.datasets.colour import decode_colour_mask, encode_colour_mask, read_index_png, save_index_png
+from wsseg.datasets.colour import decode_colour_mask, encode_colour_mask, save_index_png
+from wsseg.datasets.image_files import read_index_png
 from wsseg.datasets.splits import make_split
 from wsseg.datasets.tags import grid_crops, tags_of_crop
 

@@ -253,7 +253,7 @@ def test_task_all_runs_the_weak_chain_and_compares(tmp_path, data_root, monkeypa
     split = json.loads((run / "split.json").read_text())
     # Task i's segmenter learned the N1 tiles, so the pseudo masks are calibrated on the val tiles.
     assert quality["segmenter_weight"] == 0.5 and quality["calibration_tiles"] == split["val"]
-    from wsseg.datasets.colour import read_index_png
+    from wsseg.datasets.image_files import read_index_png
 
     for tile in split["tagged"]:
         mask = read_index_png(run / "pseudo_masks" / f"{tile}.png")
@@ -348,7 +348,7 @@ def test_task_ii_with_image_level_tags(tmp_path, capsys, monkeypatch):
     split = json.loads((run / "split.json").read_text())
     assert tags["mode"] == "image" and set(tags["tiles"]) == {*split["labelled"], *split["tagged"]}
     assert all(len(crops) == 1 and crops[0][:4] == [0, 0, 64, 96] for crops in tags["tiles"].values())
-    from wsseg.datasets.colour import read_index_png
+    from wsseg.datasets.image_files import read_index_png
 
     for tile in split["tagged"]:
         assert read_index_png(run / "pseudo_masks" / f"{tile}.png").shape == (64, 96)

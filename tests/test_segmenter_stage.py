@@ -138,7 +138,8 @@ def test_task_ii_crops_are_n1_and_pseudo_labelled_n2_crops_with_their_weights(da
 def _reference_training(run, stage_dir, pseudo):
     """Task ii's segmenter written out by hand: pixel labels and pseudo masks, one cross-entropy."""
     from wsseg.core.checkpoint import unwrap
-    from wsseg.core.train import build_optimizer, build_scheduler, weighted_cross_entropy
+    from wsseg.core.losses import weighted_cross_entropy
+    from wsseg.core.optim import build_optimizer, build_scheduler
     from wsseg.datasets.crops import RandomCropDataset
     from wsseg.models import parameter_groups
     from wsseg.pipeline.segmenter import PSEUDO_WEIGHT, EpochConcat, WeightedCrops, build_model

@@ -223,7 +223,9 @@ def test_a_resumed_run_restores_the_mean_teacher(tmp_path):
     from torch.utils.data import DataLoader
 
     from test_train import NoisyCrops, tiny_model
-    from wsseg.core.train import build_optimizer, build_scheduler, fit, weighted_cross_entropy
+    from wsseg.core.losses import weighted_cross_entropy
+    from wsseg.core.optim import build_optimizer, build_scheduler
+    from wsseg.core.train import fit
 
     def run(run_dir, fail_in_epoch=None, resume=False):
         torch.manual_seed(0)

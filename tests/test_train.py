@@ -7,8 +7,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from wsseg.core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from wsseg.core import train as train_module
-from wsseg.core.train import (build_optimizer, build_scheduler, epochs_within_budget, fit, set_loader_epoch,
-                              train_one_epoch, training_loader, weighted_cross_entropy)
+from wsseg.core.epoch import train_one_epoch
+from wsseg.core.loaders import set_loader_epoch, training_loader
+from wsseg.core.losses import weighted_cross_entropy
+from wsseg.core.optim import build_optimizer, build_scheduler
+from wsseg.core.train import epochs_within_budget, fit
 
 
 class NoisyCrops(Dataset):

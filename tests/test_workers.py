@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from wsseg.core.train import training_loader
+from wsseg.core.loaders import training_loader
 from wsseg.core.workers import leave_stop_signals_to_parent, stop_signals_held
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,7 +84,7 @@ def test_a_pool_outlives_signals_from_others_and_terminate_still_ends_it():
 def test_an_error_that_keeps_a_loader_alive_still_exits():
     # Its traceback keeps the loader's workers alive until multiprocessing, at interpreter exit,
     # terminates them and waits: workers that ignored their parent's SIGTERM would hang there.
-    script = ("from wsseg.core.train import training_loader\n"
+    script = ("from wsseg.core.loaders import training_loader\n"
               "batches = iter(training_loader(list(range(64)), 2, num_workers=2))\n"
               "next(batches)\n"
               "raise RuntimeError('an error while the loader is alive')\n")

@@ -273,7 +273,7 @@ def test_the_voc_config_samples_real_segmentation_class_aug_masks(tmp_path, shar
     photos of their sizes: 3 pixels per class of each mask, none of them void."""
     from PIL import Image
 
-    from wsseg.datasets.colour import image_size
+    from wsseg.datasets.image_files import image_size
 
     voc = tmp_path / "VOCdevkit" / "VOC2012"
     masks = shared_data / "voc_aug" / "VOCdevkit" / "VOC2012" / "SegmentationClassAug"

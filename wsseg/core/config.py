@@ -87,12 +87,12 @@ class TrainConfig:
     # a sweep over train.optimizer then gives each its own, as Keras' defaults do (its AdamW
     # decays by 0.004, its Adam and RMSprop not at all), where one value would make AdamW Adam.
     weight_decay: Union[float, dict[str, float]] = 0.0
-    # poly: the rate decays per step as (1 − t/T)^0.9 (core.train.POLY_POWER).
+    # poly: the rate decays per step as (1 − t/T)^0.9 (core.optim.POLY_POWER).
     schedule: Literal["constant", "poly"] = "constant"
     # A list of per-class weights, "inverse" / "median" frequency from the training labels, or none.
     class_weights: Union[list[float], Literal["inverse", "median", "none"]] = "none"
     # Upper bound of measured ("inverse" / "median") class weights (none: uncapped); the lower
-    # bound is core.metrics.CLASS_WEIGHT_FLOOR (0.1), so a cap must be at least that.
+    # bound is core.class_weights.CLASS_WEIGHT_FLOOR (0.1), so a cap must be at least that.
     class_weight_cap: float | None = None
     # Learning rate of the pretrained encoder relative to `lr` (mmsegmentation's lr_mult).
     encoder_lr_mult: float = 1.0

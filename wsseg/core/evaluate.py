@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from wsseg.core.distributed import DistInfo, merge_over_ranks, sum_over_ranks
 from wsseg.core.metrics import SCORE_BINS, confusion_matrix, max_f_measure, score_histograms, segmentation_metrics
 from wsseg.core.progress import progress_bar
-from wsseg.datasets.crops import image_to_tensor
 from wsseg.datasets.splits import abbreviated
+from wsseg.datasets.tensors import image_to_tensor
 
 
 def window_starts(length_px: int, window_px: int, stride_px: int) -> list[int]:

@@ -27,8 +27,10 @@ from torch.utils.data.distributed import DistributedSampler
 
 from wsseg.core.checkpoint import unwrap
 from wsseg.core.distributed import DistInfo, autocast_dtype, barrier, broadcast_buffers, choose_device
+from wsseg.core.epoch import LossFn
+from wsseg.core.loaders import training_loader
 from wsseg.core.precision import resolve_precision
-from wsseg.core.train import LossFn, fit, training_loader
+from wsseg.core.train import fit
 
 log = logging.getLogger(__name__)
 

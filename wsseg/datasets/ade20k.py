@@ -28,8 +28,9 @@ import numpy as np
 
 from wsseg.datasets.base import (IGNORE_INDEX, ClassSpec, DataOptionError, DataProblem, DatasetError, Tile, TileSource,
                                  check_unique_ids, with_problems)
-from wsseg.datasets.colour import default_palette, pair_problem, read_array, read_index_png, read_rgb
+from wsseg.datasets.colour import default_palette
 from wsseg.datasets.folder import natural_key
+from wsseg.datasets.image_files import pair_problem, read_array, read_index_png, read_rgb
 
 ADE20K_150_NAMES = (
     "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass", "cabinet",

@@ -15,7 +15,7 @@ from pathlib import Path
 
 
 from wsseg.datasets.base import DataProblem, DatasetError, TileSource
-from wsseg.datasets.colour import UNREADABLE_FIX, image_header, size_problem, without_path
+from wsseg.datasets.image_files import UNREADABLE_FIX, image_header, size_problem, without_path
 from wsseg.datasets.splits import Split
 from wsseg.datasets.tags import load_crop_tags
 

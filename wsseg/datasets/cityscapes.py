@@ -16,8 +16,9 @@ import numpy as np
 
 from wsseg.datasets.base import (IGNORE_INDEX, OFFICIAL_PARTS, ClassSpec, DataOptionError, DataProblem, DatasetError,
                                  Tile, TileSource, check_unique_ids, with_problems)
-from wsseg.datasets.colour import check_indices, pair_problem, read_index_png, read_rgb
+from wsseg.datasets.colour import check_indices
 from wsseg.datasets.folder import natural_key
+from wsseg.datasets.image_files import pair_problem, read_index_png, read_rgb
 
 CITYSCAPES_CLASSES = ClassSpec(
     names=("road", "sidewalk", "building", "wall", "fence", "pole", "traffic_light", "traffic_sign", "vegetation",

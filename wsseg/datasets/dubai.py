@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from wsseg.datasets.base import ClassSpec, DatasetError, Tile, TileSource, with_problems
-from wsseg.datasets.colour import decode_colour_mask, pair_problem, read_rgb
+from wsseg.datasets.colour import decode_colour_mask
+from wsseg.datasets.image_files import pair_problem, read_rgb
 
 
 def _hex(code: str) -> tuple[int, int, int]:

@@ -24,7 +24,8 @@ import numpy as np
 
 from wsseg.datasets.base import (IGNORE_INDEX, OFFICIAL_PARTS, ClassSpec, DataOptionError, DataProblem, DatasetError,
                                  Tile, TileSource, check_unique_ids, missing_file_problem, with_problems)
-from wsseg.datasets.colour import check_indices, decode_colour_mask, default_palette, read_index_png, read_rgb, size_problem
+from wsseg.datasets.colour import check_indices, decode_colour_mask, default_palette
+from wsseg.datasets.image_files import read_index_png, read_rgb, size_problem
 from wsseg.datasets.split_lists import check_split_files, listed_parts
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")

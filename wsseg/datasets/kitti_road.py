@@ -19,7 +19,8 @@ import numpy as np
 
 from wsseg.datasets.base import (ClassSpec, DataOptionError, DatasetError, Tile, TileSource, check_unique_ids,
                                  with_problems)
-from wsseg.datasets.colour import decode_colour_mask, pair_problem, read_rgb
+from wsseg.datasets.colour import decode_colour_mask
+from wsseg.datasets.image_files import pair_problem, read_rgb
 
 KITTI_ROAD_CLASSES = ClassSpec(names=("non_road", "road"), palette=((255, 0, 0), (255, 0, 255)))
 _INVALID_COLOURS = ((0, 0, 0),)

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from wsseg.datasets.base import DatasetError, TileSource
-from wsseg.datasets.colour import image_size
+from wsseg.datasets.image_files import image_size
 from wsseg.datasets.tags import CropTag
 
 

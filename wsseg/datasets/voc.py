@@ -17,8 +17,9 @@ import numpy as np
 
 from wsseg.datasets.base import (ClassSpec, DataProblem, DatasetError, Tile, TileSource, missing_file_problem,
                                  with_problems)
-from wsseg.datasets.colour import check_indices, pair_problem, read_index_png, read_rgb, voc_palette
+from wsseg.datasets.colour import check_indices, voc_palette
 from wsseg.datasets.folder import natural_key
+from wsseg.datasets.image_files import pair_problem, read_index_png, read_rgb
 from wsseg.datasets.split_lists import read_list_file
 
 VOC_CLASSES = ClassSpec(

@@ -25,7 +25,7 @@ import numpy as np
 
 from wsseg.datasets.base import (IGNORE_INDEX, ClassSpec, DataOptionError, DatasetError, Tile, TileSource,
                                  check_unique_ids, missing_file_problem, with_problems)
-from wsseg.datasets.colour import image_size, read_rgb
+from wsseg.datasets.image_files import image_size, read_rgb
 
 LOCALISATION_CLASSES = ClassSpec(names=("background", "building"), palette=((0, 0, 0), (255, 255, 255)))
 DAMAGE_GRADES = ("no-damage", "minor-damage", "major-damage", "destroyed")

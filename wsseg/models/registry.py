@@ -135,7 +135,7 @@ def head_prefixes(name: str) -> tuple[str, ...]:
 
 def parameter_groups(name: str, model: nn.Module, encoder_lr_mult: float = 1.0) -> list[dict]:
     """Optimizer groups of segmenter `name`: the encoder's with `lr_mult` = `encoder_lr_mult` and
-    the rest (`core.train.build_optimizer` multiplies the base learning rate by a group's lr_mult)."""
+    the rest (`core.optim.build_optimizer` multiplies the base learning rate by a group's lr_mult)."""
     if encoder_lr_mult == 1.0:
         return [{"params": list(model.parameters())}]
     prefixes = encoder_prefixes(name)

@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wsseg.core.checkpoint import CheckpointError
+from wsseg.core.class_weights import CLASS_WEIGHT_FLOOR
 from wsseg.core.config import Config, ConfigError, config_to_dict, optimizer_names, save_config
 from wsseg.core.determinism import use_deterministic_algorithms
 from wsseg.core.distributed import DistInfo, barrier, main_process_first
 from wsseg.core.hub import cache_dir
 from wsseg.core.io import atomic_write_json
-from wsseg.core.metrics import CLASS_WEIGHT_FLOOR, XVIEW2_CLASSES
+from wsseg.core.metrics import XVIEW2_CLASSES
 from wsseg.core.progress import progress_bar
 from wsseg.core.provenance import describe, record_run_start
 from wsseg.core.stage import Stage

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from wsseg.datasets.base import IGNORE_INDEX
-from wsseg.datasets.crops import image_to_tensor
+from wsseg.datasets.tensors import image_to_tensor
 
 # The largest side of the preview overlay of a GeoTIFF (the mask itself is full size).
 OVERLAY_MAX_PX = 2048

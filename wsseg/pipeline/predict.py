@@ -44,7 +44,7 @@ from wsseg.core.io import atomic_write, atomic_write_json
 from wsseg.core.progress import progress_bar
 from wsseg.datasets.base import IGNORE_INDEX
 from wsseg.datasets.colour import encode_colour_mask, save_index_png
-from wsseg.datasets.crops import image_to_tensor
+from wsseg.datasets.tensors import image_to_tensor
 from wsseg.models import min_input_px
 from wsseg.pipeline import geotiff
 from wsseg.pipeline.release import TrainedModel

@@ -27,10 +27,12 @@ from wsseg.core.metrics import confusion_matrix, segmentation_metrics, unlearned
 from wsseg.core.progress import progress_bar
 from wsseg.core.workers import SignalSafeDataLoader, leave_stop_signals_to_parent, stop_signals_held
 from wsseg.datasets.base import ClassSpec, TileSource
-from wsseg.datasets.colour import read_index_png, save_index_png
-from wsseg.datasets.crops import GridCropDataset, image_to_tensor
+from wsseg.datasets.colour import save_index_png
+from wsseg.datasets.image_files import read_index_png
 from wsseg.datasets.splits import Split, abbreviated
+from wsseg.datasets.tagged_crops import GridCropDataset
 from wsseg.datasets.tags import CropTag, compute_crop_tags
+from wsseg.datasets.tensors import image_to_tensor
 from wsseg.models.single_stage import PAMR_DILATIONS, PAMR_ITER, ClassLayout, SingleStageSegmenter
 from wsseg.pipeline.data import Run, class_layout, tag_grid_px
 from wsseg.pipeline.pseudo_quality import PseudoMaskQuality

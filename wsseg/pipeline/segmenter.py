@@ -19,15 +19,16 @@ import torch
 from torch.utils.data import ConcatDataset, Dataset
 
 from wsseg.core.checkpoint import CheckpointError, load_checkpoint, load_weights, unwrap
+from wsseg.core.class_weights import CLASS_WEIGHT_FLOOR, class_pixel_counts, class_weights
 from wsseg.core.config import Config, weight_decay_of
 from wsseg.core.distributed import autocast_dtype, choose_device
 from wsseg.core.evaluate import evaluate_tiles
-from wsseg.core.metrics import (CLASS_WEIGHT_FLOOR, class_pixel_counts, class_weights, majority_baseline_miou,
-                                xview2_score)
+from wsseg.core.losses import weighted_cross_entropy
+from wsseg.core.metrics import majority_baseline_miou, xview2_score
+from wsseg.core.optim import build_optimizer, build_scheduler
 from wsseg.core.precision import resolve_precision
 from wsseg.core.report import write_report
 from wsseg.core.stage import Stage
-from wsseg.core.train import build_optimizer, build_scheduler, weighted_cross_entropy
 from wsseg.datasets.base import TileSource, printable
 from wsseg.datasets.colour import encode_colour_mask
 from wsseg.datasets.crops import RandomCropDataset

@@ -26,8 +26,8 @@ from torch.utils.data import Dataset
 
 from wsseg.core.checkpoint import unwrap
 from wsseg.core.config import Config
+from wsseg.core.losses import weighted_cross_entropy
 from wsseg.core.stage import Stage
-from wsseg.core.train import weighted_cross_entropy
 from wsseg.datasets.crops import RandomCropDataset
 from wsseg.datasets.tags import TagGrid
 from wsseg.datasets.unlabelled import PairedCrops, UnlabelledViews

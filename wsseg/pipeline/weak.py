@@ -12,9 +12,9 @@ from torch.utils.data import RandomSampler
 
 from wsseg.core.checkpoint import unwrap
 from wsseg.core.config import Config
-from wsseg.core.train import build_optimizer, build_scheduler
+from wsseg.core.optim import build_optimizer, build_scheduler
 from wsseg.datasets.base import IGNORE_INDEX
-from wsseg.datasets.crops import TaggedCropDataset
+from wsseg.datasets.tagged_crops import TaggedCropDataset
 from wsseg.datasets.tags import CropTag
 from wsseg.models.single_stage import ClassLayout, SingleStageSegmenter
 from wsseg.pipeline.data import Run, class_layout, single_stage_weights

@@ -29,15 +29,16 @@ import torch
 from torch.utils.data import TensorDataset
 
 from wsseg.core.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint, unwrap
+from wsseg.core.class_weights import class_weights as inverse_frequency_weights
 from wsseg.core.config import Config, ConfigError, config_to_dict
 from wsseg.core.distributed import barrier, choose_device, run_on_main
 from wsseg.core.io import atomic_write_json
-from wsseg.core.metrics import class_weights as inverse_frequency_weights
+from wsseg.core.losses import weighted_cross_entropy
+from wsseg.core.optim import build_optimizer, build_scheduler
 from wsseg.core.progress import progress_bar
-from wsseg.core.train import build_optimizer, build_scheduler, weighted_cross_entropy
 from wsseg.datasets.base import IGNORE_INDEX, ClassSpec
-from wsseg.datasets.crops import image_to_tensor
 from wsseg.datasets.tags import grid_crops
+from wsseg.datasets.tensors import image_to_tensor
 from wsseg.models.zoomout import ZoomOut, fc_to_conv
 from wsseg.pipeline.data import Run, class_record
 from wsseg.pipeline.segmenter import build_model
