@@ -32,7 +32,8 @@ from wsseg.datasets.crops import GridCropDataset, image_to_tensor
 from wsseg.datasets.splits import Split, abbreviated
 from wsseg.datasets.tags import CropTag, compute_crop_tags
 from wsseg.models.single_stage import PAMR_DILATIONS, PAMR_ITER, ClassLayout, SingleStageSegmenter
-from wsseg.pipeline.data import Run, class_layout, tag_grid_px
+from wsseg.pipeline.config_checks import class_layout
+from wsseg.pipeline.data import Run, tag_grid_px
 from wsseg.pipeline.pseudo_quality import PseudoMaskQuality
 from wsseg.pipeline.segmenter import load_segmenter
 from wsseg.pipeline.weak import build_single_stage

@@ -33,7 +33,8 @@ from wsseg.datasets.colour import encode_colour_mask
 from wsseg.datasets.crops import RandomCropDataset
 from wsseg.datasets.tags import CropTag, TagGrid
 from wsseg.models import build_segmenter, load_encoder_weights, parameter_groups, untrained_options
-from wsseg.pipeline.data import Run, encoder_weights_file
+from wsseg.pipeline.config_checks import encoder_weights_file
+from wsseg.pipeline.data import Run
 from wsseg.pipeline.release import initialise_from, resolve_checkpoint
 from wsseg.pipeline.semi import build_teacher, semi_crops, semi_loss
 
@@ -119,7 +120,7 @@ def n2_per_batch(cfg: Config) -> int:
 
 def segmenter_class_weights(cfg: Config, source: TileSource, tile_ids) -> torch.Tensor | None:
     setting = cfg.train.class_weights
-    if isinstance(setting, list):  # its length is checked with the config (`pipeline.data.check_config`)
+    if isinstance(setting, list):  # its length is checked with the config (`pipeline.config_checks.check_config`)
         return torch.tensor(setting, dtype=torch.float32)
     if setting == "none":
         return None

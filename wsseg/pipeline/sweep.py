@@ -33,7 +33,8 @@ from wsseg.core.io import atomic_write_json, score_or_nan
 from wsseg.core.report import write_sweep_report
 from wsseg.datasets.base import DataProblemsError, DatasetError
 from wsseg.pipeline.chain import TASKS, run_task
-from wsseg.pipeline.data import check_config, check_weight_files, listed_source, make_split_for
+from wsseg.pipeline.config_checks import check_config, check_weight_files
+from wsseg.pipeline.data import listed_source, make_split_for
 
 log = logging.getLogger(__name__)
 
