@@ -34,8 +34,8 @@ from wsseg.datasets.tags import CropTag, compute_crop_tags
 from wsseg.models.single_stage import PAMR_DILATIONS, PAMR_ITER, ClassLayout, SingleStageSegmenter
 from wsseg.pipeline.config_checks import class_layout
 from wsseg.pipeline.data import Run, tag_grid_px
+from wsseg.pipeline.evaluation import load_segmenter
 from wsseg.pipeline.pseudo_quality import PseudoMaskQuality
-from wsseg.pipeline.segmenter import load_segmenter
 from wsseg.pipeline.weak import build_single_stage
 from wsseg.pseudo_labels.crf import dense_crf
 from wsseg.pseudo_labels.fusion import allowed_classes, fuse_with_segmenter
