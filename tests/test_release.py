@@ -386,10 +386,10 @@ def test_init_from_another_model_or_shape_is_an_error():
 
 
 def test_train_flags_set_the_config_that_the_run_records(tmp_path, monkeypatch, capsys):
-    import wsseg.pipeline.chain
+    import wsseg.pipeline.tasks
 
     seen = {}
-    monkeypatch.setattr(wsseg.pipeline.chain, "run_task", lambda cfg, *args, **kwargs: seen.setdefault("cfg", cfg))
+    monkeypatch.setattr(wsseg.pipeline.tasks, "run_task", lambda cfg, *args, **kwargs: seen.setdefault("cfg", cfg))
     config = tmp_path / "cfg.yaml"
     config.write_text(yaml.safe_dump({"model": TINY_MODEL}))
     out = str(tmp_path / "run")
