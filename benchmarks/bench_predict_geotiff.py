@@ -71,7 +71,8 @@ def run_case(raster: Path, out_dir: Path, threads: int | None, window: int, stri
 
     from wsseg.models import build_segmenter
     from wsseg.models.normalization import normalisation_of
-    from wsseg.pipeline.predict import PredictOptions, predict_paths
+    from wsseg.pipeline.predict import predict_paths
+    from wsseg.pipeline.predict_plan import PredictOptions
     from wsseg.pipeline.release import TrainedModel
 
     if threads:

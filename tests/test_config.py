@@ -90,7 +90,7 @@ def test_saved_config_loads_back_identically(tmp_path):
 
 def test_weight_decay_per_optimizer():
     from wsseg.core.config import optimizer_names, weight_decay_of
-    from wsseg.pipeline.data import check_config
+    from wsseg.pipeline.config_checks import check_config
 
     assert optimizer_names() == ("adam", "adamw", "sgd", "rmsprop")
     assert weight_decay_of(load_config(None, ["train.optimizer=adamw", "train.weight_decay=1e-4"]).train) == 1e-4

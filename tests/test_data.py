@@ -12,7 +12,8 @@ from wsseg.core.config import config_from_dict
 from wsseg.datasets.base import DataOptionError, DataProblemsError
 from wsseg.datasets.colour import save_index_png
 from wsseg.datasets.splits import Split, save_split
-from wsseg.pipeline.data import SKIPPED_FILES, check_data, prepare_run
+from wsseg.pipeline.data import SKIPPED_FILES, prepare_run
+from wsseg.pipeline.data_check import check_data
 
 PALETTE = ((0, 0, 0), (200, 0, 0), (0, 200, 0))
 TILES = [f"t{i}" for i in range(10)]
@@ -84,7 +85,7 @@ def test_check_data_finds_what_training_refuses_and_counts_the_tiles(root):
 
 def test_encoder_weights_are_looked_up_in_the_caches_never_downloaded(tmp_path, monkeypatch):
     from wsseg.core.typed import ConfigError
-    from wsseg.pipeline.data import check_weight_files, encoder_weights_file
+    from wsseg.pipeline.config_checks import check_weight_files, encoder_weights_file
 
     monkeypatch.setenv("WSSEG_CACHE", str(tmp_path / "wsseg_cache"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))

@@ -171,7 +171,7 @@ def test_a_stale_lock_is_taken_over_with_a_warning(tmp_path, caplog):
 def test_sigterm_outside_the_training_steps_ends_with_the_resume_command(tmp_path, monkeypatch, capsys):
     import time
 
-    import wsseg.pipeline.chain
+    import wsseg.pipeline.tasks
     from wsseg.cli import main
 
     def making_pseudo_masks(*args, **kwargs):
@@ -179,7 +179,7 @@ def test_sigterm_outside_the_training_steps_ends_with_the_resume_command(tmp_pat
         time.sleep(5)  # the signal arrives long before
         raise AssertionError("SIGTERM did not interrupt")
 
-    monkeypatch.setattr(wsseg.pipeline.chain, "run_task", making_pseudo_masks)
+    monkeypatch.setattr(wsseg.pipeline.tasks, "run_task", making_pseudo_masks)
     before = signal.getsignal(signal.SIGTERM)
     code = main(["train", "--task", "all", "--config", "configs/demo.yaml", "--out", str(tmp_path / "run"),
                  "--set", "train.epochs=2"])

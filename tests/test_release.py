@@ -26,7 +26,8 @@ from wsseg.datasets.isprs import VAIHINGEN_CLASSES
 from wsseg.datasets.splits import Split, save_split
 from wsseg.models import build_segmenter, head_prefixes
 from wsseg.pipeline.data import class_record
-from wsseg.pipeline.release import (TrainedModel, initialise_from, load_run_checkpoint, publish, resolve_checkpoint)
+from wsseg.pipeline.publish import publish
+from wsseg.pipeline.release import TrainedModel, initialise_from, load_run_checkpoint, resolve_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = {"name": "unet", "options": {"base_channels": 4, "depth": 2}}
@@ -385,10 +386,10 @@ def test_init_from_another_model_or_shape_is_an_error():
 
 
 def test_train_flags_set_the_config_that_the_run_records(tmp_path, monkeypatch, capsys):
-    import wsseg.pipeline.chain
+    import wsseg.pipeline.tasks
 
     seen = {}
-    monkeypatch.setattr(wsseg.pipeline.chain, "run_task", lambda cfg, *args, **kwargs: seen.setdefault("cfg", cfg))
+    monkeypatch.setattr(wsseg.pipeline.tasks, "run_task", lambda cfg, *args, **kwargs: seen.setdefault("cfg", cfg))
     config = tmp_path / "cfg.yaml"
     config.write_text(yaml.safe_dump({"model": TINY_MODEL}))
     out = str(tmp_path / "run")
@@ -434,7 +435,7 @@ def test_a_run_starts_from_a_release_and_the_release_evaluates_as_its_run(releas
 
 
 def test_the_card_names_the_tags_the_model_learnt_from(release):
-    from wsseg.pipeline.release import model_card
+    from wsseg.pipeline.publish import model_card
 
     meta = json.loads((release / "model.json").read_text())
     assert "(task ii: N1 pixel labels + N2 crop tags)" in model_card(meta, {})

@@ -61,7 +61,7 @@ def test_measured_class_weights_keep_the_floor(tmp_path, monkeypatch):
 @pytest.mark.parametrize("cap", [0.05, 0.0, -1.0])
 def test_a_class_weight_cap_below_the_floor_is_a_config_error(cap):
     from wsseg.core.config import ConfigError
-    from wsseg.pipeline.data import check_config
+    from wsseg.pipeline.config_checks import check_config
 
     with pytest.raises(ConfigError, match=rf"train.class_weight_cap {cap} is below 0.1, the floor"):
         check_config(config_from_dict({"train": {"class_weight_cap": cap}}))
@@ -83,7 +83,7 @@ def test_extra_pseudo_mode_keeps_every_n1_crop(source):
     n1, n2 = (len(part) for part in training_crops(extra, run, None, oracle=True).datasets)
     assert (n1, n2) == (30, 5 * 2) and n2_per_batch(extra) == 2
     assert len(training_crops(extra, run, None).datasets) == 1  # task i: N1 alone
-    from wsseg.pipeline.data import check_config
+    from wsseg.pipeline.config_checks import check_config
 
     with pytest.raises(ValueError, match="pseudo_ratio"):
         check_config(config_from_dict({"weak": {"pseudo_ratio": 1.0}}))

@@ -192,7 +192,7 @@ def test_feature_perturbation_drops_out_only_the_samples_asked():
 
 def test_feature_perturbation_needs_a_segmenter_that_supports_it():
     from wsseg.core.typed import ConfigError
-    from wsseg.pipeline.data import check_config
+    from wsseg.pipeline.config_checks import check_config
 
     with pytest.raises(ConfigError, match="semi.feature_perturbation: segmenter 'fcn8s'"):
         check_config(config_from_dict({"model": {"name": "fcn8s"}, "semi": {"feature_perturbation": 0.5}}))

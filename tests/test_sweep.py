@@ -7,7 +7,7 @@ from test_run_training import tiny_config
 
 from wsseg.cli import main
 from wsseg.core.typed import ConfigError
-from wsseg.pipeline.sweep import combination_name, parse_grid, split_values
+from wsseg.pipeline.sweep_plan import combination_name, parse_grid, split_values
 
 # Two epochs of two steps: enough for a validation curve, seconds per combination.
 SHORT = {"epochs": 2, "iters_per_epoch": 2, "batch_size": 4, "crop_px": 64}

@@ -15,7 +15,7 @@ from wsseg.core.config import ConfigError, config_from_dict
 from wsseg.core.hub import DownloadError
 from wsseg.models.resnet38 import ResNet38
 from wsseg.pipeline import weights
-from wsseg.pipeline.data import check_config, check_weight_files, encoder_weights_file, single_stage_weights
+from wsseg.pipeline.config_checks import check_config, check_weight_files, encoder_weights_file, single_stage_weights
 from test_release import Routes, server  # noqa: F401 (the local server fixture)
 from test_run_training import tiny_config
 

@@ -15,7 +15,7 @@ from wsseg.core.checkpoint import load_checkpoint
 from wsseg.datasets.base import IGNORE_INDEX
 from wsseg.models import build_segmenter, load_encoder_weights
 from wsseg.models.zoomout import ZoomOut, ZoomOutMLP, fc_to_conv, load_zoomout_vgg_imagenet, tap_channels
-from wsseg.pipeline.zoomout import grid_cells, sample_pixels
+from wsseg.pipeline.zoomout_samples import grid_cells, sample_pixels
 
 from test_run_training import REPORT_FILES, tiny_config
 from test_xview2 import box, write_scene

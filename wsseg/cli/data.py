@@ -13,7 +13,7 @@ from wsseg.core.config import load_config
 def _check_data(args) -> int:
     """Every problem of the configured dataset, one line each (warnings marked), then a summary;
     exit code 1 if any problem (not counting warnings)."""
-    from wsseg.pipeline.data import check_data
+    from wsseg.pipeline.data_check import check_data
 
     result = check_data(load_config(args.config, args.overrides), split_path=args.split, tags_path=args.tags,
                         progress=sys.stderr.isatty())

@@ -25,7 +25,7 @@ def _eval_checkpoint(args, checkpoint: Path) -> int:
     from wsseg.core.config import apply_overrides, config_from_dict, config_to_dict, saved_config_from_dict
     from wsseg.datasets.splits import load_split
     from wsseg.pipeline.data import Run, load_source
-    from wsseg.pipeline.segmenter import evaluate_checkpoint
+    from wsseg.pipeline.evaluation import evaluate_checkpoint
 
     state = load_checkpoint(checkpoint)
     saved = config_to_dict(saved_config_from_dict(state["config"]))
@@ -49,7 +49,7 @@ def _eval_release(args, location) -> int:
     from wsseg.datasets.splits import load_split
     from wsseg.pipeline.data import Run, load_source
     from wsseg.pipeline.release import load_release, read_release_meta
-    from wsseg.pipeline.segmenter import check_classes, evaluate_model
+    from wsseg.pipeline.evaluation import check_classes, evaluate_model
 
     meta = read_release_meta(location.path)
     trained = load_release(location.path, source=location.source)
@@ -80,7 +80,7 @@ def _print_scores(metrics: dict, out: Path) -> int:
 
 
 def _publish(args) -> int:
-    from wsseg.pipeline.release import publish
+    from wsseg.pipeline.publish import publish
 
     published = publish(args.checkpoint, args.out, name=args.name, force=args.force)
     print(f"wrote the release {published.name!r} to {published.folder}")
@@ -94,7 +94,8 @@ def _publish(args) -> int:
 
 def _predict(args) -> int:
     from wsseg.core.distributed import choose_device
-    from wsseg.pipeline.predict import PredictOptions, parse_bands, parse_tta, parse_value_range, predict_paths
+    from wsseg.pipeline.predict import predict_paths
+    from wsseg.pipeline.predict_plan import PredictOptions, parse_bands, parse_tta, parse_value_range
     from wsseg.pipeline.release import resolve_checkpoint
 
     _setup_logging()  # the precision chosen, GeoTIFF warnings

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 def _train(args) -> int:
     from wsseg.core.distributed import init_distributed
-    from wsseg.pipeline.chain import run_task
+    from wsseg.pipeline.tasks import run_task
     from wsseg.pipeline.seeds import run_split_seeds
 
     cfg = load_config(args.config, args.overrides)
@@ -131,9 +131,9 @@ def _study(args) -> int:
 
 
 def _zoomout(args) -> int:
-    """One step of the zoom-out model (`pipeline.chain.run_zoomout_step`) in the run folder --out."""
+    """One step of the zoom-out model (`pipeline.tasks.run_zoomout_step`) in the run folder --out."""
     from wsseg.core.distributed import init_distributed
-    from wsseg.pipeline.chain import run_zoomout_step
+    from wsseg.pipeline.tasks import run_zoomout_step
 
     cfg = load_config(args.config, args.overrides)
     run_dir = Path(args.out)
@@ -160,7 +160,8 @@ def _zoomout(args) -> int:
 def _sweep(args) -> int:
     """`wsseg sweep`: every combination planned and validated first, then run one after the other."""
     from wsseg.core.distributed import init_distributed
-    from wsseg.pipeline.sweep import parse_grid, plan_sweep, run_sweep
+    from wsseg.pipeline.sweep import run_sweep
+    from wsseg.pipeline.sweep_plan import parse_grid, plan_sweep
 
     out = Path(args.out)
     # Every combination's config and data are checked before the first trains, and before any log is written.

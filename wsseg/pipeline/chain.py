@@ -7,11 +7,13 @@
     make_pseudo_masks   single-stage model → PAMR → CRF → thresholds → N2 pseudo masks (task ii);
                         a constant background that never wins there → retrained with it learned
     initial_segmenter   zoom-out only: sampled hypercolumns → FC classifier → 1×1 convs, where
-                        its segmenter starts (pipeline.zoomout; one step at a time: run_zoomout_step)
+                        its segmenter starts (pipeline.zoomout; one step at a time: tasks.run_zoomout_step)
     run_semi            N1 pixel labels + N2 images without tags (weak-to-strong consistency)
     run_arms            wires the stages of the arms asked (i, semi, ii, oracle) on one split, each
                         stage they share run once, and compares them when tasks i and ii are in
-    run_task            one task, or `all`: the arms i, semi, ii (and the oracle)
+
+`wsseg train` and `wsseg zoomout` reach these stages through `pipeline.tasks` (`run_task`,
+`run_zoomout_step`), `wsseg study` through `run_arms`.
 
 A stage writes `done.json` when it finishes; a rerun of the chain with `resume` skips finished
 stages and continues unfinished ones from their last checkpoint.
@@ -29,22 +31,19 @@ import logging
 import time
 from pathlib import Path
 
-from wsseg.core.checkpoint import CheckpointError
-from wsseg.core.config import Config, ConfigError
+from wsseg.core.config import Config
 from wsseg.core.distributed import DistInfo, barrier, run_on_main
 from wsseg.core.io import atomic_write_json
-from wsseg.pipeline.comparison_report import write_comparison_report
 from wsseg.core.run_lock import RunLock
+from wsseg.pipeline.comparison_report import write_comparison_report
 from wsseg.pipeline.data import Run, crop_tags_of, prepare_run
 from wsseg.pipeline.pseudo_masks import BackgroundRejected, make_pseudo_masks, pseudo_mask_samples
 from wsseg.pipeline.segmenter import check_init_from, check_oracle_labels, train_segmenter
 from wsseg.pipeline.weak import train_single_stage
-from wsseg.pipeline.zoomout import (ZOOMOUT, check_zoomout_config, classifier_dir, finished, fit_classifier,
-                                    initial_segmenter, sample_hypercolumns, samples_dir)
+from wsseg.pipeline.zoomout import initial_segmenter
 
 log = logging.getLogger(__name__)
 
-TASKS = ("i", "semi", "ii", "all")
 # The arms of a comparison, in the order they run: task i first, whose epochs the others train.
 ARMS = ("i", "semi", "ii", "oracle")
 
@@ -225,37 +224,6 @@ def run_oracle(run: Run) -> dict:
     return _finish_stage(run, stage_dir, metrics, started)
 
 
-def run_task(cfg: Config, task: str, run_dir: Path, resume: bool = False, dist: DistInfo = DistInfo(),
-             oracle: bool = False) -> dict:
-    """Run task `i`, `ii` or `all` into `run_dir`; returns the metrics (or the comparison).
-
-    `oracle` (with `all`): also train on N1 + N2 with N2's true pixel labels, at the same steps,
-    and report the share of the oracle's gain that task ii closes."""
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r} ({', '.join(TASKS)})")
-    if oracle and task != "all":
-        raise ValueError("the oracle is a third arm of the comparison: use it with --task all")
-    if task == "all":
-        arms = run_arms(cfg, ("i", "semi", "ii") + (("oracle",) if oracle else ()), run_dir, resume, dist)
-        return arms.get("comparison") or {}
-    lock = RunLock(run_dir).acquire() if dist.is_main else None
-    try:
-        return _run_task(cfg, task, run_dir, resume, dist)
-    finally:
-        if lock is not None:
-            lock.release()
-
-
-def _run_task(cfg: Config, task: str, run_dir: Path, resume: bool, dist: DistInfo) -> dict:
-    run = prepare_run(cfg, run_dir, resume, dist, weak=task == "ii")
-    check_init_from(run)
-    if task == "i":
-        return run_task_i(run)
-    if task == "semi":
-        return run_semi(run)
-    return run_task_ii(run)[0]
-
-
 def check_arms(arms) -> tuple[str, ...]:
     """The arms asked, in the order they run (`ARMS`); an unknown or repeated one is a ValueError naming it."""
     arms = list(arms)
@@ -311,37 +279,3 @@ def _run_arms(cfg: Config, arms: tuple[str, ...], run_dir: Path, resume: bool, d
                                                     classes.palette, samples, oracle=results.get("oracle"),
                                                     semi=results.get("semi"))
     return outcome
-
-
-ZOOMOUT_STEPS = ("sample", "fit", "dense")
-
-
-def run_zoomout_step(cfg: Config, step: str, run_dir: Path, resume: bool = False, dist: DistInfo = DistInfo()) -> dict:
-    """One step of the zoom-out model in `run_dir` (`wsseg zoomout STEP`): `sample` starts the run
-    (or continues it with `resume`); `fit`, then `dense`, continue the run it started, each from
-    its own last checkpoint with `resume`. `dense` is task i's segmenter stage, report included.
-    Returns the step's `done.json` (task i's metrics for `dense`)."""
-    if step not in ZOOMOUT_STEPS:
-        raise ValueError(f"unknown zoom-out step {step!r} ({', '.join(ZOOMOUT_STEPS)})")
-    if cfg.model.name != ZOOMOUT:
-        raise ConfigError(f"wsseg zoomout needs model.name: {ZOOMOUT}; the config has {cfg.model.name!r}")
-    if step != "sample" and not (run_dir / "config.yaml").exists():
-        raise CheckpointError(f"{run_dir} holds no run: start it with `wsseg zoomout sample --out {run_dir}`")
-    lock = RunLock(run_dir).acquire() if dist.is_main else None
-    try:
-        # The later steps continue the run folder that `sample` made; `resume` then concerns their own checkpoints.
-        run = prepare_run(cfg, run_dir, resume or step != "sample", dist, weak=False)
-        run = dataclasses.replace(run, resume=resume)
-        check_zoomout_config(cfg, run.source.classes)
-        if step == "sample":
-            return sample_hypercolumns(run)
-        if step == "fit":
-            if finished(samples_dir(run_dir)) is None:
-                raise CheckpointError(f"no finished samples in {samples_dir(run_dir)}: run `wsseg zoomout sample` first")
-            return fit_classifier(run)
-        if finished(classifier_dir(run_dir)) is None:
-            raise CheckpointError(f"no finished classifier in {classifier_dir(run_dir)}: run `wsseg zoomout fit` first")
-        return run_task_i(run)
-    finally:
-        if lock is not None:
-            lock.release()

@@ -25,7 +25,8 @@ import torch
 
 from wsseg.core.io import atomic_write, to_jsonable
 from wsseg.models import min_input_px
-from wsseg.pipeline.predict import PredictError, TrainedModel
+from wsseg.pipeline.predict_plan import PredictError
+from wsseg.pipeline.release import TrainedModel
 
 FORMATS = ("onnx", "torchscript", "safetensors")
 # Opset 17: every operator these graphs use (Conv, ConvTranspose, Pad with computed pads, Resize,

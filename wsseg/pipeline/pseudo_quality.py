@@ -61,18 +61,29 @@ class PseudoMaskQuality:
             self.cms["crf"] += self._cm(crf.argmax(0), ground_truth)
             self.cms["final"] += self._cm(labels, self._only_labelled(labels, ground_truth))
 
-    def report(self, tagged_classes: list[int], **settings) -> dict:
+    def calibration_precision(self) -> dict[str, float]:
+        """Per class, the precision of the confident pixels on the calibration tiles."""
+        return dict(zip(self.classes.names, class_precision(self.calibration_cm)))
+
+    def report(self, tagged_classes: list[int], calibration_precision: dict | None = None,
+               crf_calibration: dict | None = None, **settings) -> dict:
         """The quality report; `tagged_classes`: the classes the N2 crop tags name. The N2 masks'
         mIoUs (`miou_raw`, `miou_crf`, `miou_final`, `per_class`) are there only when some N2 tile
         has ground truth (`tiles_with_ground_truth`); images tagged without a mask have none, and
-        their masks are then judged by the calibration tiles alone."""
+        their masks are then judged by the calibration tiles alone. `calibration_precision` and
+        `crf_calibration`: the figures of a calibration measured by another instance (a
+        `pseudo_masks.MaskPlan`'s), in place of this one's."""
         names = self.classes.names
+        if calibration_precision is None:
+            calibration_precision = self.calibration_precision()
+        if crf_calibration is None:
+            crf_calibration = self.crf_calibration
         report = {"coverage": self.labelled_px / max(1, self.total_px), **settings,
                   "tiles_with_ground_truth": self.tiles_with_ground_truth,
-                  "calibration_precision": dict(zip(names, class_precision(self.calibration_cm))),
+                  "calibration_precision": calibration_precision,
                   "classes_never_labelled": [names[c] for c in tagged_classes if self.pixels_per_class[c] == 0]}
-        if self.crf_calibration is not None:
-            report["crf_calibration"] = self.crf_calibration
+        if crf_calibration is not None:
+            report["crf_calibration"] = crf_calibration
         if self.cms["raw"].sum():
             stages = {name: segmentation_metrics(cm, names, self.classes.in_mean) for name, cm in self.cms.items()}
             report.update({f"miou_{name}": stages[name]["miou"] for name in stages})

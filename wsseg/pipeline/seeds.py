@@ -16,8 +16,8 @@ import numpy as np
 from wsseg.core.config import Config
 from wsseg.core.distributed import DistInfo
 from wsseg.core.io import score_or_nan
-from wsseg.pipeline.comparison_report import write_seed_summary
-from wsseg.pipeline.chain import run_task
+from wsseg.pipeline.seed_reports import write_seed_summary
+from wsseg.pipeline.tasks import run_task
 
 
 def run_split_seeds(cfg: Config, seeds: list[int], run_dir: Path, resume: bool = False,

@@ -1,5 +1,5 @@
 """The segmenter stage: train on N1 pixel labels (plus N2 pseudo masks in task ii), and evaluate
-the best checkpoint on the test tiles with the full report.
+the best checkpoint on the test tiles with the full report (`pipeline.evaluation`).
 
 With `online`, every N1 batch is paired with as many N2 crops learnt by weak-to-strong
 consistency (`pipeline.semi`): without their tags (the semi arm) or restricted by them (task ii
@@ -18,23 +18,21 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
-from wsseg.core.checkpoint import CheckpointError, load_checkpoint, load_weights, unwrap
+from wsseg.core.checkpoint import load_checkpoint, load_weights, unwrap
 from wsseg.core.class_weights import CLASS_WEIGHT_FLOOR, class_pixel_counts, class_weights
 from wsseg.core.config import Config, weight_decay_of
-from wsseg.core.distributed import autocast_dtype, choose_device
 from wsseg.core.evaluate import evaluate_tiles
 from wsseg.core.losses import weighted_cross_entropy
-from wsseg.core.metrics import majority_baseline_miou, xview2_score
 from wsseg.core.optim import build_optimizer, build_scheduler
-from wsseg.core.precision import resolve_precision
-from wsseg.core.report import write_report
 from wsseg.core.stage import Stage
-from wsseg.datasets.base import TileSource, printable
+from wsseg.datasets.base import TileSource
 from wsseg.datasets.colour import encode_colour_mask
 from wsseg.datasets.crops import RandomCropDataset
 from wsseg.datasets.tags import CropTag, TagGrid
 from wsseg.models import build_segmenter, load_encoder_weights, parameter_groups, untrained_options
-from wsseg.pipeline.data import Run, encoder_weights_file
+from wsseg.pipeline.config_checks import encoder_weights_file
+from wsseg.pipeline.data import Run
+from wsseg.pipeline.evaluation import evaluate_checkpoint
 from wsseg.pipeline.release import initialise_from, resolve_checkpoint
 from wsseg.pipeline.semi import build_teacher, semi_crops, semi_loss
 
@@ -120,7 +118,7 @@ def n2_per_batch(cfg: Config) -> int:
 
 def segmenter_class_weights(cfg: Config, source: TileSource, tile_ids) -> torch.Tensor | None:
     setting = cfg.train.class_weights
-    if isinstance(setting, list):  # its length is checked with the config (`pipeline.data.check_config`)
+    if isinstance(setting, list):  # its length is checked with the config (`pipeline.config_checks.check_config`)
         return torch.tensor(setting, dtype=torch.float32)
     if setting == "none":
         return None
@@ -169,14 +167,6 @@ def check_init_from(run: Run) -> None:
             source = init_from_trained(cfg, classes.names, build_model(cfg, classes.num_classes, pretrained=False))
         head = ", classifier learnt afresh" if cfg.model.reset_head else ""
         log.info(f"the segmenters start from {source}{head}")
-
-
-def load_segmenter(cfg: Config, num_classes: int, checkpoint: Path | dict, device: torch.device) -> torch.nn.Module:
-    """The configured segmenter with a checkpoint's weights (a path or a loaded checkpoint), in eval mode."""
-    state = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint, map_location=device)
-    model = build_segmenter(cfg.model.name, num_classes, **untrained_options(cfg.model.options))
-    load_weights(model, state["model"], "the checkpoint" if isinstance(checkpoint, dict) else str(checkpoint))
-    return model.to(device).eval()
 
 
 def train_segmenter(run: Run, stage_dir: Path, *, pseudo_masks: dict[str, Path] | None = None,
@@ -265,61 +255,3 @@ def _validation(run: Run, stage: Stage):
         return {"miou": metrics["miou"], "mean_f1": metrics["mean_f1"], "overall_accuracy": metrics["overall_accuracy"]}
 
     return validate
-
-
-def evaluate_checkpoint(run: Run, out_dir: Path, checkpoint: Path, history: list[dict] | None = None,
-                        title: str = "Evaluation", train_tile_ids=None, epochs_trained: int | None = None) -> dict:
-    """Whole-tile sliding-window evaluation of a checkpoint on the test tiles, with the full report.
-    `epochs_trained` (the epochs of the training that chose it) goes into `metrics["checkpoint"]`."""
-    device = choose_device(run.cfg.device, run.dist)
-    state = load_checkpoint(checkpoint, map_location=device)
-    check_classes(state.get("classes", {}).get("names"), run.source.classes.names, str(checkpoint))
-    model = load_segmenter(run.cfg, run.source.classes.num_classes, state, device)
-    log.info(f"evaluating {checkpoint} (epoch {state['epoch'] + 1}) on {len(run.split.test)} test tiles")
-    info = {"path": checkpoint.name, "epoch": state["epoch"] + 1}
-    if epochs_trained is not None:
-        info["epochs_trained"] = int(epochs_trained)
-    return evaluate_model(run, out_dir, model, info, history or state.get("history", []), title, train_tile_ids)
-
-
-def check_classes(model_classes, dataset_classes, source: str) -> None:
-    """A model scored on a dataset must predict that dataset's classes, by name and in order."""
-    if model_classes is not None and tuple(model_classes) != tuple(dataset_classes):
-        raise CheckpointError(f"{source} predicts the classes ({', '.join(model_classes)}), the dataset has "
-                              f"({', '.join(dataset_classes)})")
-
-
-def evaluate_model(run: Run, out_dir: Path, model: torch.nn.Module, checkpoint_info: dict,
-                   history: list[dict] | None = None, title: str = "Evaluation", train_tile_ids=None) -> dict:
-    """Whole-tile sliding-window evaluation of a loaded segmenter on the test tiles, with the full
-    report; `checkpoint_info` says in metrics.json which model it was.
-
-    Under torchrun every process scores its share of the tiles and returns the same metrics;
-    rank 0 writes the report."""
-    cfg, source, split = run.cfg, run.source, run.split
-    device = choose_device(cfg.device, run.dist)
-    classes = source.classes
-    model = model.to(device).eval()
-    precision = resolve_precision(cfg.train.precision, model, (cfg.eval.batch_size, 3, cfg.eval.window_px,
-                                                               cfg.eval.window_px), device,
-                                  cache_dir=run.run_dir, training=False,
-                                  dist=run.dist, what="evaluation")
-    amp_dtype = autocast_dtype(precision, device)
-    shown = list(split.test)[: cfg.eval.num_triptychs]
-    result = evaluate_tiles(model, source, split.test, cfg.eval.window_px, cfg.eval.stride_px, cfg.eval.batch_size,
-                            device, amp_dtype, keep_predictions=shown, score_class=cfg.eval.max_f_class,
-                            progress=run.dist.is_main, dist=run.dist)
-    metrics = result.metrics(classes)
-    if cfg.eval.xview2_score:
-        metrics["xview2"] = xview2_score(result.cm)
-    train_ids = train_tile_ids if train_tile_ids is not None else split.labelled
-    train_counts = sum(class_pixel_counts(source.label(t), classes.num_classes, classes.ignore_index)
-                       for t in train_ids)
-    metrics["baseline_majority_miou"] = majority_baseline_miou(train_counts, result.cm, classes.names, classes.in_mean)
-    metrics["checkpoint"] = checkpoint_info
-    if run.skipped_tiles:
-        metrics["skipped_tiles"] = [printable(t) for t in run.skipped_tiles]
-    if run.dist.is_main:
-        samples = [(t, source.image(t), source.label(t), result.predictions[t]) for t in shown]
-        write_report(out_dir, metrics, classes.names, classes.palette, history or [], samples, title=title)
-    return metrics

@@ -27,9 +27,9 @@ from wsseg.core.distributed import DistInfo, barrier
 from wsseg.core.io import atomic_write_json, score_or_nan
 from wsseg.core.metrics import gap_closed
 from wsseg.core.provenance import cpu_model, git_commit, git_dirty
-from wsseg.pipeline.comparison_report import write_study_report
 from wsseg.core.run_lock import RunLock
 from wsseg.pipeline.chain import check_arms, run_arms
+from wsseg.pipeline.seed_reports import write_study_report
 from wsseg.pipeline.seeds import mean_std
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,8 @@ def run_study(cfg: Config, arms: Sequence[str], seeds: Sequence[int], out: Path,
         if not dist.is_main:
             return {}
         study = {"what": "wsseg study", "config": config_name, "name": cfg.name, "dataset": cfg.data.kind,
-                 "overrides": [shareable(o) for o in overrides], "arms": list(arms), "split_seeds": seeds, "precision": precision,
+                 "overrides": [shareable(o) for o in overrides], "arms": list(arms), "split_seeds": seeds,
+                 "precision": precision,
                  "git": {"commit": git_commit(), "dirty": git_dirty()}, "machine": study_machine(),
                  "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
                  **summarise_study(outcomes, {s: arm_minutes(seed_dir(out, s), arms) for s in seeds})}

@@ -17,7 +17,8 @@ from wsseg.datasets.base import IGNORE_INDEX
 from wsseg.datasets.tagged_crops import TaggedCropDataset
 from wsseg.datasets.tags import CropTag
 from wsseg.models.single_stage import ClassLayout, SingleStageSegmenter
-from wsseg.pipeline.data import Run, class_layout, single_stage_weights
+from wsseg.pipeline.config_checks import class_layout, single_stage_weights
+from wsseg.pipeline.data import Run
 from wsseg.pseudo_labels import pseudo_gt
 
 log = logging.getLogger(__name__)
