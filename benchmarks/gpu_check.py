@@ -65,7 +65,7 @@ DRY_RUN_DEMO = [
     "weak.single_stage.pretrained=null", "weak.single_stage.epochs=1", "weak.single_stage.iters_per_epoch=2",
     "weak.single_stage.batch_size=2", "weak.single_stage.crop_px=64", "weak.single_stage.max_minutes=null",
     "weak.single_stage.self_supervised_from_epoch=2",
-    "weak.pseudo.scales=[1.0]", "weak.pseudo.flip=false", "weak.pseudo.workers=1",
+    "weak.pseudo.scales=[1.0]",
 ]
 
 
@@ -126,7 +126,7 @@ def demo(work: Path, device: str, dry_run: bool) -> dict:
 
     run = work / "demo"
     overrides = [f"device={device}", f"data.root={work / 'synthetic_vaihingen'}", "train.precision=bf16",
-                 "weak.single_stage.precision=bf16", *(DRY_RUN_DEMO if dry_run else [])]
+                 *(DRY_RUN_DEMO if dry_run else [])]
     args = ["train", "--task", "all", "--config", str(REPO / "configs" / "demo.yaml"), "--out", str(run)]
     for override in overrides:
         args += ["--set", override]

@@ -109,9 +109,9 @@ def test_existing_run_is_never_overwritten(dataset, tmp_path, capsys):
 
 
 def test_weak_settings_are_checked_against_the_dataset_before_any_training(dataset, tmp_path, capsys):
-    config = config_for(tmp_path, dataset, weak={"single_stage": {"background_class": "sky"}})
+    config = config_for(tmp_path, dataset, weak={"single_stage": {"constant_background": "sky"}})
     code, err = run_cli(config, tmp_path / "run", capsys, "--task", "all")
-    assert_one_line_error(code, err, "weak.single_stage.background_class", "'sky'", "clutter")
+    assert_one_line_error(code, err, "weak.single_stage.constant_background", "'sky'", "clutter")
     assert not (tmp_path / "run" / "task_i").exists()
     # Task i alone has no weak stage: the same config trains.
     assert run_cli(config, tmp_path / "run_i", capsys, "--task", "i")[0] == 0

@@ -145,3 +145,28 @@ def test_a_config_saved_before_the_retirement_still_loads():
     assert cfg.weak.pseudo.crf == "auto"
     assert cfg.model.options == {"momentum": 1}
     assert config_to_dict(cfg)["train"] == config_to_dict(Config())["train"]
+
+
+@pytest.mark.parametrize("saved, constant", [
+    ({"background": "constant", "background_class": "land"}, "land"),
+    ({"background": "learned", "background_class": "clutter"}, None),
+    ({"background": "constant"}, "clutter"),  # the default class of that time
+])
+def test_a_saved_background_and_its_class_read_as_the_constant_background(saved, constant):
+    """Configs saved before 2026-12-08 said `background: constant | learned` and
+    `background_class`; a model trained then still loads with the layout it was trained with."""
+    from wsseg.core.config import Config, config_to_dict, saved_config_from_dict
+
+    old = config_to_dict(Config())
+    del old["weak"]["single_stage"]["constant_background"]
+    old["weak"]["single_stage"].update(saved, precision="fp32", lr=1e-3, channels_last=False)
+    old["eval"].update(every_epochs=5, max_f_class="road", xview2_score=False)
+    old.update(out_root="runs")
+    assert saved_config_from_dict(old).weak.single_stage.constant_background == constant
+
+
+def test_a_user_config_with_the_old_background_keys_is_told_the_new_one():
+    from wsseg.core.config import load_config
+
+    with pytest.raises(ConfigError, match="weak.single_stage.background was retired: write constant_background"):
+        load_config(None, ["weak.single_stage.background=learned"])

@@ -34,9 +34,8 @@ def chain_config(tmp_path: Path) -> Path:
         "eval": {"window_px": 96, "stride_px": 64, "batch_size": 2, "num_triptychs": 1},
         "weak": {"tag_crop_px": 48,
                  "single_stage": {"backbone": "effnet_lite0", "width": 0.5, "epochs": 2, "iters_per_epoch": 4,
-                                  "batch_size": 4, "crop_px": 48, "self_supervised_from_epoch": 2,
-                                  "precision": "fp32"},
-                 "pseudo": {"scales": [1.0], "flip": False, "workers": 1}},
+                                  "batch_size": 4, "crop_px": 48, "self_supervised_from_epoch": 2},
+                 "pseudo": {"scales": [1.0]}},
     }
     path = tmp_path / "kill.yaml"
     path.write_text(yaml.safe_dump(cfg))

@@ -78,7 +78,7 @@ def test_image_tags_are_predicted_at_the_training_size_with_the_aspect_kept():
     from wsseg.models.single_stage import ClassLayout, SingleStageSegmenter
     from wsseg.pipeline.pseudo_inference import CropPredictor, inference_scales
 
-    settings = {"single_stage": {"crop_px": 32}, "pseudo": {"scales": [1.0, 0.5], "flip": True}}
+    settings = {"single_stage": {"crop_px": 32}, "pseudo": {"scales": [1.0, 0.5]}}
     image_cfg = config_from_dict({"weak": {"tags": "image", **settings}})
     grid_cfg = config_from_dict({"weak": settings})
     assert inference_scales(grid_cfg, 40, 80) == (1.0, 0.5)  # grid crops: relative to the crop itself

@@ -23,9 +23,8 @@ def dubai_config(shared_data, tmp_path_factory):
                                   "iters_per_epoch": 6, "batch_size": 4, "crop_px": 128,
                                   # learned, not a constant channel: the 12 steps here never find one, and
                                   # retraining after the rejection would double the stage (tested apart).
-                                  "background": "learned", "self_supervised_from_epoch": 2,
-                                  "precision": "fp32"},
-                 "pseudo": {"scales": [1.0], "flip": False, "workers": 2}},
+                                  "constant_background": None, "self_supervised_from_epoch": 2},
+                 "pseudo": {"scales": [1.0]}},
     }
     path = tmp_path_factory.mktemp("dubai") / "dubai.yaml"
     path.write_text(yaml.safe_dump(cfg))

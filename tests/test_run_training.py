@@ -31,8 +31,8 @@ def tiny_config(tmp_path: Path, data_root: Path, **sections) -> Path:
         "weak": {"tag_crop_px": 80,
                  "single_stage": {"backbone": "effnet_lite0", "pretrained": "imagenet", "epochs": 2,
                                   "iters_per_epoch": 6, "batch_size": 4, "crop_px": 80,
-                                  "self_supervised_from_epoch": 2, "precision": "fp32"},
-                 "pseudo": {"scales": [1.0], "flip": False, "workers": 1}},
+                                  "self_supervised_from_epoch": 2},
+                 "pseudo": {"scales": [1.0]}},
     }
     for section, values in sections.items():
         cfg.setdefault(section, {}).update(values)
@@ -289,7 +289,7 @@ def test_split_seeds_report_mean_and_std(tmp_path, data_root):
     config = tiny_config(tmp_path, data_root, train={"epochs": 1, "iters_per_epoch": 6},
                          weak={"single_stage": {"backbone": "effnet_lite0", "pretrained": "imagenet", "epochs": 1,
                                                 "iters_per_epoch": 3, "batch_size": 4, "crop_px": 80,
-                                                "self_supervised_from_epoch": 1, "background": "learned"}})
+                                                "self_supervised_from_epoch": 1, "constant_background": None}})
     run = tmp_path / "seeds"
     assert main(["train", "--task", "all", "--config", str(config), "--out", str(run), "--split-seeds", "0,1"]) == 0
     splits = [json.loads((run / f"split_seed_{s}" / "split.json").read_text()) for s in (0, 1)]
@@ -339,8 +339,8 @@ def test_task_ii_with_image_level_tags(tmp_path, capsys, monkeypatch):
                "schedule": "constant", "workers": 0, "precision": "fp32", "channels_last": False},
         eval={"window_px": 64, "stride_px": 64, "batch_size": 2, "num_triptychs": 1},
         weak={"single_stage": {"backbone": "resnet38", "width": 0.0625, "epochs": 1, "iters_per_epoch": 2,
-                               "batch_size": 2, "crop_px": 48, "self_supervised_from_epoch": 2, "precision": "fp32"},
-              "pseudo": {"scales": [1.0], "flip": False, "workers": 0, "use_pamr": False, "crf": False}})
+                               "batch_size": 2, "crop_px": 48, "self_supervised_from_epoch": 2},
+              "pseudo": {"scales": [1.0], "use_pamr": False, "crf": False}})
     monkeypatch.setattr("wsseg.pipeline.pseudo_masks.REJECT_BACKGROUND_BELOW_RECALL", 0.0)
     run = tmp_path / "run"
     assert main(["train", "--task", "ii", "--config", str(config), "--out", str(run), "--set", "weak.tags=image"]) == 0
@@ -378,8 +378,8 @@ def test_two_runs_of_one_config_with_auto_precision_give_the_same_comparison(tmp
         eval={"window_px": 64, "stride_px": 64, "batch_size": 2, "num_triptychs": 0},
         weak={"tag_crop_px": 32,
               "single_stage": {"backbone": "resnet38", "width": 0.0625, "epochs": 1, "iters_per_epoch": 2,
-                               "batch_size": 2, "crop_px": 32, "self_supervised_from_epoch": 2, "precision": "auto"},
-              "pseudo": {"scales": [1.0], "flip": False, "workers": 0, "use_pamr": False, "crf": False}})
+                               "batch_size": 2, "crop_px": 32, "self_supervised_from_epoch": 2},
+              "pseudo": {"scales": [1.0], "use_pamr": False, "crf": False}})
     monkeypatch.setattr("wsseg.pipeline.pseudo_masks.REJECT_BACKGROUND_BELOW_RECALL", 0.0)
 
     def without_minutes(value):

@@ -74,19 +74,15 @@ def test_extra_pseudo_mode_keeps_every_n1_crop(source):
     from wsseg.pipeline.segmenter import n2_per_batch, training_crops
 
     split = Split(labelled=["t"], tagged=["t"], val=[], test=[], seed=0)
-    base = {"train": {"iters_per_epoch": 5, "batch_size": 6}, "weak": {"pseudo_ratio": 0.25}}
+    base = {"train": {"iters_per_epoch": 5, "batch_size": 6}}
     share = config_from_dict(base)
     run = Run(share, source, split, source.tiles[0].image_path.parent)
     n1, n2 = (len(part) for part in training_crops(share, run, None, oracle=True).datasets)
-    assert (n1, n2) == (30 - 8, 8) and n2_per_batch(share) == 2
-    extra = config_from_dict({**base, "weak": {"pseudo_ratio": 0.25, "pseudo_mode": "extra"}})
+    assert (n1, n2) == (30 - 15, 15) and n2_per_batch(share) == 3
+    extra = config_from_dict({**base, "weak": {"pseudo_mode": "extra"}})
     n1, n2 = (len(part) for part in training_crops(extra, run, None, oracle=True).datasets)
-    assert (n1, n2) == (30, 5 * 2) and n2_per_batch(extra) == 2
+    assert (n1, n2) == (30, 5 * 6) and n2_per_batch(extra) == 6
     assert len(training_crops(extra, run, None).datasets) == 1  # task i: N1 alone
-    from wsseg.pipeline.config_checks import check_config
-
-    with pytest.raises(ValueError, match="pseudo_ratio"):
-        check_config(config_from_dict({"weak": {"pseudo_ratio": 1.0}}))
 
 
 # ----------------------------------------------------------------- task ii's pseudo-mask batches
@@ -131,7 +127,7 @@ def test_task_ii_crops_are_n1_and_pseudo_labelled_n2_crops_with_their_weights(da
     items = _items(training_crops(run.cfg, run, pseudo))
     assert all(len(item) == 3 for item in items)  # (image, mask, weight)
     weights = [float(weight) for *_, weight in items]
-    assert weights.count(PSEUDO_WEIGHT) >= len(items) // 2  # pseudo_ratio 0.5
+    assert weights.count(PSEUDO_WEIGHT) >= len(items) // 2  # PSEUDO_RATIO 0.5
     assert all(len(item) == 3 for item in _items(training_crops(run.cfg, run, None)))  # task i: N1 alone
 
 
@@ -142,11 +138,11 @@ def _reference_training(run, stage_dir, pseudo):
     from wsseg.core.optim import build_optimizer, build_scheduler
     from wsseg.datasets.crops import RandomCropDataset
     from wsseg.models import parameter_groups
-    from wsseg.pipeline.segmenter import PSEUDO_WEIGHT, EpochConcat, WeightedCrops, build_model
+    from wsseg.pipeline.segmenter import PSEUDO_RATIO, PSEUDO_WEIGHT, EpochConcat, WeightedCrops, build_model
 
     cfg, split, t = run.cfg, run.split, run.cfg.train
     with run.stage(stage_dir, t.precision, t.channels_last) as stage:
-        n2 = int(round(t.iters_per_epoch * t.batch_size * cfg.weak.pseudo_ratio))
+        n2 = int(round(t.iters_per_epoch * t.batch_size * PSEUDO_RATIO))
         n1 = t.iters_per_epoch * t.batch_size - n2
         crops = EpochConcat([
             WeightedCrops(RandomCropDataset(run.source, split.labelled, t.crop_px, n1, seed=t.seed), 1.0),

@@ -118,7 +118,7 @@ def toy_batch(n=2, px=8):
 def test_the_unlabelled_loss_ramps_up_and_learns_the_teachers_confident_class():
     from wsseg.pipeline.semi import build_teacher, semi_loss
 
-    cfg = config_from_dict({"semi": {"weight": 0.5}})
+    cfg = config_from_dict({})
     model = Constant()
     progress = {"value": 0.0}
     loss_fn = semi_loss(cfg, FakeStage(), build_teacher(model), None, IGNORE_INDEX,

@@ -39,7 +39,7 @@ PX = 64
 SPLIT = ["split.n_labelled=1", "split.n_tagged=0", "split.n_val=1", "split.n_test=1"]
 SHRINK = ["train.epochs=1", "train.iters_per_epoch=2", "train.batch_size=2", f"train.crop_px={PX}",
           "train.workers=0", "train.precision=fp32", "train.compile=false", f"eval.window_px={PX}",
-          f"eval.stride_px={PX}", "eval.batch_size=4", "eval.every_epochs=1", "eval.num_triptychs=1",
+          f"eval.stride_px={PX}", "eval.batch_size=4", "eval.num_triptychs=1",
           # ImageNet files are not in a test machine's resnet_weights/; the loading has tests of its own.
           "model.encoder_weights=null", "model.init_from=null", "model.reset_head=false", "device=cpu"]
 # Each model family at a width that takes a CPU second; families not listed run as configured.

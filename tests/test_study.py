@@ -52,8 +52,8 @@ def study_config(tmp_path: Path) -> Path:
         eval={"window_px": 64, "stride_px": 64, "batch_size": 2, "num_triptychs": 0},
         weak={"tag_crop_px": 32,
               "single_stage": {"backbone": "resnet38", "width": 0.0625, "epochs": 1, "iters_per_epoch": 2,
-                               "batch_size": 2, "crop_px": 32, "self_supervised_from_epoch": 2, "precision": "fp32"},
-              "pseudo": {"scales": [1.0], "flip": False, "workers": 0, "use_pamr": False, "crf": False}})
+                               "batch_size": 2, "crop_px": 32, "self_supervised_from_epoch": 2},
+              "pseudo": {"scales": [1.0], "use_pamr": False, "crf": False}})
 
 
 @contextlib.contextmanager
@@ -184,7 +184,7 @@ def test_every_arm_shares_task_i_and_the_single_stage_model(tmp_path, monkeypatc
     assert trained == [f"split_seed_{s}/{stage}" for s in (0, 1) for stage in per_seed]
     study = json.loads((out / "study.json").read_text())
     assert study["arms"] == ["i", "semi", "ii", "oracle"]
-    assert set(study["precision"]) == {"train.precision", "weak.single_stage.precision"}
+    assert set(study["precision"]) == {"train.precision"}
     assert study["overrides"] == ["train.epochs=1", "weak.single_stage.iters_per_epoch=1"]
     assert list(study["differences"]) == ["semi_minus_i", "ii_minus_i", "ii_minus_semi"]
     for s, seed in enumerate((0, 1)):
@@ -213,15 +213,12 @@ def test_auto_precision_is_refused_before_anything_runs(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: train.precision is auto") and "--allow-auto-precision" in err
     assert len(err.splitlines()) == 1 and not out.exists()
-    cfg = load_config(config, ["weak.single_stage.precision=auto"])
-    # The single-stage model's precision only matters to a study with task ii.
-    assert check_precision(cfg, ("i", "semi")) == {"train.precision": "fp32"}
-    with pytest.raises(ConfigError, match="weak.single_stage.precision is auto"):
-        check_precision(cfg, ("i", "ii"))
-    assert check_precision(cfg, ("i", "ii"), allow_auto=True)["weak.single_stage.precision"] == "auto"
-    # ... trained offline: online, task ii trains no single-stage model.
-    online = load_config(config, ["weak.single_stage.precision=auto", "weak.mode=online"])
-    assert check_precision(online, ("i", "ii")) == {"train.precision": "fp32"}
+    # Every model of the run, the single-stage one included, trains at train.precision.
+    assert check_precision(load_config(config), ("i", "ii")) == {"train.precision": "fp32"}
+    auto = load_config(config, ["train.precision=auto"])
+    with pytest.raises(ConfigError, match="train.precision is auto"):
+        check_precision(auto, ("i", "ii"))
+    assert check_precision(auto, ("i", "ii"), allow_auto=True) == {"train.precision": "auto"}
 
 
 @pytest.mark.parametrize("option, value, said", [

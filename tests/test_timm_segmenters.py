@@ -209,8 +209,8 @@ def test_every_task_trains_a_timm_segmenter_end_to_end(tmp_path, monkeypatch):
         weak={"tag_crop_px": 32,
               "single_stage": {"backbone": "timm:test_resnet", "pretrained": None, "width": 0.0625, "epochs": 1,
                                "iters_per_epoch": 2, "batch_size": 2, "crop_px": 48,
-                               "self_supervised_from_epoch": 1, "precision": "fp32"},
-              "pseudo": {"scales": [1.0], "flip": False, "workers": 0, "use_pamr": False, "crf": False}})
+                               "self_supervised_from_epoch": 1},
+              "pseudo": {"scales": [1.0], "use_pamr": False, "crf": False}})
     monkeypatch.setattr("wsseg.pipeline.pseudo_masks.REJECT_BACKGROUND_BELOW_RECALL", 0.0)
     run = tmp_path / "run"
     assert main(["train", "--task", "all", "--oracle", "--config", str(config), "--out", str(run)]) == 0

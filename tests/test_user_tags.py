@@ -102,8 +102,8 @@ def tags_config(tmp_path: Path, root: Path, tags_file: Path, **split) -> Path:
         "weak": {"tags": "image", "tags_file": str(tags_file),
                  "single_stage": {"backbone": "resnet38", "width": 0.0625, "epochs": 1, "iters_per_epoch": 2,
                                   "batch_size": 2, "crop_px": 48, "self_supervised_from_epoch": 2,
-                                  "precision": "fp32", "background_class": "ground"},
-                 "pseudo": {"scales": [1.0], "flip": False, "workers": 0, "use_pamr": False, "crf": False}},
+                                  "constant_background": "ground"},
+                 "pseudo": {"scales": [1.0], "use_pamr": False, "crf": False}},
     }
     path = tmp_path / "user_tags.yaml"
     path.write_text(yaml.safe_dump(cfg))

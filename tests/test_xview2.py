@@ -137,7 +137,7 @@ data: {{kind: xview2, root: {xview2_root}}}
 split: {{kind: seeded, n_labelled: 3, n_tagged: 1, n_val: 1, n_test: 2}}
 model: {{name: unet, options: {{base_channels: 4, depth: 2}}}}
 train: {{epochs: 1, iters_per_epoch: 2, batch_size: 2, crop_px: 32, workers: 0}}
-eval: {{window_px: 64, stride_px: 32, xview2_score: true}}
+eval: {{window_px: 64, stride_px: 32}}
 """)
     out = tmp_path / "run"
     assert main(["train", "--task", "i", "--config", str(config), "--out", str(out)]) == 0

@@ -155,7 +155,7 @@ def zoomout_config(tmp_path, data_root):
                "schedule": "constant", "workers": 0, "channels_last": False, "precision": "fp32"},
         eval={"window_px": 160, "stride_px": 96, "batch_size": 2, "num_triptychs": 1})
     cfg = yaml.safe_load(path.read_text())
-    cfg["zoomout"] = {"sample_crop_px": 64, "epochs": 3, "batch_size": 64}
+    cfg["zoomout"] = {"sample_crop_px": 64, "epochs": 3}
     path.write_text(yaml.safe_dump(cfg))
     return path
 

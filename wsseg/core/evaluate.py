@@ -210,7 +210,7 @@ def evaluate_tiles(
             use_eroded = False
 
     if score_class is not None and score_class not in classes.names:
-        raise ValueError(f"eval.max_f_class {score_class!r} is not a class of {source.name} "
+        raise ValueError(f"score_class {score_class!r} is not a class of {source.name} "
                          f"({', '.join(classes.names)})")
     cm = np.zeros((num_classes, num_classes), np.int64)
     cm_eroded = np.zeros_like(cm) if use_eroded else None

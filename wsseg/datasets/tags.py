@@ -216,8 +216,8 @@ class TagGrid:
     A class is *positive* in a window if a grid cell lying entirely inside it is tagged with the
     class (the cell's pixels are the window's), *negative* if no cell overlapping the window is
     tagged with it (the cells cover the tile, so no pixel of the window shows it), and *unknown*
-    otherwise. Negatives are certain only with `weak.tag_min_fraction: 0`: a larger fraction
-    drops rare classes from a cell's tags. Windows are in tile pixels and may leave the tile
+    otherwise. Negatives are certain because the pipeline tags a cell with every class it shows
+    (`compute_crop_tags` with min_fraction 0; a larger fraction drops rare classes). Windows are in tile pixels and may leave the tile
     (a padded crop of a small tile); flips and quarter turns of the crop change nothing.
     With image-level tags each tile is one cell: a window inside the tile has no positives and
     the classes absent from the image as negatives; a window holding the whole tile knows all.

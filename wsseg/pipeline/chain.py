@@ -198,7 +198,7 @@ def _pseudo_masks_on_main(run: Run, crop_tags, checkpoint: Path, pm_dir: Path, s
             if rejected_file is None:
                 raise
             log.warning(f"single-stage: {rejection}; retraining it with every class learned "
-                        f"(weak.single_stage.background: learned)")
+                        f"(weak.single_stage.constant_background: null)")
             atomic_write_json(rejected_file, rejection.note)
             return None, rejection.note
 
@@ -207,7 +207,7 @@ def _pseudo_masks_on_main(run: Run, crop_tags, checkpoint: Path, pm_dir: Path, s
 
 def _with_learned_background(run: Run) -> Run:
     cfg = run.cfg
-    single_stage = dataclasses.replace(cfg.weak.single_stage, background="learned")
+    single_stage = dataclasses.replace(cfg.weak.single_stage, constant_background=None)
     return dataclasses.replace(run, cfg=dataclasses.replace(cfg, weak=dataclasses.replace(cfg.weak,
                                                                                          single_stage=single_stage)))
 

@@ -14,7 +14,6 @@ from pathlib import Path
 from wsseg.core.class_weights import CLASS_WEIGHT_FLOOR
 from wsseg.core.config import Config, ConfigError, optimizer_names
 from wsseg.core.hub import cache_dir
-from wsseg.core.metrics import XVIEW2_CLASSES
 from wsseg.datasets.base import TileSource
 from wsseg.datasets.user_tags import read_user_tags
 from wsseg.models import (min_input_px, perturbable_segmenters, supports_feature_perturbation, timm_encoder_of,
@@ -27,14 +26,14 @@ from wsseg.pipeline.weights import fetch_command
 
 def class_layout(cfg: Config, source: TileSource) -> ClassLayout:
     """Which dataset class the single-stage model's constant channel plays (`weak.single_stage`)."""
-    ss = cfg.weak.single_stage
-    if ss.background == "learned":
+    constant = cfg.weak.single_stage.constant_background
+    if constant is None:
         return ClassLayout(source.classes.num_classes, None)
-    if ss.background_class not in source.classes.names:
-        raise ConfigError(f"weak.single_stage.background_class {ss.background_class!r} is not a class of "
-                          f"{source.name!r} ({', '.join(source.classes.names)}); name one, or set "
-                          f"weak.single_stage.background: learned")
-    return ClassLayout(source.classes.num_classes, source.classes.names.index(ss.background_class))
+    if constant not in source.classes.names:
+        raise ConfigError(f"weak.single_stage.constant_background {constant!r} is not a class of "
+                          f"{source.name!r} ({', '.join(source.classes.names)}); name one, or set it to null "
+                          f"(every class learned)")
+    return ClassLayout(source.classes.num_classes, source.classes.names.index(constant))
 
 
 def _check_sizes(cfg: Config) -> None:
@@ -43,7 +42,7 @@ def _check_sizes(cfg: Config) -> None:
     t, e, ss = cfg.train, cfg.eval, cfg.weak.single_stage
     at_least_one = {"train.crop_px": t.crop_px, "train.batch_size": t.batch_size,
                     "train.iters_per_epoch": t.iters_per_epoch, "eval.window_px": e.window_px,
-                    "eval.stride_px": e.stride_px, "eval.batch_size": e.batch_size, "eval.every_epochs": e.every_epochs,
+                    "eval.stride_px": e.stride_px, "eval.batch_size": e.batch_size,
                     "weak.tag_crop_px": cfg.weak.tag_crop_px, "weak.single_stage.crop_px": ss.crop_px,
                     "weak.single_stage.batch_size": ss.batch_size,
                     "weak.single_stage.iters_per_epoch": ss.iters_per_epoch}
@@ -87,9 +86,8 @@ def _check_semi(cfg: Config) -> None:
     semi = cfg.semi
     if not 0.0 <= semi.threshold <= 1.0:
         raise ConfigError(f"semi.threshold must be in [0, 1], got {semi.threshold}")
-    for key in ("weight", "feature_perturbation"):
-        if getattr(semi, key) < 0.0:
-            raise ConfigError(f"semi.{key} must be at least 0 (0 = off), got {getattr(semi, key)}")
+    if semi.feature_perturbation < 0.0:
+        raise ConfigError(f"semi.feature_perturbation must be at least 0 (0 = off), got {semi.feature_perturbation}")
     if semi.feature_perturbation > 0 and not supports_feature_perturbation(cfg.model.name):
         raise ConfigError(f"semi.feature_perturbation: segmenter {cfg.model.name!r} does not expose its encoder "
                           f"features (those that do: {', '.join(perturbable_segmenters())}); set it to 0")
@@ -106,8 +104,6 @@ def check_config(cfg: Config, source: TileSource | None = None, weak: bool = Tru
                           f"weights: no weight fits between them (null: no cap)")
     if not 0.0 <= cfg.weak.pseudo.segmenter_weight <= 1.0:
         raise ConfigError(f"weak.pseudo.segmenter_weight must be in [0, 1], got {cfg.weak.pseudo.segmenter_weight}")
-    if not 0.0 <= cfg.weak.pseudo_ratio < 1.0:
-        raise ConfigError(f"weak.pseudo_ratio must be in [0, 1), got {cfg.weak.pseudo_ratio}")
     _check_semi(cfg)
     _check_model_names(cfg)
     if source is None:
@@ -116,12 +112,6 @@ def check_config(cfg: Config, source: TileSource | None = None, weak: bool = Tru
     if isinstance(cfg.train.class_weights, list) and len(cfg.train.class_weights) != len(names):
         raise ConfigError(f"train.class_weights has {len(cfg.train.class_weights)} values for the "
                           f"{len(names)} classes of {source.name!r} ({', '.join(names)})")
-    if cfg.eval.max_f_class is not None and cfg.eval.max_f_class not in names:
-        raise ConfigError(f"eval.max_f_class {cfg.eval.max_f_class!r} is not a class of {source.name!r} "
-                          f"({', '.join(names)})")
-    if cfg.eval.xview2_score and tuple(names) != XVIEW2_CLASSES:
-        raise ConfigError(f"eval.xview2_score needs the xView2 damage classes ({', '.join(XVIEW2_CLASSES)}); "
-                          f"{source.name!r} has {', '.join(names)} (data.options.target: damage)")
     if weak:
         class_layout(cfg, source)
         if cfg.weak.tags_file:  # read now: a bad line must not surface after task i has trained

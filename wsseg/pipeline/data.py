@@ -213,7 +213,7 @@ def crop_tags_of(run: Run) -> list[CropTag]:
     if run.dist.is_main and not path.exists():
         if cfg.weak.tags_file:
             # N1's tags from its masks, as always; N2's are the user's, and every N2 image needs some.
-            tags = compute_crop_tags(source, split.labelled, tag_grid_px(cfg), cfg.weak.tag_min_fraction)
+            tags = compute_crop_tags(source, split.labelled, tag_grid_px(cfg))
             given = read_user_tags(cfg.weak.tags_file, source, cfg.weak.tags, cfg.data.scale)
             untagged = [t for t in split.tagged if t not in given]
             if untagged:
@@ -221,7 +221,7 @@ def crop_tags_of(run: Run) -> list[CropTag]:
                                    f"the split, e.g. {', '.join(untagged[:3])}")
             tags += [tag for tile_id in split.tagged for tag in given[tile_id]]
         else:
-            tags = compute_crop_tags(source, tile_ids, tag_grid_px(cfg), cfg.weak.tag_min_fraction)
+            tags = compute_crop_tags(source, tile_ids, tag_grid_px(cfg))
         save_crop_tags(path, tags, tag_grid_px(cfg), source.classes.names)
     barrier(run.dist)  # rank 0 writes the file, then every process reads it
     return load_crop_tags(path, expected_tile_ids=tile_ids, num_classes=source.classes.num_classes,

@@ -40,7 +40,7 @@ def crops_in_order(cfg: Config, source: TileSource, crop_tags: list[CropTag], ti
     """The grid crops of the tiles in `tile_order`, tile by tile; tags of tiles without any are computed."""
     tagged_tiles = {t.tile_id for t in crop_tags}
     extra = compute_crop_tags(source, [t for t in tile_order if t not in tagged_tiles],
-                              tag_grid_px(cfg), cfg.weak.tag_min_fraction)
+                              tag_grid_px(cfg))
     rank = {tile_id: i for i, tile_id in enumerate(tile_order)}
     return sorted((t for t in [*crop_tags, *extra] if t.tile_id in rank), key=lambda t: (rank[t.tile_id], t.y, t.x))
 
@@ -83,9 +83,9 @@ class CropPredictor:
         return self._restricted(probs, tags)
 
     def _weak_scores(self, crop: torch.Tensor, tags: torch.Tensor) -> torch.Tensor:
-        pm = self.cfg.weak.pseudo
+        # Each scale also flipped left-right, as the published inference does.
         probs = self.model.predict_masks(crop, tags=self.layout.scored_tags(tags),
-                                         scales=inference_scales(self.cfg, *crop.shape[-2:]), flip=pm.flip,
+                                         scales=inference_scales(self.cfg, *crop.shape[-2:]), flip=True,
                                          bg_pow=BG_POW)
         return probs / probs.sum(0, keepdim=True).clamp(min=1e-8)
 

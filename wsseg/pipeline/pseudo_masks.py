@@ -57,7 +57,7 @@ REJECT_BACKGROUND_BELOW_RECALL = 0.05
 
 
 class BackgroundRejected(Exception):
-    """The single-stage model's constant channel (`weak.single_stage.background_class`) never
+    """The single-stage model's constant channel (`weak.single_stage.constant_background`) never
     wins on the calibration tiles: every pseudo mask would lose that class."""
 
     def __init__(self, class_name: str, recall: float, threshold: float, tiles: list[str]):
@@ -122,7 +122,7 @@ def make_pseudo_masks(run: Run, crop_tags: list[CropTag], checkpoint: Path, out_
     n2_crops = crops_in_order(cfg, source, crop_tags, list(split.tagged))
     predictor = CropPredictor(cfg, source, model, layout, segmenter, device)
     # "auto" runs the CRF on the calibration tiles, to decide.
-    processes = min(max(1, pm.workers), multiprocessing.cpu_count()) if pm.crf else 0
+    processes = min(max(1, cfg.train.workers), multiprocessing.cpu_count()) if pm.crf else 0
     pamr_pass = len(calibration_crops) if pm.use_pamr == "auto" else 0
     with TileMasks(predictor, source, processes, pamr_pass + len(calibration_crops) + len(n2_crops)) as masks:
         plan = calibrate_masks(run, layout, masks, calibration, calibration_crops, background_rejected)

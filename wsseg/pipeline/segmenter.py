@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 # Loss weight of a pseudo-labelled pixel relative to a real label: equal, as every config had it;
 # the confidence rule of the pseudo masks already leaves the doubtful pixels out.
 PSEUDO_WEIGHT = 1.0
+# Share of N2 crops in a batch under `weak.pseudo_mode: share`; under "extra" as many N2 crops come on
+# top of the N1 ones. Half, as every config had it.
+PSEUDO_RATIO = 0.5
 
 
 class WeightedCrops(Dataset):
@@ -77,14 +80,14 @@ class EpochConcat(ConcatDataset):
 
 
 def training_crops(cfg: Config, run: Run, pseudo_masks: dict[str, Path] | None, oracle: bool = False) -> Dataset:
-    """An epoch of N1 crops, with a `weak.pseudo_ratio` share of N2 crops: labelled by the pseudo
+    """An epoch of N1 crops, with N2 crops (`weak.pseudo_mode`): labelled by the pseudo
     masks when given, or by the true N2 labels for the `oracle` (experiments only)."""
     source, split = run.source, run.split
     n1 = cfg.train.iters_per_epoch * cfg.train.batch_size
     n_pseudo = 0
     if pseudo_masks or oracle:
         if cfg.weak.pseudo_mode == "share":
-            n_pseudo = int(round(n1 * cfg.weak.pseudo_ratio))
+            n_pseudo = int(round(n1 * PSEUDO_RATIO))
             n1 -= n_pseudo
         else:
             n_pseudo = cfg.train.iters_per_epoch * n2_per_batch(cfg)
@@ -111,8 +114,8 @@ def check_oracle_labels(run: Run) -> None:
 
 
 def n2_per_batch(cfg: Config) -> int:
-    """N2 crops per batch: a `weak.pseudo_ratio` share of the batch, or on top of it ("extra")."""
-    ratio, batch = cfg.weak.pseudo_ratio, cfg.train.batch_size
+    """N2 crops per batch: a `PSEUDO_RATIO` share of the batch, or on top of it ("extra")."""
+    ratio, batch = PSEUDO_RATIO, cfg.train.batch_size
     return int(round(batch * ratio)) if cfg.weak.pseudo_mode == "share" else int(round(batch * ratio / (1 - ratio)))
 
 
@@ -228,14 +231,14 @@ def train_segmenter(run: Run, stage_dir: Path, *, pseudo_masks: dict[str, Path] 
 
         validate = _validation(run, stage) if split.val else None
         history = stage.fit(model, loader, optimizer, scheduler, compute_loss, epochs, validate,
-                            validate_every=cfg.eval.every_epochs, max_minutes=max_minutes,
+                            max_minutes=max_minutes,
                             companions={"teacher": teacher} if teacher is not None else None)
     return evaluate_checkpoint(run, stage_dir, stage_dir / "best.pt", history, title=title,
                                train_tile_ids=split.labelled, epochs_trained=len(history))
 
 
 def _validation(run: Run, stage: Stage):
-    """Whole-tile validation of the val tiles (`fit` calls it every `eval.every_epochs` and after the last epoch)."""
+    """Whole-tile validation of the val tiles (`fit` calls it after every epoch)."""
     cfg, source, split = run.cfg, run.source, run.split
     classes = source.classes
     shown = split.val[0]

@@ -34,6 +34,9 @@ from wsseg.datasets.unlabelled import PairedCrops, UnlabelledViews
 from wsseg.pipeline.data import Run
 from wsseg.pseudo_labels.consistency import consistency_loss, consistency_targets, paste_boxes
 
+# The weight of the strong view's loss beside the N1 cross-entropy (UniMatch: 0.5 for its two
+# strong views together, 0.5 for the feature-perturbed one, the labelled loss 1).
+UNLABELLED_WEIGHT = 0.5
 # The teacher's weights move 1 % of the way to the student's per step: the usual mean-teacher decay
 # (UniMatch's), and the only one measured here.
 EMA_DECAY = 0.99
@@ -119,7 +122,7 @@ def semi_loss(cfg: Config, stage: Stage, teacher: AveragedModel, class_weights: 
         loss_labelled = weighted_cross_entropy(logits, masks, class_weights, pixel_weights, ignore_index)
         ramp = min(1.0, progress() / rampup) if rampup > 0 else 1.0
         loss_strong = consistency_loss(logits_strong, mixed_targets, ignore_index)
-        loss = loss_labelled + ramp * semi.weight * loss_strong
+        loss = loss_labelled + ramp * UNLABELLED_WEIGHT * loss_strong
         scalars = {"labelled": loss_labelled.item(), "strong": loss_strong.item(), "ramp": ramp,
                    "confident_pixels": (targets != ignore_index).float().mean().item()}
         if perturbed:

@@ -48,24 +48,19 @@ def seed_dir(out: Path, seed: int) -> Path:
 
 
 def check_precision(cfg: Config, arms: Sequence[str], allow_auto: bool = False) -> dict[str, str]:
-    """The precision of each kind of model the arms train. `auto` is refused unless `allow_auto`:
-    it times the model at the start of each run, so seeds (and machines) can end up at different
+    """The precision every model of the arms trains at. `auto` is refused unless `allow_auto`: it
+    times the model at the start of each run, so seeds (and machines) can end up at different
     precisions, and a difference between arms would then be partly one of arithmetic."""
-    precision = {"train.precision": cfg.train.precision}
-    if "ii" in arms and cfg.weak.mode == "offline":  # online, task ii trains no single-stage model
-        precision["weak.single_stage.precision"] = cfg.weak.single_stage.precision
-    auto = [key for key, value in precision.items() if value == "auto"]
-    if auto and not allow_auto:
-        raise ConfigError(f"{' and '.join(auto)} {'is' if len(auto) == 1 else 'are'} auto, which times the model at "
-                          "the start of each run and can choose differently from run to run, while a study's arms "
-                          f"must run at one precision: pin it (--set {auto[0]}=fp32 or bf16), or pass "
-                          "--allow-auto-precision")
-    return precision
+    if cfg.train.precision == "auto" and not allow_auto:
+        raise ConfigError("train.precision is auto, which times the model at the start of each run and can choose "
+                          "differently from run to run, while a study's arms must run at one precision: pin it "
+                          "(--set train.precision=fp32 or bf16), or pass --allow-auto-precision")
+    return {"train.precision": cfg.train.precision}
 
 
 # Overrides whose value is a place on the machine that ran the study: the results file is shared,
 # and a path says nothing to its readers.
-PATH_KEYS = ("data.root", "weak.tags_file", "model.init_from", "model.encoder_weights", "out_root")
+PATH_KEYS = ("data.root", "weak.tags_file", "model.init_from", "model.encoder_weights")
 
 
 def shareable(override: str) -> str:

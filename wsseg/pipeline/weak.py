@@ -23,8 +23,9 @@ from wsseg.pseudo_labels import pseudo_gt
 
 log = logging.getLogger(__name__)
 
-# The single-stage model's SGD momentum and weight decay, and the weight of its self-supervised
-# loss beside the classification loss: the published ones (Araslanov & Roth, CVPR 2020).
+# The single-stage model's SGD rate, momentum and weight decay, and the weight of its
+# self-supervised loss beside the classification loss: the published ones (Araslanov & Roth, CVPR 2020).
+LR = 1e-3
 MOMENTUM = 0.9
 WEIGHT_DECAY = 5e-4
 SELF_SUPERVISED_WEIGHT = 1.0
@@ -34,14 +35,15 @@ def build_single_stage(cfg: Config, layout: ClassLayout, pretrained: bool = True
     ss = cfg.weak.single_stage
     return SingleStageSegmenter(layout.num_scored, backbone=ss.backbone, width=ss.width,
                                 pretrained=single_stage_weights(cfg) if pretrained else None,
-                                background=ss.background)
+                                background="learned" if ss.constant_background is None else "constant")
 
 
 def train_single_stage(run: Run, crop_tags: list[CropTag], stage_dir: Path) -> list[dict]:
     """Train the single-stage model on the crop tags, grid or image-level (classification + self-supervision)."""
     cfg, source = run.cfg, run.source
     ss = cfg.weak.single_stage
-    with run.stage(stage_dir, ss.precision, ss.channels_last) as stage:
+    # The run's precision; the default memory format (channels-last never measured faster for it).
+    with run.stage(stage_dir, cfg.train.precision, channels_last=False) as stage:
         # Whole images keep their aspect ratio; grid crops are resized to the square as they always were.
         dataset = TaggedCropDataset(source, crop_tags, source.classes.num_classes, augment=ss.augment,
                                     crop_px=ss.crop_px, keep_aspect=cfg.weak.tags == "image")
@@ -51,7 +53,8 @@ def train_single_stage(run: Run, crop_tags: list[CropTag], stage_dir: Path) -> l
                                 generator=generator)
         loader = stage.loader(dataset, ss.batch_size, sampler=sampler)
         log.info(f"single-stage: {len(dataset)} tagged crops, backbone {ss.backbone} (width {ss.width}), "
-                 f"background {ss.background}" + (f" = {ss.background_class}" if ss.background == "constant" else ""))
+                 + ("every class learned" if ss.constant_background is None
+                    else f"constant background {ss.constant_background}"))
 
         layout = class_layout(cfg, source)
         model = stage.prepare(build_single_stage(cfg, layout), input_shape=(ss.batch_size, 3, ss.crop_px, ss.crop_px))
@@ -73,13 +76,13 @@ def train_single_stage(run: Run, crop_tags: list[CropTag], stage_dir: Path) -> l
                                                      gating=ss.self_supervised_gating, targets=targets)
                 loss = loss + SELF_SUPERVISED_WEIGHT * loss_self
                 used = pseudo_gt.counting_images(targets, scored_tags, out["logits"].shape[1],
-                                                 background=ss.background == "constant",
+                                                 background=ss.constant_background is not None,
                                                  gating=ss.self_supervised_gating)
                 scalars.update({"self": loss_self.item(), "self_crops_used": used.float().mean().item(),
                                 "self_pixels_labelled": (targets != IGNORE_INDEX).float().mean().item()})
             return loss, scalars
 
-        optimizer = build_optimizer(unwrap(model).param_groups(ss.lr, WEIGHT_DECAY), "sgd", ss.lr, momentum=MOMENTUM)
+        optimizer = build_optimizer(unwrap(model).param_groups(LR, WEIGHT_DECAY), "sgd", LR, momentum=MOMENTUM)
         scheduler = build_scheduler(optimizer, "constant", ss.epochs * len(loader))
         history = stage.fit(model, loader, optimizer, scheduler, compute_loss, ss.epochs, desc="single_stage",
                             max_minutes=ss.max_minutes)

@@ -1,7 +1,7 @@
 """The zoom-out model's steps before dense training, as the seed projects ran them
 (`wsseg zoomout sample | fit | dense`; `wsseg train` runs them in order for `model.name: zoomout`):
 
-    sample_hypercolumns  N1 tiles → fixed-grid crops → `zoomout.pixels_per_class` random pixels of
+    sample_hypercolumns  N1 tiles → fixed-grid crops → `PIXELS_PER_CLASS` random pixels of
                          each class a crop holds → (hypercolumn, label) pairs, their mean and std
                                                                        → RUN/zoomout/samples/
     fit_classifier       the fully connected classifier on those pairs (Adam, class weights)
@@ -40,13 +40,16 @@ from wsseg.datasets.base import ClassSpec
 from wsseg.models.zoomout import fc_to_conv
 from wsseg.pipeline.data import Run, class_record
 from wsseg.pipeline.segmenter import build_model
-from wsseg.pipeline.zoomout_samples import (conversion_error, feature_statistics, load_samples, sample_class_weights,
-                                            sample_tile, sampling_settings)
+from wsseg.pipeline.zoomout_samples import (PIXELS_PER_CLASS, conversion_error, feature_statistics, load_samples,
+                                            sample_class_weights, sample_tile, sampling_settings)
 
 log = logging.getLogger(__name__)
 
 ZOOMOUT = "zoomout"
-# The FC classifier trains without weight decay, as the seed projects fitted it (Adam 1e-3, no decay).
+# The FC classifier trains as the seed projects fitted it: Adam at 1e-3 on batches of 128 samples,
+# no weight decay.
+FC_LR = 1e-3
+FC_BATCH_SIZE = 128
 FC_WEIGHT_DECAY = 0.0
 
 
@@ -71,11 +74,9 @@ def finished(folder: Path) -> dict | None:
 def check_zoomout_config(cfg: Config, classes: ClassSpec) -> None:
     """`zoomout.*` settings that typecheck but cannot work, before anything is sampled."""
     zo = cfg.zoomout
-    for key in ("pixels_per_class", "sample_crop_px", "epochs", "batch_size"):
+    for key in ("sample_crop_px", "epochs"):
         if getattr(zo, key) < 1:
             raise ConfigError(f"zoomout.{key} must be at least 1, got {getattr(zo, key)}")
-    if zo.lr <= 0:
-        raise ConfigError(f"zoomout.lr must be > 0, got {zo.lr}")
     if isinstance(zo.class_weights, list):
         if len(zo.class_weights) != classes.num_classes:
             raise ConfigError(f"zoomout.class_weights has {len(zo.class_weights)} values for the "
@@ -125,7 +126,7 @@ def _sample_on_main(run: Run, folder: Path) -> dict:
         log.info(f"zoomout sample: {len(tiles) - len(todo)} of {len(tiles)} N1 tiles already sampled in {folder}")
     for index, tile_id in progress_bar(todo, enabled=run.dist.is_main, desc="zoomout sample", unit="tile"):
         shard = sample_tile(model, source, tile_id, np.random.default_rng([cfg.train.seed, index]),
-                            cfg.zoomout.pixels_per_class, cfg.zoomout.sample_crop_px, device)
+                            PIXELS_PER_CLASS, cfg.zoomout.sample_crop_px, device)
         # The tile's samples appear at once, complete, or not at all: what a resumed run skips is done.
         save_checkpoint(folder / f"{tile_id}.pt", shard)
 
@@ -170,7 +171,7 @@ def fit_classifier(run: Run) -> dict:
         mlp.norm.set_statistics(stats["mean"], stats["std"])
         dataset = TensorDataset(features, labels)
         # Whole batches only (the loader drops the last part): never more than the samples hold.
-        batch_size = max(1, min(zo.batch_size, len(dataset) // run.dist.world_size))
+        batch_size = max(1, min(FC_BATCH_SIZE, len(dataset) // run.dist.world_size))
         loader = stage.loader(dataset, batch_size)
         model = stage.prepare(mlp)
         if weights is not None:
@@ -183,7 +184,7 @@ def fit_classifier(run: Run) -> dict:
             accuracy = (logits.argmax(1) == y).float().mean().item()
             return weighted_cross_entropy(logits, y, weights, ignore_index=classes.ignore_index), {"accuracy": accuracy}
 
-        optimizer = build_optimizer(unwrap(model).parameters(), "adam", zo.lr, FC_WEIGHT_DECAY)
+        optimizer = build_optimizer(unwrap(model).parameters(), "adam", FC_LR, FC_WEIGHT_DECAY)
         scheduler = build_scheduler(optimizer, "constant", zo.epochs * len(loader))
         log.info(f"zoomout fit: {len(dataset)} samples of {features.shape[1]} channels, batches of {batch_size}, "
                  f"{zo.epochs} epochs")

@@ -19,6 +19,9 @@ from wsseg.datasets.tags import grid_crops
 from wsseg.datasets.tensors import image_to_tensor
 from wsseg.models.zoomout import ZoomOut
 
+# Random pixels drawn per class present in a crop: the seed projects' 3.
+PIXELS_PER_CLASS = 3
+
 
 def sample_pixels(label: np.ndarray, per_class: int, rng: np.random.Generator, num_classes: int,
                   ignore_index: int = IGNORE_INDEX) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -46,7 +49,7 @@ def sampling_settings(cfg: Config, model: ZoomOut) -> dict:
     """What the samples depend on: a resumed sampling must not mix samples of two settings."""
     return {"backbone": model.backbone, "taps": model.features.taps, "feature_scale": model.feature_scale,
             "width": model.width, "channels": model.feature_channels, "encoder_weights": cfg.model.encoder_weights,
-            "pixels_per_class": cfg.zoomout.pixels_per_class, "sample_crop_px": cfg.zoomout.sample_crop_px,
+            "pixels_per_class": PIXELS_PER_CLASS, "sample_crop_px": cfg.zoomout.sample_crop_px,
             "seed": cfg.train.seed}
 
 
