@@ -33,10 +33,10 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import machine_info  # noqa: E402
-from wsseg.core.config import load_config  # noqa: E402
 from wsseg.core.evaluate import evaluate_tiles  # noqa: E402
 from wsseg.core.io import atomic_write_json  # noqa: E402
 from wsseg.models.efficientnet_lite import FEATURE_CHANNELS, EfficientNetLite0, load_efficientnet_lite0_imagenet  # noqa: E402,E501
+from wsseg.pipeline.config_files import load_config  # noqa: E402
 from wsseg.pipeline.data import load_source, make_split_for  # noqa: E402
 
 

@@ -49,7 +49,7 @@ CONFIG = REPO / "configs" / "demo.yaml"
 
 def task_i_run(config: Path, data_root: Path, run_dir: Path):
     """The config, and the `Run` task i trains from: its dataset (generated on first use) and split."""
-    from wsseg.core.config import load_config
+    from wsseg.pipeline.config_files import load_config
     from wsseg.pipeline.data import Run, load_source, make_split_for
 
     cfg = load_config(config, [f"data.root={data_root}"])
@@ -96,11 +96,11 @@ def time_step(cfg, run, warmup: int, steps: int) -> dict:
     """The demo's segmenter step (`pipeline.segmenter.train_segmenter`'s, without the loader)."""
     import torch
 
-    from wsseg.core.config import weight_decay_of
     from wsseg.core.distributed import autocast_dtype
     from wsseg.core.losses import weighted_cross_entropy
     from wsseg.core.optim import build_optimizer
     from wsseg.models import parameter_groups
+    from wsseg.pipeline.config import weight_decay_of
     from wsseg.pipeline.segmenter import build_model, segmenter_class_weights
 
     classes = run.source.classes

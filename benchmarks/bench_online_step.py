@@ -99,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from wsseg.core.config import load_config
     from wsseg.core.stage import Stage
+    from wsseg.pipeline.config_files import load_config
 
     cfg = load_config(args.config)
     online_cfg = load_config(args.config, ["weak.mode=online"])

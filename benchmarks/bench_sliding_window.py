@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import machine_info  # noqa: E402
 from wsseg.core.distributed import autocast_dtype  # noqa: E402
 from wsseg.core.evaluate import sliding_window_logits, window_starts  # noqa: E402
-from wsseg.core.precision import resolve_precision  # noqa: E402
 from wsseg.core.io import atomic_write_json  # noqa: E402
+from wsseg.core.precision import resolve_precision  # noqa: E402
 
 RESULT = Path(__file__).resolve().parent / "results" / "sliding_window.json"
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Write docs/config.md, the reference of every config key, from the schema itself.
 
-A key's type and default come from its dataclass field in `wsseg/core/config.py`, and its
+A key's type and default come from its dataclass field in `wsseg/pipeline/config.py`, and its
 description from the comment block written right above the field there (and a comment on the
 same line), so the reference cannot drift from the code: `tests/test_config_reference.py` fails
 when docs/config.md is not what this script writes.
@@ -22,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from wsseg.core import config as schema  # noqa: E402
+from wsseg.pipeline import config as schema  # noqa: E402
 
 SOURCE = Path(schema.__file__)
 OUT = REPO / "docs" / "config.md"
@@ -94,7 +94,7 @@ def reference() -> str:
     table = rows(schema.Config, "", field_comments(SOURCE.read_text()))
     keys = [r for r in table if r[1] != "section"]
     md = ["# Config reference", "",
-          "Generated from `wsseg/core/config.py` by `python docs/config_reference.py`; do not edit by hand.",
+          "Generated from `wsseg/pipeline/config.py` by `python docs/config_reference.py`; do not edit by hand.",
           f"{len(keys)} keys. Every key of a YAML config or a `--set` override must be one of them: an unknown",
           "key is an error naming it. Checks that involve several keys, or the dataset, run before anything",
           "trains (`wsseg check-data`, `wsseg train`).", "",

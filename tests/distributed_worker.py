@@ -58,8 +58,8 @@ class WriteRecorder:
 def sharded_evaluation(config: Path, rank_info) -> dict:
     """The same tiles and model evaluated split among the processes and in this process alone."""
     from wsseg.core import evaluate
-    from wsseg.core.config import load_config
     from wsseg.core.distributed import DistInfo, main_process_first
+    from wsseg.pipeline.config_files import load_config
     from wsseg.pipeline.data import load_source
 
     cfg = load_config(config)

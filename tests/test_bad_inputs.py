@@ -28,12 +28,13 @@ from PIL import Image
 
 from wsseg.cli import main
 from wsseg.core.checkpoint import save_checkpoint
-from wsseg.core.config import Config, DataConfig, config_from_dict, config_to_dict
 from wsseg.datasets import loader_options
 from wsseg.datasets.colour import encode_colour_mask, save_index_png
 from wsseg.datasets.splits import Split, save_split
 from wsseg.datasets.tags import save_crop_tags
 from wsseg.models import build_segmenter
+from wsseg.pipeline.config import config_to_dict, Config, DataConfig
+from wsseg.pipeline.config_files import config_from_dict
 
 CLASSES = ["road", "grass", "roof"]
 PALETTE = [(128, 128, 128), (0, 200, 0), (200, 0, 0)]

@@ -3,7 +3,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from wsseg.core.config import Config, ConfigError, load_config, save_config
+from wsseg.core.typed import ConfigError
+from wsseg.pipeline.config import Config
+from wsseg.pipeline.config_files import load_config, save_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -89,7 +91,7 @@ def test_saved_config_loads_back_identically(tmp_path):
 
 
 def test_weight_decay_per_optimizer():
-    from wsseg.core.config import optimizer_names, weight_decay_of
+    from wsseg.pipeline.config import optimizer_names, weight_decay_of
     from wsseg.pipeline.config_checks import check_config
 
     assert optimizer_names() == ("adam", "adamw", "sgd", "rmsprop")
@@ -108,7 +110,8 @@ def test_weight_decay_per_optimizer():
 
 
 def test_a_retired_key_is_named_with_what_replaced_it(tmp_path):
-    from wsseg.core.config import RETIRED_KEYS, Config, config_to_dict, load_config
+    from wsseg.pipeline.config import config_to_dict, Config
+    from wsseg.pipeline.config_files import RETIRED_KEYS, load_config
 
     path = tmp_path / "old.yaml"
     path.write_text("train:\n  momentum: 0.5\n  poly_power: 1.0\nweak:\n  pseudo_weight: 0.5\n")
@@ -131,7 +134,8 @@ def test_a_retired_key_is_named_with_what_replaced_it(tmp_path):
 
 def test_a_config_saved_before_the_retirement_still_loads():
     """A checkpoint or published model of an earlier wsseg holds the retired keys and the old CRF section."""
-    from wsseg.core.config import Config, config_to_dict, saved_config_from_dict
+    from wsseg.pipeline.config import config_to_dict, Config
+    from wsseg.pipeline.config_files import saved_config_from_dict
 
     old = config_to_dict(Config())
     old["train"].update(momentum=0.9, rmsprop_alpha=0.99, poly_power=0.9, step_epochs=10, step_gamma=0.1,
@@ -155,7 +159,8 @@ def test_a_config_saved_before_the_retirement_still_loads():
 def test_a_saved_background_and_its_class_read_as_the_constant_background(saved, constant):
     """Configs saved before 2026-12-08 said `background: constant | learned` and
     `background_class`; a model trained then still loads with the layout it was trained with."""
-    from wsseg.core.config import Config, config_to_dict, saved_config_from_dict
+    from wsseg.pipeline.config import config_to_dict, Config
+    from wsseg.pipeline.config_files import saved_config_from_dict
 
     old = config_to_dict(Config())
     del old["weak"]["single_stage"]["constant_background"]
@@ -166,7 +171,7 @@ def test_a_saved_background_and_its_class_read_as_the_constant_background(saved,
 
 
 def test_a_user_config_with_the_old_background_keys_is_told_the_new_one():
-    from wsseg.core.config import load_config
+    from wsseg.pipeline.config_files import load_config
 
     with pytest.raises(ConfigError, match="weak.single_stage.background was retired: write constant_background"):
         load_config(None, ["weak.single_stage.background=learned"])

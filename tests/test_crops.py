@@ -7,11 +7,11 @@ from torch.utils.data import DataLoader
 from wsseg.datasets.base import DatasetError, TileSource
 from wsseg.datasets.colour import save_index_png
 from wsseg.datasets.crops import RandomCropDataset, TileDataset
+from wsseg.datasets.folder import folder_source
 from wsseg.datasets.tagged_crops import TaggedCropDataset
+from wsseg.datasets.tags import CropTag, TagGrid, compute_crop_tags
 from wsseg.datasets.tile_cache import TileCache
 from wsseg.datasets.unlabelled import UnlabelledViews
-from wsseg.datasets.folder import folder_source
-from wsseg.datasets.tags import CropTag, TagGrid, compute_crop_tags
 
 NAMES = ("a", "b", "c", "d")
 PALETTE = ((0, 0, 0), (80, 80, 80), (160, 160, 160), (240, 240, 240))

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wsseg.core.config import config_from_dict
 from wsseg.datasets.base import DataOptionError, DataProblemsError
 from wsseg.datasets.colour import save_index_png
 from wsseg.datasets.splits import Split, save_split
+from wsseg.pipeline.config_files import config_from_dict
 from wsseg.pipeline.data import SKIPPED_FILES, prepare_run
 from wsseg.pipeline.data_check import check_data
 

@@ -15,11 +15,12 @@ from rasterio.transform import Affine
 
 from wsseg.cli import main
 from wsseg.core.checkpoint import save_checkpoint
-from wsseg.core.config import config_from_dict, config_to_dict
 from wsseg.core.evaluate import sliding_window_logits
 from wsseg.datasets.isprs import VAIHINGEN_CLASSES
 from wsseg.datasets.tensors import image_to_tensor
 from wsseg.models import build_segmenter
+from wsseg.pipeline.config import config_to_dict
+from wsseg.pipeline.config_files import config_from_dict
 from wsseg.pipeline.release import resolve_checkpoint
 
 # A 6-class U-Net small enough for two shared cores; windows that overlap (stride < window).

@@ -134,7 +134,7 @@ def test_idle_self_supervision_is_a_warning(caplog):
 
 
 def test_a_budget_that_ends_before_self_supervision_is_a_warning(caplog):
-    from wsseg.core.config import SingleStageConfig
+    from wsseg.pipeline.config import SingleStageConfig
     from wsseg.pipeline.weak import warn_if_budget_left_no_self_supervision
 
     ss = SingleStageConfig(epochs=6, self_supervised_from_epoch=3, max_minutes=1.5)

@@ -74,8 +74,8 @@ def test_image_tags_are_predicted_at_the_training_size_with_the_aspect_kept():
 
     import torch
 
-    from wsseg.core.config import config_from_dict
     from wsseg.models.single_stage import ClassLayout, SingleStageSegmenter
+    from wsseg.pipeline.config_files import config_from_dict
     from wsseg.pipeline.pseudo_inference import CropPredictor, inference_scales
 
     settings = {"single_stage": {"crop_px": 32}, "pseudo": {"scales": [1.0, 0.5]}}

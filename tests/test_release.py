@@ -20,11 +20,12 @@ from PIL import Image
 
 from wsseg.cli import main
 from wsseg.core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from wsseg.core.config import config_from_dict, config_to_dict
 from wsseg.core.hub import DownloadError
 from wsseg.datasets.isprs import VAIHINGEN_CLASSES
 from wsseg.datasets.splits import Split, save_split
 from wsseg.models import build_segmenter, head_prefixes
+from wsseg.pipeline.config import config_to_dict
+from wsseg.pipeline.config_files import config_from_dict
 from wsseg.pipeline.data import class_record
 from wsseg.pipeline.publish import publish
 from wsseg.pipeline.release import TrainedModel, initialise_from, load_run_checkpoint, resolve_checkpoint

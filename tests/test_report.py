@@ -4,13 +4,13 @@ import math
 import numpy as np
 import pytest
 
-from wsseg.core.metrics import segmentation_metrics
 from wsseg.core.io import atomic_write_json as write_json_atomic
 from wsseg.core.io import to_jsonable
+from wsseg.core.metrics import segmentation_metrics
 from wsseg.core.report import write_report
+from wsseg.datasets.colour import encode_colour_mask as colorize
 from wsseg.pipeline.comparison_report import write_comparison_report
 from wsseg.pipeline.seed_reports import aggregate_markdown, write_seed_summary
-from wsseg.datasets.colour import encode_colour_mask as colorize
 from wsseg.pipeline.seeds import aggregate_seeds
 
 NAMES = ["a", "b", "c", "d"]

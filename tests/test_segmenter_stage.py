@@ -5,9 +5,9 @@ import pytest
 import torch
 from PIL import Image
 
-from wsseg.core.config import config_from_dict
 from wsseg.datasets.colour import save_index_png
 from wsseg.datasets.folder import folder_source
+from wsseg.pipeline.config_files import config_from_dict
 from wsseg.pipeline.segmenter import segmenter_class_weights
 
 NAMES = ("common", "rare")
@@ -60,7 +60,7 @@ def test_measured_class_weights_keep_the_floor(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("cap", [0.05, 0.0, -1.0])
 def test_a_class_weight_cap_below_the_floor_is_a_config_error(cap):
-    from wsseg.core.config import ConfigError
+    from wsseg.core.typed import ConfigError
     from wsseg.pipeline.config_checks import check_config
 
     with pytest.raises(ConfigError, match=rf"train.class_weight_cap {cap} is below 0.1, the floor"):
@@ -69,8 +69,8 @@ def test_a_class_weight_cap_below_the_floor_is_a_config_error(cap):
 
 
 def test_extra_pseudo_mode_keeps_every_n1_crop(source):
-    from wsseg.pipeline.data import Run
     from wsseg.datasets.splits import Split
+    from wsseg.pipeline.data import Run
     from wsseg.pipeline.segmenter import n2_per_batch, training_crops
 
     split = Split(labelled=["t"], tagged=["t"], val=[], test=[], seed=0)

@@ -10,11 +10,11 @@ from torch import nn
 
 from wsseg.cli import main
 from wsseg.core.checkpoint import load_checkpoint
-from wsseg.core.config import config_from_dict
 from wsseg.datasets.base import IGNORE_INDEX
 from wsseg.datasets.crops import RandomCropDataset
 from wsseg.datasets.synthetic_aerial import synthetic_vaihingen_source
 from wsseg.datasets.unlabelled import NO_BOX, PairedCrops, UnlabelledViews
+from wsseg.pipeline.config_files import config_from_dict
 from wsseg.pseudo_labels.consistency import consistency_targets, paste_boxes
 
 from test_run_training import tiny_config

@@ -24,11 +24,11 @@ from PIL import Image
 from test_xview2 import box, write_scene
 
 from wsseg.cli import main
-from wsseg.core.config import load_config
 from wsseg.datasets import fixed_classes, known_kinds
 from wsseg.datasets.camvid import CAMVID_VOID
 from wsseg.datasets.colour import encode_colour_mask, save_index_png
 from wsseg.datasets.synthetic_aerial import generate_synthetic_vaihingen
+from wsseg.pipeline.config_files import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))

@@ -15,8 +15,9 @@ import wsseg.pipeline.pseudo_masks as pseudo_masks
 from test_run_training import tiny_config
 from wsseg.cli import main
 from wsseg.core import report
-from wsseg.core.config import ConfigError, load_config
 from wsseg.core.metrics import gap_closed
+from wsseg.core.typed import ConfigError
+from wsseg.pipeline.config_files import load_config
 from wsseg.pipeline.study import check_precision
 
 

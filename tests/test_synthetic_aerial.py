@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
+from wsseg.cli import main
 from wsseg.datasets.base import DatasetError
 from wsseg.datasets.isprs import ALL_AREAS, vaihingen_source
-from wsseg.cli import main
 from wsseg.datasets.synthetic_aerial import CAR, boundary_mask, generate_synthetic_vaihingen
 
 TILE_PX = (256, 256)

@@ -112,8 +112,9 @@ def test_the_least_input_trains(head):
 
 
 def test_a_crop_below_the_least_input_is_a_config_error():
-    from wsseg.core.config import ConfigError, config_from_dict
+    from wsseg.core.typed import ConfigError
     from wsseg.pipeline.config_checks import check_config
+    from wsseg.pipeline.config_files import config_from_dict
 
     cfg = config_from_dict({"model": {"name": "deeplabv3plus", "options": tiny("deeplabv3plus")},
                             "train": {"crop_px": 16}})

@@ -5,8 +5,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from wsseg.core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from wsseg.core import train as train_module
+from wsseg.core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from wsseg.core.epoch import train_one_epoch
 from wsseg.core.loaders import set_loader_epoch, training_loader
 from wsseg.core.losses import weighted_cross_entropy

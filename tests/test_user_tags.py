@@ -10,10 +10,10 @@ import yaml
 from PIL import Image
 
 from wsseg.cli import main
-from wsseg.core.config import config_from_dict
 from wsseg.datasets import build_source
 from wsseg.datasets.base import DatasetError
 from wsseg.datasets.user_tags import read_user_tags
+from wsseg.pipeline.config_files import config_from_dict
 from wsseg.pipeline.data import make_split_for
 
 CLASSES = ["ground", "roof", "tree"]

@@ -11,11 +11,12 @@ import pytest
 import torch
 
 from wsseg.cli import main
-from wsseg.core.config import ConfigError, config_from_dict
 from wsseg.core.hub import DownloadError
+from wsseg.core.typed import ConfigError
 from wsseg.models.resnet38 import ResNet38
 from wsseg.pipeline import weights
 from wsseg.pipeline.config_checks import check_config, check_weight_files, encoder_weights_file, single_stage_weights
+from wsseg.pipeline.config_files import config_from_dict
 from test_release import Routes, server  # noqa: F401 (the local server fixture)
 from test_run_training import tiny_config
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from wsseg.core.config import load_config
+from wsseg.pipeline.config_files import load_config
 
 
 def _check_data(args) -> int:

@@ -22,8 +22,9 @@ def _eval(args) -> int:
 def _eval_checkpoint(args, checkpoint: Path) -> int:
     """A run checkpoint, on the test tiles of its run (or of --split)."""
     from wsseg.core.checkpoint import load_checkpoint
-    from wsseg.core.config import apply_overrides, config_from_dict, config_to_dict, saved_config_from_dict
     from wsseg.datasets.splits import load_split
+    from wsseg.pipeline.config import config_to_dict
+    from wsseg.pipeline.config_files import apply_overrides, config_from_dict, saved_config_from_dict
     from wsseg.pipeline.data import Run, load_source
     from wsseg.pipeline.evaluation import evaluate_checkpoint
 
@@ -44,12 +45,13 @@ def _eval_checkpoint(args, checkpoint: Path) -> int:
 def _eval_release(args, location) -> int:
     """A published model, on the test tiles of the split it records (or of --split), in its
     training config's dataset (`--set data.root=...` where the data lives here)."""
-    from wsseg.core.config import apply_overrides, config_from_dict, config_to_dict, saved_config_from_dict
     from wsseg.core.io import atomic_write_json
     from wsseg.datasets.splits import load_split
+    from wsseg.pipeline.config import config_to_dict
+    from wsseg.pipeline.config_files import apply_overrides, config_from_dict, saved_config_from_dict
     from wsseg.pipeline.data import Run, load_source
-    from wsseg.pipeline.release import load_release, read_release_meta
     from wsseg.pipeline.evaluation import check_classes, evaluate_model
+    from wsseg.pipeline.release import load_release, read_release_meta
 
     meta = read_release_meta(location.path)
     trained = load_release(location.path, source=location.source)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from wsseg.cli.session import _setup_logging, _until_interrupted
 from wsseg.cli.trained_models import _print_scores
-from wsseg.core.config import load_config
+from wsseg.pipeline.config_files import load_config
 
 # Where a run goes without --out: runs/<config file name>-<time>, in the working directory.
 DEFAULT_RUNS = "runs"
@@ -24,8 +24,8 @@ log = logging.getLogger(__name__)
 
 def _train(args) -> int:
     from wsseg.core.distributed import init_distributed
-    from wsseg.pipeline.tasks import run_task
     from wsseg.pipeline.seeds import run_split_seeds
+    from wsseg.pipeline.tasks import run_task
 
     cfg = load_config(args.config, args.overrides)
     # The flags override the config, and so land in the run folder's config.yaml.

@@ -1,5 +1,6 @@
 """The stages and chains of wsseg: what the command line runs.
 
+    config             the run configuration's schema (dataclasses); config_files: YAML, overrides, retired keys
     data               the dataset, its split and crop tags → a `Run` every stage takes
     config_checks      the config against itself, the dataset and its weights files, before training
     data_check         `wsseg check-data`: every problem of a dataset, reported

@@ -31,11 +31,11 @@ import logging
 import time
 from pathlib import Path
 
-from wsseg.core.config import Config
 from wsseg.core.distributed import DistInfo, barrier, run_on_main
 from wsseg.core.io import atomic_write_json
 from wsseg.core.run_lock import RunLock
 from wsseg.pipeline.comparison_report import write_comparison_report
+from wsseg.pipeline.config import Config
 from wsseg.pipeline.data import Run, crop_tags_of, prepare_run
 from wsseg.pipeline.pseudo_masks import BackgroundRejected, make_pseudo_masks, pseudo_mask_samples
 from wsseg.pipeline.segmenter import check_init_from, check_oracle_labels, train_segmenter

@@ -12,10 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from wsseg.core.class_weights import CLASS_WEIGHT_FLOOR
-from wsseg.core.config import Config, ConfigError, optimizer_names
 from wsseg.core.hub import cache_dir
+from wsseg.core.typed import ConfigError
 from wsseg.datasets.base import TileSource
 from wsseg.datasets.user_tags import read_user_tags
+from wsseg.pipeline.config import optimizer_names, Config
 from wsseg.models import (min_input_px, perturbable_segmenters, supports_feature_perturbation, timm_encoder_of,
                           vgg_encoder_segmenters)
 from wsseg.models.backbones import BACKBONES, TIMM_PREFIX

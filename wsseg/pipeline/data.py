@@ -14,14 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wsseg.core.checkpoint import CheckpointError
-from wsseg.core.config import Config, ConfigError, config_to_dict, save_config
 from wsseg.core.determinism import use_deterministic_algorithms
 from wsseg.core.distributed import DistInfo, barrier, main_process_first
 from wsseg.core.io import atomic_write_json
 from wsseg.core.progress import progress_bar
 from wsseg.core.provenance import describe, record_run_start
 from wsseg.core.stage import Stage
+from wsseg.core.typed import ConfigError
 from wsseg.datasets import build_source
+from wsseg.pipeline.config import config_to_dict, Config
+from wsseg.pipeline.config_files import save_config
 from wsseg.datasets.base import (ClassSpec, DataOptionError, DataProblem, DataProblemsError, DatasetError, TileSource,
                                  printable, rescaled)
 from wsseg.datasets.check import check_split, check_tiles

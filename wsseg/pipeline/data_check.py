@@ -10,10 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from wsseg.core.config import Config, ConfigError
+from wsseg.core.typed import ConfigError
 from wsseg.datasets.base import DataOptionError, DataProblem, DatasetError
 from wsseg.datasets.check import check_crop_tag_file, check_split, check_tiles
 from wsseg.datasets.splits import load_split
+from wsseg.pipeline.config import Config
 from wsseg.pipeline.config_checks import check_config
 from wsseg.pipeline.data import checking_bar, listed_source, make_split_for
 

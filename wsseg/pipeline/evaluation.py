@@ -14,7 +14,6 @@ import torch
 
 from wsseg.core.checkpoint import CheckpointError, load_checkpoint, load_weights
 from wsseg.core.class_weights import class_pixel_counts
-from wsseg.core.config import Config
 from wsseg.core.distributed import autocast_dtype, choose_device
 from wsseg.core.evaluate import evaluate_tiles
 from wsseg.core.metrics import XVIEW2_CLASSES, majority_baseline_miou, xview2_score
@@ -22,6 +21,7 @@ from wsseg.core.precision import resolve_precision
 from wsseg.core.report import write_report
 from wsseg.datasets.base import printable
 from wsseg.models import build_segmenter, untrained_options
+from wsseg.pipeline.config import Config
 from wsseg.pipeline.data import Run
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,6 @@ import multiprocessing
 import numpy as np
 import torch
 
-from wsseg.core.config import Config
 from wsseg.core.evaluate import sliding_window_logits
 from wsseg.core.metrics import confusion_matrix, segmentation_metrics
 from wsseg.core.progress import progress_bar
@@ -25,6 +24,7 @@ from wsseg.datasets.tagged_crops import GridCropDataset
 from wsseg.datasets.tags import CropTag, compute_crop_tags
 from wsseg.datasets.tensors import image_to_tensor
 from wsseg.models.single_stage import PAMR_DILATIONS, PAMR_ITER, ClassLayout, SingleStageSegmenter
+from wsseg.pipeline.config import Config
 from wsseg.pipeline.data import tag_grid_px
 from wsseg.pseudo_labels.crf import dense_crf
 from wsseg.pseudo_labels.fusion import allowed_classes, fuse_with_segmenter

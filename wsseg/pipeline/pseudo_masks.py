@@ -25,7 +25,6 @@ import numpy as np
 import torch
 
 from wsseg.core.checkpoint import CheckpointError, load_checkpoint
-from wsseg.core.config import Config
 from wsseg.core.distributed import choose_device
 from wsseg.core.io import atomic_write, atomic_write_json
 from wsseg.core.metrics import unlearned_classes
@@ -35,6 +34,7 @@ from wsseg.datasets.image_files import read_index_png
 from wsseg.datasets.splits import Split, abbreviated
 from wsseg.datasets.tags import CropTag
 from wsseg.models.single_stage import ClassLayout
+from wsseg.pipeline.config import Config
 from wsseg.pipeline.config_checks import class_layout
 from wsseg.pipeline.data import Run
 from wsseg.pipeline.evaluation import load_segmenter

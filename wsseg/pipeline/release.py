@@ -35,12 +35,14 @@ import torch
 from torch import nn
 
 from wsseg.core.checkpoint import CheckpointError, load_checkpoint, load_weights
-from wsseg.core.config import ConfigError, config_to_dict, saved_config_from_dict
 from wsseg.core.hub import DownloadError, download, file_sha256, forget, load_registry, unpack_zip
+from wsseg.core.typed import ConfigError
 from wsseg.datasets import fixed_classes, input_bands
 from wsseg.datasets.base import ClassSpec, DatasetError
 from wsseg.models import build_segmenter, head_prefixes, untrained_options
 from wsseg.models.normalization import normalisation_of
+from wsseg.pipeline.config import config_to_dict
+from wsseg.pipeline.config_files import saved_config_from_dict
 
 FORMAT = "wsseg-model"
 # Raised when model.json changes in a way an older wsseg cannot read.

@@ -13,9 +13,9 @@ from typing import Sequence
 
 import numpy as np
 
-from wsseg.core.config import Config
 from wsseg.core.distributed import DistInfo
 from wsseg.core.io import score_or_nan
+from wsseg.pipeline.config import Config
 from wsseg.pipeline.seed_reports import write_seed_summary
 from wsseg.pipeline.tasks import run_task
 

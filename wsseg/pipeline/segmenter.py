@@ -20,7 +20,6 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from wsseg.core.checkpoint import load_checkpoint, load_weights, unwrap
 from wsseg.core.class_weights import CLASS_WEIGHT_FLOOR, class_pixel_counts, class_weights
-from wsseg.core.config import Config, weight_decay_of
 from wsseg.core.evaluate import evaluate_tiles
 from wsseg.core.losses import weighted_cross_entropy
 from wsseg.core.optim import build_optimizer, build_scheduler
@@ -30,6 +29,7 @@ from wsseg.datasets.colour import encode_colour_mask
 from wsseg.datasets.crops import RandomCropDataset
 from wsseg.datasets.tags import CropTag, TagGrid
 from wsseg.models import build_segmenter, load_encoder_weights, parameter_groups, untrained_options
+from wsseg.pipeline.config import weight_decay_of, Config
 from wsseg.pipeline.config_checks import encoder_weights_file
 from wsseg.pipeline.data import Run
 from wsseg.pipeline.evaluation import evaluate_checkpoint

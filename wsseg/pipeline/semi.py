@@ -25,12 +25,12 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import Dataset
 
 from wsseg.core.checkpoint import unwrap
-from wsseg.core.config import Config
 from wsseg.core.losses import weighted_cross_entropy
 from wsseg.core.stage import Stage
 from wsseg.datasets.crops import RandomCropDataset
 from wsseg.datasets.tags import TagGrid
 from wsseg.datasets.unlabelled import PairedCrops, UnlabelledViews
+from wsseg.pipeline.config import Config
 from wsseg.pipeline.data import Run
 from wsseg.pseudo_labels.consistency import consistency_loss, consistency_targets, paste_boxes
 

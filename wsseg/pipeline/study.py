@@ -22,13 +22,14 @@ from typing import Sequence
 import torch
 
 from wsseg.core.checkpoint import CheckpointError
-from wsseg.core.config import Config, ConfigError
 from wsseg.core.distributed import DistInfo, barrier
 from wsseg.core.io import atomic_write_json, score_or_nan
 from wsseg.core.metrics import gap_closed
 from wsseg.core.provenance import cpu_model, git_commit, git_dirty
 from wsseg.core.run_lock import RunLock
+from wsseg.core.typed import ConfigError
 from wsseg.pipeline.chain import check_arms, run_arms
+from wsseg.pipeline.config import Config
 from wsseg.pipeline.seed_reports import write_study_report
 from wsseg.pipeline.seeds import mean_std
 

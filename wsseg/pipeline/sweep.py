@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Iterator
 
 from wsseg.core.checkpoint import load_checkpoint
-from wsseg.core.config import Config
 from wsseg.core.distributed import DistInfo
 from wsseg.core.io import atomic_write_json, score_or_nan
 from wsseg.core.report import write_sweep_report
+from wsseg.pipeline.config import Config
 from wsseg.pipeline.sweep_plan import Sweep, SweepRun
 from wsseg.pipeline.tasks import run_task
 

@@ -16,9 +16,11 @@ from pathlib import Path
 
 import yaml
 
-from wsseg.core.config import Config, ConfigError, config_to_dict, load_config, saved_config_from_dict
+from wsseg.core.typed import ConfigError
 from wsseg.datasets.base import DataProblemsError, DatasetError
+from wsseg.pipeline.config import config_to_dict, Config
 from wsseg.pipeline.config_checks import check_config, check_weight_files
+from wsseg.pipeline.config_files import load_config, saved_config_from_dict
 from wsseg.pipeline.data import listed_source, make_split_for
 from wsseg.pipeline.tasks import TASKS
 

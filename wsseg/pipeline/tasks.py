@@ -16,10 +16,11 @@ import dataclasses
 from pathlib import Path
 
 from wsseg.core.checkpoint import CheckpointError
-from wsseg.core.config import Config, ConfigError
 from wsseg.core.distributed import DistInfo
 from wsseg.core.run_lock import RunLock
+from wsseg.core.typed import ConfigError
 from wsseg.pipeline.chain import run_arms, run_semi, run_task_i, run_task_ii
+from wsseg.pipeline.config import Config
 from wsseg.pipeline.data import prepare_run
 from wsseg.pipeline.segmenter import check_init_from
 from wsseg.pipeline.zoomout import (ZOOMOUT, check_zoomout_config, classifier_dir, finished, fit_classifier,

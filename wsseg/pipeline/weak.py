@@ -11,12 +11,12 @@ import torch
 from torch.utils.data import RandomSampler
 
 from wsseg.core.checkpoint import unwrap
-from wsseg.core.config import Config
 from wsseg.core.optim import build_optimizer, build_scheduler
 from wsseg.datasets.base import IGNORE_INDEX
 from wsseg.datasets.tagged_crops import TaggedCropDataset
 from wsseg.datasets.tags import CropTag
 from wsseg.models.single_stage import ClassLayout, SingleStageSegmenter
+from wsseg.pipeline.config import Config
 from wsseg.pipeline.config_checks import class_layout, single_stage_weights
 from wsseg.pipeline.data import Run
 from wsseg.pseudo_labels import pseudo_gt

@@ -30,14 +30,15 @@ import torch
 from torch.utils.data import TensorDataset
 
 from wsseg.core.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint, unwrap
-from wsseg.core.config import Config, ConfigError, config_to_dict
 from wsseg.core.distributed import barrier, choose_device, run_on_main
 from wsseg.core.io import atomic_write_json
 from wsseg.core.losses import weighted_cross_entropy
 from wsseg.core.optim import build_optimizer, build_scheduler
 from wsseg.core.progress import progress_bar
+from wsseg.core.typed import ConfigError
 from wsseg.datasets.base import ClassSpec
 from wsseg.models.zoomout import fc_to_conv
+from wsseg.pipeline.config import config_to_dict, Config
 from wsseg.pipeline.data import Run, class_record
 from wsseg.pipeline.segmenter import build_model
 from wsseg.pipeline.zoomout_samples import (PIXELS_PER_CLASS, conversion_error, feature_statistics, load_samples,

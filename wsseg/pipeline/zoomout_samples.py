@@ -13,11 +13,11 @@ import torch
 
 from wsseg.core.checkpoint import CheckpointError, load_checkpoint
 from wsseg.core.class_weights import class_weights as inverse_frequency_weights
-from wsseg.core.config import Config
 from wsseg.datasets.base import IGNORE_INDEX
 from wsseg.datasets.tags import grid_crops
 from wsseg.datasets.tensors import image_to_tensor
 from wsseg.models.zoomout import ZoomOut
+from wsseg.pipeline.config import Config
 
 # Random pixels drawn per class present in a crop: the seed projects' 3.
 PIXELS_PER_CLASS = 3
