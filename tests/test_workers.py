@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from wsseg.core.loaders import training_loader
-from wsseg.core.workers import leave_stop_signals_to_parent, stop_signals_held
+from wsseg.core.signals import leave_stop_signals_to_parent, stop_signals_held
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -93,3 +93,12 @@ def test_an_error_that_keeps_a_loader_alive_still_exits():
                           timeout=120)
     assert done.returncode == 1 and "an error while the loader is alive" in done.stderr, done.stderr
     assert "killed by signal" not in done.stderr, done.stderr
+
+
+def test_a_spawned_worker_sets_its_mask_before_torch_starts_threads():
+    """The initializer's module must not import torch: a spawned worker imports it to unpickle the
+    initializer, and OpenMP threads torch starts before the mask is set would take SIGTERMs."""
+    script = "import sys, wsseg.core.signals; sys.exit('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr

@@ -18,7 +18,8 @@ import torch
 from wsseg.core.evaluate import sliding_window_logits
 from wsseg.core.metrics import confusion_matrix, segmentation_metrics
 from wsseg.core.progress import progress_bar
-from wsseg.core.workers import SignalSafeDataLoader, leave_stop_signals_to_parent, stop_signals_held
+from wsseg.core.signals import leave_stop_signals_to_parent, stop_signals_held
+from wsseg.core.workers import SignalSafeDataLoader
 from wsseg.datasets.base import TileSource
 from wsseg.datasets.tagged_crops import GridCropDataset
 from wsseg.datasets.tags import CropTag, compute_crop_tags
