@@ -33,7 +33,7 @@ from wsseg.datasets.colour import encode_colour_mask, save_index_png
 from wsseg.datasets.splits import Split, save_split
 from wsseg.datasets.tags import save_crop_tags
 from wsseg.models import build_segmenter
-from wsseg.pipeline.config import config_to_dict, Config, DataConfig
+from wsseg.pipeline.config import Config, DataConfig, config_to_dict
 from wsseg.pipeline.config_files import config_from_dict
 
 CLASSES = ["road", "grass", "roof"]

@@ -13,9 +13,9 @@ from wsseg.datasets import build_source
 from wsseg.datasets.base import DatasetError
 from wsseg.datasets.colour import encode_colour_mask
 from wsseg.datasets.isprs import ALL_AREAS, OFFICIAL_TEST_AREAS, VAIHINGEN_CLASSES
-from wsseg.pipeline.config_files import config_from_dict, load_config
 from wsseg.datasets.splits import (group_by_part, load_split, make_split, official_split, official_vaihingen_split,
                                    save_split)
+from wsseg.pipeline.config_files import config_from_dict, load_config
 from wsseg.pipeline.data import load_source, make_split_for
 
 

@@ -215,11 +215,11 @@ def test_auto_precision_is_refused_before_anything_runs(tmp_path, capsys):
     assert err.startswith("error: train.precision is auto") and "--allow-auto-precision" in err
     assert len(err.splitlines()) == 1 and not out.exists()
     # Every model of the run, the single-stage one included, trains at train.precision.
-    assert check_precision(load_config(config), ("i", "ii")) == {"train.precision": "fp32"}
+    assert check_precision(load_config(config)) == {"train.precision": "fp32"}
     auto = load_config(config, ["train.precision=auto"])
     with pytest.raises(ConfigError, match="train.precision is auto"):
-        check_precision(auto, ("i", "ii"))
-    assert check_precision(auto, ("i", "ii"), allow_auto=True) == {"train.precision": "auto"}
+        check_precision(auto)
+    assert check_precision(auto, allow_auto=True) == {"train.precision": "auto"}
 
 
 @pytest.mark.parametrize("option, value, said", [

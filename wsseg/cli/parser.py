@@ -80,8 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--resume", action="store_true",
                     help="continue the study in --out: finished stages are kept, others resume from last.pt")
     st.add_argument("--allow-auto-precision", action="store_true",
-                    help="accept train.precision auto, which may choose "
-                         "differently from run to run")
+                    help="accept train.precision auto, which may choose differently from run to run")
     st.add_argument("--results", metavar="FILE",
                     help="also copy study.json to FILE, e.g. benchmarks/results/study_<name>.json "
                          "(benchmarks/study_table.py tabulates those)")

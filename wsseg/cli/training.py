@@ -113,7 +113,7 @@ def _study(args) -> int:
                          "tabulates")
     cfg = load_config(args.config, args.overrides)
     # Before the log and the first run folder: a refused study leaves nothing behind.
-    check_precision(cfg, arms, args.allow_auto_precision)
+    check_precision(cfg, args.allow_auto_precision)
     out = Path(args.out)
     dist_info = init_distributed(cfg.device)
     _setup_logging(out if dist_info.is_main else None, quiet=not dist_info.is_main)

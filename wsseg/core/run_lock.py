@@ -15,7 +15,9 @@ import os
 import socket
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 log = logging.getLogger(__name__)
 
@@ -89,3 +91,15 @@ class RunLock:
         if holder is not None and holder.get("pid") == os.getpid():
             self.path.unlink(missing_ok=True)
         self.held = False
+
+
+@contextmanager
+def run_folder_held(run_dir: Path, is_main: bool = True) -> Iterator[None]:
+    """The block runs with `run_dir` locked by the main process (under torchrun the other
+    processes share its run and take no lock)."""
+    lock = RunLock(run_dir).acquire() if is_main else None
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()

@@ -24,7 +24,7 @@ import numpy as np
 from wsseg.datasets.base import (IGNORE_INDEX, OFFICIAL_PARTS, ClassSpec, DataProblem, DatasetError, Tile, TileSource,
                                  missing_file_problem, with_problems)
 from wsseg.datasets.colour import decode_colour_mask
-from wsseg.datasets.image_files import read_index_png, pair_problem, read_rgb, size_problem
+from wsseg.datasets.image_files import pair_problem, read_index_png, read_rgb, size_problem
 
 # Clutter is trained as a class but left out of the 5-class mean, as the benchmark reports it.
 VAIHINGEN_CLASSES = ClassSpec(

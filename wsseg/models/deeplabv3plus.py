@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from wsseg.models.feature_perturbation import perturb_rows
 from wsseg.models.heads.aspp import ASPP
-from wsseg.models.timm_encoder import TimmFeatures, init_fresh_, skip_and_deepest, register_timm_segmenter
+from wsseg.models.timm_encoder import TimmFeatures, init_fresh_, register_timm_segmenter, skip_and_deepest
 from wsseg.models.timm_fpn import conv_bn_relu
 
 OUTPUT_STRIDE = 16

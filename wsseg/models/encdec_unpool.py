@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from torch import Tensor, nn
 
 from wsseg.models.normalization import register_normalisation
+from wsseg.models.registry import SegmenterSpec, register_segmenter
 from wsseg.models.vgg_weights import (
     VGG16_BLOCK_CHANNELS,
     init_vgg_weights_,
@@ -23,7 +24,6 @@ from wsseg.models.vgg_weights import (
     resolve_vgg16_state_dict,
     scale_channels,
 )
-from wsseg.models.registry import SegmenterSpec, register_segmenter
 
 
 class ConvBNReLU(nn.Module):

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from wsseg.models.normalization import register_normalisation
+from wsseg.models.registry import SegmenterSpec, register_segmenter
 from wsseg.models.vgg_weights import (
     VGG16_BLOCK_CHANNELS,
     copy_checked_,
@@ -28,7 +29,6 @@ from wsseg.models.vgg_weights import (
     resolve_vgg16_state_dict,
     scale_channels,
 )
-from wsseg.models.registry import SegmenterSpec, register_segmenter
 
 FC_CHANNELS = 4096
 

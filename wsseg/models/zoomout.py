@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wsseg.models.normalization import register_normalisation
+from wsseg.models.registry import SegmenterSpec, register_segmenter
 from wsseg.models.vgg_weights import (
     VGG_BLOCK_CHANNELS,
     init_vgg_weights_,
@@ -44,7 +45,6 @@ from wsseg.models.vgg_weights import (
     resolve_vgg16_state_dict,
     scale_channels,
 )
-from wsseg.models.registry import SegmenterSpec, register_segmenter
 
 TAPS = ("pre_pool", "all")
 

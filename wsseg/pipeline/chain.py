@@ -33,7 +33,7 @@ from pathlib import Path
 
 from wsseg.core.distributed import DistInfo, barrier, run_on_main
 from wsseg.core.io import atomic_write_json
-from wsseg.core.run_lock import RunLock
+from wsseg.core.run_lock import run_folder_held
 from wsseg.pipeline.comparison_report import write_comparison_report
 from wsseg.pipeline.config import Config
 from wsseg.pipeline.data import Run, crop_tags_of, prepare_run
@@ -245,12 +245,8 @@ def run_arms(cfg: Config, arms, run_dir: Path, resume: bool = False, dist: DistI
     (the done.json of its stage; task ii's last round)}, "pseudo_masks": task ii's pseudo-mask
     report or None, "comparison": the comparison report's dict when tasks i and ii are both in}."""
     arms = check_arms(arms)
-    lock = RunLock(run_dir).acquire() if dist.is_main else None
-    try:
+    with run_folder_held(run_dir, dist.is_main):
         return _run_arms(cfg, arms, run_dir, resume, dist)
-    finally:
-        if lock is not None:
-            lock.release()
 
 
 def _run_arms(cfg: Config, arms: tuple[str, ...], run_dir: Path, resume: bool, dist: DistInfo) -> dict:

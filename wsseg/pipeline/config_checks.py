@@ -16,12 +16,12 @@ from wsseg.core.hub import cache_dir
 from wsseg.core.typed import ConfigError
 from wsseg.datasets.base import TileSource
 from wsseg.datasets.user_tags import read_user_tags
-from wsseg.pipeline.config import optimizer_names, Config
 from wsseg.models import (min_input_px, perturbable_segmenters, supports_feature_perturbation, timm_encoder_of,
                           vgg_encoder_segmenters)
 from wsseg.models.backbones import BACKBONES, TIMM_PREFIX
 from wsseg.models.single_stage import ClassLayout
 from wsseg.models.timm_encoder import cached_timm_weights, check_timm_name, timm_cache_dir
+from wsseg.pipeline.config import Config, optimizer_names
 from wsseg.pipeline.weights import fetch_command
 
 

@@ -22,8 +22,6 @@ from wsseg.core.provenance import describe, record_run_start
 from wsseg.core.stage import Stage
 from wsseg.core.typed import ConfigError
 from wsseg.datasets import build_source
-from wsseg.pipeline.config import config_to_dict, Config
-from wsseg.pipeline.config_files import save_config
 from wsseg.datasets.base import (ClassSpec, DataOptionError, DataProblem, DataProblemsError, DatasetError, TileSource,
                                  printable, rescaled)
 from wsseg.datasets.check import check_split, check_tiles
@@ -31,7 +29,9 @@ from wsseg.datasets.splits import (Split, format_split, group_by_part, load_spli
                                    save_split, sort_tile_ids)
 from wsseg.datasets.tags import CropTag, compute_crop_tags, load_crop_tags, save_crop_tags, tags_title
 from wsseg.datasets.user_tags import read_user_tags
+from wsseg.pipeline.config import Config, config_to_dict
 from wsseg.pipeline.config_checks import check_config, check_weight_files
+from wsseg.pipeline.config_files import save_config
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from wsseg.datasets.colour import encode_colour_mask
 from wsseg.datasets.crops import RandomCropDataset
 from wsseg.datasets.tags import CropTag, TagGrid
 from wsseg.models import build_segmenter, load_encoder_weights, parameter_groups, untrained_options
-from wsseg.pipeline.config import weight_decay_of, Config
+from wsseg.pipeline.config import Config, weight_decay_of
 from wsseg.pipeline.config_checks import encoder_weights_file
 from wsseg.pipeline.data import Run
 from wsseg.pipeline.evaluation import evaluate_checkpoint

@@ -26,7 +26,7 @@ from wsseg.core.distributed import DistInfo, barrier
 from wsseg.core.io import atomic_write_json, score_or_nan
 from wsseg.core.metrics import gap_closed
 from wsseg.core.provenance import cpu_model, git_commit, git_dirty
-from wsseg.core.run_lock import RunLock
+from wsseg.core.run_lock import run_folder_held
 from wsseg.core.typed import ConfigError
 from wsseg.pipeline.chain import check_arms, run_arms
 from wsseg.pipeline.config import Config
@@ -48,7 +48,7 @@ def seed_dir(out: Path, seed: int) -> Path:
     return Path(out) / f"split_seed_{seed}"
 
 
-def check_precision(cfg: Config, arms: Sequence[str], allow_auto: bool = False) -> dict[str, str]:
+def check_precision(cfg: Config, allow_auto: bool = False) -> dict[str, str]:
     """The precision every model of the arms trains at. `auto` is refused unless `allow_auto`: it
     times the model at the start of each run, so seeds (and machines) can end up at different
     precisions, and a difference between arms would then be partly one of arithmetic."""
@@ -86,7 +86,7 @@ def run_study(cfg: Config, arms: Sequence[str], seeds: Sequence[int], out: Path,
     seeds = list(seeds)
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"split seeds {seeds}: give at least one, each once")
-    precision = check_precision(cfg, arms, allow_auto_precision)
+    precision = check_precision(cfg, allow_auto_precision)
     out = Path(out)
     started = [p.name for p in (out / "study.json", *(seed_dir(out, s) for s in seeds)) if p.exists()]
     # Every process looks before rank 0 makes the first seed's folder, or a slower one would refuse alone.
@@ -95,8 +95,7 @@ def run_study(cfg: Config, arms: Sequence[str], seeds: Sequence[int], out: Path,
         # Checked for every seed before the first trains: a rerun must not add to a study unnoticed.
         raise CheckpointError(f"{out} already holds a study ({', '.join(started)}): pass --resume to continue it, "
                               "or choose another --out")
-    lock = RunLock(out).acquire() if dist.is_main else None
-    try:
+    with run_folder_held(out, dist.is_main):
         outcomes = {}
         for seed in seeds:
             log.info(f"study: split seed {seed}, arms {', '.join(arms)}")
@@ -115,9 +114,6 @@ def run_study(cfg: Config, arms: Sequence[str], seeds: Sequence[int], out: Path,
             atomic_write_json(results_file, study)
             log.info(f"study: results copied to {results_file}")
         return study
-    finally:
-        if lock is not None:
-            lock.release()
 
 
 def _done(stage_dir: Path) -> dict:

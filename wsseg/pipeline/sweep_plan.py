@@ -18,7 +18,7 @@ import yaml
 
 from wsseg.core.typed import ConfigError
 from wsseg.datasets.base import DataProblemsError, DatasetError
-from wsseg.pipeline.config import config_to_dict, Config
+from wsseg.pipeline.config import Config, config_to_dict
 from wsseg.pipeline.config_checks import check_config, check_weight_files
 from wsseg.pipeline.config_files import load_config, saved_config_from_dict
 from wsseg.pipeline.data import listed_source, make_split_for

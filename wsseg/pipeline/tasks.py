@@ -17,7 +17,7 @@ from pathlib import Path
 
 from wsseg.core.checkpoint import CheckpointError
 from wsseg.core.distributed import DistInfo
-from wsseg.core.run_lock import RunLock
+from wsseg.core.run_lock import run_folder_held
 from wsseg.core.typed import ConfigError
 from wsseg.pipeline.chain import run_arms, run_semi, run_task_i, run_task_ii
 from wsseg.pipeline.config import Config
@@ -42,12 +42,8 @@ def run_task(cfg: Config, task: str, run_dir: Path, resume: bool = False, dist: 
     if task == "all":
         arms = run_arms(cfg, ("i", "semi", "ii") + (("oracle",) if oracle else ()), run_dir, resume, dist)
         return arms.get("comparison") or {}
-    lock = RunLock(run_dir).acquire() if dist.is_main else None
-    try:
+    with run_folder_held(run_dir, dist.is_main):
         return _run_task(cfg, task, run_dir, resume, dist)
-    finally:
-        if lock is not None:
-            lock.release()
 
 
 def _run_task(cfg: Config, task: str, run_dir: Path, resume: bool, dist: DistInfo) -> dict:
@@ -74,8 +70,7 @@ def run_zoomout_step(cfg: Config, step: str, run_dir: Path, resume: bool = False
         raise ConfigError(f"wsseg zoomout needs model.name: {ZOOMOUT}; the config has {cfg.model.name!r}")
     if step != "sample" and not (run_dir / "config.yaml").exists():
         raise CheckpointError(f"{run_dir} holds no run: start it with `wsseg zoomout sample --out {run_dir}`")
-    lock = RunLock(run_dir).acquire() if dist.is_main else None
-    try:
+    with run_folder_held(run_dir, dist.is_main):
         # The later steps continue the run folder that `sample` made; `resume` then concerns their own checkpoints.
         run = prepare_run(cfg, run_dir, resume or step != "sample", dist, weak=False)
         run = dataclasses.replace(run, resume=resume)
@@ -90,6 +85,3 @@ def run_zoomout_step(cfg: Config, step: str, run_dir: Path, resume: bool = False
         if finished(classifier_dir(run_dir)) is None:
             raise CheckpointError(f"no finished classifier in {classifier_dir(run_dir)}: run `wsseg zoomout fit` first")
         return run_task_i(run)
-    finally:
-        if lock is not None:
-            lock.release()

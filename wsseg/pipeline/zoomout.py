@@ -38,7 +38,7 @@ from wsseg.core.progress import progress_bar
 from wsseg.core.typed import ConfigError
 from wsseg.datasets.base import ClassSpec
 from wsseg.models.zoomout import fc_to_conv
-from wsseg.pipeline.config import config_to_dict, Config
+from wsseg.pipeline.config import Config, config_to_dict
 from wsseg.pipeline.data import Run, class_record
 from wsseg.pipeline.segmenter import build_model
 from wsseg.pipeline.zoomout_samples import (PIXELS_PER_CLASS, conversion_error, feature_statistics, load_samples,
